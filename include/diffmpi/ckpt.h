@@ -1,0 +1,50 @@
+/* ckpt.h: HDF5 checkpoints, written by rank 0 only.
+ *
+ * <out>/checkpoints/ckpt-<step>.h5 holds /model/<unit>/<tensor> (float32,
+ * PyTorch layouts and names), /optim/m/... and /optim/v/... for every
+ * trainable tensor, and on the root the training state (step, epoch,
+ * batch_in_epoch, adam_step, lr, seed), the resolved configuration text,
+ * `format` = "diffmpi-checkpoint" and `format_version`.
+ *
+ * A checkpoint is written to a hidden temporary name, closed, fsynced and
+ * renamed, then its directory is fsynced; only then are checkpoints beyond
+ * `keep` deleted (oldest first). So a file named ckpt-<step>.h5 is always
+ * complete, whatever moment the job dies at.
+ */
+#ifndef DIFFMPI_CKPT_H
+#define DIFFMPI_CKPT_H
+
+#include <stdint.h>
+#include "diffmpi/common.h"
+#include "diffmpi/config.h"
+#include "diffmpi/unet.h"
+
+#define CKPT_FORMAT "diffmpi-checkpoint"
+#define CKPT_VERSION 1
+
+typedef struct {
+    int64_t step;           /* optimizer steps done */
+    int64_t epoch;          /* epoch (0-based) of the next step */
+    int64_t batch_in_epoch; /* index of the next batch inside that epoch */
+    int64_t adam_t;         /* Adam's step count */
+    double lr;              /* learning rate of the next step */
+} dm_train_state;
+
+dm_status ckpt_write(const char *out_dir, const unet *u, const float *m,
+                     const float *v, const dm_train_state *s,
+                     const dm_config *c, int keep);
+/* Read the configuration stored in a checkpoint (to build the model). */
+dm_status ckpt_read_config(const char *path, dm_config *c);
+/* Load weights, BN statistics and (when m, v are non-NULL) Adam state and
+ * training state. The model u must have been built with the checkpoint's
+ * width; every dataset's presence, shape and dtype is checked. */
+dm_status ckpt_read(const char *path, unet *u, float *m, float *v,
+                    dm_train_state *s);
+/* Newest ckpt-<step>.h5 in <out>/checkpoints that opens as a diffmpi
+ * checkpoint; DM_EIO (with a message) when there is none. Damaged newer
+ * files are reported on stderr and skipped. */
+dm_status ckpt_find_latest(const char *out_dir, char *path, size_t size);
+/* Does <out>/checkpoints hold any ckpt-*.h5? */
+int ckpt_any(const char *out_dir);
+
+#endif

@@ -1,0 +1,56 @@
+/* common.h: status codes, error reporting and the always-on check macros.
+ *
+ * Modules that can fail on user input (config, data, checkpoints, logs)
+ * return a dm_status and print exactly one line on stderr through dm_error()
+ * naming the file/option and what is wrong. Only the top level (main.c)
+ * decides how to exit: DM_EUSAGE -> exit code 2, anything else -> 1.
+ *
+ * DM_CHECK is for internal invariants that must hold whatever the input;
+ * it is always on (never compiled out like assert) and aborts the job.
+ */
+#ifndef DIFFMPI_COMMON_H
+#define DIFFMPI_COMMON_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef enum {
+    DM_OK = 0,
+    DM_EUSAGE = 2,   /* bad option, config key or value: exit code 2 */
+    DM_EIO = 3,      /* file missing, unreadable, unwritable, malformed */
+    DM_ENUM = 4,     /* non-finite loss or gradient */
+    DM_ESTOP = 5,    /* stopped by a signal after writing a checkpoint */
+} dm_status;
+
+/* Exit codes of the diffmpi executable (documented in README.md). */
+enum {
+    DM_EXIT_OK = 0,
+    DM_EXIT_RUNTIME = 1,
+    DM_EXIT_USAGE = 2,
+    DM_EXIT_SIGNAL = 3,   /* SIGTERM/SIGUSR1: checkpoint written, resume later */
+};
+
+/* Print "diffmpi: <message>\n" on stderr as one write (printf format). */
+void dm_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* quiet != 0: dm_error prints nothing (ranks other than 0 while parsing the
+ * command line, whose errors are identical on every rank). */
+void dm_set_quiet(int quiet);
+
+/* Abort the whole job (MPI_Abort when MPI is up) after printing a message. */
+_Noreturn void dm_fatal(const char *file, int line, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+#define DM_CHECK(cond, ...)                                                   \
+    do {                                                                      \
+        if (!(cond)) dm_fatal(__FILE__, __LINE__, __VA_ARGS__);               \
+    } while (0)
+
+/* malloc/calloc that abort with the requested size on failure. */
+void *dm_malloc(size_t bytes);
+void *dm_calloc(size_t count, size_t size);
+
+/* Seconds since an arbitrary fixed point (monotonic clock). */
+double dm_now(void);
+
+#endif

@@ -1,0 +1,86 @@
+/* dist.h: data parallelism whose results do not depend on the rank count.
+ *
+ * A global batch of B images is cut into nmb = ceil(B / m) micro-batches
+ * (the last may be short). Rank r owns the contiguous range
+ * [r*nmb/P, (r+1)*nmb/P) - possibly empty. Everything combined across
+ * micro-batches is combined in an order fixed by micro-batch index alone:
+ *
+ *  - per-micro-batch statistics (BatchNorm sums, the loss) are gathered to
+ *    every rank (MPI_Allgatherv) and summed in double, j = 0 .. nmb-1;
+ *  - weight gradients: one leaf per micro-batch, summed in float over one
+ *    fixed binary tree over micro-batch index (aligned power-of-two blocks;
+ *    a node whose right half is empty equals its left half). Each rank sums
+ *    the complete subtrees inside its range while backward runs (a stack of
+ *    O(log nmb) slots), then each rank owns a slice of the parameters,
+ *    receives every rank's subtree values for that slice, finishes the tree
+ *    there and the slices are allgathered. Float addition is commutative, so
+ *    the tree shape alone fixes every rounding.
+ *
+ *   dm_dist d;
+ *   dist_init(&d, comm, nparams, max_nmb, max_channels, rank_local_bn);
+ *   dist_set_batch(&d, nmb);                // per step
+ *   ... unet_forward(..., dist_combine, &d) ...
+ *   ... unet_backward(..., dist_combine, &d, dist_leaf_dst, dist_leaf_done)
+ *   dist_reduce_grads(&d, grads);           // grads identical on all ranks
+ */
+#ifndef DIFFMPI_DIST_H
+#define DIFFMPI_DIST_H
+
+#include <mpi.h>
+
+#define DIST_MAX_SLOTS 40
+
+typedef struct {
+    MPI_Comm comm;
+    int rank, size;
+    int rank_local_bn;      /* bn_sync = rank: BN sums over local only */
+    long nparams;
+    int max_nmb, max_width;
+    /* current batch */
+    int nmb, lo, hi;
+    int *counts, *displs;   /* [size] scratch for Allgatherv */
+    double *gather;         /* [max_nmb][max_width] */
+    /* gradient tree: local stack schedule for leaves lo..hi-1 */
+    int nslots;
+    float *slot[DIST_MAX_SLOTS]; /* [nparams] each */
+    int *leaf_slot, *leaf_merges; /* [max_nmb] */
+    int nblocks_local;
+    /* global blocks (rank order) and the tree's evaluation ops */
+    int nblocks;
+    int *block_rank, *block_a, *block_k, *block_local; /* [nblocks] */
+    int nops;
+    int *op_l, *op_r;       /* block index pairs: value[l] += value[r] */
+    int root;
+    float *recv;            /* remote blocks' values for my slice */
+    float **ptr;            /* [nblocks] */
+    MPI_Request *reqs;
+} dm_dist;
+
+void dist_init(dm_dist *d, MPI_Comm comm, long nparams, int max_nmb,
+               int max_width, int rank_local_bn);
+void dist_free(dm_dist *d);
+/* Micro-batches this rank may own at most when a full batch has nmb. */
+int dist_max_local(int nmb, int size);
+/* Set the layout of the current global batch (nmb micro-batches). */
+void dist_set_batch(dm_dist *d, int nmb);
+/* Range of micro-batches of rank r for nmb micro-batches on size ranks. */
+void dist_range(int nmb, int size, int r, int *lo, int *hi);
+
+/* unet_combine_fn: sum per-micro-batch [2C] doubles in fixed order. */
+void dist_combine(void *ctx, double *out, int C, const double *local, int nloc);
+/* Sum per-micro-batch values (w doubles each) over the global batch in
+ * micro-batch order into out[w] (every rank gets the same bits). With
+ * local_only, sums only this rank's micro-batches. */
+void dist_sum_mb(dm_dist *d, double *out, const double *local, int w,
+                 int local_only);
+/* Gather one double per item, items spread over ranks as
+ * dist_range(nitems, size, rank), into out[nitems] on every rank. */
+void dist_gather_items(dm_dist *d, double *out, const double *local,
+                       int nitems);
+/* unet_leaf_dst_fn / unet_leaf_done_fn for the gradient tree. */
+float *dist_leaf_dst(void *ctx, int j);
+void dist_leaf_done(void *ctx, int j, long off, long len);
+/* Finish the tree: grads[nparams] becomes the global sum on every rank. */
+void dist_reduce_grads(dm_dist *d, float *grads);
+
+#endif

@@ -1,0 +1,56 @@
+/* h5util.h: small checked wrappers over the HDF5 C API. Every call's result
+ * is checked; failures print one line naming the file and object and return
+ * DM_EIO. HDF5's own error stack printing is switched off (h5_quiet) so the
+ * user sees only our line.
+ *
+ *   hid_t f = H5Fcreate(...);
+ *   h5_write_f32(f, path, "/model/inc/0/weight", w, 4, dims);
+ *   h5_read_f32(f, path, "/model/inc/0/weight", w, 4, dims);  // shape/dtype
+ *                                                             // checked
+ */
+#ifndef DIFFMPI_H5UTIL_H
+#define DIFFMPI_H5UTIL_H
+
+#include <hdf5.h>
+#include <stdint.h>
+#include "diffmpi/common.h"
+
+void h5_quiet(void);
+/* Write a float32 dataset (intermediate groups created). */
+dm_status h5_write_f32(hid_t loc, const char *file, const char *name,
+                       const float *data, int ndim, const hsize_t *dims);
+dm_status h5_write_i32(hid_t loc, const char *file, const char *name,
+                       const int32_t *data, int ndim, const hsize_t *dims);
+dm_status h5_write_f64(hid_t loc, const char *file, const char *name,
+                       const double *data, int ndim, const hsize_t *dims);
+/* Read a float32 dataset whose shape must equal dims exactly. */
+dm_status h5_read_f32(hid_t loc, const char *file, const char *name,
+                      float *data, int ndim, const hsize_t *dims);
+/* Shape of a dataset (ndim <= 4), its type class and size. */
+dm_status h5_shape(hid_t loc, const char *file, const char *name, int *ndim,
+                   hsize_t *dims, H5T_class_t *cls, size_t *tsize);
+dm_status h5_read_any(hid_t loc, const char *file, const char *name,
+                      hid_t memtype, void *data);
+
+/* Attributes on an object (path "/" for the root). */
+dm_status h5_attr_i64(hid_t loc, const char *file, const char *name, int64_t v);
+dm_status h5_attr_u64(hid_t loc, const char *file, const char *name, uint64_t v);
+dm_status h5_attr_f64(hid_t loc, const char *file, const char *name, double v);
+dm_status h5_attr_str(hid_t loc, const char *file, const char *name,
+                      const char *v);
+dm_status h5_attr_f64v(hid_t loc, const char *file, const char *name,
+                       const double *v, int n);
+dm_status h5_get_i64(hid_t loc, const char *file, const char *name, int64_t *v);
+dm_status h5_get_u64(hid_t loc, const char *file, const char *name, uint64_t *v);
+dm_status h5_get_f64(hid_t loc, const char *file, const char *name, double *v);
+/* Read a string attribute into buf (always NUL-terminated). */
+dm_status h5_get_str(hid_t loc, const char *file, const char *name, char *buf,
+                     size_t bufsize);
+
+/* fsync a file and its directory (durability before rename/delete). */
+dm_status fs_sync_file(const char *path);
+dm_status fs_sync_dir_of(const char *path);
+/* mkdir -p */
+dm_status fs_mkdirs(const char *path);
+
+#endif

@@ -1,0 +1,113 @@
+/* layers.h: the network's building blocks as forward/backward pairs over
+ * plain float arrays. No layer allocates; every buffer is owned by the caller.
+ *
+ * Activation layout: channel-major over one micro-batch, [C][N][H][W]
+ * ("CNHW"). With this layout a convolution over a whole micro-batch is one
+ * GEMM, BatchNorm touches contiguous channel planes, and a channel concat is
+ * two adjacent regions of one buffer, so producers write straight into it.
+ *
+ * Argument order everywhere: outputs, inputs, weights, scratch, dimensions.
+ * Weight layouts are PyTorch's: Conv2d [Cout][Cin][k][k], ConvTranspose2d
+ * [Cin][Cout][k][k], Linear [out][in].
+ *
+ * Backward conventions:
+ *  - weight/bias gradients (dw, db, dgamma, ...) are OVERWRITTEN: each call
+ *    yields the gradient of one micro-batch, a leaf of the reduction tree;
+ *  - input gradients (din) are ADDED to, so fan-out (skip connections) needs
+ *    only one zeroing per step; din may be NULL when nobody needs it.
+ */
+#ifndef DIFFMPI_LAYERS_H
+#define DIFFMPI_LAYERS_H
+
+/* ---- Conv2d (kernel k, stride s, padding p), via im2col + sgemm ----------
+ * in [Cin][N][H][W], out [Cout][N][Ho][Wo], Ho = (H + 2p - k)/s + 1.
+ * col: scratch of conv2d_col_floats(...) floats, [Cin*k*k][N*Ho*Wo].
+ * b may be NULL (no bias); db may be NULL. */
+long conv2d_col_floats(int N, int Cin, int H, int W, int k, int s, int p);
+void conv2d_forward(float *out, const float *in, const float *w, const float *b,
+                    float *col, int N, int Cin, int H, int W, int Cout, int k,
+                    int s, int p);
+void conv2d_backward(float *din, float *dw, float *db, const float *dout,
+                     const float *in, const float *w, float *col, int N,
+                     int Cin, int H, int W, int Cout, int k, int s, int p);
+
+/* im2col / col2im for the CNHW layout: col [Cin*k*k][N*Ho*Wo].
+ * col2im ADDS into im. */
+void im2col(float *col, const float *im, int N, int C, int H, int W, int k,
+            int s, int p);
+void col2im(float *im, const float *col, int N, int C, int H, int W, int k,
+            int s, int p);
+
+/* ---- ConvTranspose2d (kernel k, stride s, padding p) ---------------------
+ * in [Cin][N][H][W], out [Cout][N][Ho][Wo], Ho = (H-1)*s - 2p + k.
+ * w [Cin][Cout][k][k]; col: scratch [Cout*k*k][N*H*W]. */
+long convt2d_col_floats(int N, int Cout, int H, int W, int k);
+void convt2d_forward(float *out, const float *in, const float *w,
+                     const float *b, float *col, int N, int Cin, int H, int W,
+                     int Cout, int k, int s, int p);
+void convt2d_backward(float *din, float *dw, float *db, const float *dout,
+                      const float *in, const float *w, float *col, int N,
+                      int Cin, int H, int W, int Cout, int k, int s, int p);
+
+/* ---- BatchNorm2d, split so that statistics can be combined across
+ * micro-batches and ranks in a fixed order (see dist.h).
+ * x, y, dx, dy: [C][M] with M = N*H*W elements per channel (CNHW). */
+/* Per-channel sums of one micro-batch: s1[c] = sum x, s2[c] = sum x^2. */
+void bn2d_stats(double *s1, double *s2, const float *x, int C, int M);
+/* Turn global sums over count elements into mean and 1/sqrt(var_biased+eps).*/
+void bn2d_finish_stats(float *mean, float *invstd, const double *s1,
+                       const double *s2, double count, int C, float eps);
+/* Running statistics, PyTorch semantics: unbiased variance, momentum. */
+void bn2d_update_running(float *run_mean, float *run_var, const double *s1,
+                         const double *s2, double count, int C,
+                         float momentum);
+/* y = gamma * (x - mean) * invstd + beta (train: batch stats; eval: pass
+ * running mean and 1/sqrt(running_var + eps)). */
+void bn2d_forward(float *y, const float *x, const float *mean,
+                  const float *invstd, const float *gamma, const float *beta,
+                  int C, int M);
+/* Per-channel backward sums of one micro-batch:
+ * g1[c] = sum dy, g2[c] = sum dy * xhat, xhat = (x - mean) * invstd.
+ * They are also this micro-batch's parameter gradients (OVERWRITTEN):
+ * dbeta[c] = g1[c], dgamma[c] = g2[c]; there is no separate kernel. */
+void bn2d_backward_stats(double *g1, double *g2, const float *dy,
+                         const float *x, const float *mean,
+                         const float *invstd, int C, int M);
+/* dx (ADDED) = gamma*invstd*(dy - G1/count - xhat*G2/count), with the global
+ * sums G1, G2 over count elements. */
+void bn2d_backward(float *dx, const float *dy, const float *x,
+                   const float *mean, const float *invstd, const float *gamma,
+                   const double *G1, const double *G2, double count, int C,
+                   int M);
+
+/* ---- GELU, exact erf form: y = x/2 * (1 + erf(x/sqrt(2))) ---------------- */
+void gelu_forward(float *y, const float *x, long n);
+/* dx (ADDED) += dy * gelu'(x) */
+void gelu_backward(float *dx, const float *dy, const float *x, long n);
+
+/* ---- AvgPool over the full HxW plane (AvgPool2d(7) on 7x7) ---------------
+ * in [C][N][HW], out [C][N] */
+void avgpool_forward(float *out, const float *in, int C, int N, int HW);
+void avgpool_backward(float *din, const float *dout, int C, int N, int HW);
+
+/* ---- Linear: out[N][Fout] = in[N][Fin] * w[Fout][Fin]^T + b[Fout] --------
+ * (not "I"/"O": <complex.h>, pulled in by OpenBLAS's cblas.h, defines I). */
+void linear_forward(float *out, const float *in, const float *w,
+                    const float *b, int N, int Fin, int Fout);
+void linear_backward(float *din, float *dw, float *db, const float *dout,
+                     const float *in, const float *w, int N, int Fin, int Fout);
+
+/* ---- MSE against a target, for one micro-batch of n elements -------------
+ * Returns sum (y - t)^2 in double; dy[i] = 2 (y - t) * scale (OVERWRITTEN),
+ * where scale = 1 / (elements in the whole global batch). */
+double mse_forward_backward(float *dy, const float *y, const float *t, long n,
+                            float scale);
+
+/* ---- PyTorch default initialisation --------------------------------------
+ * kaiming_uniform(a=sqrt(5)) => U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight
+ * and bias alike. fan_in: Conv2d Cin*k*k; ConvTranspose2d: PyTorch computes it
+ * from weight.size(1)*k*k = Cout*k*k; Linear: in. */
+struct dm_rng;
+void init_uniform(float *w, long n, float bound, struct dm_rng *rng);
+
+#endif

@@ -1,0 +1,30 @@
+/* samples.h: the figures' data, written by rank 0 into <out>/samples.h5
+ * (updated copy-on-write: a copy is modified, synced and renamed over the
+ * old file) and as PNG grids beside it.
+ *
+ *   /noising/images [7,K,28,28]       fixed test digits at each sigma
+ *   /denoise/epoch_NNNN/{clean,noisy,denoised} [K,28,28]  at sigma 0.5
+ *   /ood/{noisy,denoised} [7,28,28], /ood/test_mse [7]     after the last
+ *                                                          epoch
+ * Every group carries the sigmas and the test indices as attributes. All
+ * evaluation uses the BatchNorm running statistics (eval mode).
+ */
+#ifndef DIFFMPI_SAMPLES_H
+#define DIFFMPI_SAMPLES_H
+
+#include "diffmpi/config.h"
+#include "diffmpi/data.h"
+#include "diffmpi/unet.h"
+
+#define SAMPLES_K 8 /* test digits 0..K-1 in the figures */
+
+dm_status samples_noising(const char *out, const dm_config *c,
+                          const dm_dataset *test);
+/* Called on every rank; only rank 0 computes and writes. */
+dm_status samples_epoch(const char *out, unet *u, const dm_config *c,
+                        const dm_dataset *test, int epoch, int rank);
+dm_status samples_ood(const char *out, unet *u, const dm_config *c,
+                      const dm_dataset *test, const double *test_mse,
+                      int rank);
+
+#endif

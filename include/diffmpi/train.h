@@ -1,0 +1,27 @@
+/* train.h: the training driver (`diffmpi train`) and the other commands
+ * that run a model (`predict`).
+ *
+ * train_run is called on every rank with the same validated configuration;
+ * it returns the process exit code (DM_EXIT_*), identical on every rank.
+ */
+#ifndef DIFFMPI_TRAIN_H
+#define DIFFMPI_TRAIN_H
+
+#include "diffmpi/config.h"
+
+/* resume: NULL (fresh run), "auto" or a checkpoint path. */
+int train_run(const dm_config *c, const char *out_dir, const char *resume);
+
+/* predict: rank 0 reads IN (/x [N,1,28,28] float32), writes OUT (/y). */
+int predict_run(const char *ckpt, const char *in_path, const char *out_path);
+
+/* Noisy test image z for evaluation and figures, keyed by (seed, sigma
+ * index, test image index) so that every figure is reproducible. */
+void train_make_eval(const dm_config *c, float *z, const float *x,
+                     double sigma, int sigma_idx, int image);
+
+/* The sigmas of the noising figure and the out-of-distribution sweep. */
+#define DM_NSIGMAS 7
+extern const double dm_sigmas[DM_NSIGMAS];
+
+#endif

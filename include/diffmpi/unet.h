@@ -1,0 +1,149 @@
+/* unet.h: the UNet of SPEC.md at any width D, its parameters and its
+ * activations, driven micro-batch by micro-batch.
+ *
+ * Parameters live in one flat float array (params), with parallel arrays for
+ * gradients and Adam's m and v owned by the trainer; named views (unet_param)
+ * give each tensor's name, PyTorch shape and offset, so checkpoints, the
+ * optimizer and the gradient reduction all work on flat arrays. BatchNorm
+ * running statistics live in a second flat array (buffers).
+ *
+ * The network is a table of units (conv or transposed conv, optionally
+ * followed by BatchNorm and GELU). Forward and backward walk the table layer
+ * by layer over all micro-batches this rank owns, because BatchNorm needs the
+ * statistics of the whole global batch before any micro-batch can continue.
+ *
+ *   unet u;
+ *   unet_init(&u, D, max_local_microbatches, micro_batch);
+ *   unet_init_params(&u, seed);              // PyTorch default init
+ *   unet_forward(&u, ctx, nmb_local, sizes); // activations kept for backward
+ *   unet_backward(&u, ctx, ...);
+ *   unet_free(&u);
+ */
+#ifndef DIFFMPI_UNET_H
+#define DIFFMPI_UNET_H
+
+#include <stdint.h>
+#include "diffmpi/common.h"
+
+#define UNET_MAX_UNITS 24
+#define UNET_MAX_PARAMS 128
+#define UNET_MAX_BUFS 64
+
+typedef enum { UNIT_CONV, UNIT_CONVT, UNIT_POOL } unet_unit_kind;
+
+/* One named tensor view into params (trainable) or buffers (BN running). */
+typedef struct {
+    char name[64];      /* e.g. "down1/0/weight" (checkpoint path below /model) */
+    int ndim;
+    int shape[4];
+    long offset;        /* into params or buffers */
+    long size;
+    int trainable;      /* 1: params/grads/m/v; 0: buffers */
+} unet_param;
+
+/* Where a unit reads its input and writes its output. */
+typedef struct {
+    int buf;            /* activation buffer id */
+    int chan_off;       /* first channel inside that buffer (concat) */
+} unet_ref;
+
+typedef struct {
+    char name[24];      /* checkpoint group, e.g. "down1/0" */
+    unet_unit_kind kind;
+    int cin, cout, k, s, p;
+    int hin, hout;      /* square images */
+    int bn, gelu;       /* BatchNorm follows; GELU follows */
+    unet_ref in, out;   /* out: the unit's final output (after GELU) */
+    int y_buf;          /* buffer holding the pre-BN conv output (-1: none) */
+    long w, b, gamma, beta;      /* offsets into params (-1: none) */
+    long run_mean, run_var;      /* offsets into buffers (-1: none) */
+    int pw, pb, pgamma, pbeta;   /* indices into unet.params (-1: none) */
+    /* per-step BatchNorm state, [cout] each */
+    float *mean, *invstd;
+    double *s1, *s2;    /* [max_local_mb][cout] per micro-batch sums */
+} unet_unit;
+
+/* An activation buffer: per micro-batch [chans][m][hw][hw], stored for every
+ * local micro-batch at a fixed stride. */
+typedef struct {
+    int chans, hw;
+    long mb_stride;     /* floats per micro-batch slot = chans*m*hw*hw */
+    float *data;        /* [max_local_mb][mb_stride] */
+    float *grad;        /* same shape, NULL if never needed */
+} unet_buf;
+
+/* Communication hooks so that unet.c does not depend on the trainer's
+ * distribution: called once per BN layer with the per-micro-batch sums of
+ * this rank (nloc x [2*C] doubles, s1 then s2) and must return the combined
+ * sums over the global batch in fixed micro-batch order. */
+typedef void (*unet_combine_fn)(void *ctx, double *out_sums, int C,
+                                const double *local_sums, int nloc);
+
+typedef struct {
+    int D, m, max_mb;   /* width, micro-batch size, local micro-batch slots */
+    int nunits;
+    unet_unit units[UNET_MAX_UNITS];
+    int nparams_t;      /* number of named tensors */
+    unet_param params[UNET_MAX_PARAMS];
+    long nparams;       /* trainable floats */
+    long nbuffers;      /* BN running-stat floats */
+    float *p;           /* [nparams] owned */
+    float *bufs;        /* [nbuffers] owned */
+    int nbufs;
+    unet_buf act[UNET_MAX_BUFS];
+    int in_buf, out_buf;          /* network input z and output y */
+    float *scratch_a, *scratch_b; /* [max_mb][scratch_stride] */
+    long scratch_stride;          /* largest unit output per micro-batch */
+    float *col;                   /* im2col scratch for one micro-batch */
+    long col_floats;
+    double *sums;                 /* [max_mb][2*maxC] staging for combine */
+    double *gsums;                /* [2*maxC] combined */
+} unet;
+
+/* Build the unit table and allocate everything for up to max_mb local
+ * micro-batches of size m. max_mb may be 0 for a model used only for I/O. */
+void unet_init(unet *u, int D, int m, int max_mb);
+void unet_free(unet *u);
+/* PyTorch default initialisation from the seed (counter-based per tensor). */
+void unet_init_params(unet *u, uint64_t seed);
+/* Find a named tensor, NULL if absent. */
+const unet_param *unet_find(const unet *u, const char *name);
+
+/* Pointer to micro-batch slot j of activation buffer b. */
+static inline float *unet_slot(const unet *u, int b, int j) {
+    return u->act[b].data + (long)j * u->act[b].mb_stride;
+}
+
+/* Forward over nmb local micro-batches with sizes n[j] (input already in
+ * act[in_buf] slots). train != 0: BatchNorm uses global batch statistics
+ * through `combine` and updates the running statistics (count = total
+ * elements per channel over the global batch is computed by combine's
+ * caller: pass the global number of images); train == 0: running stats.
+ * nmb may be 0 on a rank that owns no micro-batch (it still joins every
+ * combine call). */
+void unet_forward(unet *u, int train, int nmb, const int *n, long global_n,
+                  unet_combine_fn combine, void *ctx, float bn_momentum);
+
+/* Zero every activation gradient of the first nmb slots (once per step). */
+void unet_zero_grad(unet *u, int nmb);
+
+/* Backward: the gradient of the loss wrt the output is in act[out_buf].grad.
+ * For every unit from last to first and every local micro-batch j, the
+ * weight gradient of micro-batch j is written into the [nparams] array
+ * returned by `leaf_dst(ctx, j)` (only the unit's contiguous slice
+ * [off, off+len) is written) and then announced with leaf_done(ctx, j, off,
+ * len), so the caller can combine per-micro-batch leaves in a fixed tree. */
+typedef float *(*unet_leaf_dst_fn)(void *ctx, int j);
+typedef void (*unet_leaf_done_fn)(void *ctx, int j, long off, long len);
+void unet_backward(unet *u, int nmb, const int *n, long global_n,
+                   unet_combine_fn combine, void *ctx,
+                   unet_leaf_dst_fn leaf_dst, unet_leaf_done_fn leaf_done);
+
+/* Eval-mode forward (running BN statistics, no communication) of n images
+ * x [n][28][28] into y [n][28][28], micro-batch by micro-batch in slot 0. */
+void unet_predict(unet *u, float *y, const float *x, int n);
+
+/* Analytic FLOP count of one forward pass per image (multiply-add = 2). */
+double unet_forward_flops(const unet *u);
+
+#endif

@@ -1,0 +1,259 @@
+/* ckpt.c: atomic HDF5 checkpoints (see ckpt.h). */
+#include "diffmpi/ckpt.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "diffmpi/h5util.h"
+
+static void param_dims(const unet_param *q, hsize_t *dims) {
+    for (int i = 0; i < q->ndim; i++) dims[i] = (hsize_t)q->shape[i];
+}
+
+/* Tests widen the window in which a kill hits a checkpoint write. */
+static void fault_delay(void) {
+    const char *s = getenv("DIFFMPI_TEST_CKPT_DELAY");
+    if (!s) return;
+    double sec = atof(s);
+    struct timespec ts = {(time_t)sec, (long)((sec - (double)(time_t)sec) * 1e9)};
+    nanosleep(&ts, NULL);
+}
+
+static dm_status write_body(hid_t f, const char *path, const unet *u,
+                            const float *m, const float *v,
+                            const dm_train_state *s, const dm_config *c) {
+    char name[160], cfg[8192];
+    hsize_t dims[4];
+    dm_status st = DM_OK;
+    for (int i = 0; st == DM_OK && i < u->nparams_t; i++) {
+        const unet_param *q = &u->params[i];
+        const float *src = q->trainable ? u->p : u->bufs;
+        param_dims(q, dims);
+        snprintf(name, sizeof name, "/model/%s", q->name);
+        st = h5_write_f32(f, path, name, src + q->offset, q->ndim, dims);
+        if (st == DM_OK && q->trainable) {
+            snprintf(name, sizeof name, "/optim/m/%s", q->name);
+            st = h5_write_f32(f, path, name, m + q->offset, q->ndim, dims);
+        }
+        if (st == DM_OK && q->trainable) {
+            snprintf(name, sizeof name, "/optim/v/%s", q->name);
+            st = h5_write_f32(f, path, name, v + q->offset, q->ndim, dims);
+        }
+        if (i == u->nparams_t / 2) fault_delay();
+    }
+    config_to_string(c, cfg, sizeof cfg);
+    if (st == DM_OK) st = h5_attr_str(f, path, "format", CKPT_FORMAT);
+    if (st == DM_OK) st = h5_attr_i64(f, path, "format_version", CKPT_VERSION);
+    if (st == DM_OK) st = h5_attr_i64(f, path, "step", s->step);
+    if (st == DM_OK) st = h5_attr_i64(f, path, "epoch", s->epoch);
+    if (st == DM_OK) st = h5_attr_i64(f, path, "batch_in_epoch", s->batch_in_epoch);
+    if (st == DM_OK) st = h5_attr_i64(f, path, "adam_step", s->adam_t);
+    if (st == DM_OK) st = h5_attr_f64(f, path, "lr", s->lr);
+    if (st == DM_OK) st = h5_attr_u64(f, path, "seed", c->seed);
+    if (st == DM_OK) st = h5_attr_i64(f, path, "hidden", c->hidden);
+    if (st == DM_OK) st = h5_attr_str(f, path, "objective", config_objective_name(c->objective));
+    if (st == DM_OK)
+        st = h5_attr_str(f, path, "conditioning", config_conditioning_name(c->conditioning));
+    if (st == DM_OK) st = h5_attr_str(f, path, "config", cfg);
+    return st;
+}
+
+static int parse_step(const char *fname, long *step) {
+    char tail[8];
+    if (sscanf(fname, "ckpt-%ld%7s", step, tail) != 2) return 0;
+    return strcmp(tail, ".h5") == 0 && *step >= 0;
+}
+
+static int cmp_long(const void *a, const void *b) {
+    long x = *(const long *)a, y = *(const long *)b;
+    return (x > y) - (x < y);
+}
+
+/* Steps of the ckpt-<step>.h5 files in dir, ascending; returns the count. */
+static int list_steps(const char *dir, long *steps, int cap) {
+    DIR *dp = opendir(dir);
+    if (!dp) return 0;
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(dp)) != NULL) {
+        long st;
+        if (parse_step(e->d_name, &st) && n < cap) steps[n++] = st;
+    }
+    closedir(dp);
+    qsort(steps, (size_t)n, sizeof(long), cmp_long);
+    return n;
+}
+
+int ckpt_any(const char *out_dir) {
+    char dir[4096];
+    long steps[4];
+    snprintf(dir, sizeof dir, "%s/checkpoints", out_dir);
+    return list_steps(dir, steps, 4) > 0;
+}
+
+static dm_status prune(const char *dir, int keep, long newest) {
+    static long steps[100000];
+    int n = list_steps(dir, steps, 100000);
+    for (int i = 0; i < n - keep; i++) {
+        if (steps[i] == newest) continue;
+        char p[4200];
+        snprintf(p, sizeof p, "%s/ckpt-%ld.h5", dir, steps[i]);
+        if (unlink(p) != 0 && errno != ENOENT) {
+            dm_error("%s: cannot delete old checkpoint: %s", p, strerror(errno));
+            return DM_EIO;
+        }
+    }
+    return DM_OK;
+}
+
+dm_status ckpt_write(const char *out_dir, const unet *u, const float *m,
+                     const float *v, const dm_train_state *s,
+                     const dm_config *c, int keep) {
+    char dir[4096], tmp[4300], fin[4300];
+    snprintf(dir, sizeof dir, "%s/checkpoints", out_dir);
+    dm_status st = fs_mkdirs(dir);
+    if (st != DM_OK) return st;
+    snprintf(tmp, sizeof tmp, "%s/.ckpt-%ld.h5.tmp", dir, (long)s->step);
+    snprintf(fin, sizeof fin, "%s/ckpt-%ld.h5", dir, (long)s->step);
+    hid_t f = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+    if (f < 0) {
+        dm_error("%s: cannot create checkpoint file", tmp);
+        return DM_EIO;
+    }
+    st = write_body(f, tmp, u, m, v, s, c);
+    if (H5Fclose(f) < 0 && st == DM_OK) {
+        dm_error("%s: cannot close checkpoint file (disk full?)", tmp);
+        st = DM_EIO;
+    }
+    if (st == DM_OK) st = fs_sync_file(tmp);
+    if (st == DM_OK && rename(tmp, fin) != 0) {
+        dm_error("%s: cannot rename to %s: %s", tmp, fin, strerror(errno));
+        st = DM_EIO;
+    }
+    if (st != DM_OK) {
+        unlink(tmp);
+        return st;
+    }
+    st = fs_sync_dir_of(fin);
+    if (st == DM_OK) st = prune(dir, keep, s->step);
+    return st;
+}
+
+static hid_t open_ckpt(const char *path) {
+    if (access(path, R_OK) != 0) {
+        dm_error("%s: cannot open checkpoint: %s", path, strerror(errno));
+        return -1;
+    }
+    if (H5Fis_hdf5(path) <= 0) {
+        dm_error("%s: not an HDF5 file (damaged or wrong file?)", path);
+        return -1;
+    }
+    hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    if (f < 0) {
+        dm_error("%s: cannot open checkpoint (damaged HDF5 file?)", path);
+        return -1;
+    }
+    char fmt[64];
+    int64_t ver;
+    if (h5_get_str(f, path, "format", fmt, sizeof fmt) != DM_OK) {
+        H5Fclose(f);
+        return -1;
+    }
+    if (strcmp(fmt, CKPT_FORMAT) != 0) {
+        dm_error("%s: not a diffmpi checkpoint (format '%s')", path, fmt);
+        H5Fclose(f);
+        return -1;
+    }
+    if (h5_get_i64(f, path, "format_version", &ver) != DM_OK || ver != CKPT_VERSION) {
+        dm_error("%s: unsupported checkpoint format version %lld (this build "
+                 "reads %d)", path, (long long)ver, CKPT_VERSION);
+        H5Fclose(f);
+        return -1;
+    }
+    return f;
+}
+
+dm_status ckpt_read_config(const char *path, dm_config *c) {
+    hid_t f = open_ckpt(path);
+    if (f < 0) return DM_EIO;
+    static char cfg[8192];
+    dm_status st = h5_get_str(f, path, "config", cfg, sizeof cfg);
+    H5Fclose(f);
+    if (st != DM_OK) return st;
+    config_defaults(c);
+    char origin[4200];
+    snprintf(origin, sizeof origin, "%s (stored config)", path);
+    st = config_load_string(c, cfg, origin);
+    if (st == DM_OK) st = config_validate(c);
+    return st == DM_OK ? DM_OK : DM_EIO;
+}
+
+static dm_status read_tensors(hid_t f, const char *path, const char *prefix,
+                              const unet *u, float *dst_p, float *dst_b,
+                              int trainable_only) {
+    char name[160];
+    hsize_t dims[4];
+    for (int i = 0; i < u->nparams_t; i++) {
+        const unet_param *q = &u->params[i];
+        if (trainable_only && !q->trainable) continue;
+        float *dst = q->trainable ? dst_p : dst_b;
+        param_dims(q, dims);
+        snprintf(name, sizeof name, "%s/%s", prefix, q->name);
+        dm_status st = h5_read_f32(f, path, name, dst + q->offset, q->ndim, dims);
+        if (st != DM_OK) return st;
+    }
+    return DM_OK;
+}
+
+dm_status ckpt_read(const char *path, unet *u, float *m, float *v,
+                    dm_train_state *s) {
+    hid_t f = open_ckpt(path);
+    if (f < 0) return DM_EIO;
+    int64_t hidden = 0;
+    dm_status st = h5_get_i64(f, path, "hidden", &hidden);
+    if (st == DM_OK && hidden != u->D) {
+        dm_error("%s: checkpoint has hidden=%lld, the model has hidden=%d", path,
+                 (long long)hidden, u->D);
+        st = DM_EIO;
+    }
+    if (st == DM_OK) st = read_tensors(f, path, "/model", u, u->p, u->bufs, 0);
+    if (st == DM_OK && m) st = read_tensors(f, path, "/optim/m", u, m, NULL, 1);
+    if (st == DM_OK && v) st = read_tensors(f, path, "/optim/v", u, v, NULL, 1);
+    if (st == DM_OK && s) {
+        st = h5_get_i64(f, path, "step", &s->step);
+        if (st == DM_OK) st = h5_get_i64(f, path, "epoch", &s->epoch);
+        if (st == DM_OK) st = h5_get_i64(f, path, "batch_in_epoch", &s->batch_in_epoch);
+        if (st == DM_OK) st = h5_get_i64(f, path, "adam_step", &s->adam_t);
+        if (st == DM_OK) st = h5_get_f64(f, path, "lr", &s->lr);
+        if (st == DM_OK && (s->step < 0 || s->epoch < 0 || s->batch_in_epoch < 0 ||
+                            s->adam_t < 0 || !(s->lr > 0))) {
+            dm_error("%s: training state attributes are out of range", path);
+            st = DM_EIO;
+        }
+    }
+    H5Fclose(f);
+    return st;
+}
+
+dm_status ckpt_find_latest(const char *out_dir, char *path, size_t size) {
+    char dir[4096];
+    static long steps[100000];
+    snprintf(dir, sizeof dir, "%s/checkpoints", out_dir);
+    int n = list_steps(dir, steps, 100000);
+    for (int i = n - 1; i >= 0; i--) {
+        snprintf(path, size, "%s/ckpt-%ld.h5", dir, steps[i]);
+        hid_t f = open_ckpt(path);
+        if (f >= 0) {
+            H5Fclose(f);
+            return DM_OK;
+        }
+        dm_error("%s: skipping unreadable checkpoint", path);
+    }
+    dm_error("%s: no checkpoint to resume from (--resume auto)", dir);
+    return DM_EIO;
+}

@@ -1,0 +1,57 @@
+/* common.c: error reporting, checked allocation, clock. */
+#include "diffmpi/common.h"
+
+#include <mpi.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+
+static int quiet_errors = 0;
+
+void dm_set_quiet(int quiet) { quiet_errors = quiet; }
+
+void dm_error(const char *fmt, ...) {
+    if (quiet_errors) return;
+    char msg[2048];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "diffmpi: %s\n", msg);
+    fflush(stderr);
+}
+
+_Noreturn void dm_fatal(const char *file, int line, const char *fmt, ...) {
+    char msg[2048];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "diffmpi: internal error at %s:%d: %s\n", file, line, msg);
+    fflush(stderr);
+    int up = 0, down = 0;
+    MPI_Initialized(&up);
+    MPI_Finalized(&down);
+    if (up && !down) MPI_Abort(MPI_COMM_WORLD, DM_EXIT_RUNTIME);
+    exit(DM_EXIT_RUNTIME);
+}
+
+void *dm_malloc(size_t bytes) {
+    void *p = malloc(bytes ? bytes : 1);
+    DM_CHECK(p != NULL, "out of memory allocating %zu bytes", bytes);
+    return p;
+}
+
+void *dm_calloc(size_t count, size_t size) {
+    void *p = calloc(count ? count : 1, size ? size : 1);
+    DM_CHECK(p != NULL, "out of memory allocating %zu x %zu bytes", count,
+             size);
+    return p;
+}
+
+double dm_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}

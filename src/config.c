@@ -1,0 +1,618 @@
+/* config.c: dm_config from INI text (libinih) and --set overrides.
+ *
+ * Every key is one row of `keys` below (name, kind, field offset, allowed
+ * range or names), and parsing, printing and validation all walk that table,
+ * so a key cannot be parsed one way and checked another.
+ *
+ * inih (Debian 12: r55, built with its defaults) is fed through our own line
+ * reader rather than ini_parse():
+ *  - the handler is built without line numbers (INI_HANDLER_LINENO 0), and
+ *    the reader knows which line it handed out, so every error names its
+ *    file:line exactly;
+ *  - the reader strips leading blanks, so an indented line is an ordinary
+ *    line and never a multi-line continuation that would silently replace
+ *    the previous key's value (inih's INI_ALLOW_MULTILINE is on);
+ *  - a line longer than inih's buffer (INI_MAX_LINE - 1 chars) would be split
+ *    in two by inih; the reader reports it instead.
+ * inih's other defaults are kept: '#' and ';' start a comment at the start of
+ * a line, " ;" starts an inline comment, "key: value" equals "key = value",
+ * and a UTF-8 BOM is skipped. Debian's libinih also exports run-time
+ * switches (ini_allow_multiline, ...); they are process-wide and exist only
+ * in Debian's build, so they are left alone.
+ */
+#include "diffmpi/config.h"
+
+#include <errno.h>
+#include <ini.h>
+#include <limits.h>
+#include <math.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_LINE (INI_MAX_LINE - 1)
+#define PATH_KEY_PREFIX "data_dir = "
+/* data_dir must fit one line of config_to_string output, which inih must be
+ * able to read back. */
+#define MAX_PATH_CHARS ((int)(MAX_LINE - (sizeof PATH_KEY_PREFIX - 1)))
+#define MAX_BATCH (1 << 20)
+#define MAX_CONFIG_BYTES (1 << 20)
+#define MSG_SIZE 1536
+
+typedef enum {
+    KEY_INT, KEY_INT32, KEY_U64, KEY_REAL, KEY_ENUM, KEY_PATH
+} key_kind;
+
+typedef struct {
+    const char *name;
+    key_kind kind;
+    size_t offset;      /* of the field in dm_config */
+    double lo, hi;      /* KEY_INT, KEY_INT32, KEY_REAL: allowed range */
+    int lo_open;        /* KEY_REAL: lo itself is not allowed */
+    const char *const *names; /* KEY_ENUM: NULL-terminated, index = value */
+} config_key;
+
+static const char *const objective_names[] = {"denoise", "pure_noise", "ddpm",
+                                              "flow", NULL};
+static const char *const conditioning_names[] = {"none", "time", "class",
+                                                 NULL};
+static const char *const lr_decay_names[] = {"none", "exp", NULL};
+static const char *const bn_sync_names[] = {"global", "rank", NULL};
+
+/* Enum fields are read and written as int through memcpy. */
+_Static_assert(sizeof(dm_objective) == sizeof(int), "enum size");
+_Static_assert(sizeof(dm_conditioning) == sizeof(int), "enum size");
+_Static_assert(sizeof(dm_lr_decay) == sizeof(int), "enum size");
+_Static_assert(sizeof(dm_bn_sync) == sizeof(int), "enum size");
+_Static_assert(MAX_PATH_CHARS < (int)sizeof(((dm_config *)0)->data_dir),
+               "data_dir buffer");
+
+#define OFF(field) offsetof(dm_config, field)
+
+/* The order of this table is the order of config_to_string. */
+static const config_key keys[] = {
+    {.name = "objective", .kind = KEY_ENUM, .offset = OFF(objective),
+     .names = objective_names},
+    {.name = "conditioning", .kind = KEY_ENUM, .offset = OFF(conditioning),
+     .names = conditioning_names},
+    {.name = "hidden", .kind = KEY_INT, .offset = OFF(hidden), .lo = 1,
+     .hi = 4096},
+    {.name = "epochs", .kind = KEY_INT, .offset = OFF(epochs), .lo = 1,
+     .hi = 100000},
+    {.name = "batch", .kind = KEY_INT, .offset = OFF(batch), .lo = 1,
+     .hi = MAX_BATCH},
+    {.name = "micro_batch", .kind = KEY_INT, .offset = OFF(micro_batch),
+     .lo = 1, .hi = MAX_BATCH},
+    {.name = "lr", .kind = KEY_REAL, .offset = OFF(lr), .lo = 0,
+     .hi = HUGE_VAL, .lo_open = 1},
+    {.name = "lr_decay", .kind = KEY_ENUM, .offset = OFF(lr_decay),
+     .names = lr_decay_names},
+    {.name = "sigma", .kind = KEY_REAL, .offset = OFF(sigma), .lo = 0,
+     .hi = HUGE_VAL},
+    {.name = "seed", .kind = KEY_U64, .offset = OFF(seed)},
+    {.name = "data_dir", .kind = KEY_PATH, .offset = OFF(data_dir)},
+    {.name = "train_limit", .kind = KEY_INT32, .offset = OFF(train_limit),
+     .lo = 0, .hi = INT32_MAX},
+    {.name = "eval_limit", .kind = KEY_INT32, .offset = OFF(eval_limit),
+     .lo = 0, .hi = INT32_MAX},
+    {.name = "checkpoint_every", .kind = KEY_INT,
+     .offset = OFF(checkpoint_every), .lo = 0, .hi = INT_MAX},
+    {.name = "keep", .kind = KEY_INT, .offset = OFF(keep), .lo = 1,
+     .hi = INT_MAX},
+    {.name = "threads", .kind = KEY_INT, .offset = OFF(threads), .lo = 1,
+     .hi = 256},
+    {.name = "bn_sync", .kind = KEY_ENUM, .offset = OFF(bn_sync),
+     .names = bn_sync_names},
+    {.name = "log_every", .kind = KEY_REAL, .offset = OFF(log_every), .lo = 0,
+     .hi = HUGE_VAL, .lo_open = 1},
+    {.name = "p_uncond", .kind = KEY_REAL, .offset = OFF(p_uncond), .lo = 0,
+     .hi = 1},
+};
+#define N_KEYS ((int)(sizeof keys / sizeof keys[0]))
+
+static void *field(dm_config *c, const config_key *k) {
+    return (char *)c + k->offset;
+}
+
+static const void *cfield(const dm_config *c, const config_key *k) {
+    return (const char *)c + k->offset;
+}
+
+static int find_key(const char *name) {
+    for (int i = 0; i < N_KEYS; i++)
+        if (strcmp(keys[i].name, name) == 0) return i;
+    return -1;
+}
+
+static int enum_count(const config_key *k) {
+    int n = 0;
+    while (k->names[n]) n++;
+    return n;
+}
+
+/* What a valid value of k looks like, for error messages. */
+static void key_expectation(const config_key *k, char *buf, size_t size) {
+    size_t pos = 0;
+    switch (k->kind) {
+    case KEY_INT:
+    case KEY_INT32:
+        if (k->hi >= INT_MAX)
+            snprintf(buf, size, "an integer >= %.0f", k->lo);
+        else
+            snprintf(buf, size, "an integer in %.0f..%.0f", k->lo, k->hi);
+        break;
+    case KEY_U64:
+        snprintf(buf, size, "an integer in 0..%llu", ULLONG_MAX);
+        break;
+    case KEY_REAL:
+        if (isinf(k->hi))
+            snprintf(buf, size, "a finite number %s %g",
+                     k->lo_open ? ">" : ">=", k->lo);
+        else
+            snprintf(buf, size, "a number in [%g, %g]", k->lo, k->hi);
+        break;
+    case KEY_ENUM:
+        pos = (size_t)snprintf(buf, size, "one of ");
+        for (int i = 0; k->names[i] && pos < size; i++)
+            pos += (size_t)snprintf(buf + pos, size - pos, "%s%s",
+                                    i ? "|" : "", k->names[i]);
+        break;
+    case KEY_PATH:
+        snprintf(buf, size,
+                 "a path of 1..%d characters, no control characters, no "
+                 "blank before ';', no blank at either end",
+                 MAX_PATH_CHARS);
+        break;
+    }
+}
+
+static int real_ok(const config_key *k, double v) {
+    return isfinite(v) && (k->lo_open ? v > k->lo : v >= k->lo) && v <= k->hi;
+}
+
+/* A path must come back unchanged through config_to_string and inih. */
+static int path_ok(const char *s) {
+    size_t n = strlen(s);
+    if (n == 0 || n > (size_t)MAX_PATH_CHARS) return 0;
+    if (s[0] == ' ' || s[0] == '\t' || s[n - 1] == ' ' || s[n - 1] == '\t')
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if (ch < 0x20 || ch == 0x7f) return 0;
+        if (ch == ';' && i > 0 && (s[i - 1] == ' ' || s[i - 1] == '\t'))
+            return 0;
+    }
+    return 1;
+}
+
+/* Strict integer: the whole string, base 10, no overflow. */
+static int parse_long(const char *s, long *out) {
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (end == s || *end != '\0' || errno == ERANGE) return 0;
+    *out = v;
+    return 1;
+}
+
+/* Parses value for key k into c; writes nothing if the value is bad. */
+static int key_parse(const config_key *k, const char *value, dm_config *c) {
+    long l;
+    double d;
+    char *end;
+    switch (k->kind) {
+    case KEY_INT:
+        if (!parse_long(value, &l) || l < k->lo || l > k->hi) return 0;
+        *(int *)field(c, k) = (int)l;
+        return 1;
+    case KEY_INT32:
+        if (!parse_long(value, &l) || l < k->lo || l > k->hi) return 0;
+        *(int32_t *)field(c, k) = (int32_t)l;
+        return 1;
+    case KEY_U64: {
+        /* strtoull would accept "-1" as 2^64-1: digits only. */
+        if (value[0] < '0' || value[0] > '9') return 0;
+        errno = 0;
+        unsigned long long u = strtoull(value, &end, 10);
+        if (*end != '\0' || errno == ERANGE) return 0;
+        *(uint64_t *)field(c, k) = (uint64_t)u;
+        return 1;
+    }
+    case KEY_REAL:
+        errno = 0;
+        d = strtod(value, &end);
+        /* ERANGE on overflow or underflow to 0 (a subnormal result is
+         * still the nearest double and round-trips). */
+        if (end == value || *end != '\0' || !real_ok(k, d) ||
+            (errno == ERANGE && d == 0.0))
+            return 0;
+        *(double *)field(c, k) = d;
+        return 1;
+    case KEY_ENUM:
+        for (int i = 0; k->names[i]; i++) {
+            if (strcmp(value, k->names[i]) == 0) {
+                memcpy(field(c, k), &i, sizeof i);
+                return 1;
+            }
+        }
+        return 0;
+    case KEY_PATH:
+        if (!path_ok(value)) return 0;
+        memcpy(field(c, k), value, strlen(value) + 1);
+        return 1;
+    }
+    return 0;
+}
+
+/* Checks the value stored in c (for config_validate). */
+static int key_valid(const config_key *k, const dm_config *c) {
+    int iv;
+    switch (k->kind) {
+    case KEY_INT:
+        iv = *(const int *)cfield(c, k);
+        return iv >= k->lo && iv <= k->hi;
+    case KEY_INT32:
+        iv = (int)*(const int32_t *)cfield(c, k);
+        return iv >= k->lo && iv <= k->hi;
+    case KEY_U64:
+        return 1;
+    case KEY_REAL:
+        return real_ok(k, *(const double *)cfield(c, k));
+    case KEY_ENUM:
+        memcpy(&iv, cfield(c, k), sizeof iv);
+        return iv >= 0 && iv < enum_count(k);
+    case KEY_PATH:
+        return memchr(cfield(c, k), '\0', sizeof c->data_dir) != NULL &&
+               path_ok(cfield(c, k));
+    }
+    return 0;
+}
+
+/* Shortest "%.Ng" that reads back as exactly v (at most 17 digits), but
+ * whole numbers below 1e15 as plain integers ("10", not "1e+01"). */
+static void format_real(double v, char *buf, size_t size) {
+    if (v == floor(v) && fabs(v) < 1e15) {
+        snprintf(buf, size, "%.0f", v);
+        return;
+    }
+    for (int prec = 1; prec <= 17; prec++) {
+        snprintf(buf, size, "%.*g", prec, v);
+        if (strtod(buf, NULL) == v) return;
+    }
+}
+
+/* The value of k in c as config_to_string prints it. */
+static void key_format(const config_key *k, const dm_config *c, char *buf,
+                       size_t size) {
+    int iv;
+    switch (k->kind) {
+    case KEY_INT:
+        snprintf(buf, size, "%d", *(const int *)cfield(c, k));
+        break;
+    case KEY_INT32:
+        snprintf(buf, size, "%ld", (long)*(const int32_t *)cfield(c, k));
+        break;
+    case KEY_U64:
+        snprintf(buf, size, "%llu",
+                 (unsigned long long)*(const uint64_t *)cfield(c, k));
+        break;
+    case KEY_REAL:
+        format_real(*(const double *)cfield(c, k), buf, size);
+        break;
+    case KEY_ENUM:
+        memcpy(&iv, cfield(c, k), sizeof iv);
+        snprintf(buf, size, "%s",
+                 iv >= 0 && iv < enum_count(k) ? k->names[iv] : "?");
+        break;
+    case KEY_PATH:
+        snprintf(buf, size, "%.*s", (int)sizeof c->data_dir - 1,
+                 (const char *)cfield(c, k));
+        break;
+    }
+}
+
+/* s for an error message: control characters escaped so the message stays
+ * one line, at most about 200 characters. */
+static void printable(const char *s, char *buf, size_t size) {
+    size_t pos = 0;
+    for (; *s && pos + 8 < size; s++) {
+        unsigned char ch = (unsigned char)*s;
+        if (pos > 200) {
+            pos += (size_t)snprintf(buf + pos, size - pos, "...");
+            break;
+        }
+        if (ch < 0x20 || ch == 0x7f)
+            pos += (size_t)snprintf(buf + pos, size - pos, "\\x%02x", ch);
+        else
+            buf[pos++] = (char)ch;
+    }
+    buf[pos] = '\0';
+}
+
+/* Applies name = value to c. On failure writes the problem (without the
+ * location) into msg and leaves c unchanged. */
+static int apply(dm_config *c, const char *name, const char *value, char *msg,
+                 size_t msgsize) {
+    char shown[256];
+    int i = find_key(name);
+    if (i < 0) {
+        printable(name, shown, sizeof shown);
+        size_t pos = (size_t)snprintf(msg, msgsize,
+                                      "unknown key '%s' (known keys:", shown);
+        for (int j = 0; j < N_KEYS && pos < msgsize; j++)
+            pos += (size_t)snprintf(msg + pos, msgsize - pos, " %s",
+                                    keys[j].name);
+        if (pos < msgsize) snprintf(msg + pos, msgsize - pos, ")");
+        return 0;
+    }
+    if (key_parse(&keys[i], value, c)) return 1;
+    char expect[256];
+    key_expectation(&keys[i], expect, sizeof expect);
+    printable(value, shown, sizeof shown);
+    if (value[0] == '\0')
+        snprintf(msg, msgsize, "key '%s': empty value, expected %s", name,
+                 expect);
+    else
+        snprintf(msg, msgsize, "key '%s': bad value '%s', expected %s", name,
+                 shown, expect);
+    return 0;
+}
+
+void config_defaults(dm_config *c) {
+    memset(c, 0, sizeof *c);
+    c->objective = OBJ_DENOISE;
+    c->conditioning = COND_NONE;
+    c->hidden = 128;
+    c->epochs = 5;
+    c->batch = 256;
+    c->micro_batch = 32;
+    c->lr = 1e-4;
+    c->lr_decay = LR_NONE;
+    c->sigma = 0.5;
+    c->seed = 0;
+    snprintf(c->data_dir, sizeof c->data_dir, "%s", "data/mnist");
+    c->train_limit = 0;
+    c->checkpoint_every = 0;
+    c->keep = 3;
+    c->threads = 1;
+    c->bn_sync = BN_GLOBAL;
+    c->log_every = 10.0;
+    c->p_uncond = 0.1;
+    c->eval_limit = 0;
+}
+
+/* State shared by the line reader and the inih handler of one parse. */
+typedef struct {
+    const char *pos;     /* next unread character of the text */
+    int lineno;          /* line last handed to inih */
+    int too_long_line;   /* first line too long for inih, or 0 */
+    int err_line;        /* first line the handler rejected, or 0 */
+    char err[MSG_SIZE];
+    int first_line[N_KEYS]; /* where each key was set, 0 = not yet */
+    dm_config cfg;       /* working copy, committed only on success */
+} parse_ctx;
+
+/* ini_reader: hands inih one line without its leading blanks. */
+static char *read_line(char *str, int num, void *stream) {
+    parse_ctx *p = stream;
+    if (*p->pos == '\0') return NULL;
+    const char *s = p->pos;
+    const char *end = strchr(s, '\n');
+    if (!end) end = s + strlen(s);
+    p->pos = *end ? end + 1 : end;
+    p->lineno++;
+    while (s < end && (*s == ' ' || *s == '\t')) s++;
+    size_t len = (size_t)(end - s);
+    if (len + 1 > (size_t)num) {
+        if (!p->too_long_line) p->too_long_line = p->lineno;
+        len = 0;
+    }
+    memcpy(str, s, len);
+    str[len] = '\0';
+    return str;
+}
+
+static int handle_pair(void *user, const char *section, const char *name,
+                       const char *value) {
+    parse_ctx *p = user;
+    if (p->err_line) return 1; /* only the first error is reported */
+    int i = find_key(name);
+    if (i >= 0 && p->first_line[i]) {
+        snprintf(p->err, sizeof p->err, "key '%s' given twice (first on "
+                 "line %d)", name, p->first_line[i]);
+    } else if (apply(&p->cfg, name, value, p->err, sizeof p->err)) {
+        p->first_line[i] = p->lineno;
+        return 1;
+    }
+    p->err_line = p->lineno;
+    return 0;
+}
+
+/* Line n (1-based) of text, blanks stripped, at most 60 chars, into buf. */
+static void text_line(const char *text, int n, char *buf, size_t size) {
+    for (int i = 1; i < n && text; i++) {
+        text = strchr(text, '\n');
+        if (text) text++;
+    }
+    if (!text) text = "";
+    while (*text == ' ' || *text == '\t') text++;
+    size_t len = strcspn(text, "\r\n");
+    while (len > 0 && (text[len - 1] == ' ' || text[len - 1] == '\t')) len--;
+    if (len > 60) len = 60;
+    snprintf(buf, size, "%.*s", (int)len, text);
+}
+
+dm_status config_load_string(dm_config *c, const char *text,
+                             const char *origin) {
+    DM_CHECK(c && text, "config_load_string: NULL argument");
+    if (!origin) origin = "<string>";
+    parse_ctx *p = dm_calloc(1, sizeof *p);
+    p->pos = text;
+    p->cfg = *c;
+    int ret = ini_parse_stream(read_line, p, handle_pair, p);
+    dm_status st = DM_OK;
+    /* inih returns the first line with any error, ours or a syntax error. */
+    int syntax_line = ret > 0 && ret != p->err_line ? ret : 0;
+    int first = 0;
+    if (p->err_line) first = p->err_line;
+    if (syntax_line && (!first || syntax_line < first)) first = syntax_line;
+    if (p->too_long_line && (!first || p->too_long_line < first))
+        first = p->too_long_line;
+    if (ret < 0) {
+        dm_error("%s: inih failed with code %d", origin, ret);
+        st = DM_EIO;
+    } else if (!first) {
+        *c = p->cfg;
+    } else if (first == p->too_long_line) {
+        dm_error("%s:%d: line too long (more than %d characters after "
+                 "leading blanks)", origin, first, MAX_LINE);
+        st = DM_EUSAGE;
+    } else if (first == p->err_line) {
+        dm_error("%s:%d: %s", origin, first, p->err);
+        st = DM_EUSAGE;
+    } else {
+        char line[64];
+        text_line(text, first, line, sizeof line);
+        dm_error("%s:%d: syntax error in '%s': expected 'key = value', "
+                 "'[section]' or a comment", origin, first, line);
+        st = DM_EUSAGE;
+    }
+    free(p);
+    return st;
+}
+
+dm_status config_load_file(dm_config *c, const char *path) {
+    DM_CHECK(c && path, "config_load_file: NULL argument");
+    FILE *fp = fopen(path, "rb");
+    if (!fp) {
+        dm_error("%s: cannot open config file: %s", path, strerror(errno));
+        return DM_EIO;
+    }
+    char *text = dm_malloc(MAX_CONFIG_BYTES + 1);
+    size_t n = fread(text, 1, MAX_CONFIG_BYTES + 1, fp);
+    int read_failed = ferror(fp);
+    int read_errno = errno;
+    fclose(fp);
+    dm_status st = DM_OK;
+    if (read_failed) {
+        dm_error("%s: cannot read config file: %s", path,
+                 strerror(read_errno));
+        st = DM_EIO;
+    } else if (n > MAX_CONFIG_BYTES) {
+        dm_error("%s: config file larger than %d bytes", path,
+                 MAX_CONFIG_BYTES);
+        st = DM_EUSAGE;
+    } else if (memchr(text, '\0', n)) {
+        dm_error("%s: config file contains a NUL byte (not a text file?)",
+                 path);
+        st = DM_EUSAGE;
+    } else {
+        text[n] = '\0';
+        st = config_load_string(c, text, path);
+    }
+    free(text);
+    return st;
+}
+
+static char *trim(char *s) {
+    while (*s == ' ' || *s == '\t') s++;
+    size_t n = strlen(s);
+    while (n > 0 && (s[n - 1] == ' ' || s[n - 1] == '\t')) s[--n] = '\0';
+    return s;
+}
+
+dm_status config_set(dm_config *c, const char *assignment) {
+    DM_CHECK(c && assignment, "config_set: NULL argument");
+    size_t len = strlen(assignment);
+    char *copy = dm_malloc(len + 1);
+    memcpy(copy, assignment, len + 1);
+    char *eq = strchr(copy, '=');
+    char shown[256];
+    printable(assignment, shown, sizeof shown);
+    dm_status st = DM_OK;
+    if (!eq) {
+        dm_error("--set %s: expected key=value", shown);
+        st = DM_EUSAGE;
+    } else {
+        *eq = '\0';
+        char *name = trim(copy), *value = trim(eq + 1);
+        char msg[MSG_SIZE];
+        if (name[0] == '\0') {
+            dm_error("--set %s: empty key, expected key=value", shown);
+            st = DM_EUSAGE;
+        } else if (!apply(c, name, value, msg, sizeof msg)) {
+            dm_error("--set %s: %s", shown, msg);
+            st = DM_EUSAGE;
+        }
+    }
+    free(copy);
+    return st;
+}
+
+dm_status config_validate(const dm_config *c) {
+    DM_CHECK(c, "config_validate: NULL argument");
+    for (int i = 0; i < N_KEYS; i++) {
+        if (key_valid(&keys[i], c)) continue;
+        char value[64], expect[256];
+        key_format(&keys[i], c, value, sizeof value);
+        key_expectation(&keys[i], expect, sizeof expect);
+        dm_error("invalid configuration: %s = %s, expected %s", keys[i].name,
+                 value, expect);
+        return DM_EUSAGE;
+    }
+    if (c->micro_batch > c->batch) {
+        dm_error("invalid configuration: micro_batch = %d is larger than "
+                 "batch = %d", c->micro_batch, c->batch);
+        return DM_EUSAGE;
+    }
+    int unconditional =
+        c->objective == OBJ_DENOISE || c->objective == OBJ_PURE_NOISE;
+    if (unconditional && c->conditioning != COND_NONE) {
+        dm_error("invalid configuration: objective = %s needs conditioning = "
+                 "none (got %s)", config_objective_name(c->objective),
+                 config_conditioning_name(c->conditioning));
+        return DM_EUSAGE;
+    }
+    if (!unconditional && c->conditioning == COND_NONE) {
+        dm_error("invalid configuration: objective = %s needs conditioning = "
+                 "time or class (got none)",
+                 config_objective_name(c->objective));
+        return DM_EUSAGE;
+    }
+    return DM_OK;
+}
+
+int config_to_string(const dm_config *c, char *buf, int bufsize) {
+    DM_CHECK(c && buf, "config_to_string: NULL argument");
+    if (bufsize <= 0) return 0;
+    /* Only whole lines are written: a truncated line could read back as a
+     * different value. */
+    int pos = 0;
+    buf[0] = '\0';
+    for (int i = 0; i < N_KEYS; i++) {
+        char value[sizeof c->data_dir];
+        key_format(&keys[i], c, value, sizeof value);
+        int n = snprintf(buf + pos, (size_t)(bufsize - pos), "%s = %s\n",
+                         keys[i].name, value);
+        if (n < 0 || n >= bufsize - pos) {
+            buf[pos] = '\0';
+            break;
+        }
+        pos += n;
+    }
+    return pos;
+}
+
+#define N_NAMES(a) ((int)(sizeof a / sizeof a[0]) - 1)
+
+const char *config_objective_name(dm_objective o) {
+    int i = (int)o;
+    return i >= 0 && i < N_NAMES(objective_names) ? objective_names[i]
+                                                   : "unknown";
+}
+
+const char *config_conditioning_name(dm_conditioning c) {
+    int i = (int)c;
+    return i >= 0 && i < N_NAMES(conditioning_names) ? conditioning_names[i]
+                                                     : "unknown";
+}

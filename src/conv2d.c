@@ -1,0 +1,136 @@
+/* conv2d.c: Conv2d as im2col + one sgemm over the whole micro-batch, and the
+ * im2col/col2im pair that ConvTranspose2d reuses (see convt2d.c).
+ *
+ * Column matrix layout for the CNHW activation layout: row (c, ki, kj) of
+ * col holds, for every output position (n, oh, ow), the input pixel
+ * im[c][n][oh*s - p + ki][ow*s - p + kj] (0 where that falls in the
+ * padding). col is [C*k*k][N*Ho*Wo], so conv = W[Cout][C*k*k] x col. */
+#include "diffmpi/layers.h"
+
+#include <cblas.h>
+#include <string.h>
+
+static int conv_out(int n, int k, int s, int p) {
+    return (n + 2 * p - k) / s + 1;
+}
+
+/* ceil(a / s) for the range computations below; 0 when a <= 0. */
+static int ceil_pos(int a, int s) {
+    return a <= 0 ? 0 : (a + s - 1) / s;
+}
+
+/* Output columns [*lo, *hi) whose input column ow*s - p + kj lies in
+ * [0, W); outside that range the tap reads padding. */
+static void valid_cols(int *lo, int *hi, int W, int Wo, int kj, int s, int p) {
+    *lo = ceil_pos(p - kj, s);
+    *hi = ceil_pos(W + p - kj, s);
+    if (*lo > Wo) *lo = Wo;
+    if (*hi > Wo) *hi = Wo;
+    if (*hi < *lo) *hi = *lo;
+}
+
+long conv2d_col_floats(int N, int Cin, int H, int W, int k, int s, int p) {
+    return (long)Cin * k * k * N * conv_out(H, k, s, p) * conv_out(W, k, s, p);
+}
+
+/* im [C][N][H][W] -> col [C*k*k][N*Ho*Wo] (overwritten). */
+void im2col(float *col, const float *im, int N, int C, int H, int W, int k,
+            int s, int p) {
+    const int Ho = conv_out(H, k, s, p), Wo = conv_out(W, k, s, p);
+    const long P = (long)N * Ho * Wo;
+    for (int c = 0; c < C; c++)
+        for (int ki = 0; ki < k; ki++)
+            for (int kj = 0; kj < k; kj++) {
+                float *row = col + ((long)(c * k + ki) * k + kj) * P;
+                int lo, hi;
+                valid_cols(&lo, &hi, W, Wo, kj, s, p);
+                for (int n = 0; n < N; n++)
+                    for (int oh = 0; oh < Ho; oh++) {
+                        float *dst = row + ((long)n * Ho + oh) * Wo;
+                        const int ih = oh * s - p + ki;
+                        if (ih < 0 || ih >= H) {
+                            memset(dst, 0, sizeof(float) * (size_t)Wo);
+                            continue;
+                        }
+                        const float *src =
+                            im + (((long)c * N + n) * H + ih) * W;
+                        memset(dst, 0, sizeof(float) * (size_t)lo);
+                        if (s == 1)
+                            memcpy(dst + lo, src + lo - p + kj,
+                                   sizeof(float) * (size_t)(hi - lo));
+                        else
+                            for (int ow = lo; ow < hi; ow++)
+                                dst[ow] = src[ow * s - p + kj];
+                        memset(dst + hi, 0, sizeof(float) * (size_t)(Wo - hi));
+                    }
+            }
+}
+
+/* The adjoint of im2col: col [C*k*k][N*Ho*Wo] is ADDED into im [C][N][H][W];
+ * taps that fall in the padding are dropped. */
+void col2im(float *im, const float *col, int N, int C, int H, int W, int k,
+            int s, int p) {
+    const int Ho = conv_out(H, k, s, p), Wo = conv_out(W, k, s, p);
+    const long P = (long)N * Ho * Wo;
+    for (int c = 0; c < C; c++)
+        for (int ki = 0; ki < k; ki++)
+            for (int kj = 0; kj < k; kj++) {
+                const float *row = col + ((long)(c * k + ki) * k + kj) * P;
+                int lo, hi;
+                valid_cols(&lo, &hi, W, Wo, kj, s, p);
+                for (int n = 0; n < N; n++)
+                    for (int oh = 0; oh < Ho; oh++) {
+                        const int ih = oh * s - p + ki;
+                        if (ih < 0 || ih >= H) continue;
+                        const float *src = row + ((long)n * Ho + oh) * Wo;
+                        float *dst = im + (((long)c * N + n) * H + ih) * W;
+                        for (int ow = lo; ow < hi; ow++)
+                            dst[ow * s - p + kj] += src[ow];
+                    }
+            }
+}
+
+/* in [Cin][N][H][W], w [Cout][Cin][k][k], b [Cout] or NULL,
+ * out [Cout][N][Ho][Wo] (overwritten), col scratch [Cin*k*k][N*Ho*Wo]. */
+void conv2d_forward(float *out, const float *in, const float *w, const float *b,
+                    float *col, int N, int Cin, int H, int W, int Cout, int k,
+                    int s, int p) {
+    const int K = Cin * k * k;
+    const int P = N * conv_out(H, k, s, p) * conv_out(W, k, s, p);
+    im2col(col, in, N, Cin, H, W, k, s, p);
+    /* A = w (Cout x K), B = col (K x P), C = out (Cout x P). No transposes:
+     * w's [Cout][Cin][k][k] is already Cout x K row-major and col is built
+     * K x P. beta = 0 overwrites out. */
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Cout, P, K, 1.0f, w,
+                K, col, P, 0.0f, out, P);
+    if (!b) return;
+    for (int co = 0; co < Cout; co++)
+        for (long i = 0; i < P; i++) out[(long)co * P + i] += b[co];
+}
+
+/* dout [Cout][N][Ho][Wo]; in, w as in forward.
+ * dw [Cout][Cin][k][k], db [Cout] (or NULL) OVERWRITTEN; din [Cin][N][H][W]
+ * ADDED (or NULL). col is reused: first im2col(in), then dcol. */
+void conv2d_backward(float *din, float *dw, float *db, const float *dout,
+                     const float *in, const float *w, float *col, int N,
+                     int Cin, int H, int W, int Cout, int k, int s, int p) {
+    const int K = Cin * k * k;
+    const int P = N * conv_out(H, k, s, p) * conv_out(W, k, s, p);
+    im2col(col, in, N, Cin, H, W, k, s, p);
+    /* dw = dout x col^T. A = dout (Cout x P), NoTrans; B must be P x K but
+     * col is stored K x P, hence Trans; C = dw (Cout x K), beta = 0. */
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Cout, K, P, 1.0f, dout,
+                P, col, P, 0.0f, dw, K);
+    for (int co = 0; db && co < Cout; co++) {
+        double acc = 0.0;
+        for (long i = 0; i < P; i++) acc += dout[(long)co * P + i];
+        db[co] = (float)acc;
+    }
+    if (!din) return;
+    /* dcol = w^T x dout. A must be K x Cout but w is stored Cout x K, hence
+     * Trans; B = dout (Cout x P), NoTrans; C = col (K x P), beta = 0: the
+     * im2col data is no longer needed. */
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, P, Cout, 1.0f, w, K,
+                dout, P, 0.0f, col, P);
+    col2im(din, col, N, Cin, H, W, k, s, p);
+}

@@ -1,0 +1,242 @@
+/* dist.c: fixed-order reductions over micro-batches (see dist.h). */
+#include "diffmpi/dist.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "diffmpi/common.h"
+
+void dist_range(int nmb, int size, int r, int *lo, int *hi) {
+    *lo = (int)((long)r * nmb / size);
+    *hi = (int)((long)(r + 1) * nmb / size);
+}
+
+int dist_max_local(int nmb, int size) {
+    int best = 0;
+    for (int r = 0; r < size; r++) {
+        int lo, hi;
+        dist_range(nmb, size, r, &lo, &hi);
+        if (hi - lo > best) best = hi - lo;
+    }
+    return best;
+}
+
+/* Simulate the stack of aligned blocks over leaves [lo, hi). Returns the
+ * number of blocks left; fills their (a, k) and, when leaf_slot is given,
+ * the slot each leaf is written to and how many merges follow it. */
+static int stack_schedule(int lo, int hi, int *bk_a, int *bk_k,
+                          int *leaf_slot, int *leaf_merges) {
+    int depth = 0;
+    for (int j = lo; j < hi; j++) {
+        if (leaf_slot) leaf_slot[j - lo] = depth;
+        bk_a[depth] = j, bk_k[depth] = 0;
+        depth++;
+        int merges = 0;
+        while (depth >= 2 && bk_k[depth - 1] == bk_k[depth - 2] &&
+               bk_a[depth - 2] % (2 << bk_k[depth - 2]) == 0) {
+            bk_k[depth - 2]++;
+            depth--;
+            merges++;
+        }
+        if (leaf_merges) leaf_merges[j - lo] = merges;
+    }
+    return depth;
+}
+
+/* Emit ops evaluating node (a, k) of the tree over [0, nmb); returns the
+ * index of the block holding its value. */
+static int tree_eval(dm_dist *d, int a, int k) {
+    for (int b = 0; b < d->nblocks; b++)
+        if (d->block_a[b] == a && d->block_k[b] == k) return b;
+    DM_CHECK(k > 0, "gradient tree: leaf %d has no block", a);
+    int half = 1 << (k - 1);
+    int l = tree_eval(d, a, k - 1);
+    if (a + half >= d->nmb) return l;
+    int r = tree_eval(d, a + half, k - 1);
+    d->op_l[d->nops] = l, d->op_r[d->nops] = r;
+    d->nops++;
+    return l;
+}
+
+void dist_init(dm_dist *d, MPI_Comm comm, long nparams, int max_nmb,
+               int max_width, int rank_local_bn) {
+    memset(d, 0, sizeof *d);
+    d->comm = comm;
+    MPI_Comm_rank(comm, &d->rank);
+    MPI_Comm_size(comm, &d->size);
+    d->rank_local_bn = rank_local_bn;
+    d->nparams = nparams;
+    d->max_nmb = max_nmb;
+    d->max_width = max_width;
+    d->counts = dm_calloc((size_t)d->size, sizeof(int));
+    d->displs = dm_calloc((size_t)d->size, sizeof(int));
+    d->gather = dm_calloc((size_t)max_nmb * (size_t)max_width, sizeof(double));
+    d->leaf_slot = dm_calloc((size_t)max_nmb, sizeof(int));
+    d->leaf_merges = dm_calloc((size_t)max_nmb, sizeof(int));
+    /* Blocks per rank <= 2*log2(nmb)+2; ops < blocks. */
+    int cap = d->size * 2 * (DIST_MAX_SLOTS / 2) + 4;
+    d->block_rank = dm_calloc((size_t)cap, sizeof(int));
+    d->block_a = dm_calloc((size_t)cap, sizeof(int));
+    d->block_k = dm_calloc((size_t)cap, sizeof(int));
+    d->block_local = dm_calloc((size_t)cap, sizeof(int));
+    d->op_l = dm_calloc((size_t)cap, sizeof(int));
+    d->op_r = dm_calloc((size_t)cap, sizeof(int));
+    d->ptr = dm_calloc((size_t)cap, sizeof(float *));
+    d->reqs = dm_calloc((size_t)(2 * cap), sizeof(MPI_Request));
+    /* Slots: the deepest stack any range of a batch can need. */
+    int depth = 1;
+    while ((1 << (depth - 1)) < max_nmb) depth++;
+    d->nslots = depth + 1;
+    DM_CHECK(d->nslots <= DIST_MAX_SLOTS, "too many micro-batches (%d)", max_nmb);
+    for (int s = 0; s < d->nslots; s++)
+        d->slot[s] = dm_calloc((size_t)nparams, sizeof(float));
+    long slice = nparams / d->size + 1;
+    d->recv = dm_calloc((size_t)slice * (size_t)cap, sizeof(float));
+}
+
+void dist_free(dm_dist *d) {
+    free(d->counts), free(d->displs), free(d->gather);
+    free(d->leaf_slot), free(d->leaf_merges);
+    free(d->block_rank), free(d->block_a), free(d->block_k), free(d->block_local);
+    free(d->op_l), free(d->op_r), free(d->ptr), free(d->reqs), free(d->recv);
+    for (int s = 0; s < d->nslots; s++) free(d->slot[s]);
+    memset(d, 0, sizeof *d);
+}
+
+void dist_set_batch(dm_dist *d, int nmb) {
+    DM_CHECK(nmb >= 1 && nmb <= d->max_nmb, "batch of %d micro-batches", nmb);
+    d->nmb = nmb;
+    dist_range(nmb, d->size, d->rank, &d->lo, &d->hi);
+    int a[DIST_MAX_SLOTS + 2], k[DIST_MAX_SLOTS + 2];
+    d->nblocks_local = stack_schedule(d->lo, d->hi, a, k, d->leaf_slot,
+                                      d->leaf_merges);
+    d->nblocks = 0;
+    for (int r = 0; r < d->size; r++) {
+        int lo, hi;
+        dist_range(nmb, d->size, r, &lo, &hi);
+        int nb = stack_schedule(lo, hi, a, k, NULL, NULL);
+        for (int b = 0; b < nb; b++) {
+            d->block_rank[d->nblocks] = r;
+            d->block_a[d->nblocks] = a[b];
+            d->block_k[d->nblocks] = k[b];
+            d->block_local[d->nblocks] = b;
+            d->nblocks++;
+        }
+    }
+    int top = 0;
+    while ((1 << top) < nmb) top++;
+    d->nops = 0;
+    d->root = tree_eval(d, 0, top);
+}
+
+/* Gather w doubles per item from all ranks into out [nitems][w], items
+ * spread over ranks as dist_range(nitems). */
+static void gather_items(dm_dist *d, double *out, const double *local,
+                         int nitems, int w) {
+    int lo, hi;
+    dist_range(nitems, d->size, d->rank, &lo, &hi);
+    if (d->size == 1) {
+        memcpy(out, local, (size_t)(hi - lo) * (size_t)w * sizeof(double));
+        return;
+    }
+    for (int r = 0; r < d->size; r++) {
+        int rlo, rhi;
+        dist_range(nitems, d->size, r, &rlo, &rhi);
+        d->counts[r] = (rhi - rlo) * w;
+        d->displs[r] = rlo * w;
+    }
+    MPI_Allgatherv(local, (hi - lo) * w, MPI_DOUBLE, out, d->counts, d->displs,
+                   MPI_DOUBLE, d->comm);
+}
+
+void dist_gather_items(dm_dist *d, double *out, const double *local,
+                       int nitems) {
+    gather_items(d, out, local, nitems, 1);
+}
+
+void dist_sum_mb(dm_dist *d, double *out, const double *local, int w,
+                 int local_only) {
+    int n;
+    const double *src;
+    if (local_only) {
+        n = d->hi - d->lo;
+        src = local;
+    } else {
+        DM_CHECK(w <= d->max_width, "gather width %d > %d", w, d->max_width);
+        gather_items(d, d->gather, local, d->nmb, w);
+        n = d->nmb;
+        src = d->gather;
+    }
+    for (int i = 0; i < w; i++) out[i] = 0.0;
+    for (int j = 0; j < n; j++)
+        for (int i = 0; i < w; i++) out[i] += src[(long)j * w + i];
+}
+
+void dist_combine(void *ctx, double *out, int C, const double *local, int nloc) {
+    dm_dist *d = ctx;
+    DM_CHECK(nloc == d->hi - d->lo, "combine: %d local micro-batches, expected %d",
+             nloc, d->hi - d->lo);
+    dist_sum_mb(d, out, local, 2 * C, d->rank_local_bn);
+}
+
+float *dist_leaf_dst(void *ctx, int j) {
+    dm_dist *d = ctx;
+    return d->slot[d->leaf_slot[j]];
+}
+
+void dist_leaf_done(void *ctx, int j, long off, long len) {
+    dm_dist *d = ctx;
+    int depth = d->leaf_slot[j] + 1;
+    for (int m = 0; m < d->leaf_merges[j]; m++, depth--) {
+        float *dst = d->slot[depth - 2] + off;
+        const float *src = d->slot[depth - 1] + off;
+        for (long i = 0; i < len; i++) dst[i] += src[i];
+    }
+}
+
+static void slice_of(const dm_dist *d, int r, long *off, long *len) {
+    long lo = d->nparams * r / d->size, hi = d->nparams * (r + 1) / d->size;
+    *off = lo, *len = hi - lo;
+}
+
+void dist_reduce_grads(dm_dist *d, float *grads) {
+    long off, len;
+    slice_of(d, d->rank, &off, &len);
+    int nreq = 0;
+    long pos = 0;
+    /* Every rank sends each of its blocks' values for slice s to owner s. */
+    for (int b = 0; b < d->nblocks; b++) {
+        int r = d->block_rank[b];
+        if (r == d->rank) {
+            d->ptr[b] = d->slot[d->block_local[b]] + off;
+            for (int s = 0; s < d->size; s++) {
+                if (s == d->rank) continue;
+                long so, sl;
+                slice_of(d, s, &so, &sl);
+                MPI_Isend(d->slot[d->block_local[b]] + so, (int)sl, MPI_FLOAT, s,
+                          d->block_local[b], d->comm, &d->reqs[nreq++]);
+            }
+        } else {
+            d->ptr[b] = d->recv + pos;
+            MPI_Irecv(d->recv + pos, (int)len, MPI_FLOAT, r, d->block_local[b],
+                      d->comm, &d->reqs[nreq++]);
+            pos += len;
+        }
+    }
+    MPI_Waitall(nreq, d->reqs, MPI_STATUSES_IGNORE);
+    for (int o = 0; o < d->nops; o++) {
+        float *dst = d->ptr[d->op_l[o]];
+        const float *src = d->ptr[d->op_r[o]];
+        for (long i = 0; i < len; i++) dst[i] += src[i];
+    }
+    memcpy(grads + off, d->ptr[d->root], (size_t)len * sizeof(float));
+    if (d->size == 1) return;
+    for (int r = 0; r < d->size; r++) {
+        long so, sl;
+        slice_of(d, r, &so, &sl);
+        d->counts[r] = (int)sl;
+        d->displs[r] = (int)so;
+    }
+    MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, grads, d->counts,
+                   d->displs, MPI_FLOAT, d->comm);
+}

@@ -1,0 +1,458 @@
+/* train.c: the training loop: data order, micro-batches, fixed-order
+ * reductions, Adam, checkpoints, log, evaluation and signals. */
+#include "diffmpi/train.h"
+
+#include <cblas.h>
+#include <errno.h>
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "diffmpi/adam.h"
+#include "diffmpi/ckpt.h"
+#include "diffmpi/data.h"
+#include "diffmpi/dist.h"
+#include "diffmpi/h5log.h"
+#include "diffmpi/h5util.h"
+#include "diffmpi/layers.h"
+#include "diffmpi/rng.h"
+#include "diffmpi/samples.h"
+#include "diffmpi/unet.h"
+
+const double dm_sigmas[DM_NSIGMAS] = {0.0, 0.2, 0.4, 0.5, 0.6, 0.8, 1.0};
+
+#define EVAL_SIGMA 0.5
+#define BN_MOMENTUM 0.1f
+
+/* Set by SIGTERM/SIGUSR1; acted upon at the next step boundary. */
+static volatile sig_atomic_t stop_signal = 0;
+static void on_signal(int sig) { stop_signal = sig; }
+
+typedef struct {
+    dm_config cfg;
+    const char *out;
+    int rank, size;
+    unet net;
+    dm_dist dist;
+    float *grads, *m, *v;
+    dm_dataset train, test;
+    int32_t *perm;
+    int nmb_full;
+    long steps_per_epoch, total_steps;
+    dm_train_state st;
+    dm_log log;
+    float *target;  /* [max_mb][m*784] */
+    double *sse;    /* [max(max_mb, eval chunks)] */
+    double *items;  /* gathered per-chunk values */
+    int *n;         /* images per local micro-batch */
+    double t_start;
+} trainer;
+
+/* All ranks agree on a status: the worst (largest) one wins. */
+static dm_status agree(dm_status st) {
+    int v = (int)st, w = 0;
+    MPI_Allreduce(&v, &w, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+    return (dm_status)w;
+}
+
+static int exit_code(dm_status st) {
+    if (st == DM_OK) return DM_EXIT_OK;
+    if (st == DM_EUSAGE) return DM_EXIT_USAGE;
+    if (st == DM_ESTOP) return DM_EXIT_SIGNAL;
+    return DM_EXIT_RUNTIME;
+}
+
+/* Network input and target for one training image (objective of the run).
+ * Noise is keyed by (seed, step, position in the global batch). */
+static void train_make_example(const dm_config *c, float *z, float *target,
+                        const float *x, int64_t step, int pos) {
+    dm_rng r;
+    rng_init(&r, c->seed, DM_STREAM_NOISE, (uint64_t)step, (uint32_t)pos);
+    for (int k = 0; k < DM_PIX; k++) {
+        float eps = rng_normal(&r);
+        z[k] = c->objective == OBJ_PURE_NOISE ? eps : x[k] + (float)c->sigma * eps;
+        target[k] = x[k];
+    }
+}
+
+void train_make_eval(const dm_config *c, float *z, const float *x,
+                     double sigma, int sigma_idx, int image) {
+    dm_rng r;
+    rng_init(&r, c->seed, DM_STREAM_EVAL, (uint64_t)sigma_idx, (uint32_t)image);
+    for (int k = 0; k < DM_PIX; k++) {
+        float eps = rng_normal(&r);
+        z[k] = c->objective == OBJ_PURE_NOISE ? eps : x[k] + (float)sigma * eps;
+    }
+}
+
+static void load_permutation(trainer *t, int64_t epoch) {
+    dm_rng r;
+    rng_init(&r, t->cfg.seed, DM_STREAM_SHUFFLE, (uint64_t)epoch, 0);
+    rng_permutation(&r, t->perm, t->train.n);
+}
+
+/* ---- one optimizer step -------------------------------------------------- */
+
+static dm_status train_step(trainer *t, double *loss_out, int *bsize) {
+    const dm_config *c = &t->cfg;
+    int m = c->micro_batch;
+    long start = t->st.batch_in_epoch * (long)c->batch;
+    int B = (int)(t->train.n - start < c->batch ? t->train.n - start : c->batch);
+    int nmb = (B + m - 1) / m;
+    dist_set_batch(&t->dist, nmb);
+    int lo = t->dist.lo, nloc = t->dist.hi - t->dist.lo, local_images = 0;
+    for (int j = 0; j < nloc; j++) {
+        int first = (lo + j) * m;
+        t->n[j] = B - first < m ? B - first : m;
+        local_images += t->n[j];
+        float *z = unet_slot(&t->net, t->net.in_buf, j);
+        for (int i = 0; i < t->n[j]; i++) {
+            int pos = first + i;
+            const float *x = t->train.images + (long)t->perm[start + pos] * DM_PIX;
+            train_make_example(c, z + (long)i * DM_PIX,
+                               t->target + (long)j * m * DM_PIX + (long)i * DM_PIX, x,
+                               t->st.step, pos);
+        }
+    }
+    long bn_n = c->bn_sync == BN_RANK ? local_images : B;
+    unet_zero_grad(&t->net, nloc);
+    unet_forward(&t->net, 1, nloc, t->n, bn_n, dist_combine, &t->dist, BN_MOMENTUM);
+    float scale = 1.0f / ((float)B * DM_PIX);
+    for (int j = 0; j < nloc; j++) {
+        long cnt = (long)t->n[j] * DM_PIX;
+        t->sse[j] = mse_forward_backward(t->net.act[t->net.out_buf].grad +
+                                             (long)j * t->net.act[t->net.out_buf].mb_stride,
+                                         unet_slot(&t->net, t->net.out_buf, j),
+                                         t->target + (long)j * m * DM_PIX, cnt, scale);
+    }
+    unet_backward(&t->net, nloc, t->n, bn_n, dist_combine, &t->dist, dist_leaf_dst,
+                  dist_leaf_done);
+    dist_reduce_grads(&t->dist, t->grads);
+    double sse = 0;
+    dist_sum_mb(&t->dist, &sse, t->sse, 1, 0);
+    double loss = sse / ((double)B * DM_PIX);
+    *loss_out = loss;
+    *bsize = B;
+    if (!isfinite(loss)) {
+        if (t->rank == 0)
+            dm_error("non-finite loss at step %lld (epoch %lld); stopping, the last "
+                     "checkpoint in %s/checkpoints is kept",
+                     (long long)t->st.step + 1, (long long)t->st.epoch + 1, t->out);
+        return DM_ENUM;
+    }
+    t->st.adam_t++;
+    adam_step(t->net.p, t->grads, t->m, t->v, t->net.nparams, t->st.lr, t->st.adam_t);
+    t->st.step++;
+    t->st.batch_in_epoch++;
+    return DM_OK;
+}
+
+/* ---- evaluation ------------------------------------------------------------ */
+
+/* Test-set MSE at one sigma, spread over ranks in micro-batch chunks and
+ * summed in chunk order (identical on every rank and rank count). */
+static double train_test_mse(trainer *t, double sigma, int sigma_idx) {
+    int m = t->cfg.micro_batch, n = t->test.n;
+    int nch = (n + m - 1) / m, lo, hi;
+    dist_range(nch, t->size, t->rank, &lo, &hi);
+    float *z = unet_slot(&t->net, t->net.in_buf, 0);
+    for (int ch = lo; ch < hi; ch++) {
+        int k = n - ch * m < m ? n - ch * m : m;
+        for (int i = 0; i < k; i++)
+            train_make_eval(&t->cfg, z + (long)i * DM_PIX,
+                            t->test.images + (long)(ch * m + i) * DM_PIX, sigma,
+                            sigma_idx, ch * m + i);
+        unet_forward(&t->net, 0, 1, &k, k, NULL, NULL, 0.0f);
+        const float *y = unet_slot(&t->net, t->net.out_buf, 0);
+        double s = 0;
+        for (long i = 0; i < (long)k * DM_PIX; i++) {
+            double d = (double)y[i] - t->test.images[(long)ch * m * DM_PIX + i];
+            s += d * d;
+        }
+        t->sse[ch - lo] = s;
+    }
+    dist_gather_items(&t->dist, t->items, t->sse, nch);
+    double total = 0;
+    for (int ch = 0; ch < nch; ch++) total += t->items[ch];
+    return total / ((double)n * DM_PIX);
+}
+
+/* ---- checkpoints ----------------------------------------------------------- */
+
+static dm_status save(trainer *t) {
+    dm_status st = DM_OK;
+    if (t->rank == 0) {
+        st = log_flush(&t->log);
+        if (st == DM_OK)
+            st = ckpt_write(t->out, &t->net, t->m, t->v, &t->st, &t->cfg, t->cfg.keep);
+    }
+    return agree(st);
+}
+
+/* ---- progress ---------------------------------------------------------------- */
+
+static void progress(trainer *t, double loss, double ips, double *last,
+                     int64_t first_step, int force) {
+    static int tty = -1;
+    /* Under mpirun a rank's stdout is a pty even when the job's output goes
+     * to a file, so only a run without mpirun redraws one line. */
+    if (tty < 0) tty = isatty(STDOUT_FILENO) && !getenv("OMPI_COMM_WORLD_SIZE");
+    double now = dm_now();
+    if (!force && !tty && now - *last < t->cfg.log_every) return;
+    *last = now;
+    long done = (long)t->st.step, left = t->total_steps - done;
+    /* ETA from the steps this process has run (evaluation time included). */
+    double rate = (double)(done - first_step) / (now - t->t_start + 1e-9);
+    double eta = rate > 0 ? (double)left / rate : 0;
+    int64_t epoch = t->st.batch_in_epoch == 0 ? t->st.epoch : t->st.epoch + 1;
+    printf("%sepoch %lld/%d step %ld/%ld loss %.6f lr %.3g img/s %.1f eta %dh%02dm%s",
+           tty ? "\r" : "", (long long)epoch, t->cfg.epochs, done, t->total_steps,
+           loss, t->st.lr, ips, (int)(eta / 3600), (int)(fmod(eta, 3600) / 60),
+           tty ? "   " : "\n");
+    fflush(stdout);
+}
+
+/* ---- set-up -------------------------------------------------------------------- */
+
+static dm_status prepare_out(trainer *t, const char *resume) {
+    dm_status st = DM_OK;
+    if (t->rank == 0) {
+        st = fs_mkdirs(t->out);
+        if (st == DM_OK) {
+            char probe[4300];
+            snprintf(probe, sizeof probe, "%s/.write-test", t->out);
+            FILE *f = fopen(probe, "w");
+            if (!f || fclose(f) != 0 || unlink(probe) != 0) {
+                dm_error("%s: output directory is not writable: %s", t->out,
+                         strerror(errno));
+                st = DM_EIO;
+            }
+        }
+        if (st == DM_OK && !resume && ckpt_any(t->out)) {
+            dm_error("%s already holds checkpoints of a run; resume it with "
+                     "--resume auto or choose a new --out", t->out);
+            st = DM_EUSAGE;
+        }
+    }
+    return agree(st);
+}
+
+/* Rank 0 resolves the checkpoint path and broadcasts it. */
+static dm_status resolve_resume(trainer *t, const char *resume, char *path,
+                                size_t size) {
+    dm_status st = DM_OK;
+    if (t->rank == 0) {
+        if (strcmp(resume, "auto") == 0) st = ckpt_find_latest(t->out, path, size);
+        else snprintf(path, size, "%s", resume);
+    }
+    st = agree(st);
+    MPI_Bcast(path, (int)size, MPI_CHAR, 0, MPI_COMM_WORLD);
+    return st;
+}
+
+/* The stored model must be the model of this run. */
+static dm_status check_compatible(const dm_config *c, const char *path) {
+    dm_config k;
+    dm_status st = ckpt_read_config(path, &k);
+    if (st != DM_OK) return st;
+    if (k.hidden != c->hidden || k.objective != c->objective ||
+        k.conditioning != c->conditioning) {
+        dm_error("%s: checkpoint is a different model (hidden=%d objective=%s "
+                 "conditioning=%s; this run: hidden=%d objective=%s conditioning=%s)",
+                 path, k.hidden, config_objective_name(k.objective),
+                 config_conditioning_name(k.conditioning), c->hidden,
+                 config_objective_name(c->objective),
+                 config_conditioning_name(c->conditioning));
+        return DM_EIO;
+    }
+    if (k.batch != c->batch || k.micro_batch != c->micro_batch || k.seed != c->seed ||
+        k.sigma != c->sigma || k.train_limit != c->train_limit ||
+        k.bn_sync != c->bn_sync || k.epochs != c->epochs || k.lr != c->lr ||
+        k.lr_decay != c->lr_decay)
+        dm_error("warning: %s was trained with other settings (batch, micro_batch, "
+                 "seed, sigma, lr, epochs, ...); the resumed run will not match an "
+                 "uninterrupted one", path);
+    return DM_OK;
+}
+
+static dm_status setup(trainer *t, const char *resume) {
+    const dm_config *c = &t->cfg;
+    int m = c->micro_batch;
+    t->nmb_full = (c->batch + m - 1) / m;
+    if (t->nmb_full < t->size) {
+        if (t->rank == 0)
+            dm_error("batch=%d with micro_batch=%d gives %d micro-batches, fewer than "
+                     "the %d ranks; lower micro_batch or use fewer ranks",
+                     c->batch, m, t->nmb_full, t->size);
+        return DM_EUSAGE;
+    }
+    dm_status st = prepare_out(t, resume);
+    if (st != DM_OK) return st;
+    st = data_load(&t->train, c->data_dir, "train", c->train_limit);
+    if (st == DM_OK) st = data_load(&t->test, c->data_dir, "t10k", c->eval_limit);
+    st = agree(st);
+    if (st != DM_OK) return st;
+    t->steps_per_epoch = (t->train.n + c->batch - 1) / c->batch;
+    t->total_steps = t->steps_per_epoch * c->epochs;
+    int max_mb = dist_max_local(t->nmb_full, t->size);
+    unet_init(&t->net, c->hidden, m, max_mb);
+    unet_init_params(&t->net, c->seed);
+    int maxc = 0;
+    for (int u = 0; u < t->net.nunits; u++)
+        if (t->net.units[u].cout > maxc) maxc = t->net.units[u].cout;
+    dist_init(&t->dist, MPI_COMM_WORLD, t->net.nparams, t->nmb_full, 2 * maxc,
+              c->bn_sync == BN_RANK);
+    t->grads = dm_calloc((size_t)t->net.nparams, sizeof(float));
+    t->m = dm_calloc((size_t)t->net.nparams, sizeof(float));
+    t->v = dm_calloc((size_t)t->net.nparams, sizeof(float));
+    t->perm = dm_calloc((size_t)t->train.n, sizeof(int32_t));
+    t->target = dm_calloc((size_t)max_mb * m * DM_PIX, sizeof(float));
+    int nch = (t->test.n + m - 1) / m;
+    t->sse = dm_calloc((size_t)(nch > max_mb ? nch : max_mb), sizeof(double));
+    t->items = dm_calloc((size_t)nch, sizeof(double));
+    t->n = dm_calloc((size_t)max_mb, sizeof(int));
+    t->st.lr = c->lr;
+    if (resume) {
+        char path[4096] = "";
+        st = resolve_resume(t, resume, path, sizeof path);
+        if (st != DM_OK) return st;
+        st = check_compatible(c, path);
+        if (st == DM_OK) st = ckpt_read(path, &t->net, t->m, t->v, &t->st);
+        st = agree(st);
+        if (st != DM_OK) return st;
+        if (t->rank == 0)
+            printf("resuming from %s (step %lld, epoch %lld)\n", path,
+                   (long long)t->st.step, (long long)t->st.epoch + 1);
+    }
+    if (t->rank == 0)
+        st = log_open(&t->log, t->out, c, EVAL_SIGMA, resume ? t->st.step : -1);
+    return agree(st);
+}
+
+static void teardown(trainer *t) {
+    if (t->rank == 0) log_close(&t->log);
+    unet_free(&t->net);
+    dist_free(&t->dist);
+    data_free(&t->train);
+    data_free(&t->test);
+    free(t->grads), free(t->m), free(t->v), free(t->perm), free(t->target);
+    free(t->sse), free(t->items), free(t->n);
+}
+
+/* ---- the loop -------------------------------------------------------------------- */
+
+static dm_status epoch_end(trainer *t) {
+    const dm_config *c = &t->cfg;
+    int epoch = (int)t->st.epoch + 1; /* 1-based, just finished */
+    double mse = train_test_mse(t, EVAL_SIGMA, 3);
+    dm_status st = DM_OK;
+    if (t->rank == 0) {
+        printf("epoch %d/%d done: test MSE at sigma %.1f = %.6f\n", epoch, c->epochs,
+               EVAL_SIGMA, mse);
+        fflush(stdout);
+        st = log_eval(&t->log, t->st.step, epoch, mse);
+    }
+    st = agree(st);
+    if (st == DM_OK && (epoch == 1 || epoch == c->epochs))
+        st = samples_epoch(t->out, &t->net, c, &t->test, epoch, t->rank);
+    if (st == DM_OK && epoch == c->epochs) {
+        double mses[DM_NSIGMAS];
+        for (int s = 0; s < DM_NSIGMAS; s++) mses[s] = train_test_mse(t, dm_sigmas[s], s);
+        st = samples_ood(t->out, &t->net, c, &t->test, mses, t->rank);
+    }
+    st = agree(st);
+    t->st.epoch++;
+    t->st.batch_in_epoch = 0;
+    if (c->lr_decay == LR_EXP) t->st.lr *= pow(0.1, 1.0 / c->epochs);
+    if (st == DM_OK) st = save(t);
+    return st;
+}
+
+static dm_status loop(trainer *t) {
+    const dm_config *c = &t->cfg;
+    double last_print = 0, loss = 0;
+    int64_t loaded_epoch = -1, first_step = t->st.step;
+    dm_status st = DM_OK;
+    if (t->rank == 0 && t->st.step == 0)
+        st = samples_noising(t->out, c, &t->test);
+    st = agree(st);
+    while (st == DM_OK && t->st.epoch < c->epochs) {
+        if (loaded_epoch != t->st.epoch) {
+            load_permutation(t, t->st.epoch);
+            loaded_epoch = t->st.epoch;
+        }
+        double t0 = dm_now();
+        int B = 0;
+        st = train_step(t, &loss, &B);
+        if (st != DM_OK) break;
+        double ips = B / (dm_now() - t0);
+        if (t->rank == 0) {
+            st = log_step(&t->log, t->st.step - 1, (int32_t)t->st.epoch + 1, loss,
+                          t->st.lr, dm_now() - t->t_start, ips);
+            progress(t, loss, ips, &last_print, first_step, 0);
+        }
+        int sig = stop_signal, any = 0;
+        MPI_Allreduce(&sig, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+        st = agree(st);
+        if (st != DM_OK) break;
+        int saved = 0;
+        if (t->st.batch_in_epoch == t->steps_per_epoch) {
+            st = epoch_end(t);
+            saved = 1;
+        } else if (c->checkpoint_every > 0 && t->st.step % c->checkpoint_every == 0) {
+            st = save(t);
+            saved = 1;
+        }
+        if (st == DM_OK && any) {
+            if (!saved) st = save(t);
+            if (t->rank == 0)
+                printf("\nstopped by signal %d after step %lld; checkpoint written, "
+                       "resume with --resume auto\n", any, (long long)t->st.step);
+            if (st == DM_OK) st = DM_ESTOP;
+        }
+    }
+    if (t->rank == 0 && st == DM_OK) {
+        progress(t, loss, 0, &last_print, first_step, 1);
+        printf("done: %lld steps; outputs in %s\n", (long long)t->st.step, t->out);
+    }
+    return st;
+}
+
+int train_run(const dm_config *cfg, const char *out_dir, const char *resume) {
+    trainer t;
+    memset(&t, 0, sizeof t);
+    t.cfg = *cfg;
+    t.out = out_dir;
+    t.t_start = dm_now();
+    MPI_Comm_rank(MPI_COMM_WORLD, &t.rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &t.size);
+    openblas_set_num_threads(cfg->threads);
+    h5_quiet();
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGUSR1, &sa, NULL);
+    if (t.rank == 0) {
+        char text[8192];
+        config_to_string(cfg, text, sizeof text);
+        printf("diffmpi train: %d rank(s), out %s\n%s", t.size, out_dir, text);
+        fflush(stdout);
+    }
+    dm_status st = setup(&t, resume);
+    if (st == DM_OK) {
+        if (t.rank == 0) {
+            printf("model: D=%d, %ld parameters; %ld steps per epoch, %d micro-batches "
+                   "of %d per full batch\n", cfg->hidden, t.net.nparams,
+                   t.steps_per_epoch, t.nmb_full, cfg->micro_batch);
+            fflush(stdout);
+        }
+        st = loop(&t);
+    }
+    teardown(&t);
+    return exit_code(st);
+}

@@ -1,0 +1,422 @@
+/* unet.c: the UNet as a table of units, walked layer by layer over the
+ * micro-batches this rank owns. See unet.h for the design. */
+#include "diffmpi/unet.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "diffmpi/layers.h"
+#include "diffmpi/rng.h"
+
+#define BN_EPS 1e-5f
+
+/* ---- building the table ------------------------------------------------ */
+
+typedef struct {
+    unet *u;
+    long poff, boff;
+} builder;
+
+static int add_param(builder *bl, const char *unit, const char *leaf,
+                     int trainable, int ndim, int s0, int s1, int s2, int s3) {
+    unet *u = bl->u;
+    DM_CHECK(u->nparams_t < UNET_MAX_PARAMS, "too many parameter tensors");
+    unet_param *q = &u->params[u->nparams_t];
+    snprintf(q->name, sizeof q->name, "%s/%s", unit, leaf);
+    q->ndim = ndim;
+    int sh[4] = {s0, s1, s2, s3};
+    q->size = 1;
+    for (int i = 0; i < 4; i++) {
+        q->shape[i] = i < ndim ? sh[i] : 1;
+        if (i < ndim) q->size *= sh[i];
+    }
+    q->trainable = trainable;
+    long *off = trainable ? &bl->poff : &bl->boff;
+    q->offset = *off;
+    *off += q->size;
+    return u->nparams_t++;
+}
+
+static int add_buf(unet *u, int chans, int hw) {
+    DM_CHECK(u->nbufs < UNET_MAX_BUFS, "too many activation buffers");
+    unet_buf *b = &u->act[u->nbufs];
+    b->chans = chans;
+    b->hw = hw;
+    b->mb_stride = (long)chans * u->m * hw * hw;
+    return u->nbufs++;
+}
+
+/* Add one unit. out_buf < 0 allocates a private output buffer. */
+static int add_unit(builder *bl, const char *name, unet_unit_kind kind,
+                    int cin, int cout, int k, int s, int p, int hin,
+                    unet_ref in, int out_buf, int out_off, int bn) {
+    unet *u = bl->u;
+    DM_CHECK(u->nunits < UNET_MAX_UNITS, "too many units");
+    unet_unit *t = &u->units[u->nunits];
+    memset(t, 0, sizeof *t);
+    snprintf(t->name, sizeof t->name, "%s", name);
+    t->kind = kind;
+    t->cin = cin, t->cout = cout, t->k = k, t->s = s, t->p = p;
+    t->hin = hin;
+    if (kind == UNIT_CONV) t->hout = (hin + 2 * p - k) / s + 1;
+    else if (kind == UNIT_CONVT) t->hout = (hin - 1) * s - 2 * p + k;
+    else t->hout = 1;
+    t->bn = bn;
+    t->gelu = bn || kind == UNIT_POOL;
+    t->in = in;
+    if (out_buf < 0) out_buf = add_buf(u, cout, t->hout);
+    t->out.buf = out_buf;
+    t->out.chan_off = out_off;
+    /* BN and the pool's GELU need their input kept for backward. */
+    t->y_buf = t->gelu ? add_buf(u, cout, t->hout) : -1;
+    t->pw = t->pb = t->pgamma = t->pbeta = -1;
+    t->w = t->b = t->gamma = t->beta = t->run_mean = t->run_var = -1;
+    if (kind != UNIT_POOL) {
+        /* Conv2d [Cout][Cin][k][k]; ConvTranspose2d [Cin][Cout][k][k]. */
+        int a = kind == UNIT_CONV ? cout : cin, b = kind == UNIT_CONV ? cin : cout;
+        t->pw = add_param(bl, name, "weight", 1, 4, a, b, k, k);
+        t->pb = add_param(bl, name, "bias", 1, 1, cout, 0, 0, 0);
+    }
+    if (bn) {
+        t->pgamma = add_param(bl, name, "bn_weight", 1, 1, cout, 0, 0, 0);
+        t->pbeta = add_param(bl, name, "bn_bias", 1, 1, cout, 0, 0, 0);
+        int rm = add_param(bl, name, "bn_running_mean", 0, 1, cout, 0, 0, 0);
+        int rv = add_param(bl, name, "bn_running_var", 0, 1, cout, 0, 0, 0);
+        t->run_mean = u->params[rm].offset;
+        t->run_var = u->params[rv].offset;
+    }
+    if (t->pw >= 0) t->w = u->params[t->pw].offset;
+    if (t->pb >= 0) t->b = u->params[t->pb].offset;
+    if (t->pgamma >= 0) t->gamma = u->params[t->pgamma].offset;
+    if (t->pbeta >= 0) t->beta = u->params[t->pbeta].offset;
+    return u->nunits++;
+}
+
+static unet_ref ref(int buf, int off) {
+    unet_ref r = {buf, off};
+    return r;
+}
+
+/* The forward of SPEC.md as a table. Concats [skip, decoder] are buffers
+ * whose first channels the encoder unit writes and whose last channels the
+ * decoder unit writes, so no copy is ever made. */
+static void build(unet *u) {
+    builder bl = {u, 0, 0};
+    int D = u->D;
+    u->in_buf = add_buf(u, 1, 28);
+    int cat0 = add_buf(u, 2 * D, 28), cat1 = add_buf(u, 2 * D, 14);
+    int cat2 = add_buf(u, 4 * D, 7);
+    int i;
+    i = add_unit(&bl, "inc/0", UNIT_CONV, 1, D, 3, 1, 1, 28, ref(u->in_buf, 0), -1, 0, 1);
+    add_unit(&bl, "inc/1", UNIT_CONV, D, D, 3, 1, 1, 28, u->units[i].out, cat0, 0, 1);
+    i = add_unit(&bl, "down1/0", UNIT_CONV, D, D, 3, 2, 1, 28, ref(cat0, 0), -1, 0, 1);
+    i = add_unit(&bl, "down1/1", UNIT_CONV, D, D, 3, 1, 1, 14, u->units[i].out, -1, 0, 1);
+    add_unit(&bl, "down1/2", UNIT_CONV, D, D, 3, 1, 1, 14, u->units[i].out, cat1, 0, 1);
+    i = add_unit(&bl, "down2/0", UNIT_CONV, D, 2 * D, 3, 2, 1, 14, ref(cat1, 0), -1, 0, 1);
+    i = add_unit(&bl, "down2/1", UNIT_CONV, 2 * D, 2 * D, 3, 1, 1, 7, u->units[i].out, -1, 0, 1);
+    add_unit(&bl, "down2/2", UNIT_CONV, 2 * D, 2 * D, 3, 1, 1, 7, u->units[i].out, cat2, 0, 1);
+    i = add_unit(&bl, "flatten", UNIT_POOL, 2 * D, 2 * D, 7, 7, 0, 7, ref(cat2, 0), -1, 0, 0);
+    add_unit(&bl, "unflatten", UNIT_CONVT, 2 * D, 2 * D, 7, 7, 0, 1, u->units[i].out, cat2, 2 * D, 1);
+    i = add_unit(&bl, "up1/0", UNIT_CONVT, 4 * D, D, 4, 2, 1, 7, ref(cat2, 0), -1, 0, 1);
+    i = add_unit(&bl, "up1/1", UNIT_CONV, D, D, 3, 1, 1, 14, u->units[i].out, -1, 0, 1);
+    add_unit(&bl, "up1/2", UNIT_CONV, D, D, 3, 1, 1, 14, u->units[i].out, cat1, D, 1);
+    i = add_unit(&bl, "up2/0", UNIT_CONVT, 2 * D, D, 4, 2, 1, 14, ref(cat1, 0), -1, 0, 1);
+    i = add_unit(&bl, "up2/1", UNIT_CONV, D, D, 3, 1, 1, 28, u->units[i].out, -1, 0, 1);
+    add_unit(&bl, "up2/2", UNIT_CONV, D, D, 3, 1, 1, 28, u->units[i].out, cat0, D, 1);
+    i = add_unit(&bl, "outc/0", UNIT_CONV, 2 * D, D, 3, 1, 1, 28, ref(cat0, 0), -1, 0, 1);
+    i = add_unit(&bl, "outc/1", UNIT_CONV, D, D, 3, 1, 1, 28, u->units[i].out, -1, 0, 1);
+    i = add_unit(&bl, "head", UNIT_CONV, D, 1, 3, 1, 1, 28, u->units[i].out, -1, 0, 0);
+    u->out_buf = u->units[i].out.buf;
+    u->nparams = bl.poff;
+    u->nbuffers = bl.boff;
+}
+
+void unet_init(unet *u, int D, int m, int max_mb) {
+    memset(u, 0, sizeof *u);
+    u->D = D, u->m = m, u->max_mb = max_mb;
+    build(u);
+    u->p = dm_calloc((size_t)u->nparams, sizeof(float));
+    u->bufs = dm_calloc((size_t)u->nbuffers, sizeof(float));
+    for (int t = 0; t < u->nunits; t++) {
+        unet_unit *un = &u->units[t];
+        if (un->bn) {
+            for (int c = 0; c < un->cout; c++) u->bufs[un->run_var + c] = 1.0f;
+        }
+    }
+    if (max_mb == 0) return;
+    long maxout = 0, maxc = 0;
+    u->col_floats = 0;
+    for (int t = 0; t < u->nunits; t++) {
+        unet_unit *un = &u->units[t];
+        long o = (long)un->cout * m * un->hout * un->hout;
+        if (o > maxout) maxout = o;
+        if (un->cout > maxc) maxc = un->cout;
+        long c = 0;
+        if (un->kind == UNIT_CONV)
+            c = conv2d_col_floats(m, un->cin, un->hin, un->hin, un->k, un->s, un->p);
+        else if (un->kind == UNIT_CONVT)
+            c = convt2d_col_floats(m, un->cout, un->hin, un->hin, un->k);
+        if (c > u->col_floats) u->col_floats = c;
+        un->mean = dm_calloc((size_t)un->cout, sizeof(float));
+        un->invstd = dm_calloc((size_t)un->cout, sizeof(float));
+    }
+    for (int b = 0; b < u->nbufs; b++) {
+        size_t n = (size_t)u->act[b].mb_stride * (size_t)max_mb;
+        u->act[b].data = dm_calloc(n, sizeof(float));
+        u->act[b].grad = dm_calloc(n, sizeof(float));
+    }
+    u->scratch_stride = maxout;
+    u->scratch_a = dm_calloc((size_t)(maxout * max_mb), sizeof(float));
+    u->scratch_b = dm_calloc((size_t)(maxout * max_mb), sizeof(float));
+    u->col = dm_calloc((size_t)u->col_floats, sizeof(float));
+    u->sums = dm_calloc((size_t)(2 * maxc * max_mb), sizeof(double));
+    u->gsums = dm_calloc((size_t)(2 * maxc), sizeof(double));
+}
+
+void unet_free(unet *u) {
+    free(u->p);
+    free(u->bufs);
+    for (int t = 0; t < u->nunits; t++) {
+        free(u->units[t].mean);
+        free(u->units[t].invstd);
+    }
+    for (int b = 0; b < u->nbufs; b++) {
+        free(u->act[b].data);
+        free(u->act[b].grad);
+    }
+    free(u->scratch_a);
+    free(u->scratch_b);
+    free(u->col);
+    free(u->sums);
+    free(u->gsums);
+    memset(u, 0, sizeof *u);
+}
+
+void unet_init_params(unet *u, uint64_t seed) {
+    for (int t = 0; t < u->nunits; t++) {
+        unet_unit *un = &u->units[t];
+        if (un->kind == UNIT_POOL) continue;
+        /* PyTorch's fan_in is weight.size(1)*k*k for both conv kinds: Cin
+         * for Conv2d, Cout for ConvTranspose2d. kaiming_uniform(a=sqrt(5))
+         * and the bias both give U(-1/sqrt(fan_in), 1/sqrt(fan_in)). */
+        int fan_in = u->params[un->pw].shape[1] * un->k * un->k;
+        float bound = 1.0f / sqrtf((float)fan_in);
+        dm_rng r;
+        rng_init(&r, seed, DM_STREAM_INIT, (uint64_t)un->pw, 0);
+        init_uniform(u->p + un->w, u->params[un->pw].size, bound, &r);
+        rng_init(&r, seed, DM_STREAM_INIT, (uint64_t)un->pb, 0);
+        init_uniform(u->p + un->b, u->params[un->pb].size, bound, &r);
+        if (un->bn) {
+            for (int c = 0; c < un->cout; c++) {
+                u->p[un->gamma + c] = 1.0f;
+                u->p[un->beta + c] = 0.0f;
+                u->bufs[un->run_mean + c] = 0.0f;
+                u->bufs[un->run_var + c] = 1.0f;
+            }
+        }
+    }
+}
+
+const unet_param *unet_find(const unet *u, const char *name) {
+    for (int i = 0; i < u->nparams_t; i++)
+        if (strcmp(u->params[i].name, name) == 0) return &u->params[i];
+    return NULL;
+}
+
+/* ---- forward ------------------------------------------------------------ */
+
+/* Pointer to a unit's input/output region in micro-batch slot j holding n
+ * images: channel offset counts whole [n][hw][hw] planes. */
+static float *at(const unet *u, unet_ref r, int j, int n, int grad) {
+    const unet_buf *b = &u->act[r.buf];
+    float *base = grad ? b->grad : b->data;
+    return base + (long)j * b->mb_stride + (long)r.chan_off * n * b->hw * b->hw;
+}
+
+static void unit_linear_forward(unet *u, unet_unit *t, float *y,
+                                const float *x, int n) {
+    const float *w = u->p + t->w, *b = u->p + t->b;
+    if (t->kind == UNIT_CONV)
+        conv2d_forward(y, x, w, b, u->col, n, t->cin, t->hin, t->hin, t->cout,
+                       t->k, t->s, t->p);
+    else if (t->kind == UNIT_CONVT)
+        convt2d_forward(y, x, w, b, u->col, n, t->cin, t->hin, t->hin, t->cout,
+                        t->k, t->s, t->p);
+    else
+        avgpool_forward(y, x, t->cin, n, t->hin * t->hin);
+}
+
+/* Combine per-micro-batch BN sums into u->gsums ([2C]: s1 then s2). */
+static void combine_sums(unet *u, int C, int nmb, unet_combine_fn combine,
+                         void *ctx) {
+    combine(ctx, u->gsums, C, u->sums, nmb);
+}
+
+static void unit_forward(unet *u, unet_unit *t, int train, int nmb,
+                         const int *n, long global_n, unet_combine_fn combine,
+                         void *ctx, float momentum) {
+    int C = t->cout;
+    long hw2 = (long)t->hout * t->hout;
+    for (int j = 0; j < nmb; j++) {
+        float *x = at(u, t->in, j, n[j], 0);
+        float *y = t->y_buf >= 0 ? unet_slot(u, t->y_buf, j) : at(u, t->out, j, n[j], 0);
+        unit_linear_forward(u, t, y, x, n[j]);
+        if (t->bn && train)
+            bn2d_stats(u->sums + (long)j * 2 * C, u->sums + (long)j * 2 * C + C,
+                       y, C, (int)(n[j] * hw2));
+    }
+    if (t->bn) {
+        if (train && global_n > 0) {
+            combine_sums(u, C, nmb, combine, ctx);
+            double count = (double)global_n * (double)hw2;
+            bn2d_finish_stats(t->mean, t->invstd, u->gsums, u->gsums + C, count,
+                              C, BN_EPS);
+            bn2d_update_running(u->bufs + t->run_mean, u->bufs + t->run_var,
+                                u->gsums, u->gsums + C, count, C, momentum);
+        } else if (!train) {
+            for (int c = 0; c < C; c++) {
+                t->mean[c] = u->bufs[t->run_mean + c];
+                t->invstd[c] = 1.0f / sqrtf(u->bufs[t->run_var + c] + BN_EPS);
+            }
+        }
+    }
+    if (!t->gelu) return;
+    for (int j = 0; j < nmb; j++) {
+        float *y = unet_slot(u, t->y_buf, j), *a = at(u, t->out, j, n[j], 0);
+        long cnt = (long)C * n[j] * hw2;
+        if (t->bn) {
+            bn2d_forward(a, y, t->mean, t->invstd, u->p + t->gamma, u->p + t->beta,
+                         C, (int)(n[j] * hw2));
+            gelu_forward(a, a, cnt);
+        } else {
+            gelu_forward(a, y, cnt);
+        }
+    }
+}
+
+void unet_forward(unet *u, int train, int nmb, const int *n, long global_n,
+                  unet_combine_fn combine, void *ctx, float bn_momentum) {
+    DM_CHECK(nmb <= u->max_mb, "%d micro-batches exceed %d slots", nmb, u->max_mb);
+    for (int t = 0; t < u->nunits; t++)
+        unit_forward(u, &u->units[t], train, nmb, n, global_n, combine, ctx,
+                     bn_momentum);
+}
+
+/* ---- backward ----------------------------------------------------------- */
+
+static void unit_linear_backward(unet *u, unet_unit *t, float *leaf,
+                                 const float *dy, int j, int n) {
+    float *x = at(u, t->in, j, n, 0);
+    /* The network input needs no gradient. */
+    float *dx = t->in.buf == u->in_buf ? NULL : at(u, t->in, j, n, 1);
+    if (t->kind == UNIT_CONV)
+        conv2d_backward(dx, leaf + t->w, leaf + t->b, dy, x, u->p + t->w, u->col,
+                        n, t->cin, t->hin, t->hin, t->cout, t->k, t->s, t->p);
+    else if (t->kind == UNIT_CONVT)
+        convt2d_backward(dx, leaf + t->w, leaf + t->b, dy, x, u->p + t->w, u->col,
+                         n, t->cin, t->hin, t->hin, t->cout, t->k, t->s, t->p);
+    else
+        avgpool_backward(dx, dy, t->cin, n, t->hin * t->hin);
+}
+
+/* Offset and length of a unit's contiguous parameter slice. */
+static void unit_slice(const unet *u, const unet_unit *t, long *off, long *len) {
+    int first = t->pw, last = t->pbeta >= 0 ? t->pbeta : t->pb;
+    if (first < 0) {
+        *off = 0, *len = 0;
+        return;
+    }
+    *off = u->params[first].offset;
+    *len = u->params[last].offset + u->params[last].size - *off;
+}
+
+static void unit_backward(unet *u, unet_unit *t, int nmb, const int *n,
+                          long global_n, unet_combine_fn combine, void *ctx,
+                          unet_leaf_dst_fn leaf_dst, unet_leaf_done_fn leaf_done) {
+    int C = t->cout;
+    long hw2 = (long)t->hout * t->hout, stride = u->scratch_stride;
+    /* Pass 1: gradient through GELU (and BN's per-micro-batch sums). */
+    for (int j = 0; t->gelu && j < nmb; j++) {
+        long cnt = (long)C * n[j] * hw2;
+        float *da = at(u, t->out, j, n[j], 1), *y = unet_slot(u, t->y_buf, j);
+        float *z = u->scratch_a + j * stride, *dz = u->scratch_b + j * stride;
+        const float *gin = y;
+        if (t->bn) {
+            bn2d_forward(z, y, t->mean, t->invstd, u->p + t->gamma, u->p + t->beta,
+                         C, (int)(n[j] * hw2));
+            gin = z;
+        }
+        memset(dz, 0, (size_t)cnt * sizeof(float));
+        gelu_backward(dz, da, gin, cnt);
+        if (t->bn)
+            bn2d_backward_stats(u->sums + (long)j * 2 * C, u->sums + (long)j * 2 * C + C,
+                                dz, y, t->mean, t->invstd, C, (int)(n[j] * hw2));
+    }
+    if (t->bn) combine_sums(u, C, nmb, combine, ctx);
+    long off, len;
+    unit_slice(u, t, &off, &len);
+    /* Pass 2: through BN, then the conv; one weight-gradient leaf per j. */
+    for (int j = 0; j < nmb; j++) {
+        long cnt = (long)C * n[j] * hw2;
+        const float *dy = at(u, t->out, j, n[j], 1);
+        if (t->gelu) dy = u->scratch_b + j * stride;
+        if (t->bn) {
+            float *dyc = u->scratch_a + j * stride;
+            memset(dyc, 0, (size_t)cnt * sizeof(float));
+            bn2d_backward(dyc, dy, unet_slot(u, t->y_buf, j), t->mean, t->invstd,
+                          u->p + t->gamma, u->gsums, u->gsums + C,
+                          (double)global_n * (double)hw2, C, (int)(n[j] * hw2));
+            dy = dyc;
+        }
+        float *leaf = len ? leaf_dst(ctx, j) : NULL;
+        unit_linear_backward(u, t, leaf, dy, j, n[j]);
+        if (t->bn) {
+            const double *g1 = u->sums + (long)j * 2 * C, *g2 = g1 + C;
+            for (int c = 0; c < C; c++) {
+                leaf[t->gamma + c] = (float)g2[c];
+                leaf[t->beta + c] = (float)g1[c];
+            }
+        }
+        if (len) leaf_done(ctx, j, off, len);
+    }
+}
+
+void unet_zero_grad(unet *u, int nmb) {
+    for (int b = 0; b < u->nbufs; b++)
+        memset(u->act[b].grad, 0, (size_t)(u->act[b].mb_stride * nmb) * sizeof(float));
+}
+
+void unet_backward(unet *u, int nmb, const int *n, long global_n,
+                   unet_combine_fn combine, void *ctx,
+                   unet_leaf_dst_fn leaf_dst, unet_leaf_done_fn leaf_done) {
+    for (int t = u->nunits - 1; t >= 0; t--)
+        unit_backward(u, &u->units[t], nmb, n, global_n, combine, ctx, leaf_dst,
+                      leaf_done);
+}
+
+double unet_forward_flops(const unet *u) {
+    double f = 0;
+    for (int t = 0; t < u->nunits; t++) {
+        const unet_unit *un = &u->units[t];
+        double hw_in = (double)un->hin * un->hin, hw_out = (double)un->hout * un->hout;
+        if (un->kind == UNIT_CONV)
+            f += 2.0 * un->cout * un->cin * un->k * un->k * hw_out;
+        else if (un->kind == UNIT_CONVT)
+            f += 2.0 * un->cin * un->cout * un->k * un->k * hw_in;
+    }
+    return f;
+}
+
+void unet_predict(unet *u, float *y, const float *x, int n) {
+    DM_CHECK(u->max_mb >= 1, "unet_predict needs one micro-batch slot");
+    for (int i = 0; i < n; i += u->m) {
+        int k = n - i < u->m ? n - i : u->m;
+        memcpy(unet_slot(u, u->in_buf, 0), x + (long)i * 784,
+               (size_t)k * 784 * sizeof(float));
+        unet_forward(u, 0, 1, &k, k, NULL, NULL, 0.0f);
+        memcpy(y + (long)i * 784, unet_slot(u, u->out_buf, 0),
+               (size_t)k * 784 * sizeof(float));
+    }
+}

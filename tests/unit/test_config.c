@@ -1,0 +1,508 @@
+/* test_config.c: defaults, INI files (every key, comments, sections, syntax
+ * errors, exact line numbers), --set overrides, strict value checks, the
+ * config_to_string -> config_load_string round trip and config_validate's
+ * cross-key rules. */
+#include "diffmpi/config.h"
+
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "test_util.h"
+
+static char tmpdir[64];
+static char errpath[128];
+static int saved_stderr = -1;
+
+/* stderr capture around one call: begin, call, end(buf). */
+static void capture_begin(void) {
+    fflush(stderr);
+    saved_stderr = dup(2);
+    int fd = open(errpath, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    dup2(fd, 2);
+    close(fd);
+}
+
+static void capture_end(char *buf, size_t size) {
+    fflush(stderr);
+    dup2(saved_stderr, 2);
+    close(saved_stderr);
+    FILE *fp = fopen(errpath, "r");
+    size_t n = fp ? fread(buf, 1, size - 1, fp) : 0;
+    buf[n] = '\0';
+    if (fp) fclose(fp);
+}
+
+static int count_lines(const char *s) {
+    int n = 0;
+    for (; *s; s++) n += *s == '\n';
+    return n;
+}
+
+static void write_text(const char *path, const char *text, size_t len) {
+    FILE *fp = fopen(path, "wb");
+    if (!fp || fwrite(text, 1, len, fp) != len || fclose(fp) != 0) {
+        perror(path);
+        exit(1);
+    }
+}
+
+/* Loads `text` from a file; returns the status and the captured stderr. */
+static dm_status load_text(dm_config *c, const char *text, char *err,
+                           size_t errsize) {
+    char path[128];
+    snprintf(path, sizeof path, "%s/test.ini", tmpdir);
+    write_text(path, text, strlen(text));
+    capture_begin();
+    dm_status st = config_load_file(c, path);
+    capture_end(err, errsize);
+    unlink(path);
+    return st;
+}
+
+static dm_status set_capture(dm_config *c, const char *arg, char *err,
+                             size_t errsize) {
+    capture_begin();
+    dm_status st = config_set(c, arg);
+    capture_end(err, errsize);
+    return st;
+}
+
+static void expect_same(const dm_config *a, const dm_config *b,
+                        const char *what) {
+    EXPECT(a->objective == b->objective && a->conditioning == b->conditioning &&
+               a->hidden == b->hidden && a->epochs == b->epochs &&
+               a->batch == b->batch && a->micro_batch == b->micro_batch &&
+               memcmp(&a->lr, &b->lr, sizeof a->lr) == 0 &&
+               a->lr_decay == b->lr_decay &&
+               memcmp(&a->sigma, &b->sigma, sizeof a->sigma) == 0 &&
+               a->seed == b->seed && strcmp(a->data_dir, b->data_dir) == 0 &&
+               a->train_limit == b->train_limit &&
+               a->eval_limit == b->eval_limit &&
+               a->checkpoint_every == b->checkpoint_every &&
+               a->keep == b->keep && a->threads == b->threads &&
+               a->bn_sync == b->bn_sync &&
+               memcmp(&a->log_every, &b->log_every, sizeof a->log_every) ==
+                   0 &&
+               memcmp(&a->p_uncond, &b->p_uncond, sizeof a->p_uncond) == 0,
+           "%s: configurations differ", what);
+}
+
+static void test_defaults(void) {
+    dm_config c;
+    memset(&c, 0x5a, sizeof c);
+    config_defaults(&c);
+    EXPECT(c.objective == OBJ_DENOISE, "objective");
+    EXPECT(c.conditioning == COND_NONE, "conditioning");
+    EXPECT(c.hidden == 128 && c.epochs == 5 && c.batch == 256 &&
+               c.micro_batch == 32,
+           "hidden/epochs/batch/micro_batch");
+    EXPECT(c.lr == 1e-4 && c.lr_decay == LR_NONE && c.sigma == 0.5,
+           "lr/lr_decay/sigma");
+    EXPECT(c.seed == 0 && strcmp(c.data_dir, "data/mnist") == 0, "seed/dir");
+    EXPECT(c.train_limit == 0 && c.checkpoint_every == 0 && c.keep == 3 &&
+               c.threads == 1,
+           "train_limit/checkpoint_every/keep/threads");
+    EXPECT(c.bn_sync == BN_GLOBAL && c.log_every == 10.0 &&
+               c.p_uncond == 0.1 && c.eval_limit == 0,
+           "bn_sync/log_every/p_uncond/eval_limit");
+    EXPECT(config_validate(&c) == DM_OK, "defaults must validate");
+    EXPECT(strcmp(config_objective_name(OBJ_PURE_NOISE), "pure_noise") == 0,
+           "objective name");
+    EXPECT(strcmp(config_conditioning_name(COND_CLASS), "class") == 0,
+           "conditioning name");
+}
+
+static void test_file_every_key(void) {
+    const char *text =
+        "\xEF\xBB\xBF; a comment\n"
+        "# another comment\n"
+        "objective = flow\n"
+        "[model]\n"
+        "conditioning = class\n"
+        "  hidden = 64 ; inline comment\n"
+        "\tepochs=20\n"
+        "batch: 512\n"
+        "micro_batch = 64\r\n"
+        "lr = 1e-2\n"
+        "\n"
+        "[train]\n"
+        "lr_decay = exp\n"
+        "sigma = 0\n"
+        "seed = 18446744073709551615\n"
+        "data_dir = /scratch/my data;v2\n"
+        "train_limit = 1000\n"
+        "checkpoint_every = 50\n"
+        "keep = 7\n"
+        "threads = 256\n"
+        "bn_sync = rank\n"
+        "log_every = 0.25\n"
+        "p_uncond = 1\n";
+    dm_config c;
+    config_defaults(&c);
+    char err[2048];
+    dm_status st = load_text(&c, text, err, sizeof err);
+    EXPECT(st == DM_OK, "every key: status %d: %s", (int)st, err);
+    EXPECT(err[0] == '\0', "every key: unexpected output '%s'", err);
+    EXPECT(c.objective == OBJ_FLOW && c.conditioning == COND_CLASS,
+           "objective/conditioning");
+    EXPECT(c.hidden == 64, "hidden (indented, inline comment) = %d",
+           c.hidden);
+    EXPECT(c.epochs == 20 && c.batch == 512 && c.micro_batch == 64,
+           "epochs/batch/micro_batch");
+    EXPECT(c.lr == 1e-2 && c.lr_decay == LR_EXP && c.sigma == 0.0,
+           "lr/lr_decay/sigma");
+    EXPECT(c.seed == UINT64_MAX, "seed");
+    EXPECT(strcmp(c.data_dir, "/scratch/my data;v2") == 0, "data_dir '%s'",
+           c.data_dir);
+    EXPECT(c.train_limit == 1000 && c.checkpoint_every == 50 && c.keep == 7 &&
+               c.threads == 256,
+           "train_limit/checkpoint_every/keep/threads");
+    EXPECT(c.bn_sync == BN_RANK && c.log_every == 0.25 && c.p_uncond == 1.0,
+           "bn_sync/log_every/p_uncond");
+    EXPECT(config_validate(&c) == DM_OK, "every key: validate");
+
+    /* Empty and comment-only files change nothing. */
+    dm_config d, ref;
+    config_defaults(&d);
+    config_defaults(&ref);
+    EXPECT(load_text(&d, "", err, sizeof err) == DM_OK, "empty file");
+    EXPECT(load_text(&d, "; nothing\n\n# here\n[s]\n", err, sizeof err) ==
+               DM_OK,
+           "comment-only file");
+    expect_same(&d, &ref, "comment-only file");
+}
+
+/* A failing file: status, one line, the exact "<file>:<line>: " prefix and
+ * a fragment; the configuration must be untouched. */
+static void expect_file_error(const char *text, int line,
+                              const char *fragment) {
+    dm_config c, ref;
+    config_defaults(&c);
+    config_defaults(&ref);
+    char err[2048], where[256];
+    dm_status st = load_text(&c, text, err, sizeof err);
+    snprintf(where, sizeof where, "diffmpi: %s/test.ini:%d: ", tmpdir, line);
+    EXPECT(st == DM_EUSAGE, "'%s': status %d, expected DM_EUSAGE", text,
+           (int)st);
+    EXPECT(count_lines(err) == 1, "'%s': expected one line, got '%s'", text,
+           err);
+    EXPECT(strncmp(err, where, strlen(where)) == 0,
+           "'%s': expected prefix '%s' in '%s'", text, where, err);
+    EXPECT(strstr(err, fragment) != NULL, "'%s': '%s' not in '%s'", text,
+           fragment, err);
+    expect_same(&c, &ref, "config after a failed load");
+}
+
+static void test_file_errors(void) {
+    expect_file_error("hidden = 32\nfoo = 1\n", 2, "unknown key 'foo'");
+    expect_file_error("hidden = 32\n\n[x]\nepochs = -1\n", 4,
+                      "key 'epochs': bad value '-1', expected an integer in "
+                      "1..100000");
+    expect_file_error("lr = 0.1\nlr = 0.2\n", 2,
+                      "key 'lr' given twice (first on line 1)");
+    expect_file_error("[a]\nhidden = 8\n[b]\nhidden = 9\n", 4, "given twice");
+    expect_file_error("hidden\n", 1, "syntax error in 'hidden'");
+    expect_file_error("hidden = 8\n[section\n", 2, "syntax error");
+    expect_file_error("hidden = 32;x\n", 1, "bad value '32;x'");
+    expect_file_error("hidden =\n", 1, "key 'hidden': empty value");
+    /* A continuation line must not silently replace hidden. */
+    expect_file_error("hidden = 32\n  64\n", 2, "syntax error in '64'");
+    /* The first error wins, whether a syntax or a value error. */
+    expect_file_error("oops\nhidden = x\n", 1, "syntax error");
+    expect_file_error("hidden = x\noops\n", 1, "key 'hidden'");
+
+    char longline[400];
+    memset(longline, 'x', sizeof longline);
+    memcpy(longline, "data_dir = ", 11);
+    memcpy(longline + 250, "\nhidden = 1\n", 13);
+    expect_file_error(longline, 1, "line too long");
+
+    /* Indented keys are plain keys, not continuations. */
+    dm_config c;
+    config_defaults(&c);
+    char err[2048];
+    EXPECT(load_text(&c, "hidden = 32\n    lr = 0.5\n", err, sizeof err) ==
+               DM_OK,
+           "indented key: %s", err);
+    EXPECT(c.hidden == 32 && c.lr == 0.5, "indented key values");
+
+    /* Missing file: DM_EIO naming it. */
+    char path[128];
+    snprintf(path, sizeof path, "%s/missing.ini", tmpdir);
+    capture_begin();
+    dm_status st = config_load_file(&c, path);
+    capture_end(err, sizeof err);
+    EXPECT(st == DM_EIO, "missing file: status %d", (int)st);
+    EXPECT(count_lines(err) == 1 && strstr(err, path) != NULL,
+           "missing file message '%s'", err);
+
+    /* A directory is not a config file. */
+    capture_begin();
+    st = config_load_file(&c, tmpdir);
+    capture_end(err, sizeof err);
+    EXPECT(st == DM_EIO, "directory: status %d", (int)st);
+
+    /* Binary content. */
+    snprintf(path, sizeof path, "%s/nul.ini", tmpdir);
+    write_text(path, "hidden = 3\0\n", 12);
+    capture_begin();
+    st = config_load_file(&c, path);
+    capture_end(err, sizeof err);
+    EXPECT(st == DM_EUSAGE && strstr(err, "NUL") != NULL,
+           "NUL byte: status %d '%s'", (int)st, err);
+    unlink(path);
+}
+
+/* Every --set in `bad` must fail with DM_EUSAGE and change nothing. */
+static void test_bad_values(void) {
+    static const char *const bad[] = {
+        "hidden=abc", "hidden=12x", "hidden=0", "hidden=4097", "hidden=-3",
+        "hidden=1.5", "hidden=", "hidden=99999999999999999999", "hidden=1 2",
+        "epochs=0", "epochs=-1", "epochs=100001", "batch=0", "batch=-256",
+        "micro_batch=0", "lr=0", "lr=-1e-3", "lr=nan", "lr=inf", "lr=1e-3x",
+        "lr=", "lr=1e999", "sigma=-0.1", "sigma=inf", "seed=-1", "seed=1.5",
+        "seed=18446744073709551616", "seed=", "seed=+-1", "threads=0",
+        "threads=257", "p_uncond=1.5", "p_uncond=-0.1", "p_uncond=nan",
+        "log_every=0", "log_every=-1", "keep=0", "train_limit=-1",
+        "train_limit=2147483648", "checkpoint_every=-1", "objective=Denoise",
+        "objective=", "conditioning=foo", "lr_decay=linear", "bn_sync=all",
+        "data_dir=", "data_dir=a ;b", "data_dir=a\tb", "data_dir=x\ny",
+        "foo=1", "hidden", "=5", "",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        dm_config c, ref;
+        config_defaults(&c);
+        config_defaults(&ref);
+        char err[2048];
+        dm_status st = set_capture(&c, bad[i], err, sizeof err);
+        EXPECT(st == DM_EUSAGE, "--set '%s': status %d, expected DM_EUSAGE",
+               bad[i], (int)st);
+        EXPECT(count_lines(err) == 1 && strncmp(err, "diffmpi: --set ", 15) ==
+                                            0,
+               "--set '%s': message '%s'", bad[i], err);
+        expect_same(&c, &ref, bad[i]);
+    }
+
+    /* The exact message format. */
+    dm_config c;
+    config_defaults(&c);
+    char err[2048];
+    set_capture(&c, "hidden=abc", err, sizeof err);
+    EXPECT(strcmp(err, "diffmpi: --set hidden=abc: key 'hidden': bad value "
+                       "'abc', expected an integer in 1..4096\n") == 0,
+           "message: '%s'", err);
+    set_capture(&c, "lr=0", err, sizeof err);
+    EXPECT(strstr(err, "key 'lr': bad value '0', expected a finite number > "
+                       "0") != NULL,
+           "message: '%s'", err);
+    set_capture(&c, "objective=Flow", err, sizeof err);
+    EXPECT(strstr(err, "expected one of denoise|pure_noise|ddpm|flow") !=
+               NULL,
+           "message: '%s'", err);
+    set_capture(&c, "foo=1", err, sizeof err);
+    EXPECT(strstr(err, "--set foo=1: unknown key 'foo' (known keys: "
+                       "objective") != NULL,
+           "message: '%s'", err);
+}
+
+static void test_set(void) {
+    dm_config c;
+    config_defaults(&c);
+    EXPECT(config_set(&c, "hidden=32") == DM_OK && c.hidden == 32, "hidden");
+    EXPECT(config_set(&c, "  hidden = 64  ") == DM_OK && c.hidden == 64,
+           "blanks around key and value");
+    EXPECT(config_set(&c, "data_dir=/a b/c=d") == DM_OK &&
+               strcmp(c.data_dir, "/a b/c=d") == 0,
+           "value holding '=': '%s'", c.data_dir);
+    EXPECT(config_set(&c, "seed=42") == DM_OK && c.seed == 42, "seed");
+    EXPECT(config_set(&c, "lr=0x1p-10") == DM_OK && c.lr == 0x1p-10,
+           "hex float lr");
+    EXPECT(config_set(&c, "p_uncond=0") == DM_OK && c.p_uncond == 0.0,
+           "p_uncond 0");
+    EXPECT(config_set(&c, "threads=256") == DM_OK && c.threads == 256,
+           "threads 256");
+    EXPECT(config_set(&c, "objective=ddpm") == DM_OK &&
+               c.objective == OBJ_DDPM,
+           "objective");
+    EXPECT(config_set(&c, "conditioning=time") == DM_OK &&
+               c.conditioning == COND_TIME,
+           "conditioning");
+    EXPECT(config_validate(&c) == DM_OK, "after --set: validate");
+
+    /* --set after a file overrides it. */
+    char err[2048];
+    config_defaults(&c);
+    EXPECT(load_text(&c, "hidden = 16\nepochs = 2\n", err, sizeof err) ==
+               DM_OK,
+           "file");
+    EXPECT(config_set(&c, "epochs=9") == DM_OK, "override");
+    EXPECT(c.hidden == 16 && c.epochs == 9, "override values");
+
+    /* data_dir: as long as one INI line allows, and no longer. */
+    char arg[400], value[300];
+    memset(value, 'p', sizeof value);
+    value[188] = '\0';
+    snprintf(arg, sizeof arg, "data_dir=%s", value);
+    EXPECT(config_set(&c, arg) == DM_OK, "188-char data_dir");
+    value[188] = 'p';
+    value[189] = '\0';
+    snprintf(arg, sizeof arg, "data_dir=%s", value);
+    EXPECT(set_capture(&c, arg, err, sizeof err) == DM_EUSAGE,
+           "189-char data_dir");
+}
+
+static void test_round_trip(void) {
+    dm_config a, b;
+    config_defaults(&a);
+    a.objective = OBJ_FLOW;
+    a.conditioning = COND_CLASS;
+    a.hidden = 4096;
+    a.epochs = 100000;
+    a.batch = 1000;
+    a.micro_batch = 7;
+    a.lr = 0.1 + 0.2; /* 0.30000000000000004 */
+    a.lr_decay = LR_EXP;
+    a.sigma = 1.0 / 3.0;
+    a.seed = UINT64_MAX;
+    snprintf(a.data_dir, sizeof a.data_dir, "/scratch/run 1;x/#y=z:w");
+    a.train_limit = 2147483647;
+    a.checkpoint_every = 123;
+    a.keep = 1;
+    a.threads = 3;
+    a.bn_sync = BN_RANK;
+    a.log_every = 5e-324; /* smallest subnormal */
+    a.p_uncond = 0.7;
+    a.eval_limit = 1234;
+    EXPECT(config_validate(&a) == DM_OK, "round trip config validates");
+
+    char text[4096], text2[4096];
+    int n = config_to_string(&a, text, sizeof text);
+    EXPECT(n == (int)strlen(text) && n > 0, "to_string length %d", n);
+    EXPECT(count_lines(text) == 19, "19 lines, got %d", count_lines(text));
+    EXPECT(strncmp(text, "objective = flow\nconditioning = class\n", 38) == 0,
+           "to_string starts '%.40s'", text);
+    EXPECT(strstr(text, "\nlr = 0.30000000000000004\n") != NULL,
+           "lr printed exactly: %s", text);
+    EXPECT(strstr(text, "\nseed = 18446744073709551615\n") != NULL, "seed");
+
+    config_defaults(&b);
+    char err[2048];
+    capture_begin();
+    dm_status st = config_load_string(&b, text, "checkpoint");
+    capture_end(err, sizeof err);
+    EXPECT(st == DM_OK, "load_string: %s", err);
+    expect_same(&a, &b, "round trip");
+    config_to_string(&b, text2, sizeof text2);
+    EXPECT(strcmp(text, text2) == 0, "round trip text differs");
+
+    /* Defaults print readably and also round-trip. */
+    config_defaults(&a);
+    config_to_string(&a, text, sizeof text);
+    EXPECT(strstr(text, "\nlr = 0.0001\n") != NULL &&
+               strstr(text, "\nsigma = 0.5\n") != NULL &&
+               strstr(text, "\ndata_dir = data/mnist\n") != NULL &&
+               strstr(text, "\nlog_every = 10\n") != NULL,
+           "defaults text:\n%s", text);
+    config_defaults(&b);
+    b.hidden = 1;
+    EXPECT(config_load_string(&b, text, "defaults") == DM_OK, "defaults");
+    expect_same(&a, &b, "defaults round trip");
+
+    /* Errors from a string name its origin. */
+    capture_begin();
+    st = config_load_string(&b, "hidden = 1\nepochs = x\n", "ckpt.h5");
+    capture_end(err, sizeof err);
+    EXPECT(st == DM_EUSAGE && strncmp(err, "diffmpi: ckpt.h5:2: ", 20) == 0,
+           "origin in message: '%s'", err);
+
+    /* Truncation keeps whole lines only. */
+    n = config_to_string(&a, text, 40);
+    EXPECT(n == (int)strlen(text) && n < 40 && n > 0 && text[n - 1] == '\n',
+           "truncated to whole lines: '%s'", text);
+    EXPECT(config_to_string(&a, text, 1) == 0 && text[0] == '\0',
+           "bufsize 1");
+}
+
+static void expect_invalid(const dm_config *c, const char *fragment) {
+    char err[2048];
+    capture_begin();
+    dm_status st = config_validate(c);
+    capture_end(err, sizeof err);
+    EXPECT(st == DM_EUSAGE, "validate: status %d, expected DM_EUSAGE for %s",
+           (int)st, fragment);
+    EXPECT(count_lines(err) == 1 && strstr(err, fragment) != NULL,
+           "validate: '%s' not in '%s'", fragment, err);
+}
+
+static void test_validate(void) {
+    dm_config c;
+    config_defaults(&c);
+    c.micro_batch = 257;
+    expect_invalid(&c, "micro_batch = 257 is larger than batch = 256");
+    c.micro_batch = 256;
+    EXPECT(config_validate(&c) == DM_OK, "micro_batch == batch");
+
+    static const struct {
+        dm_objective o;
+        dm_conditioning k;
+        int ok;
+    } combos[] = {
+        {OBJ_DENOISE, COND_NONE, 1},  {OBJ_DENOISE, COND_TIME, 0},
+        {OBJ_DENOISE, COND_CLASS, 0}, {OBJ_PURE_NOISE, COND_NONE, 1},
+        {OBJ_PURE_NOISE, COND_TIME, 0}, {OBJ_DDPM, COND_NONE, 0},
+        {OBJ_DDPM, COND_TIME, 1},     {OBJ_DDPM, COND_CLASS, 1},
+        {OBJ_FLOW, COND_NONE, 0},     {OBJ_FLOW, COND_TIME, 1},
+        {OBJ_FLOW, COND_CLASS, 1},
+    };
+    for (size_t i = 0; i < sizeof combos / sizeof combos[0]; i++) {
+        config_defaults(&c);
+        c.objective = combos[i].o;
+        c.conditioning = combos[i].k;
+        char what[96];
+        snprintf(what, sizeof what, "objective = %s needs conditioning",
+                 config_objective_name(combos[i].o));
+        if (combos[i].ok)
+            EXPECT(config_validate(&c) == DM_OK, "%s + %s should be valid",
+                   config_objective_name(combos[i].o),
+                   config_conditioning_name(combos[i].k));
+        else
+            expect_invalid(&c, what);
+    }
+
+    /* Values set in code are range-checked too. */
+    config_defaults(&c);
+    c.hidden = 0;
+    expect_invalid(&c, "hidden = 0, expected an integer in 1..4096");
+    config_defaults(&c);
+    c.lr = -1.0;
+    expect_invalid(&c, "lr = -1");
+    config_defaults(&c);
+    c.threads = 1000;
+    expect_invalid(&c, "threads = 1000");
+    config_defaults(&c);
+    c.data_dir[0] = '\0';
+    expect_invalid(&c, "data_dir");
+}
+
+int main(void) {
+    snprintf(tmpdir, sizeof tmpdir, "/tmp/test_config_XXXXXX");
+    if (!mkdtemp(tmpdir)) {
+        perror("mkdtemp");
+        return 1;
+    }
+    snprintf(errpath, sizeof errpath, "%s/stderr.txt", tmpdir);
+    test_defaults();
+    test_file_every_key();
+    test_file_errors();
+    test_bad_values();
+    test_set();
+    test_round_trip();
+    test_validate();
+    unlink(errpath);
+    EXPECT(rmdir(tmpdir) == 0, "temp dir %s not empty at the end", tmpdir);
+    return test_finish("test_config");
+}

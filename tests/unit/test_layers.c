@@ -1,0 +1,623 @@
+/* test_layers.c: every kernel of layers.h checked
+ *  - forward against a direct loop written here in double precision,
+ *  - backward against central finite differences of the scalar loss
+ *    L = sum(out * R) for a fixed random R (loss summed in double),
+ *  - the conventions of layers.h: weight gradients OVERWRITTEN (buffers are
+ *    pre-filled with garbage), input gradients ADDED (pre-filled with
+ *    PREFILL, which must survive), NULL for optional outputs.
+ * Every array comparison also requires max |ref| > 25 * atol, so that a 5 %
+ * error in the largest entry cannot hide under the absolute tolerance. */
+#include "diffmpi/layers.h"
+#include "diffmpi/rng.h"
+#include "test_util.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define PREFILL 0.5f   /* initial content of ADDED gradient buffers */
+#define GARBAGE 123.0f /* initial content of OVERWRITTEN buffers */
+
+static dm_rng trng;
+
+static void *xcalloc(long n, size_t size) {
+    void *p = calloc((size_t)n, size);
+    if (!p) {
+        fprintf(stderr, "test_layers: out of memory (%ld x %zu)\n", n, size);
+        exit(1);
+    }
+    return p;
+}
+#define FALLOC(n) ((float *)xcalloc((n), sizeof(float)))
+#define DALLOC(n) ((double *)xcalloc((n), sizeof(double)))
+
+static void randn(float *x, long n, float mean, float sd) {
+    for (long i = 0; i < n; i++) x[i] = mean + sd * rng_normal(&trng);
+}
+
+static void fill(float *x, long n, float v) {
+    for (long i = 0; i < n; i++) x[i] = v;
+}
+
+static double dot(const float *a, const float *b, long n) {
+    double acc = 0.0;
+    for (long i = 0; i < n; i++) acc += (double)a[i] * b[i];
+    return acc;
+}
+
+/* got[i] - sub against ref[i]; reports the worst element only. */
+static void check_sub(const char *what, const float *got, double sub,
+                      const double *ref, long n, double atol, double rtol) {
+    long worst = 0;
+    double wr = -1.0, maxref = 0.0;
+    for (long i = 0; i < n; i++) {
+        const double r =
+            fabs(got[i] - sub - ref[i]) / (atol + rtol * fabs(ref[i]));
+        if (r > wr) wr = r, worst = i;
+        if (fabs(ref[i]) > maxref) maxref = fabs(ref[i]);
+    }
+    char name[160];
+    snprintf(name, sizeof name, "%s[%ld]", what, worst);
+    EXPECT_CLOSE(got[worst] - sub, ref[worst], atol, rtol, name);
+    EXPECT(maxref > 25.0 * atol, "%s: max |ref| %.3g too small for atol %.3g",
+           what, maxref, atol);
+}
+
+static void check(const char *what, const float *got, const double *ref, long n,
+                  double atol, double rtol) {
+    check_sub(what, got, 0.0, ref, n, atol, rtol);
+}
+
+/* Central differences of f(ctx) with respect to each p[i]; the actual step
+ * (p+h) - (p-h) after rounding to float is used as the denominator. */
+typedef double (*loss_fn)(void *ctx);
+static void fd_grad(double *g, loss_fn f, void *ctx, float *p, long n,
+                    float h) {
+    for (long i = 0; i < n; i++) {
+        const float orig = p[i];
+        p[i] = orig + h;
+        const double xp = p[i], lp = f(ctx);
+        p[i] = orig - h;
+        const double xm = p[i], lm = f(ctx);
+        p[i] = orig;
+        g[i] = (lp - lm) / (xp - xm);
+    }
+}
+
+/* ------------------------------------------------------------------------
+ * Conv2d and ConvTranspose2d share one harness. */
+struct conv_case {
+    int N, Cin, H, W, Cout, k, s, p, transposed;
+};
+
+struct conv_ctx {
+    struct conv_case c;
+    float *in, *w, *b, *col, *out;
+    const float *R;
+    long nout;
+};
+
+static void conv_out_hw(const struct conv_case *c, int *Ho, int *Wo) {
+    if (c->transposed) {
+        *Ho = (c->H - 1) * c->s - 2 * c->p + c->k;
+        *Wo = (c->W - 1) * c->s - 2 * c->p + c->k;
+    } else {
+        *Ho = (c->H + 2 * c->p - c->k) / c->s + 1;
+        *Wo = (c->W + 2 * c->p - c->k) / c->s + 1;
+    }
+}
+
+static void run_forward(struct conv_ctx *x, const float *b) {
+    const struct conv_case *c = &x->c;
+    if (c->transposed)
+        convt2d_forward(x->out, x->in, x->w, b, x->col, c->N, c->Cin, c->H,
+                        c->W, c->Cout, c->k, c->s, c->p);
+    else
+        conv2d_forward(x->out, x->in, x->w, b, x->col, c->N, c->Cin, c->H, c->W,
+                       c->Cout, c->k, c->s, c->p);
+}
+
+static void run_backward(struct conv_ctx *x, float *din, float *dw, float *db,
+                         const float *dout) {
+    const struct conv_case *c = &x->c;
+    if (c->transposed)
+        convt2d_backward(din, dw, db, dout, x->in, x->w, x->col, c->N, c->Cin,
+                         c->H, c->W, c->Cout, c->k, c->s, c->p);
+    else
+        conv2d_backward(din, dw, db, dout, x->in, x->w, x->col, c->N, c->Cin,
+                        c->H, c->W, c->Cout, c->k, c->s, c->p);
+}
+
+static double conv_loss(void *v) {
+    struct conv_ctx *x = v;
+    run_forward(x, x->b);
+    return dot(x->out, x->R, x->nout);
+}
+
+/* Offset of element (c, n, h, w) of a [C][N][H][W] array. */
+static long at(int c, int n, int h, int w, int N, int H, int W) {
+    return (((long)c * N + n) * H + h) * W + w;
+}
+
+/* Direct PyTorch definitions in CNHW layout, one flat loop over the output
+ * (conv) or input (convt) elements and one over (ci or co, ki, kj).
+ * Conv2d gathers: out[co][n][oh][ow] = b[co]
+ *   + sum in[ci][n][oh*s-p+ki][ow*s-p+kj] * w[co][ci][ki][kj]. */
+static void naive_conv2d(double *out, const float *in, const float *w,
+                         const float *b, const struct conv_case *c) {
+    int Ho, Wo;
+    conv_out_hw(c, &Ho, &Wo);
+    const int N = c->N, H = c->H, W = c->W, k = c->k, kk = k * k;
+    for (long o = 0; o < (long)c->Cout * N * Ho * Wo; o++) {
+        const int ow = o % Wo, oh = o / Wo % Ho, n = o / Wo / Ho % N;
+        const int co = o / Wo / Ho / N;
+        double acc = b ? b[co] : 0.0;
+        for (int r = 0; r < c->Cin * kk; r++) {
+            const int ci = r / kk, ki = r / k % k, kj = r % k;
+            const int ih = oh * c->s - c->p + ki, iw = ow * c->s - c->p + kj;
+            if (ih < 0 || ih >= H || iw < 0 || iw >= W) continue;
+            acc += (double)in[at(ci, n, ih, iw, N, H, W)] *
+                   w[co * c->Cin * kk + r];
+        }
+        out[o] = acc;
+    }
+}
+
+/* ConvTranspose2d scatters: out[co][n][ih*s-p+ki][iw*s-p+kj]
+ *   += in[ci][n][ih][iw] * w[ci][co][ki][kj], on top of b[co]. */
+static void naive_convt2d(double *out, const float *in, const float *w,
+                          const float *b, const struct conv_case *c) {
+    int Ho, Wo;
+    conv_out_hw(c, &Ho, &Wo);
+    const int N = c->N, H = c->H, W = c->W, k = c->k, kk = k * k;
+    const long plane = (long)N * Ho * Wo;
+    for (long o = 0; o < c->Cout * plane; o++) out[o] = b ? b[o / plane] : 0.0;
+    for (long i = 0; i < (long)c->Cin * N * H * W; i++) {
+        const int iw = i % W, ih = i / W % H, n = i / W / H % N;
+        const int ci = i / W / H / N;
+        for (int r = 0; r < c->Cout * kk; r++) {
+            const int co = r / kk, ki = r / k % k, kj = r % k;
+            const int oh = ih * c->s - c->p + ki, ow = iw * c->s - c->p + kj;
+            if (oh < 0 || oh >= Ho || ow < 0 || ow >= Wo) continue;
+            out[at(co, n, oh, ow, N, Ho, Wo)] +=
+                (double)in[i] * w[ci * c->Cout * kk + r];
+        }
+    }
+}
+
+/* Forward with and without bias; out is pre-filled since it is
+ * overwritten. */
+static void test_conv_forward(struct conv_ctx *x, double *ref,
+                              const char *tag) {
+    char what[160];
+    for (int with_b = 0; with_b < 2; with_b++) {
+        const float *b = with_b ? x->b : NULL;
+        fill(x->out, x->nout, GARBAGE);
+        run_forward(x, b);
+        if (x->c.transposed)
+            naive_convt2d(ref, x->in, x->w, b, &x->c);
+        else
+            naive_conv2d(ref, x->in, x->w, b, &x->c);
+        snprintf(what, sizeof what, "%s forward%s", tag,
+                 with_b ? "" : " (no bias)");
+        check(what, x->out, ref, x->nout, 1e-5, 1e-4);
+    }
+}
+
+/* Backward with dout = R, so the kernels return dL/d(param); dw, db
+ * pre-filled with garbage (OVERWRITTEN), din with PREFILL (ADDED). */
+static void test_conv_backward(struct conv_ctx *x, double *ref, long nin,
+                               long nw, const char *tag) {
+    const int Cout = x->c.Cout;
+    float *dw = FALLOC(nw), *dw2 = FALLOC(nw), *db = FALLOC(Cout);
+    float *din = FALLOC(nin);
+    char what[160];
+    fill(dw, nw, GARBAGE), fill(db, Cout, GARBAGE);
+    fill(din, nin, PREFILL);
+    run_backward(x, din, dw, db, x->R);
+    fd_grad(ref, conv_loss, x, x->w, nw, 1e-2f);
+    snprintf(what, sizeof what, "%s dw", tag);
+    check(what, dw, ref, nw, 1e-3, 1e-2);
+    fd_grad(ref, conv_loss, x, x->b, Cout, 1e-2f);
+    snprintf(what, sizeof what, "%s db", tag);
+    check(what, db, ref, Cout, 1e-3, 1e-2);
+    fd_grad(ref, conv_loss, x, x->in, nin, 1e-2f);
+    snprintf(what, sizeof what, "%s din (added to %g)", tag, PREFILL);
+    check_sub(what, din, PREFILL, ref, nin, 1e-3, 1e-2);
+    /* din and db NULL: dw must come out identical */
+    fill(dw2, nw, GARBAGE);
+    run_backward(x, NULL, dw2, NULL, x->R);
+    EXPECT(memcmp(dw, dw2, sizeof(float) * (size_t)nw) == 0,
+           "%s: dw differs when din, db are NULL", tag);
+    free(dw), free(dw2), free(db), free(din);
+}
+
+static void test_conv_case(struct conv_case c) {
+    int Ho, Wo;
+    conv_out_hw(&c, &Ho, &Wo);
+    const long nin = (long)c.Cin * c.N * c.H * c.W;
+    const long nw = (long)c.Cin * c.Cout * c.k * c.k;
+    const long nout = (long)c.Cout * c.N * Ho * Wo;
+    const long ncol =
+        c.transposed ? convt2d_col_floats(c.N, c.Cout, c.H, c.W, c.k)
+                     : conv2d_col_floats(c.N, c.Cin, c.H, c.W, c.k, c.s, c.p);
+    float *R = FALLOC(nout);
+    struct conv_ctx x = {
+        c, FALLOC(nin), FALLOC(nw), FALLOC(c.Cout), FALLOC(ncol), FALLOC(nout),
+        R, nout};
+    long nref = nout > nin ? nout : nin;
+    double *ref = DALLOC(nref > nw ? nref : nw);
+    randn(x.in, nin, 0.0f, 1.0f), randn(x.w, nw, 0.0f, 0.5f);
+    randn(x.b, c.Cout, 0.0f, 0.5f), randn(R, nout, 0.0f, 1.0f);
+    char tag[96];
+    snprintf(tag, sizeof tag, "%s N%d Cin%d %dx%d Cout%d k%d s%d p%d",
+             c.transposed ? "convt2d" : "conv2d", c.N, c.Cin, c.H, c.W, c.Cout,
+             c.k, c.s, c.p);
+    test_conv_forward(&x, ref, tag);
+    test_conv_backward(&x, ref, nin, nw, tag);
+    free(x.in), free(x.w), free(x.b), free(x.col), free(x.out);
+    free(R), free(ref);
+}
+
+static void test_conv(void) {
+    /* Conv2d: 3x3 s1 p1 and 3x3 s2 p1, odd/even and non-square planes */
+    test_conv_case((struct conv_case){2, 3, 7, 6, 4, 3, 1, 1, 0});
+    test_conv_case((struct conv_case){2, 3, 7, 6, 4, 3, 2, 1, 0});
+    test_conv_case((struct conv_case){2, 3, 6, 6, 4, 3, 2, 1, 0});
+    test_conv_case((struct conv_case){2, 3, 5, 5, 2, 1, 1, 0, 0});
+    /* ConvTranspose2d: 4x4 s2 p1 (7 -> 14 upsampling), 7x7 s7 p0 (1 -> 7) */
+    test_conv_case((struct conv_case){2, 3, 3, 4, 4, 4, 2, 1, 1});
+    test_conv_case((struct conv_case){2, 3, 1, 1, 2, 7, 7, 0, 1});
+}
+
+/* im2col and col2im are adjoint: <im2col(x), y> = <x, col2im(y)>; col2im
+ * adds into its output. */
+static void test_im2col_adjoint(int N, int C, int H, int W, int k, int s,
+                                int p) {
+    const int Ho = (H + 2 * p - k) / s + 1, Wo = (W + 2 * p - k) / s + 1;
+    const long nim = (long)C * N * H * W,
+               ncol = conv2d_col_floats(N, C, H, W, k, s, p);
+    EXPECT(ncol == (long)C * k * k * N * Ho * Wo, "conv2d_col_floats %ld",
+           ncol);
+    float *im = FALLOC(nim), *col = FALLOC(ncol), *y = FALLOC(ncol),
+          *back = FALLOC(nim);
+    randn(im, nim, 0.0f, 1.0f), randn(y, ncol, 0.0f, 1.0f);
+    fill(col, ncol, GARBAGE), fill(back, nim, PREFILL);
+    im2col(col, im, N, C, H, W, k, s, p);
+    col2im(back, y, N, C, H, W, k, s, p);
+    double lhs = dot(col, y, ncol), rhs = 0.0;
+    for (long i = 0; i < nim; i++) rhs += (double)im[i] * (back[i] - PREFILL);
+    char what[96];
+    snprintf(what, sizeof what, "im2col/col2im adjoint %dx%d k%d s%d p%d", H, W,
+             k, s, p);
+    EXPECT_CLOSE(rhs, lhs, 1e-4, 1e-4, what);
+    free(im), free(col), free(y), free(back);
+}
+
+/* ------------------------------------------------------------------------
+ * BatchNorm2d: the full training composition stats -> finish -> forward,
+ * differentiated through backward_stats -> backward (dgamma = G2,
+ * dbeta = G1). */
+struct bn_ctx {
+    float *x, *gamma, *beta, *y, *mean, *invstd;
+    double *s1, *s2;
+    const float *R;
+    int C, M;
+    float eps;
+};
+
+static double bn_loss(void *v) {
+    struct bn_ctx *b = v;
+    bn2d_stats(b->s1, b->s2, b->x, b->C, b->M);
+    bn2d_finish_stats(b->mean, b->invstd, b->s1, b->s2, b->M, b->C, b->eps);
+    bn2d_forward(b->y, b->x, b->mean, b->invstd, b->gamma, b->beta, b->C, b->M);
+    return dot(b->y, b->R, (long)b->C * b->M);
+}
+
+static void test_bn_forward(struct bn_ctx *b) {
+    const int C = b->C, M = b->M;
+    double *ref = DALLOC((long)C * M);
+    bn_loss(b);
+    for (int c = 0; c < C; c++) {
+        double m = 0.0, v = 0.0;
+        for (int i = 0; i < M; i++) m += b->x[c * M + i];
+        m /= M;
+        for (int i = 0; i < M; i++)
+            v += (b->x[c * M + i] - m) * (b->x[c * M + i] - m);
+        v /= M; /* biased */
+        for (int i = 0; i < M; i++)
+            ref[c * M + i] =
+                b->gamma[c] * (b->x[c * M + i] - m) / sqrt(v + b->eps) +
+                b->beta[c];
+    }
+    check("bn2d forward", b->y, ref, (long)C * M, 1e-5, 1e-4);
+    free(ref);
+}
+
+enum { BN_C = 3, BN_N = 2, BN_HW = 9, BN_M = BN_N * BN_HW };
+
+/* Micro-batch m (sample m alone) of a [C][N][HW] array with N = BN_N. */
+static void bn_slice(float *dst, const float *src, int m) {
+    for (int c = 0; c < BN_C; c++)
+        memcpy(dst + c * BN_HW, src + c * BN_M + m * BN_HW,
+               sizeof(float) * BN_HW);
+}
+
+/* The same batch as BN_N micro-batches of one sample each, with the sums
+ * combined before finishing: G1, G2, y and dx must equal the single-batch
+ * g1, g2, y and dx - PREFILL. mean, invstd are recomputed in place. */
+static void test_bn_split(struct bn_ctx *b, const double *g1, const double *g2,
+                          const float *dx) {
+    enum { C = BN_C, HW = BN_HW };
+    float xs[BN_N][C * HW], Rs[BN_N][C * HW], ys[C * HW], dxs[C * HW];
+    float yref[C * HW], dxref[C * HW];
+    double t1[C], t2[C], S1[C] = {0}, S2[C] = {0}, G1[C] = {0}, G2[C] = {0};
+    double yr[C * HW], dxr[C * HW];
+    for (int m = 0; m < BN_N; m++) {
+        bn_slice(xs[m], b->x, m), bn_slice(Rs[m], b->R, m);
+        bn2d_stats(t1, t2, xs[m], C, HW);
+        for (int c = 0; c < C; c++) S1[c] += t1[c], S2[c] += t2[c];
+    }
+    bn2d_finish_stats(b->mean, b->invstd, S1, S2, BN_M, C, b->eps);
+    for (int m = 0; m < BN_N; m++) {
+        bn2d_backward_stats(t1, t2, Rs[m], xs[m], b->mean, b->invstd, C, HW);
+        for (int c = 0; c < C; c++) G1[c] += t1[c], G2[c] += t2[c];
+    }
+    for (int c = 0; c < C; c++) {
+        EXPECT_CLOSE(G1[c], g1[c], 1e-6, 1e-6, "bn2d split G1");
+        EXPECT_CLOSE(G2[c], g2[c], 1e-6, 1e-6, "bn2d split G2");
+    }
+    for (int m = 0; m < BN_N; m++) {
+        bn2d_forward(ys, xs[m], b->mean, b->invstd, b->gamma, b->beta, C, HW);
+        fill(dxs, C * HW, 0.0f);
+        bn2d_backward(dxs, Rs[m], xs[m], b->mean, b->invstd, b->gamma, G1, G2,
+                      BN_M, C, HW);
+        bn_slice(yref, b->y, m), bn_slice(dxref, dx, m);
+        for (int i = 0; i < C * HW; i++)
+            yr[i] = yref[i], dxr[i] = dxref[i] - (double)PREFILL;
+        check("bn2d split y", ys, yr, C * HW, 1e-5, 1e-4);
+        check("bn2d split dx", dxs, dxr, C * HW, 1e-5, 1e-3);
+    }
+}
+
+static void test_bn(void) {
+    enum { C = BN_C, M = BN_M };
+    float x[C * M], gamma[C], beta[C], y[C * M], mean[C], invstd[C], R[C * M];
+    float dx[C * M], dgamma[C], dbeta[C];
+    double s1[C], s2[C], g1[C], g2[C], ref[C * M];
+    struct bn_ctx b = {x, gamma, beta, y, mean, invstd, s1, s2, R, C, M, 1e-5f};
+    for (int c = 0; c < C; c++) randn(x + c * M, M, 2.0f * c - 1.0f, 0.5f + c);
+    randn(gamma, C, 1.0f, 0.3f), randn(beta, C, 0.0f, 0.5f);
+    randn(R, C * M, 0.0f, 1.0f);
+    test_bn_forward(&b);
+
+    bn_loss(&b);
+    bn2d_backward_stats(g1, g2, R, x, mean, invstd, C, M);
+    fill(dx, C * M, PREFILL);
+    bn2d_backward(dx, R, x, mean, invstd, gamma, g1, g2, M, C, M);
+    bn2d_backward(NULL, R, x, mean, invstd, gamma, g1, g2, M, C, M);
+    for (int c = 0; c < C; c++)
+        dgamma[c] = (float)g2[c], dbeta[c] = (float)g1[c];
+    fd_grad(ref, bn_loss, &b, x, C * M, 1e-2f);
+    check_sub("bn2d dx (added)", dx, PREFILL, ref, C * M, 1e-3, 1e-2);
+    fd_grad(ref, bn_loss, &b, gamma, C, 1e-2f);
+    check("bn2d dgamma = G2", dgamma, ref, C, 1e-3, 1e-2);
+    fd_grad(ref, bn_loss, &b, beta, C, 1e-2f);
+    check("bn2d dbeta = G1", dbeta, ref, C, 1e-3, 1e-2);
+    bn_loss(&b); /* the last finite difference left y at beta - h */
+    test_bn_split(&b, g1, g2, dx);
+}
+
+/* Running statistics by hand: channel 0 = {1,2,3,4} (mean 2.5, biased var
+ * 1.25, unbiased 5/3), channel 1 = {-2,0,0,2} (mean 0, biased 2, unbiased
+ * 8/3); momentum 0.1 from run_mean {0.5,-1}, run_var {1,2}. */
+static void test_bn_running(void) {
+    const float x[8] = {1, 2, 3, 4, -2, 0, 0, 2};
+    float run_mean[2] = {0.5f, -1.0f}, run_var[2] = {1.0f, 2.0f}, mean[2],
+          invstd[2];
+    double s1[2], s2[2];
+    bn2d_stats(s1, s2, x, 2, 4);
+    EXPECT(s1[0] == 10.0 && s2[0] == 30.0 && s1[1] == 0.0 && s2[1] == 8.0,
+           "bn2d_stats sums %g %g %g %g", s1[0], s2[0], s1[1], s2[1]);
+    bn2d_finish_stats(mean, invstd, s1, s2, 4.0, 2, 1e-5f);
+    EXPECT_CLOSE(mean[0], 2.5, 1e-7, 1e-6, "finish mean0");
+    EXPECT_CLOSE(mean[1], 0.0, 1e-7, 1e-6, "finish mean1");
+    EXPECT_CLOSE(invstd[0], 1.0 / sqrt(1.25 + 1e-5), 0.0, 1e-6,
+                 "finish invstd0 (biased var)");
+    EXPECT_CLOSE(invstd[1], 1.0 / sqrt(2.0 + 1e-5), 0.0, 1e-6,
+                 "finish invstd1 (biased var)");
+    bn2d_update_running(run_mean, run_var, s1, s2, 4.0, 2, 0.1f);
+    EXPECT_CLOSE(run_mean[0], 0.9 * 0.5 + 0.1 * 2.5, 0.0, 1e-6,
+                 "running mean0");
+    EXPECT_CLOSE(run_mean[1], 0.9 * -1.0 + 0.1 * 0.0, 0.0, 1e-6,
+                 "running mean1");
+    EXPECT_CLOSE(run_var[0], 0.9 * 1.0 + 0.1 * 5.0 / 3.0, 0.0, 1e-6,
+                 "running var0 (unbiased)");
+    EXPECT_CLOSE(run_var[1], 0.9 * 2.0 + 0.1 * 8.0 / 3.0, 0.0, 1e-6,
+                 "running var1 (unbiased)");
+}
+
+/* ------------------------------------------------------------------------
+ * Elementwise and small layers. */
+struct vec_ctx {
+    float *x, *y;
+    const float *R;
+    long n;
+};
+
+static double gelu_loss(void *v) {
+    struct vec_ctx *g = v;
+    gelu_forward(g->y, g->x, g->n);
+    return dot(g->y, g->R, g->n);
+}
+
+static void test_gelu(void) {
+    enum { n = 101 };
+    float x[n], y[n], R[n], dx[n];
+    double ref[n];
+    for (int i = 0; i < n; i++)
+        x[i] = -5.0f + 0.1f * i + 0.01f * rng_normal(&trng);
+    randn(R, n, 0.0f, 1.0f);
+    gelu_forward(y, x, n);
+    for (int i = 0; i < n; i++)
+        ref[i] = 0.5 * x[i] * (1.0 + erf(x[i] / sqrt(2.0)));
+    check("gelu forward (erf)", y, ref, n, 1e-6, 1e-5);
+    /* gelu(1) exact = 0.841344746; the tanh form gives 0.841192 and fails */
+    float one = 1.0f, g1;
+    gelu_forward(&g1, &one, 1);
+    EXPECT_CLOSE(g1, 0.8413447460685429, 0.0, 2e-6, "gelu(1) exact erf form");
+    struct vec_ctx g = {x, y, R, n};
+    fill(dx, n, PREFILL);
+    gelu_backward(dx, R, x, n);
+    fd_grad(ref, gelu_loss, &g, x, n, 1e-3f);
+    check_sub("gelu dx (added)", dx, PREFILL, ref, n, 1e-3, 1e-2);
+    gelu_backward(NULL, R, x, n);
+}
+
+enum { POOL_C = 3, POOL_N = 2, POOL_HW = 49 };
+
+static double pool_loss(void *v) {
+    struct vec_ctx *g = v;
+    avgpool_forward(g->y, g->x, POOL_C, POOL_N, POOL_HW);
+    return dot(g->y, g->R, g->n);
+}
+
+static void test_avgpool(void) {
+    enum { C = POOL_C, N = POOL_N, HW = POOL_HW };
+    float in[C * N * HW], out[C * N], R[C * N], din[C * N * HW];
+    double ref[C * N * HW];
+    randn(in, C * N * HW, 0.3f, 1.0f), randn(R, C * N, 0.0f, 1.0f);
+    fill(out, C * N, GARBAGE);
+    avgpool_forward(out, in, C, N, HW);
+    for (int j = 0; j < C * N; j++) {
+        ref[j] = 0.0;
+        for (int i = 0; i < HW; i++) ref[j] += in[j * HW + i];
+        ref[j] /= HW;
+    }
+    check("avgpool forward", out, ref, C * N, 1e-6, 1e-5);
+    struct vec_ctx g = {in, out, R, C * N};
+    fill(din, C * N * HW, PREFILL);
+    avgpool_backward(din, R, C, N, HW);
+    fd_grad(ref, pool_loss, &g, in, C * N * HW, 1e-2f);
+    /* gradients are R/49 ~ 0.02: atol scaled down accordingly */
+    check_sub("avgpool din (added)", din, PREFILL, ref, C * N * HW, 1e-4, 1e-2);
+    avgpool_backward(NULL, R, C, N, HW);
+}
+
+struct lin_ctx {
+    float *in, *w, *b, *out;
+    const float *R;
+    int N, Fi, Fo;
+};
+
+static double lin_loss(void *v) {
+    struct lin_ctx *l = v;
+    linear_forward(l->out, l->in, l->w, l->b, l->N, l->Fi, l->Fo);
+    return dot(l->out, l->R, (long)l->N * l->Fo);
+}
+
+static void test_linear(void) {
+    enum { N = 3, Fi = 5, Fo = 4 };
+    float in[N * Fi], w[Fo * Fi], b[Fo], out[N * Fo], R[N * Fo];
+    float din[N * Fi], dw[Fo * Fi], db[Fo], dw2[Fo * Fi];
+    double ref[N * Fi > Fo * Fi ? N * Fi : Fo * Fi];
+    randn(in, N * Fi, 0.0f, 1.0f), randn(w, Fo * Fi, 0.0f, 0.5f);
+    randn(b, Fo, 0.0f, 0.5f), randn(R, N * Fo, 0.0f, 1.0f);
+    struct lin_ctx l = {in, w, b, out, R, N, Fi, Fo};
+    for (int with_b = 0; with_b < 2; with_b++) {
+        fill(out, N * Fo, GARBAGE);
+        linear_forward(out, in, w, with_b ? b : NULL, N, Fi, Fo);
+        for (int n = 0; n < N; n++)
+            for (int o = 0; o < Fo; o++) {
+                ref[n * Fo + o] = with_b ? b[o] : 0.0;
+                for (int i = 0; i < Fi; i++)
+                    ref[n * Fo + o] += (double)in[n * Fi + i] * w[o * Fi + i];
+            }
+        check(with_b ? "linear forward" : "linear forward (no bias)", out, ref,
+              N * Fo, 1e-5, 1e-4);
+    }
+    fill(dw, Fo * Fi, GARBAGE), fill(db, Fo, GARBAGE);
+    fill(din, N * Fi, PREFILL);
+    linear_backward(din, dw, db, R, in, w, N, Fi, Fo);
+    fd_grad(ref, lin_loss, &l, w, Fo * Fi, 1e-2f);
+    check("linear dw", dw, ref, Fo * Fi, 1e-3, 1e-2);
+    fd_grad(ref, lin_loss, &l, b, Fo, 1e-2f);
+    check("linear db", db, ref, Fo, 1e-3, 1e-2);
+    fd_grad(ref, lin_loss, &l, in, N * Fi, 1e-2f);
+    check_sub("linear din (added)", din, PREFILL, ref, N * Fi, 1e-3, 1e-2);
+    fill(dw2, Fo * Fi, GARBAGE);
+    linear_backward(NULL, dw2, NULL, R, in, w, N, Fi, Fo);
+    EXPECT(memcmp(dw, dw2, sizeof dw) == 0,
+           "linear dw differs when din, db are NULL");
+}
+
+struct mse_ctx {
+    float *y, *dy;
+    const float *t;
+    long n;
+    float scale;
+};
+
+static double mse_loss(void *v) {
+    struct mse_ctx *m = v;
+    return m->scale * mse_forward_backward(m->dy, m->y, m->t, m->n, m->scale);
+}
+
+static void test_mse(void) {
+    enum { n = 37 };
+    float y[n], t[n], dy[n], scratch[n];
+    double ref[n], sum = 0.0;
+    const float scale = 1.0f / (4 * n); /* as if 4 micro-batches of n */
+    randn(y, n, 0.0f, 1.0f), randn(t, n, 0.0f, 1.0f);
+    for (int i = 0; i < n; i++)
+        sum += ((double)y[i] - t[i]) * ((double)y[i] - t[i]);
+    fill(dy, n, GARBAGE);
+    EXPECT_CLOSE(mse_forward_backward(dy, y, t, n, scale), sum, 0.0, 1e-6,
+                 "mse value");
+    for (int i = 0; i < n; i++) ref[i] = 2.0 * ((double)y[i] - t[i]) * scale;
+    check("mse dy = 2 (y - t) scale", dy, ref, n, 1e-6, 1e-5);
+    struct mse_ctx m = {y, scratch, t, n, scale};
+    fd_grad(ref, mse_loss, &m, y, n, 1e-2f);
+    check("mse dy vs finite differences", dy, ref, n, 1e-5, 1e-2);
+}
+
+static void test_init(void) {
+    enum { n = 10000 };
+    static float w[n], w2[n];
+    const float bound = 0.25f;
+    dm_rng r;
+    rng_init(&r, 7, DM_STREAM_INIT, 3, 0);
+    init_uniform(w, n, bound, &r);
+    rng_init(&r, 7, DM_STREAM_INIT, 3, 0);
+    init_uniform(w2, n, bound, &r);
+    EXPECT(memcmp(w, w2, sizeof w) == 0, "init_uniform not deterministic");
+    double lo = 1e9, hi = -1e9, m = 0.0, v = 0.0;
+    int in_range = 1;
+    for (int i = 0; i < n; i++) {
+        in_range &= w[i] >= -bound && w[i] < bound;
+        lo = w[i] < lo ? w[i] : lo, hi = w[i] > hi ? w[i] : hi;
+        m += w[i], v += (double)w[i] * w[i];
+    }
+    m /= n, v = v / n - m * m;
+    EXPECT(in_range, "init_uniform: value outside [-bound, bound)");
+    EXPECT(lo < -0.99 * bound && hi > 0.99 * bound,
+           "init_uniform range [%g, %g]", lo, hi);
+    EXPECT(fabs(m) < 0.01, "init_uniform mean %g (sd of the mean 1.4e-3)", m);
+    EXPECT_CLOSE(v, bound * bound / 3.0, 0.0, 0.05, "init_uniform variance");
+}
+
+int main(void) {
+    rng_init(&trng, 20240601, DM_STREAM_EVAL, 99, 0);
+    test_conv();
+    test_im2col_adjoint(2, 3, 7, 6, 3, 1, 1);
+    test_im2col_adjoint(2, 3, 7, 7, 3, 2, 1);
+    test_im2col_adjoint(1, 2, 14, 14, 4, 2, 1);
+    test_im2col_adjoint(2, 2, 7, 7, 7, 7, 0);
+    test_bn();
+    test_bn_running();
+    test_gelu();
+    test_avgpool();
+    test_linear();
+    test_mse();
+    test_init();
+    return test_finish("test_layers");
+}
