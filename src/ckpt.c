@@ -96,6 +96,24 @@ int ckpt_any(const char *out_dir) {
     return list_steps(dir, steps, 4) > 0;
 }
 
+void ckpt_remove_stale(const char *out_dir) {
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s/checkpoints", out_dir);
+    DIR *dp = opendir(dir);
+    if (!dp) return;
+    struct dirent *e;
+    while ((e = readdir(dp)) != NULL) {
+        size_t n = strlen(e->d_name);
+        if (strncmp(e->d_name, ".ckpt-", 6) == 0 && n > 4 &&
+            strcmp(e->d_name + n - 4, ".tmp") == 0) {
+            char p[4400];
+            snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
+            unlink(p);
+        }
+    }
+    closedir(dp);
+}
+
 static dm_status prune(const char *dir, int keep, long newest) {
     static long steps[100000];
     int n = list_steps(dir, steps, 100000);

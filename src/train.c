@@ -231,6 +231,7 @@ static dm_status prepare_out(trainer *t, const char *resume) {
                 st = DM_EIO;
             }
         }
+        if (st == DM_OK) ckpt_remove_stale(t->out);
         if (st == DM_OK && !resume && ckpt_any(t->out)) {
             dm_error("%s already holds checkpoints of a run; resume it with "
                      "--resume auto or choose a new --out", t->out);
@@ -375,6 +376,9 @@ static dm_status loop(trainer *t) {
     const dm_config *c = &t->cfg;
     double last_print = 0, loss = 0;
     int64_t loaded_epoch = -1, first_step = t->st.step;
+    /* Tests stop a run at an exact step as if SIGUSR1 had arrived then. */
+    const char *env = getenv("DIFFMPI_TEST_STOP_AT_STEP");
+    int64_t test_stop_step = env ? atoll(env) : 0;
     dm_status st = DM_OK;
     if (t->rank == 0 && t->st.step == 0)
         st = samples_noising(t->out, c, &t->test);
@@ -395,6 +399,7 @@ static dm_status loop(trainer *t) {
             progress(t, loss, ips, &last_print, first_step, 0);
         }
         int sig = stop_signal, any = 0;
+        if (test_stop_step > 0 && t->st.step == test_stop_step) sig = SIGUSR1;
         MPI_Allreduce(&sig, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
         st = agree(st);
         if (st != DM_OK) break;

@@ -44,6 +44,8 @@ dm_status ckpt_read(const char *path, unet *u, float *m, float *v,
  * checkpoint; DM_EIO (with a message) when there is none. Damaged newer
  * files are reported on stderr and skipped. */
 dm_status ckpt_find_latest(const char *out_dir, char *path, size_t size);
+/* Delete temporary files left by a checkpoint write that was killed. */
+void ckpt_remove_stale(const char *out_dir);
 /* Does <out>/checkpoints hold any ckpt-*.h5? */
 int ckpt_any(const char *out_dir);
 

@@ -1,0 +1,92 @@
+"""Signals and failures: a real SIGUSR1 through mpirun checkpoints and exits
+3; kill -9 in the middle of a checkpoint write leaves the previous
+checkpoint usable and the resumed run exact; a non-finite loss stops the run
+naming the step and keeps the last good checkpoint."""
+import glob
+import os
+import re
+import signal
+import subprocess
+import time
+
+import h5py
+
+from common import BIN, TINY, check, compare_h5, finish, tmpdir, train
+
+base = tmpdir()
+ref = os.path.join(base, "ref")
+check(train(2, ref).returncode == 0, "reference run")
+ref_final = os.path.join(ref, "checkpoints", "ckpt-44.h5")
+
+
+def start(out, env_extra):
+    args = ["mpirun", "--oversubscribe", "-np", "2", BIN, "train", "--out", out]
+    for kv in TINY:
+        args += ["--set", kv]
+    env = dict(os.environ)
+    env.update(env_extra)
+    return subprocess.Popen(args, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def wait_for(pattern, proc, timeout=120):
+    t0 = time.time()
+    while time.time() - t0 < timeout and proc.poll() is None:
+        hits = glob.glob(pattern)
+        if hits:
+            return hits
+        time.sleep(0.02)
+    return []
+
+
+# A real SIGUSR1 to mpirun (as Slurm's --signal sends it).
+out = os.path.join(base, "usr1")
+p = start(out, {"DIFFMPI_TEST_CKPT_DELAY": "0.3"})
+wait_for(os.path.join(out, "checkpoints", "ckpt-5.h5"), p)
+p.send_signal(signal.SIGUSR1)
+so, se = p.communicate(timeout=300)
+check(p.returncode == 3, f"SIGUSR1: exit code 3 (rc {p.returncode}, {se[-200:]})")
+check("stopped by signal" in so, "SIGUSR1: stop message printed")
+r = train(2, out, resume="auto")
+check(r.returncode == 0, "resume after SIGUSR1")
+bad = compare_h5(ref_final, os.path.join(out, "checkpoints", "ckpt-44.h5"))
+check(not bad, f"SIGUSR1 + resume: final checkpoint bitwise equal ({bad[:4]})")
+
+# kill -9 of every process while rank 0 is inside a checkpoint write.
+out = os.path.join(base, "kill9")
+p = start(out, {"DIFFMPI_TEST_CKPT_DELAY": "2"})
+hits = wait_for(os.path.join(out, "checkpoints", ".ckpt-10.h5.tmp"), p)
+check(bool(hits), "caught a checkpoint write in progress")
+os.killpg(p.pid, signal.SIGKILL)
+p.communicate()
+done = sorted(glob.glob(os.path.join(out, "checkpoints", "ckpt-*.h5")))
+check([os.path.basename(d) for d in done] == ["ckpt-5.h5"],
+      f"only the complete checkpoint carries a final name ({done})")
+with h5py.File(os.path.join(out, "checkpoints", "ckpt-5.h5"), "r") as f:
+    check(f.attrs["step"] == 5, "previous checkpoint reads back with h5py")
+with h5py.File(os.path.join(out, "log.h5"), "r", swmr=True) as f:
+    check(len(f["train/loss"]) >= 5, "log readable (SWMR) after kill -9")
+r = train(2, out, resume="auto")
+check(r.returncode == 0, f"resume auto after kill -9 ({r.stderr[-300:]})")
+check("ckpt-5.h5" in r.stdout, "resumed from the last complete checkpoint")
+check(not glob.glob(os.path.join(out, "checkpoints", ".ckpt-*.tmp")),
+      "stale temporary checkpoint removed")
+bad = compare_h5(ref_final, os.path.join(out, "checkpoints", "ckpt-44.h5"))
+check(not bad, f"kill -9 + resume: final checkpoint bitwise equal ({bad[:4]})")
+bad = compare_h5(os.path.join(ref, "log.h5"), os.path.join(out, "log.h5"))
+check(not bad, f"kill -9 + resume: log equal, no step twice ({bad[:4]})")
+
+# A learning rate that blows the weights up: non-finite loss at step 2.
+out = os.path.join(base, "nan")
+r = train(2, out, ["lr=1e38", "checkpoint_every=1"])
+err = [l for l in r.stderr.splitlines() if l.startswith("diffmpi:")]
+check(r.returncode == 1, f"non-finite loss: exit 1 (rc {r.returncode})")
+m = re.search(r"non-finite loss at step (\d+)", err[0]) if len(err) == 1 else None
+check(m is not None, f"one line naming the step ({err})")
+bad_step = int(m.group(1)) if m else -1
+steps = sorted(int(re.search(r"ckpt-(\d+)", x).group(1)) for x in
+               glob.glob(os.path.join(out, "checkpoints", "ckpt-*.h5")))
+check(bool(steps) and steps[-1] == bad_step - 1,
+      f"last good checkpoint (step {bad_step - 1}) kept ({steps})")
+finish()
