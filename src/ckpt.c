@@ -263,15 +263,24 @@ dm_status ckpt_find_latest(const char *out_dir, char *path, size_t size) {
     static long steps[100000];
     snprintf(dir, sizeof dir, "%s/checkpoints", out_dir);
     int n = list_steps(dir, steps, 100000);
+    /* Probe quietly: one line for the outcome, not one per damaged file. */
     for (int i = n - 1; i >= 0; i--) {
         snprintf(path, size, "%s/ckpt-%ld.h5", dir, steps[i]);
+        dm_set_quiet(1);
         hid_t f = open_ckpt(path);
+        dm_set_quiet(0);
         if (f >= 0) {
             H5Fclose(f);
+            if (i < n - 1)
+                dm_error("warning: skipped %d newer checkpoint(s) that do not open "
+                         "(damaged); resuming from %s", n - 1 - i, path);
             return DM_OK;
         }
-        dm_error("%s: skipping unreadable checkpoint", path);
     }
-    dm_error("%s: no checkpoint to resume from (--resume auto)", dir);
+    if (n > 0)
+        dm_error("%s: none of the %d checkpoints opens as a diffmpi checkpoint "
+                 "(damaged?); nothing to resume from", dir, n);
+    else
+        dm_error("%s: no checkpoint to resume from (--resume auto)", dir);
     return DM_EIO;
 }

@@ -110,7 +110,8 @@ static int cmd_train(int argc, char **argv) {
                  "(denoise and pure_noise are)", config_objective_name(c.objective));
         st = DM_EUSAGE;
     }
-    if (st != DM_OK) return st == DM_EUSAGE ? DM_EXIT_USAGE : DM_EXIT_RUNTIME;
+    /* A --config file that cannot be read is a usage error too. */
+    if (st != DM_OK) return DM_EXIT_USAGE;
     dm_set_quiet(0);
     return train_run(&c, out, resume);
 }
@@ -157,8 +158,9 @@ int main(int argc, char **argv) {
     dm_set_quiet(!rank0());
     int code;
     if (argc < 2) {
-        if (rank0()) fputs(usage_main, stderr);
-        code = DM_EXIT_USAGE;
+        /* One line like every other usage error; the usage is on --help. */
+        code = usage_error(usage_main,
+                           "no command given: expected train, predict or inspect%s", "");
     } else if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ||
                strcmp(argv[1], "help") == 0) {
         if (rank0()) fputs(usage_main, stdout);

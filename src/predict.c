@@ -51,12 +51,17 @@ static dm_status write_output(const char *path, const float *y, int n) {
     snprintf(tmp, sizeof tmp, "%s.tmp", path);
     hid_t f = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
     if (f < 0) {
-        dm_error("%s: cannot create output file", tmp);
+        /* Name the file the user asked for; the .tmp is ours. */
+        dm_error("%s: cannot create output file (as %s; does the directory "
+                 "exist and is it writable?)", path, tmp);
         return DM_EIO;
     }
     hsize_t d[4] = {(hsize_t)n, 1, DM_IMG, DM_IMG};
     dm_status st = h5_write_f32(f, tmp, "/y", y, 4, d);
-    if (H5Fclose(f) < 0 && st == DM_OK) st = DM_EIO;
+    if (H5Fclose(f) < 0 && st == DM_OK) {
+        dm_error("%s: cannot close output file (disk full?)", tmp);
+        st = DM_EIO;
+    }
     if (st == DM_OK && rename(tmp, path) != 0) {
         dm_error("%s: cannot rename output into place: %s", path, strerror(errno));
         st = DM_EIO;

@@ -58,6 +58,21 @@ static dm_status agree(dm_status st) {
     return (dm_status)w;
 }
 
+/* Ends a read that every rank does of the same files (data, checkpoint),
+ * begun with dm_set_quiet(rank != 0): their messages would be identical, so
+ * only rank 0's is printed. If rank 0 read `what` where another rank could
+ * not, rank 0 says so instead; either way the job prints one line. */
+static dm_status agree_read(const trainer *t, dm_status st, const char *what) {
+    dm_set_quiet(0);
+    int bad = st != DM_OK ? t->rank : t->size, first = t->size;
+    MPI_Allreduce(&bad, &first, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
+    dm_status all = agree(st);
+    if (t->rank == 0 && st == DM_OK && all != DM_OK)
+        dm_error("%s: readable on rank 0 but not on rank %d (is it on a file system "
+                 "that every node sees?)", what, first);
+    return all;
+}
+
 static int exit_code(dm_status st) {
     if (st == DM_OK) return DM_EXIT_OK;
     if (st == DM_EUSAGE) return DM_EXIT_USAGE;
@@ -292,9 +307,10 @@ static dm_status setup(trainer *t, const char *resume) {
     }
     dm_status st = prepare_out(t, resume);
     if (st != DM_OK) return st;
+    dm_set_quiet(t->rank != 0);
     st = data_load(&t->train, c->data_dir, "train", c->train_limit);
     if (st == DM_OK) st = data_load(&t->test, c->data_dir, "t10k", c->eval_limit);
-    st = agree(st);
+    st = agree_read(t, st, c->data_dir);
     if (st != DM_OK) return st;
     t->steps_per_epoch = (t->train.n + c->batch - 1) / c->batch;
     t->total_steps = t->steps_per_epoch * c->epochs;
@@ -320,9 +336,10 @@ static dm_status setup(trainer *t, const char *resume) {
         char path[4096] = "";
         st = resolve_resume(t, resume, path, sizeof path);
         if (st != DM_OK) return st;
+        dm_set_quiet(t->rank != 0);
         st = check_compatible(c, path);
         if (st == DM_OK) st = ckpt_read(path, &t->net, t->m, t->v, &t->st);
-        st = agree(st);
+        st = agree_read(t, st, path);
         if (st != DM_OK) return st;
         if (t->rank == 0)
             printf("resuming from %s (step %lld, epoch %lld)\n", path,
@@ -426,6 +443,17 @@ static dm_status loop(trainer *t) {
     return st;
 }
 
+/* Peak resident set size of this process in MiB (VmHWM), 0 if unknown. */
+static double peak_rss_mib(void) {
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    double kib = 0;
+    while (f && fgets(line, sizeof line, f))
+        if (sscanf(line, "VmHWM: %lf", &kib) == 1) break;
+    if (f) fclose(f);
+    return kib / 1024.0;
+}
+
 int train_run(const dm_config *cfg, const char *out_dir, const char *resume) {
     trainer t;
     memset(&t, 0, sizeof t);
@@ -457,6 +485,9 @@ int train_run(const dm_config *cfg, const char *out_dir, const char *resume) {
             fflush(stdout);
         }
         st = loop(&t);
+        double mine = peak_rss_mib(), peak = 0;
+        MPI_Reduce(&mine, &peak, 1, MPI_DOUBLE, MPI_MAX, 0, MPI_COMM_WORLD);
+        if (t.rank == 0) printf("peak memory per rank: %.0f MiB (largest rank)\n", peak);
     }
     teardown(&t);
     return exit_code(st);

@@ -133,64 +133,74 @@ static void build(unet *u) {
     u->nbuffers = bl.boff;
 }
 
+/* Hand out 64-byte aligned pieces of one arena; with base == NULL only
+ * count, so the same walk sizes the arena and then carves it. */
+static void *take(char *base, size_t *used, size_t bytes) {
+    void *p = base ? base + *used : NULL;
+    *used += (bytes + 63) & ~(size_t)63;
+    return p;
+}
+
+/* Every buffer of the model in one walk; returns the arena size. */
+static size_t layout(unet *u, char *base) {
+    size_t used = 0;
+    int m = u->m, max_mb = u->max_mb;
+    u->p = take(base, &used, sizeof(float) * (size_t)u->nparams);
+    u->bufs = take(base, &used, sizeof(float) * (size_t)u->nbuffers);
+    if (max_mb == 0) return used;
+    long maxout = 0, maxc = 0;
+    u->col_floats = 0;
+    int needs_grad[UNET_MAX_BUFS] = {0};
+    for (int t = 0; t < u->nunits; t++) {
+        unet_unit *un = &u->units[t];
+        long o = (long)un->cout * m * un->hout * un->hout, c = 0;
+        if (o > maxout) maxout = o;
+        if (un->cout > maxc) maxc = un->cout;
+        if (un->kind == UNIT_CONV)
+            c = conv2d_col_floats(m, un->cin, un->hin, un->hin, un->k, un->s, un->p);
+        else if (un->kind == UNIT_CONVT)
+            c = convt2d_col_floats(m, un->cout, un->hin, un->hin, un->k);
+        if (c > u->col_floats) u->col_floats = c;
+        un->mean = take(base, &used, sizeof(float) * (size_t)un->cout);
+        un->invstd = take(base, &used, sizeof(float) * (size_t)un->cout);
+        /* Only unit outputs receive gradients from their consumers; pre-BN
+         * values and the network input never do. */
+        needs_grad[un->out.buf] = 1;
+    }
+    for (int b = 0; b < u->nbufs; b++) {
+        size_t n = sizeof(float) * (size_t)u->act[b].mb_stride * (size_t)max_mb;
+        u->act[b].data = take(base, &used, n);
+        u->act[b].grad = needs_grad[b] ? take(base, &used, n) : NULL;
+    }
+    u->scratch_stride = maxout;
+    u->scratch_a = take(base, &used, sizeof(float) * (size_t)(maxout * max_mb));
+    u->scratch_b = take(base, &used, sizeof(float) * (size_t)(maxout * max_mb));
+    u->col = take(base, &used, sizeof(float) * (size_t)u->col_floats);
+    u->sums = take(base, &used, sizeof(double) * (size_t)(2 * maxc * max_mb));
+    u->gsums = take(base, &used, sizeof(double) * (size_t)(2 * maxc));
+    return used;
+}
+
 void unet_init(unet *u, int D, int m, int max_mb) {
     memset(u, 0, sizeof *u);
     u->D = D, u->m = m, u->max_mb = max_mb;
     build(u);
-    u->p = dm_calloc((size_t)u->nparams, sizeof(float));
-    u->bufs = dm_calloc((size_t)u->nbuffers, sizeof(float));
+    u->arena_bytes = layout(u, NULL);
+    /* calloc: zero parameters, buffers and activations; aligned_alloc
+     * would need an explicit memset of several GB. */
+    u->arena = dm_calloc(u->arena_bytes + 64, 1);
+    char *base = (char *)(((uintptr_t)u->arena + 63) & ~(uintptr_t)63);
+    layout(u, base);
     for (int t = 0; t < u->nunits; t++) {
         unet_unit *un = &u->units[t];
         if (un->bn) {
             for (int c = 0; c < un->cout; c++) u->bufs[un->run_var + c] = 1.0f;
         }
     }
-    if (max_mb == 0) return;
-    long maxout = 0, maxc = 0;
-    u->col_floats = 0;
-    for (int t = 0; t < u->nunits; t++) {
-        unet_unit *un = &u->units[t];
-        long o = (long)un->cout * m * un->hout * un->hout;
-        if (o > maxout) maxout = o;
-        if (un->cout > maxc) maxc = un->cout;
-        long c = 0;
-        if (un->kind == UNIT_CONV)
-            c = conv2d_col_floats(m, un->cin, un->hin, un->hin, un->k, un->s, un->p);
-        else if (un->kind == UNIT_CONVT)
-            c = convt2d_col_floats(m, un->cout, un->hin, un->hin, un->k);
-        if (c > u->col_floats) u->col_floats = c;
-        un->mean = dm_calloc((size_t)un->cout, sizeof(float));
-        un->invstd = dm_calloc((size_t)un->cout, sizeof(float));
-    }
-    for (int b = 0; b < u->nbufs; b++) {
-        size_t n = (size_t)u->act[b].mb_stride * (size_t)max_mb;
-        u->act[b].data = dm_calloc(n, sizeof(float));
-        u->act[b].grad = dm_calloc(n, sizeof(float));
-    }
-    u->scratch_stride = maxout;
-    u->scratch_a = dm_calloc((size_t)(maxout * max_mb), sizeof(float));
-    u->scratch_b = dm_calloc((size_t)(maxout * max_mb), sizeof(float));
-    u->col = dm_calloc((size_t)u->col_floats, sizeof(float));
-    u->sums = dm_calloc((size_t)(2 * maxc * max_mb), sizeof(double));
-    u->gsums = dm_calloc((size_t)(2 * maxc), sizeof(double));
 }
 
 void unet_free(unet *u) {
-    free(u->p);
-    free(u->bufs);
-    for (int t = 0; t < u->nunits; t++) {
-        free(u->units[t].mean);
-        free(u->units[t].invstd);
-    }
-    for (int b = 0; b < u->nbufs; b++) {
-        free(u->act[b].data);
-        free(u->act[b].grad);
-    }
-    free(u->scratch_a);
-    free(u->scratch_b);
-    free(u->col);
-    free(u->sums);
-    free(u->gsums);
+    free(u->arena);
     memset(u, 0, sizeof *u);
 }
 
@@ -385,7 +395,7 @@ static void unit_backward(unet *u, unet_unit *t, int nmb, const int *n,
 
 void unet_zero_grad(unet *u, int nmb) {
     for (int b = 0; b < u->nbufs; b++)
-        memset(u->act[b].grad, 0, (size_t)(u->act[b].mb_stride * nmb) * sizeof(float));
+        if (u->act[b].grad) memset(u->act[b].grad, 0, (size_t)(u->act[b].mb_stride * nmb) * sizeof(float));
 }
 
 void unet_backward(unet *u, int nmb, const int *n, long global_n,

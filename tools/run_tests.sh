@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Run the whole test suite: the warnings-as-errors build with every unit and
-# integration test, then the unit tests again under AddressSanitizer and
-# UndefinedBehaviorSanitizer. Expects tools/setup.sh to have run.
+# integration test, then the unit tests, the malformed-input battery and the
+# output checks again under AddressSanitizer and UndefinedBehaviorSanitizer.
+# Expects tools/setup.sh to have run.
 #
 # usage: tools/run_tests.sh
 set -euo pipefail
@@ -13,8 +14,9 @@ cmake --build build -j "$(nproc)"
 echo "== tests (build/)"
 (cd build && ctest --output-on-failure -j 2)
 
-echo "== unit tests under ASan + UBSan (build-asan/)"
+echo "== unit tests, bad inputs and outputs under ASan + UBSan (build-asan/)"
 cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DDM_WERROR=ON -DDM_SANITIZE=ON >/dev/null
 cmake --build build-asan -j "$(nproc)"
 # Open MPI's own allocations are not ours to judge: leak checking off.
-(cd build-asan && ASAN_OPTIONS=detect_leaks=0 ctest --output-on-failure -L unit)
+(cd build-asan && ASAN_OPTIONS=detect_leaks=0 ctest --output-on-failure \
+    -R '^(unit\.|integration\.(bad_inputs|outputs)$)')

@@ -69,7 +69,8 @@ typedef struct {
     int chans, hw;
     long mb_stride;     /* floats per micro-batch slot = chans*m*hw*hw */
     float *data;        /* [max_local_mb][mb_stride] */
-    float *grad;        /* same shape, NULL if never needed */
+    float *grad;        /* same shape; NULL where no gradient flows (the
+                           network input, pre-BN values) */
 } unet_buf;
 
 /* Communication hooks so that unet.c does not depend on the trainer's
@@ -98,6 +99,8 @@ typedef struct {
     long col_floats;
     double *sums;                 /* [max_mb][2*maxC] staging for combine */
     double *gsums;                /* [2*maxC] combined */
+    void *arena;                  /* owns every buffer above */
+    size_t arena_bytes;
 } unet;
 
 /* Build the unit table and allocate everything for up to max_mb local

@@ -53,6 +53,21 @@ check(r.returncode == 0, "resume after SIGUSR1")
 bad = compare_h5(ref_final, os.path.join(out, "checkpoints", "ckpt-44.h5"))
 check(not bad, f"SIGUSR1 + resume: final checkpoint bitwise equal ({bad[:4]})")
 
+# SIGTERM to every rank (what scancel and a node shutdown send).
+out = os.path.join(base, "term")
+p = start(out, {"DIFFMPI_TEST_CKPT_DELAY": "0.3"})
+wait_for(os.path.join(out, "checkpoints", "ckpt-5.h5"), p)
+pids = subprocess.run(["pgrep", "-s", str(p.pid), "-x", "diffmpi"],
+                      capture_output=True, text=True).stdout.split()
+check(len(pids) == 2, f"found both ranks ({pids})")
+for pid in pids:
+    os.kill(int(pid), signal.SIGTERM)
+so, se = p.communicate(timeout=300)
+check(p.returncode == 3, f"SIGTERM: exit code 3 (rc {p.returncode})")
+r = train(2, out, resume="auto")
+bad = compare_h5(ref_final, os.path.join(out, "checkpoints", "ckpt-44.h5"))
+check(r.returncode == 0 and not bad, f"SIGTERM + resume: final checkpoint bitwise equal ({bad[:4]})")
+
 # kill -9 of every process while rank 0 is inside a checkpoint write.
 out = os.path.join(base, "kill9")
 p = start(out, {"DIFFMPI_TEST_CKPT_DELAY": "2"})
