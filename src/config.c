@@ -40,7 +40,7 @@
 #define MSG_SIZE 1536
 
 typedef enum {
-    KEY_INT, KEY_INT32, KEY_U64, KEY_REAL, KEY_ENUM, KEY_PATH
+    KEY_INT, KEY_INT32, KEY_U64, KEY_REAL, KEY_ENUM, KEY_PATH, KEY_EPOCHS
 } key_kind;
 
 typedef struct {
@@ -107,6 +107,11 @@ static const config_key keys[] = {
      .hi = HUGE_VAL, .lo_open = 1},
     {.name = "p_uncond", .kind = KEY_REAL, .offset = OFF(p_uncond), .lo = 0,
      .hi = 1},
+    {.name = "guidance", .kind = KEY_REAL, .offset = OFF(guidance), .lo = 0,
+     .hi = 1000},
+    {.name = "sample_steps", .kind = KEY_INT, .offset = OFF(sample_steps),
+     .lo = 0, .hi = 100000},
+    {.name = "sample_epochs", .kind = KEY_EPOCHS, .offset = OFF(sample_epochs)},
 };
 #define N_KEYS ((int)(sizeof keys / sizeof keys[0]))
 
@@ -157,6 +162,10 @@ static void key_expectation(const config_key *k, char *buf, size_t size) {
             pos += (size_t)snprintf(buf + pos, size - pos, "%s%s",
                                     i ? "|" : "", k->names[i]);
         break;
+    case KEY_EPOCHS:
+        snprintf(buf, size, "a comma-separated increasing list of at most %d "
+                 "epochs >= 1, like 1,5,10", CONFIG_MAX_SAMPLE_EPOCHS);
+        break;
     case KEY_PATH:
         snprintf(buf, size,
                  "a path of 1..%d characters, no control characters, no "
@@ -168,6 +177,38 @@ static void key_expectation(const config_key *k, char *buf, size_t size) {
 
 static int real_ok(const config_key *k, double v) {
     return isfinite(v) && (k->lo_open ? v > k->lo : v >= k->lo) && v <= k->hi;
+}
+
+/* Parse "1,5,10" into out[] (increasing, >= 1); returns the count, or -1. */
+static int parse_epochs(const char *s, int *out) {
+    int n = 0, prev = 0;
+    if (strlen(s) >= sizeof ((dm_config *)0)->sample_epochs) return -1;
+    while (*s) {
+        if (*s < '0' || *s > '9' || n == CONFIG_MAX_SAMPLE_EPOCHS) return -1;
+        char *end;
+        long v = strtol(s, &end, 10);
+        if (v <= prev || v > 100000) return -1;
+        out[n++] = (int)v;
+        prev = (int)v;
+        s = end;
+        if (*s == ',') {
+            s++;
+            if (!*s) return -1;
+        } else if (*s) {
+            return -1;
+        }
+    }
+    return n;
+}
+
+int config_sample_epoch(const dm_config *c, int epoch) {
+    int e[CONFIG_MAX_SAMPLE_EPOCHS];
+    int n = parse_epochs(c->sample_epochs, e);
+    if (epoch == c->epochs) return 1;
+    if (epoch > c->epochs) return 0;
+    for (int i = 0; i < n; i++)
+        if (e[i] == epoch) return 1;
+    return 0;
 }
 
 /* A path must come back unchanged through config_to_string and inih. */
@@ -240,6 +281,12 @@ static int key_parse(const config_key *k, const char *value, dm_config *c) {
         if (!path_ok(value)) return 0;
         memcpy(field(c, k), value, strlen(value) + 1);
         return 1;
+    case KEY_EPOCHS: {
+        int e[CONFIG_MAX_SAMPLE_EPOCHS];
+        if (parse_epochs(value, e) < 0) return 0;
+        memcpy(field(c, k), value, strlen(value) + 1);
+        return 1;
+    }
     }
     return 0;
 }
@@ -264,6 +311,11 @@ static int key_valid(const config_key *k, const dm_config *c) {
     case KEY_PATH:
         return memchr(cfield(c, k), '\0', sizeof c->data_dir) != NULL &&
                path_ok(cfield(c, k));
+    case KEY_EPOCHS: {
+        int e[CONFIG_MAX_SAMPLE_EPOCHS];
+        return memchr(cfield(c, k), '\0', sizeof c->sample_epochs) != NULL &&
+               parse_epochs(cfield(c, k), e) >= 0;
+    }
     }
     return 0;
 }
@@ -306,6 +358,10 @@ static void key_format(const config_key *k, const dm_config *c, char *buf,
         break;
     case KEY_PATH:
         snprintf(buf, size, "%.*s", (int)sizeof c->data_dir - 1,
+                 (const char *)cfield(c, k));
+        break;
+    case KEY_EPOCHS:
+        snprintf(buf, size, "%.*s", (int)sizeof c->sample_epochs - 1,
                  (const char *)cfield(c, k));
         break;
     }
@@ -379,6 +435,9 @@ void config_defaults(dm_config *c) {
     c->log_every = 10.0;
     c->p_uncond = 0.1;
     c->eval_limit = 0;
+    c->guidance = 5.0;
+    c->sample_steps = 0;
+    snprintf(c->sample_epochs, sizeof c->sample_epochs, "1,5,10,15,20");
 }
 
 /* State shared by the line reader and the inih handler of one parse. */

@@ -105,11 +105,6 @@ static int cmd_train(int argc, char **argv) {
     for (int i = 0; st == DM_OK && i < argc; i++)
         if (strcmp(argv[i], "--set") == 0) st = config_set(&c, argv[++i]);
     if (st == DM_OK) st = config_validate(&c);
-    if (st == DM_OK && (c.objective == OBJ_DDPM || c.objective == OBJ_FLOW)) {
-        dm_error("objective=%s is not available in this version of diffmpi yet "
-                 "(denoise and pure_noise are)", config_objective_name(c.objective));
-        st = DM_EUSAGE;
-    }
     /* A --config file that cannot be read is a usage error too. */
     if (st != DM_OK) return DM_EXIT_USAGE;
     dm_set_quiet(0);

@@ -10,6 +10,7 @@
 
 #include "diffmpi/h5util.h"
 #include "diffmpi/png.h"
+#include "diffmpi/sampler.h"
 #include "diffmpi/train.h"
 
 #define SIGMA_IDX_HALF 3 /* dm_sigmas[3] == 0.5 */
@@ -120,7 +121,7 @@ dm_status samples_epoch(const char *out, unet *u, const dm_config *c,
     for (int i = 0; i < SAMPLES_K; i++)
         train_make_eval(c, noisy + (long)i * DM_PIX, clean + (long)i * DM_PIX,
                         dm_sigmas[SIGMA_IDX_HALF], SIGMA_IDX_HALF, i);
-    unet_predict(u, den, noisy, SAMPLES_K);
+    unet_predict(u, den, noisy, NULL, NULL, SAMPLES_K);
     char tmp[4300], name[64];
     hid_t f = open_copy(out, tmp, sizeof tmp);
     if (f < 0) return DM_EIO;
@@ -147,7 +148,7 @@ dm_status samples_ood(const char *out, unet *u, const dm_config *c,
     float *noisy = img, *den = img + DM_NSIGMAS * DM_PIX;
     for (int s = 0; s < DM_NSIGMAS; s++)
         train_make_eval(c, noisy + (long)s * DM_PIX, test->images, dm_sigmas[s], s, 0);
-    unet_predict(u, den, noisy, DM_NSIGMAS);
+    unet_predict(u, den, noisy, NULL, NULL, DM_NSIGMAS);
     char tmp[4300];
     hid_t f = open_copy(out, tmp, sizeof tmp);
     if (f < 0) return DM_EIO;
@@ -159,5 +160,108 @@ dm_status samples_ood(const char *out, unet *u, const dm_config *c,
     if (g >= 0) H5Gclose(g);
     st = commit_copy(f, out, tmp, st);
     if (st == DM_OK) st = png(out, "ood.png", img, 2, DM_NSIGMAS);
+    return st;
+}
+
+/* The first 8 training images at 8 fixed times, and the model's estimate of
+ * the clean image: img = [x0 | xt | x0_hat] each [8][784]. */
+static void batch_vis(unet *net, const dm_config *c, const ddpm_schedule *s,
+                      const dm_dataset *train, float *img, float *t) {
+    enum { K = 8 };
+    static float target[K * DM_PIX], out[K * DM_PIX];
+    int32_t labels[K];
+    float *x0 = img, *xt = img + K * DM_PIX, *est = img + 2 * K * DM_PIX;
+    memcpy(x0, train->images, sizeof(float) * K * DM_PIX);
+    for (int i = 0; i < K; i++) {
+        diffusion_example_at(c, s, xt + i * DM_PIX, target + i * DM_PIX, &t[i],
+                             x0 + i * DM_PIX, (i + 0.5) / K, 2000, i);
+        labels[i] = c->conditioning == COND_CLASS ? train->labels[i] : -1;
+    }
+    unet_predict(net, out, xt, t, labels, K);
+    for (int i = 0; i < K; i++)
+        diffusion_x0_hat(c, s, est + i * DM_PIX, xt + i * DM_PIX, out + i * DM_PIX, t[i],
+                         DM_PIX);
+}
+
+/* 40 samples as 4 rows x 10 columns; class models: column = digit. */
+static void sample_grid(float *grid, const float *img, int class_model) {
+    for (int i = 0; i < SAMPLES_N; i++) {
+        int row = class_model ? i % 4 : i / 10, col = class_model ? i / 4 : i % 10;
+        memcpy(grid + (long)(row * 10 + col) * DM_PIX, img + (long)i * DM_PIX,
+               sizeof(float) * DM_PIX);
+    }
+}
+
+static dm_status write_diffusion(const char *out, const dm_config *c, int epoch,
+                                 const float *img, const int32_t *labels, int steps,
+                                 const float *vis, const float *vt, const float *traj,
+                                 const float *traj_t) {
+    char tmp[4300], name[64];
+    hid_t f = open_copy(out, tmp, sizeof tmp);
+    if (f < 0) return DM_EIO;
+    snprintf(name, sizeof name, "/samples/epoch_%04d", epoch);
+    hid_t g = new_group(f, tmp, name, c);
+    hsize_t d3[3] = {SAMPLES_N, DM_IMG, DM_IMG}, n1 = SAMPLES_N;
+    dm_status st = g < 0 ? DM_EIO : h5_write_f32(g, tmp, "images", img, 3, d3);
+    if (st == DM_OK) st = h5_write_i32(g, tmp, "labels", labels, 1, &n1);
+    if (st == DM_OK) st = h5_attr_i64(g, tmp, "epoch", epoch);
+    if (st == DM_OK) st = h5_attr_f64(g, tmp, "guidance", c->guidance);
+    if (st == DM_OK) st = h5_attr_i64(g, tmp, "steps", steps);
+    if (st == DM_OK) st = h5_attr_u64(g, tmp, "seed", c->seed);
+    if (st == DM_OK) st = h5_attr_str(g, tmp, "objective", config_objective_name(c->objective));
+    if (g >= 0) H5Gclose(g);
+    snprintf(name, sizeof name, "/batch_vis/epoch_%04d", epoch);
+    g = st == DM_OK ? new_group(f, tmp, name, c) : -1;
+    hsize_t v3[3] = {8, DM_IMG, DM_IMG}, v1 = 8;
+    if (g < 0) st = DM_EIO;
+    if (st == DM_OK) st = h5_write_f32(g, tmp, "x0", vis, 3, v3);
+    if (st == DM_OK) st = h5_write_f32(g, tmp, "xt", vis + 8 * DM_PIX, 3, v3);
+    if (st == DM_OK) st = h5_write_f32(g, tmp, "x0_hat", vis + 16 * DM_PIX, 3, v3);
+    if (st == DM_OK) st = h5_write_f32(g, tmp, "t", vt, 1, &v1);
+    if (st == DM_OK) st = h5_attr_i64(g, tmp, "epoch", epoch);
+    if (g >= 0) H5Gclose(g);
+    if (st == DM_OK && traj) {
+        g = new_group(f, tmp, "/trajectory", c);
+        hsize_t t4[4] = {SAMPLES_FRAMES, SAMPLES_N, DM_IMG, DM_IMG}, t1 = SAMPLES_FRAMES;
+        if (g < 0) st = DM_EIO;
+        if (st == DM_OK) st = h5_write_f32(g, tmp, "images", traj, 4, t4);
+        if (st == DM_OK) st = h5_write_f32(g, tmp, "t", traj_t, 1, &t1);
+        if (st == DM_OK) st = h5_attr_i64(g, tmp, "epoch", epoch);
+        if (g >= 0) H5Gclose(g);
+    }
+    return commit_copy(f, out, tmp, st);
+}
+
+dm_status samples_diffusion(const char *out, unet *net, unet *sampler,
+                            const dm_config *c, const ddpm_schedule *s,
+                            const dm_dataset *train, int epoch, int rank) {
+    int class_model = c->conditioning == COND_CLASS, last = epoch == c->epochs;
+    int steps = c->sample_steps ? c->sample_steps : diffusion_default_steps(c);
+    int32_t labels[SAMPLES_N];
+    for (int i = 0; i < SAMPLES_N; i++) labels[i] = class_model ? i / 4 : -1;
+    sampler_request q = {.n = SAMPLES_N, .labels = labels, .guidance = (float)c->guidance,
+                         .steps = steps, .seed = c->seed,
+                         .frames = last ? SAMPLES_FRAMES : 0};
+    float *img = rank == 0 ? dm_calloc(SAMPLES_N * DM_PIX, sizeof(float)) : NULL;
+    float *traj = rank == 0 && last
+                      ? dm_calloc((size_t)SAMPLES_FRAMES * SAMPLES_N * DM_PIX, sizeof(float))
+                      : NULL;
+    float traj_t[SAMPLES_FRAMES];
+    sampler_run(sampler, c, &q, img, traj, traj_t);
+    dm_status st = DM_OK;
+    if (rank == 0) {
+        static float vis[24 * DM_PIX], grid[SAMPLES_N * DM_PIX];
+        float vt[8];
+        batch_vis(net, c, s, train, vis, vt);
+        st = write_diffusion(out, c, epoch, img, labels, steps, vis, vt, traj, traj_t);
+        char name[64];
+        sample_grid(grid, img, class_model);
+        snprintf(name, sizeof name, "samples-epoch-%d.png", epoch);
+        if (st == DM_OK) st = png(out, name, grid, 4, 10);
+        snprintf(name, sizeof name, "batch-epoch-%d.png", epoch);
+        if (st == DM_OK) st = png(out, name, vis, 3, 8);
+    }
+    free(img);
+    free(traj);
     return st;
 }

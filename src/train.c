@@ -14,11 +14,13 @@
 #include "diffmpi/adam.h"
 #include "diffmpi/ckpt.h"
 #include "diffmpi/data.h"
+#include "diffmpi/diffusion.h"
 #include "diffmpi/dist.h"
 #include "diffmpi/h5log.h"
 #include "diffmpi/h5util.h"
 #include "diffmpi/layers.h"
 #include "diffmpi/rng.h"
+#include "diffmpi/sampler.h"
 #include "diffmpi/samples.h"
 #include "diffmpi/unet.h"
 
@@ -44,6 +46,8 @@ typedef struct {
     long steps_per_epoch, total_steps;
     dm_train_state st;
     dm_log log;
+    ddpm_schedule sched;
+    unet sampler;    /* inference copy for sampling (diffusion models) */
     float *target;  /* [max_mb][m*784] */
     double *sse;    /* [max(max_mb, eval chunks)] */
     double *items;  /* gathered per-chunk values */
@@ -80,19 +84,6 @@ static int exit_code(dm_status st) {
     return DM_EXIT_RUNTIME;
 }
 
-/* Network input and target for one training image (objective of the run).
- * Noise is keyed by (seed, step, position in the global batch). */
-static void train_make_example(const dm_config *c, float *z, float *target,
-                        const float *x, int64_t step, int pos) {
-    dm_rng r;
-    rng_init(&r, c->seed, DM_STREAM_NOISE, (uint64_t)step, (uint32_t)pos);
-    for (int k = 0; k < DM_PIX; k++) {
-        float eps = rng_normal(&r);
-        z[k] = c->objective == OBJ_PURE_NOISE ? eps : x[k] + (float)c->sigma * eps;
-        target[k] = x[k];
-    }
-}
-
 void train_make_eval(const dm_config *c, float *z, const float *x,
                      double sigma, int sigma_idx, int image) {
     dm_rng r;
@@ -126,10 +117,13 @@ static dm_status train_step(trainer *t, double *loss_out, int *bsize) {
         float *z = unet_slot(&t->net, t->net.in_buf, j);
         for (int i = 0; i < t->n[j]; i++) {
             int pos = first + i;
-            const float *x = t->train.images + (long)t->perm[start + pos] * DM_PIX;
-            train_make_example(c, z + (long)i * DM_PIX,
-                               t->target + (long)j * m * DM_PIX + (long)i * DM_PIX, x,
-                               t->st.step, pos);
+            int idx = t->perm[start + pos], label;
+            float tin;
+            diffusion_example(c, &t->sched, z + (long)i * DM_PIX,
+                              t->target + (long)j * m * DM_PIX + (long)i * DM_PIX, &tin,
+                              &label, t->train.images + (long)idx * DM_PIX,
+                              t->train.labels[idx], t->st.step, pos);
+            if (t->net.cond) unet_set_cond(&t->net, j, i, tin, label);
         }
     }
     long bn_n = c->bn_sync == BN_RANK ? local_images : B;
@@ -167,24 +161,40 @@ static dm_status train_step(trainer *t, double *loss_out, int *bsize) {
 
 /* ---- evaluation ------------------------------------------------------------ */
 
-/* Test-set MSE at one sigma, spread over ranks in micro-batch chunks and
- * summed in chunk order (identical on every rank and rank count). */
+/* Test-set loss, spread over ranks in micro-batch chunks and summed in
+ * chunk order (identical on every rank and rank count). Denoisers: MSE
+ * against the clean image at `sigma`. Diffusion models: the training
+ * objective with a fixed time per test image (a low-discrepancy sequence)
+ * and the true label. */
 static double train_test_mse(trainer *t, double sigma, int sigma_idx) {
-    int m = t->cfg.micro_batch, n = t->test.n;
+    const dm_config *c = &t->cfg;
+    int m = c->micro_batch, n = t->test.n, diffusion = c->objective >= OBJ_DDPM;
     int nch = (n + m - 1) / m, lo, hi;
     dist_range(nch, t->size, t->rank, &lo, &hi);
     float *z = unet_slot(&t->net, t->net.in_buf, 0);
     for (int ch = lo; ch < hi; ch++) {
         int k = n - ch * m < m ? n - ch * m : m;
-        for (int i = 0; i < k; i++)
-            train_make_eval(&t->cfg, z + (long)i * DM_PIX,
-                            t->test.images + (long)(ch * m + i) * DM_PIX, sigma,
-                            sigma_idx, ch * m + i);
+        for (int i = 0; i < k; i++) {
+            int img = ch * m + i;
+            const float *x = t->test.images + (long)img * DM_PIX;
+            float *tg = t->target + (long)i * DM_PIX, tin = 0;
+            if (diffusion) {
+                double tq = fmod(0.5 + 0.6180339887498949 * img, 1.0);
+                diffusion_example_at(c, &t->sched, z + (long)i * DM_PIX, tg, &tin, x, tq,
+                                     1000, img);
+            } else {
+                train_make_eval(c, z + (long)i * DM_PIX, x, sigma, sigma_idx, img);
+                memcpy(tg, x, sizeof(float) * DM_PIX);
+            }
+            if (t->net.cond)
+                unet_set_cond(&t->net, 0, i, tin,
+                              c->conditioning == COND_CLASS ? t->test.labels[img] : -1);
+        }
         unet_forward(&t->net, 0, 1, &k, k, NULL, NULL, 0.0f);
         const float *y = unet_slot(&t->net, t->net.out_buf, 0);
         double s = 0;
         for (long i = 0; i < (long)k * DM_PIX; i++) {
-            double d = (double)y[i] - t->test.images[(long)ch * m * DM_PIX + i];
+            double d = (double)y[i] - t->target[i];
             s += d * d;
         }
         t->sse[ch - lo] = s;
@@ -315,8 +325,14 @@ static dm_status setup(trainer *t, const char *resume) {
     t->steps_per_epoch = (t->train.n + c->batch - 1) / c->batch;
     t->total_steps = t->steps_per_epoch * c->epochs;
     int max_mb = dist_max_local(t->nmb_full, t->size);
-    unet_init(&t->net, c->hidden, m, max_mb);
+    ddpm_schedule_init(&t->sched);
+    unet_shape sh = diffusion_shape(c, m, max_mb, 0);
+    unet_init(&t->net, &sh);
     unet_init_params(&t->net, c->seed);
+    if (c->objective >= OBJ_DDPM) {
+        unet_shape ss = diffusion_shape(c, sampler_model_rows(c), 1, 1);
+        unet_init(&t->sampler, &ss);
+    }
     int maxc = 0;
     for (int u = 0; u < t->net.nunits; u++)
         if (t->net.units[u].cout > maxc) maxc = t->net.units[u].cout;
@@ -353,6 +369,7 @@ static dm_status setup(trainer *t, const char *resume) {
 static void teardown(trainer *t) {
     if (t->rank == 0) log_close(&t->log);
     unet_free(&t->net);
+    if (t->sampler.arena) unet_free(&t->sampler);
     dist_free(&t->dist);
     data_free(&t->train);
     data_free(&t->test);
@@ -368,15 +385,25 @@ static dm_status epoch_end(trainer *t) {
     double mse = train_test_mse(t, EVAL_SIGMA, 3);
     dm_status st = DM_OK;
     if (t->rank == 0) {
-        printf("epoch %d/%d done: test MSE at sigma %.1f = %.6f\n", epoch, c->epochs,
-               EVAL_SIGMA, mse);
+        if (c->objective >= OBJ_DDPM)
+            printf("epoch %d/%d done: test loss = %.6f\n", epoch, c->epochs, mse);
+        else
+            printf("epoch %d/%d done: test MSE at sigma %.1f = %.6f\n", epoch, c->epochs,
+                   EVAL_SIGMA, mse);
         fflush(stdout);
         st = log_eval(&t->log, t->st.step, epoch, mse);
     }
     st = agree(st);
-    if (st == DM_OK && (epoch == 1 || epoch == c->epochs))
+    int diffusion = c->objective >= OBJ_DDPM;
+    if (st == DM_OK && diffusion && config_sample_epoch(c, epoch)) {
+        memcpy(t->sampler.p, t->net.p, sizeof(float) * (size_t)t->net.nparams);
+        memcpy(t->sampler.bufs, t->net.bufs, sizeof(float) * (size_t)t->net.nbuffers);
+        st = samples_diffusion(t->out, &t->net, &t->sampler, c, &t->sched, &t->train,
+                               epoch, t->rank);
+    }
+    if (st == DM_OK && !diffusion && (epoch == 1 || epoch == c->epochs))
         st = samples_epoch(t->out, &t->net, c, &t->test, epoch, t->rank);
-    if (st == DM_OK && epoch == c->epochs) {
+    if (st == DM_OK && !diffusion && epoch == c->epochs) {
         double mses[DM_NSIGMAS];
         for (int s = 0; s < DM_NSIGMAS; s++) mses[s] = train_test_mse(t, dm_sigmas[s], s);
         st = samples_ood(t->out, &t->net, c, &t->test, mses, t->rank);
@@ -397,7 +424,7 @@ static dm_status loop(trainer *t) {
     const char *env = getenv("DIFFMPI_TEST_STOP_AT_STEP");
     int64_t test_stop_step = env ? atoll(env) : 0;
     dm_status st = DM_OK;
-    if (t->rank == 0 && t->st.step == 0)
+    if (t->rank == 0 && t->st.step == 0 && c->objective < OBJ_DDPM)
         st = samples_noising(t->out, c, &t->test);
     st = agree(st);
     while (st == DM_OK && t->st.epoch < c->epochs) {

@@ -99,6 +99,39 @@ static unet_ref ref(int buf, int off) {
     return r;
 }
 
+static void add_fc(builder *bl, unet_fc *f, const char *name, int in, int out) {
+    unet *u = bl->u;
+    char nm[24];
+    f->in = in, f->out = out;
+    snprintf(nm, sizeof nm, "%s/fc1", name);
+    int first = add_param(bl, nm, "weight", 1, 2, out, in, 0, 0);
+    add_param(bl, nm, "bias", 1, 1, out, 0, 0, 0);
+    snprintf(nm, sizeof nm, "%s/fc2", name);
+    add_param(bl, nm, "weight", 1, 2, out, out, 0, 0);
+    int last = add_param(bl, nm, "bias", 1, 1, out, 0, 0, 0);
+    f->w1 = u->params[first].offset;
+    f->b1 = u->params[first + 1].offset;
+    f->w2 = u->params[first + 2].offset;
+    f->b2 = u->params[last].offset;
+    f->off = f->w1;
+    f->len = f->b2 + out - f->w1;
+}
+
+/* Conditioning point k: t{k+1} (and c{k+1}) embeddings of width C. */
+static void add_condpt(builder *bl, int k, int unit, unet_ref dst, int C, int hw) {
+    unet *u = bl->u;
+    unet_condpt *cp = &u->condpts[k];
+    char nm[8];
+    cp->unit = unit, cp->dst = dst, cp->C = C, cp->hw = hw;
+    snprintf(nm, sizeof nm, "t%d", k + 1);
+    add_fc(bl, &cp->t, nm, 1, C);
+    if (u->cond == 2) {
+        snprintf(nm, sizeof nm, "c%d", k + 1);
+        add_fc(bl, &cp->c, nm, 10, C);
+    }
+    u->ncond = k + 1;
+}
+
 /* The forward of SPEC.md as a table. Concats [skip, decoder] are buffers
  * whose first channels the encoder unit writes and whose last channels the
  * decoder unit writes, so no copy is ever made. */
@@ -118,10 +151,15 @@ static void build(unet *u) {
     i = add_unit(&bl, "down2/1", UNIT_CONV, 2 * D, 2 * D, 3, 1, 1, 7, u->units[i].out, -1, 0, 1);
     add_unit(&bl, "down2/2", UNIT_CONV, 2 * D, 2 * D, 3, 1, 1, 7, u->units[i].out, cat2, 0, 1);
     i = add_unit(&bl, "flatten", UNIT_POOL, 2 * D, 2 * D, 7, 7, 0, 7, ref(cat2, 0), -1, 0, 0);
-    add_unit(&bl, "unflatten", UNIT_CONVT, 2 * D, 2 * D, 7, 7, 0, 1, u->units[i].out, cat2, 2 * D, 1);
+    /* Conditioned models modulate the unflatten and up1 outputs on their
+     * way into the concat buffers, so those units get private outputs. */
+    int c = u->cond != 0;
+    int unf = add_unit(&bl, "unflatten", UNIT_CONVT, 2 * D, 2 * D, 7, 7, 0, 1,
+                       u->units[i].out, c ? -1 : cat2, c ? 0 : 2 * D, 1);
     i = add_unit(&bl, "up1/0", UNIT_CONVT, 4 * D, D, 4, 2, 1, 7, ref(cat2, 0), -1, 0, 1);
     i = add_unit(&bl, "up1/1", UNIT_CONV, D, D, 3, 1, 1, 14, u->units[i].out, -1, 0, 1);
-    add_unit(&bl, "up1/2", UNIT_CONV, D, D, 3, 1, 1, 14, u->units[i].out, cat1, D, 1);
+    int up12 = add_unit(&bl, "up1/2", UNIT_CONV, D, D, 3, 1, 1, 14, u->units[i].out,
+                        c ? -1 : cat1, c ? 0 : D, 1);
     i = add_unit(&bl, "up2/0", UNIT_CONVT, 2 * D, D, 4, 2, 1, 14, ref(cat1, 0), -1, 0, 1);
     i = add_unit(&bl, "up2/1", UNIT_CONV, D, D, 3, 1, 1, 28, u->units[i].out, -1, 0, 1);
     add_unit(&bl, "up2/2", UNIT_CONV, D, D, 3, 1, 1, 28, u->units[i].out, cat0, D, 1);
@@ -129,6 +167,10 @@ static void build(unet *u) {
     i = add_unit(&bl, "outc/1", UNIT_CONV, D, D, 3, 1, 1, 28, u->units[i].out, -1, 0, 1);
     i = add_unit(&bl, "head", UNIT_CONV, D, 1, 3, 1, 1, 28, u->units[i].out, -1, 0, 0);
     u->out_buf = u->units[i].out.buf;
+    if (c) {
+        add_condpt(&bl, 0, unf, ref(cat2, 2 * D), 2 * D, 7);
+        add_condpt(&bl, 1, up12, ref(cat1, D), D, 14);
+    }
     u->nparams = bl.poff;
     u->nbuffers = bl.boff;
 }
@@ -165,14 +207,27 @@ static size_t layout(unet *u, char *base) {
         un->invstd = take(base, &used, sizeof(float) * (size_t)un->cout);
         /* Only unit outputs receive gradients from their consumers; pre-BN
          * values and the network input never do. */
-        needs_grad[un->out.buf] = 1;
+        needs_grad[un->out.buf] = !u->inference;
     }
     for (int b = 0; b < u->nbufs; b++) {
         size_t n = sizeof(float) * (size_t)u->act[b].mb_stride * (size_t)max_mb;
         u->act[b].data = take(base, &used, n);
         u->act[b].grad = needs_grad[b] ? take(base, &used, n) : NULL;
     }
+    u->t_in = take(base, &used, sizeof(float) * (size_t)(m * max_mb));
+    u->c_in = take(base, &used, sizeof(float) * (size_t)(10 * m * max_mb));
+    for (int k = 0; k < u->ncond; k++) {
+        unet_fc *fs[2] = {&u->condpts[k].t, &u->condpts[k].c};
+        for (int q = 0; q < (u->cond == 2 ? 2 : 1); q++) {
+            size_t n = sizeof(float) * (size_t)(fs[q]->out * m * max_mb);
+            fs[q]->h = take(base, &used, n);
+            fs[q]->g = take(base, &used, n);
+            fs[q]->e = take(base, &used, n);
+        }
+    }
+    u->fc_scratch = take(base, &used, sizeof(float) * (size_t)(4 * m * 2 * u->D));
     u->scratch_stride = maxout;
+    if (u->inference) maxout = 0;
     u->scratch_a = take(base, &used, sizeof(float) * (size_t)(maxout * max_mb));
     u->scratch_b = take(base, &used, sizeof(float) * (size_t)(maxout * max_mb));
     u->col = take(base, &used, sizeof(float) * (size_t)u->col_floats);
@@ -181,9 +236,11 @@ static size_t layout(unet *u, char *base) {
     return used;
 }
 
-void unet_init(unet *u, int D, int m, int max_mb) {
+void unet_init(unet *u, const unet_shape *sh) {
     memset(u, 0, sizeof *u);
-    u->D = D, u->m = m, u->max_mb = max_mb;
+    u->D = sh->D, u->m = sh->m, u->max_mb = sh->max_mb;
+    u->cond = sh->cond, u->inference = sh->inference;
+    u->mode = sh->cond == 2 ? COND_FILM : sh->time_mult ? COND_MUL : COND_ADD;
     build(u);
     u->arena_bytes = layout(u, NULL);
     /* calloc: zero parameters, buffers and activations; aligned_alloc
@@ -202,6 +259,19 @@ void unet_init(unet *u, int D, int m, int max_mb) {
 void unet_free(unet *u) {
     free(u->arena);
     memset(u, 0, sizeof *u);
+}
+
+/* Linear layers: PyTorch's U(-1/sqrt(in), 1/sqrt(in)) for weight and bias. */
+static void init_fc(unet *u, const unet_fc *f, uint64_t seed) {
+    long offs[4] = {f->w1, f->b1, f->w2, f->b2};
+    long sizes[4] = {(long)f->out * f->in, f->out, (long)f->out * f->out, f->out};
+    int fan[4] = {f->in, f->in, f->out, f->out};
+    for (int q = 0; q < 4; q++) {
+        dm_rng r;
+        /* Key by offset: unique per tensor, independent of the unit count. */
+        rng_init(&r, seed, DM_STREAM_INIT, (uint64_t)offs[q] + (1ull << 40), 0);
+        init_uniform(u->p + offs[q], sizes[q], 1.0f / sqrtf((float)fan[q]), &r);
+    }
 }
 
 void unet_init_params(unet *u, uint64_t seed) {
@@ -227,6 +297,16 @@ void unet_init_params(unet *u, uint64_t seed) {
             }
         }
     }
+    for (int k = 0; k < u->ncond; k++) {
+        init_fc(u, &u->condpts[k].t, seed);
+        if (u->cond == 2) init_fc(u, &u->condpts[k].c, seed);
+    }
+}
+
+void unet_set_cond(unet *u, int j, int i, float t, int label) {
+    u->t_in[(long)j * u->m + i] = t;
+    float *c = u->c_in + ((long)j * u->m + i) * 10;
+    for (int k = 0; k < 10; k++) c[k] = k == label ? 1.0f : 0.0f;
 }
 
 const unet_param *unet_find(const unet *u, const char *name) {
@@ -306,12 +386,37 @@ static void unit_forward(unet *u, unet_unit *t, int train, int nmb,
     }
 }
 
+static float *fc_at(const unet *u, const float *base, const unet_fc *f, int j) {
+    return (float *)base + (long)j * u->m * f->out;
+}
+
+/* Embeddings of micro-batch j and the modulated unit output. */
+static void cond_point_forward(unet *u, const unet_condpt *cp, int j, int n) {
+    const unet_fc *fs[2] = {&cp->t, &cp->c};
+    const float *ins[2] = {u->t_in + (long)j * u->m, u->c_in + (long)j * u->m * 10};
+    for (int q = 0; q < (u->cond == 2 ? 2 : 1); q++) {
+        const unet_fc *f = fs[q];
+        fcblock_forward(fc_at(u, f->e, f, j), fc_at(u, f->h, f, j), fc_at(u, f->g, f, j),
+                        ins[q], u->p + f->w1, u->p + f->b1, u->p + f->w2, u->p + f->b2,
+                        n, f->in, f->out);
+    }
+    const unet_unit *t = &u->units[cp->unit];
+    cond_forward(at(u, cp->dst, j, n, 0), at(u, t->out, j, n, 0),
+                 fc_at(u, cp->t.e, &cp->t, j),
+                 u->cond == 2 ? fc_at(u, cp->c.e, &cp->c, j) : NULL, u->mode, cp->C, n,
+                 cp->hw * cp->hw);
+}
+
 void unet_forward(unet *u, int train, int nmb, const int *n, long global_n,
                   unet_combine_fn combine, void *ctx, float bn_momentum) {
     DM_CHECK(nmb <= u->max_mb, "%d micro-batches exceed %d slots", nmb, u->max_mb);
-    for (int t = 0; t < u->nunits; t++)
+    for (int t = 0; t < u->nunits; t++) {
         unit_forward(u, &u->units[t], train, nmb, n, global_n, combine, ctx,
                      bn_momentum);
+        for (int k = 0; k < u->ncond; k++)
+            if (u->condpts[k].unit == t)
+                for (int j = 0; j < nmb; j++) cond_point_forward(u, &u->condpts[k], j, n[j]);
+    }
 }
 
 /* ---- backward ----------------------------------------------------------- */
@@ -398,12 +503,45 @@ void unet_zero_grad(unet *u, int nmb) {
         if (u->act[b].grad) memset(u->act[b].grad, 0, (size_t)(u->act[b].mb_stride * nmb) * sizeof(float));
 }
 
+/* Gradient through the modulation into the unit output and the FCBlocks;
+ * one leaf per micro-batch for each FCBlock's parameters. */
+static void cond_point_backward(unet *u, const unet_condpt *cp, int nmb, const int *n,
+                                void *ctx, unet_leaf_dst_fn leaf_dst,
+                                unet_leaf_done_fn leaf_done) {
+    const unet_unit *t = &u->units[cp->unit];
+    long w = (long)u->m * 2 * u->D;
+    float *de[2] = {u->fc_scratch, u->fc_scratch + w};
+    float *dg = u->fc_scratch + 2 * w, *dh = u->fc_scratch + 3 * w;
+    const unet_fc *fs[2] = {&cp->t, &cp->c};
+    int nfc = u->cond == 2 ? 2 : 1;
+    for (int j = 0; j < nmb; j++) {
+        cond_backward(at(u, t->out, j, n[j], 1), de[0], de[1], at(u, cp->dst, j, n[j], 1),
+                      at(u, t->out, j, n[j], 0), fc_at(u, cp->t.e, &cp->t, j),
+                      nfc == 2 ? fc_at(u, cp->c.e, &cp->c, j) : NULL, u->mode, cp->C,
+                      n[j], cp->hw * cp->hw);
+        const float *ins[2] = {u->t_in + (long)j * u->m, u->c_in + (long)j * u->m * 10};
+        float *leaf = leaf_dst(ctx, j);
+        for (int q = 0; q < nfc; q++) {
+            const unet_fc *f = fs[q];
+            fcblock_backward(leaf + f->w1, leaf + f->b1, leaf + f->w2, leaf + f->b2, dg, dh,
+                             de[q], ins[q], fc_at(u, f->h, f, j), fc_at(u, f->g, f, j),
+                             u->p + f->w2, n[j], f->in, f->out);
+            leaf_done(ctx, j, f->off, f->len);
+        }
+    }
+}
+
 void unet_backward(unet *u, int nmb, const int *n, long global_n,
                    unet_combine_fn combine, void *ctx,
                    unet_leaf_dst_fn leaf_dst, unet_leaf_done_fn leaf_done) {
-    for (int t = u->nunits - 1; t >= 0; t--)
+    DM_CHECK(!u->inference, "backward on an inference-only model");
+    for (int t = u->nunits - 1; t >= 0; t--) {
+        for (int k = 0; k < u->ncond; k++)
+            if (u->condpts[k].unit == t)
+                cond_point_backward(u, &u->condpts[k], nmb, n, ctx, leaf_dst, leaf_done);
         unit_backward(u, &u->units[t], nmb, n, global_n, combine, ctx, leaf_dst,
                       leaf_done);
+    }
 }
 
 double unet_forward_flops(const unet *u) {
@@ -419,12 +557,15 @@ double unet_forward_flops(const unet *u) {
     return f;
 }
 
-void unet_predict(unet *u, float *y, const float *x, int n) {
+void unet_predict(unet *u, float *y, const float *x, const float *t,
+                  const int32_t *labels, int n) {
     DM_CHECK(u->max_mb >= 1, "unet_predict needs one micro-batch slot");
     for (int i = 0; i < n; i += u->m) {
         int k = n - i < u->m ? n - i : u->m;
         memcpy(unet_slot(u, u->in_buf, 0), x + (long)i * 784,
                (size_t)k * 784 * sizeof(float));
+        for (int q = 0; u->cond && q < k; q++)
+            unet_set_cond(u, 0, q, t ? t[i + q] : 0.0f, labels ? labels[i + q] : -1);
         unet_forward(u, 0, 1, &k, k, NULL, NULL, 0.0f);
         memcpy(y + (long)i * 784, unet_slot(u, u->out_buf, 0),
                (size_t)k * 784 * sizeof(float));

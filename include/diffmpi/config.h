@@ -46,7 +46,19 @@ typedef struct {
     double log_every;           /* log_every > 0: seconds between progress
                                    lines when stdout is not a terminal */
     double p_uncond;            /* p_uncond in [0,1] (class models) */
+    double guidance;            /* guidance >= 0: CFG scale for class models */
+    int sample_steps;           /* sample_steps >= 0: sampler steps, 0 = the
+                                   objective's default (300 DDPM, 50 flow with
+                                   time, 300 flow with class) */
+    char sample_epochs[64];     /* sample_epochs: "1,5,10,15,20": epochs after
+                                   which diffusion models sample (the last
+                                   epoch always does) */
 } dm_config;
+
+#define CONFIG_MAX_SAMPLE_EPOCHS 16
+
+/* Does the run sample after this (1-based) epoch? */
+int config_sample_epoch(const dm_config *c, int epoch);
 
 void config_defaults(dm_config *c);
 /* Parse an INI file into c (keys override what is there). */

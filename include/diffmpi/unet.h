@@ -22,8 +22,10 @@
 #ifndef DIFFMPI_UNET_H
 #define DIFFMPI_UNET_H
 
+#include <stddef.h>
 #include <stdint.h>
 #include "diffmpi/common.h"
+#include "diffmpi/cond.h"
 
 #define UNET_MAX_UNITS 24
 #define UNET_MAX_PARAMS 128
@@ -73,6 +75,31 @@ typedef struct {
                            network input, pre-BN values) */
 } unet_buf;
 
+/* FCBlock embedding: params [w1 b1 w2 b2] contiguous at [off, off+len). */
+typedef struct {
+    int in, out;
+    long w1, b1, w2, b2, off, len;
+    float *h, *g, *e;   /* [max_mb][m*out] kept for backward */
+} unet_fc;
+
+/* A conditioning point: the output of `unit` (a private buffer) is
+ * modulated by the embeddings and written into dst (its concat region). */
+typedef struct {
+    int unit;
+    unet_ref dst;
+    int C, hw;
+    unet_fc t, c;       /* c only with class conditioning */
+} unet_condpt;
+
+/* What to build. cond: 0 none, 1 time, 2 class (dm_conditioning). */
+typedef struct {
+    int D;
+    int cond;
+    int time_mult;      /* time-only flow matching: u * t1(t) */
+    int m, max_mb;      /* micro-batch size and local slots */
+    int inference;      /* forward only: no gradients, no backward scratch */
+} unet_shape;
+
 /* Communication hooks so that unet.c does not depend on the trainer's
  * distribution: called once per BN layer with the per-micro-batch sums of
  * this rank (nloc x [2*C] doubles, s1 then s2) and must return the combined
@@ -82,6 +109,13 @@ typedef void (*unet_combine_fn)(void *ctx, double *out_sums, int C,
 
 typedef struct {
     int D, m, max_mb;   /* width, micro-batch size, local micro-batch slots */
+    int cond, inference;
+    cond_mode mode;
+    int ncond;
+    unet_condpt condpts[2];
+    float *t_in;        /* [max_mb][m] time input in [0,1] */
+    float *c_in;        /* [max_mb][m][10] one-hot class or zeros */
+    float *fc_scratch;  /* backward: det, dec, dg, dh, each [m][2D] */
     int nunits;
     unet_unit units[UNET_MAX_UNITS];
     int nparams_t;      /* number of named tensors */
@@ -103,9 +137,13 @@ typedef struct {
     size_t arena_bytes;
 } unet;
 
-/* Build the unit table and allocate everything for up to max_mb local
- * micro-batches of size m. max_mb may be 0 for a model used only for I/O. */
-void unet_init(unet *u, int D, int m, int max_mb);
+/* Build the unit table and allocate everything (one arena) for up to
+ * max_mb local micro-batches of size m. max_mb may be 0 for a model used
+ * only for I/O. */
+void unet_init(unet *u, const unet_shape *shape);
+/* Set the time and class inputs of micro-batch slot j, image i: t in [0,1],
+ * label 0..9 or -1 for "no class" (zeros). */
+void unet_set_cond(unet *u, int j, int i, float t, int label);
 void unet_free(unet *u);
 /* PyTorch default initialisation from the seed (counter-based per tensor). */
 void unet_init_params(unet *u, uint64_t seed);
@@ -143,8 +181,10 @@ void unet_backward(unet *u, int nmb, const int *n, long global_n,
                    unet_leaf_dst_fn leaf_dst, unet_leaf_done_fn leaf_done);
 
 /* Eval-mode forward (running BN statistics, no communication) of n images
- * x [n][28][28] into y [n][28][28], micro-batch by micro-batch in slot 0. */
-void unet_predict(unet *u, float *y, const float *x, int n);
+ * x [n][28][28] into y [n][28][28], micro-batch by micro-batch in slot 0;
+ * t [n] and labels [n] (-1 = none) for conditioned models, else NULL. */
+void unet_predict(unet *u, float *y, const float *x, const float *t,
+                  const int32_t *labels, int n);
 
 /* Analytic FLOP count of one forward pass per image (multiply-add = 2). */
 double unet_forward_flops(const unet *u);

@@ -423,10 +423,14 @@ def config_cases(b, data_dir):
     b.expect_fail("config.file_is_directory",
                   ["train", "--out", b.out_dir(), "--config", cfg_dir], 2,
                   [cfg_dir])
-    b.expect_fail("config.objective_ddpm_unavailable",
+    b.expect_fail("config.bad_sample_epochs",
                   ["train", "--out", b.out_dir()] + base
-                  + sets(["objective=ddpm", "conditioning=time"]), 2,
-                  ["objective=ddpm"])
+                  + sets(["objective=ddpm", "conditioning=time", "sample_epochs=5,2"]), 2,
+                  ["sample_epochs"])
+    b.expect_fail("config.negative_guidance",
+                  ["train", "--out", b.out_dir()] + base
+                  + sets(["objective=ddpm", "conditioning=class", "guidance=-2"]), 2,
+                  ["guidance"])
     b.expect_fail("config.objective_ddpm_unconditioned",
                   ["train", "--out", b.out_dir()] + base + sets(["objective=ddpm"]),
                   2, ["ddpm", "conditioning"])

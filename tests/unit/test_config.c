@@ -82,6 +82,8 @@ static void expect_same(const dm_config *a, const dm_config *b,
                a->seed == b->seed && strcmp(a->data_dir, b->data_dir) == 0 &&
                a->train_limit == b->train_limit &&
                a->eval_limit == b->eval_limit &&
+               a->guidance == b->guidance && a->sample_steps == b->sample_steps &&
+               strcmp(a->sample_epochs, b->sample_epochs) == 0 &&
                a->checkpoint_every == b->checkpoint_every &&
                a->keep == b->keep && a->threads == b->threads &&
                a->bn_sync == b->bn_sync &&
@@ -377,12 +379,15 @@ static void test_round_trip(void) {
     a.log_every = 5e-324; /* smallest subnormal */
     a.p_uncond = 0.7;
     a.eval_limit = 1234;
+    a.guidance = 2.5;
+    a.sample_steps = 77;
+    snprintf(a.sample_epochs, sizeof a.sample_epochs, "2,4,9");
     EXPECT(config_validate(&a) == DM_OK, "round trip config validates");
 
     char text[4096], text2[4096];
     int n = config_to_string(&a, text, sizeof text);
     EXPECT(n == (int)strlen(text) && n > 0, "to_string length %d", n);
-    EXPECT(count_lines(text) == 19, "19 lines, got %d", count_lines(text));
+    EXPECT(count_lines(text) == 22, "22 lines, got %d", count_lines(text));
     EXPECT(strncmp(text, "objective = flow\nconditioning = class\n", 38) == 0,
            "to_string starts '%.40s'", text);
     EXPECT(strstr(text, "\nlr = 0.30000000000000004\n") != NULL,
@@ -488,6 +493,27 @@ static void test_validate(void) {
     expect_invalid(&c, "data_dir");
 }
 
+static void test_sample_epochs(void) {
+    dm_config c;
+    config_defaults(&c);
+    EXPECT(strcmp(c.sample_epochs, "1,5,10,15,20") == 0 && c.guidance == 5.0 &&
+               c.sample_steps == 0, "diffusion sampling defaults");
+    c.epochs = 12;
+    EXPECT(config_sample_epoch(&c, 1) && config_sample_epoch(&c, 10) &&
+               config_sample_epoch(&c, 12) && !config_sample_epoch(&c, 2) &&
+               !config_sample_epoch(&c, 15),
+           "sample epochs 1,5,10 and always the last");
+    const char *bad[] = {"sample_epochs=0", "sample_epochs=5,3", "sample_epochs=1,,2",
+                         "sample_epochs=a", "sample_epochs=1,", "sample_epochs=,1",
+                         "sample_epochs=1 2", "guidance=-1", "sample_steps=-3"};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        dm_config d = c;
+        EXPECT(config_set(&d, bad[i]) == DM_EUSAGE, "rejects %s", bad[i]);
+    }
+    EXPECT(config_set(&c, "sample_epochs=3") == DM_OK && config_sample_epoch(&c, 3) &&
+               !config_sample_epoch(&c, 1), "sample_epochs=3");
+}
+
 int main(void) {
     snprintf(tmpdir, sizeof tmpdir, "/tmp/test_config_XXXXXX");
     if (!mkdtemp(tmpdir)) {
@@ -504,5 +530,6 @@ int main(void) {
     test_validate();
     unlink(errpath);
     EXPECT(rmdir(tmpdir) == 0, "temp dir %s not empty at the end", tmpdir);
+    test_sample_epochs();
     return test_finish("test_config");
 }

@@ -16,13 +16,18 @@ enum { D = 2, M = 2, NMB = 2, B = 3 }; /* micro-batches of 2 and 1 image */
 
 static float x[NMB][M * 784], tgt[NMB][M * 784];
 static const int sizes[NMB] = {2, 1};
+static const float times[B] = {0.1f, 0.55f, 0.9f};
+static const int labels[B] = {3, -1, 7};
 
 /* Loss of the current parameters (train-mode forward), and optionally the
  * full backward into grads. */
 static double loss_and_grad(unet *u, dm_dist *d, float *grads) {
     dist_set_batch(d, NMB);
-    for (int j = 0; j < NMB; j++)
+    for (int j = 0; j < NMB; j++) {
         memcpy(unet_slot(u, u->in_buf, j), x[j], sizeof(float) * sizes[j] * 784);
+        for (int i = 0; u->cond && i < sizes[j]; i++)
+            unet_set_cond(u, j, i, times[j * M + i], labels[j * M + i]);
+    }
     unet_zero_grad(u, NMB);
     unet_forward(u, 1, NMB, sizes, B, dist_combine, d, 0.1f);
     double sse = 0;
@@ -40,12 +45,28 @@ static double loss_and_grad(unet *u, dm_dist *d, float *grads) {
 
 static void check_param_count(void) {
     int Ds[2] = {128, 64};
-    double want[2] = {7.89e6, 1.98e6};
+    /* SPEC.md: plain / +time / +class */
+    double want[2][3] = {{7.89e6, 7.97e6, 8.06e6}, {1.98e6, 2.00e6, 2.02e6}};
+    for (int i = 0; i < 2; i++)
+        for (int cond = 0; cond < 3; cond++) {
+            unet u;
+            unet_shape sh = {.D = Ds[i], .cond = cond, .m = 1};
+            unet_init(&u, &sh);
+            EXPECT(fabs(u.nparams - want[i][cond]) < 0.006e6,
+                   "D=%d cond=%d: %ld parameters, SPEC %.2fM", Ds[i], cond, u.nparams,
+                   want[i][cond] / 1e6);
+            if (cond == 2) {
+                const unet_param *c1 = unet_find(&u, "c1/fc1/weight");
+                EXPECT(c1 && c1->shape[0] == 2 * Ds[i] && c1->shape[1] == 10,
+                       "c1/fc1/weight [2D,10] (Linear [out,in])");
+                EXPECT(unet_find(&u, "t2/fc2/bias") != NULL, "t2/fc2/bias named");
+            }
+            unet_free(&u);
+        }
     for (int i = 0; i < 2; i++) {
         unet u;
-        unet_init(&u, Ds[i], 1, 0);
-        EXPECT(fabs(u.nparams - want[i]) < 0.006e6, "D=%d: %ld parameters, SPEC %.2fM",
-               Ds[i], u.nparams, want[i] / 1e6);
+        unet_shape sh = {.D = Ds[i], .m = 1};
+        unet_init(&u, &sh);
         const unet_param *h = unet_find(&u, "head/weight");
         EXPECT(h && h->shape[0] == 1 && h->shape[1] == Ds[i] && h->shape[2] == 3,
                "head weight [1,D,3,3]");
@@ -55,6 +76,60 @@ static void check_param_count(void) {
         EXPECT(unet_find(&u, "unflatten/bn_running_var") != NULL, "running var named");
         unet_free(&u);
     }
+}
+
+/* Finite differences on a few entries of every trainable tensor. */
+static void check_gradient(int cond, int time_mult, const char *what) {
+    dm_rng r;
+    rng_init(&r, 11, 98, (uint64_t)cond, 0);
+    unet u;
+    unet_shape sh = {.D = D, .cond = cond, .time_mult = time_mult, .m = M, .max_mb = NMB};
+    unet_init(&u, &sh);
+    unet_init_params(&u, 3);
+    dm_dist d;
+    dist_init(&d, MPI_COMM_WORLD, u.nparams, NMB, 8 * D, 0);
+    float *g = calloc((size_t)u.nparams, sizeof(float));
+    loss_and_grad(&u, &d, g);
+    /* Exact GELU and BatchNorm are smooth, so the loss is too. */
+    int checked = 0, bad = 0;
+    for (int q = 0; q < u.nparams_t; q++) {
+        const unet_param *p = &u.params[q];
+        if (!p->trainable) continue;
+        for (int e = 0; e < 3; e++) {
+            long i = p->offset + (long)(rng_below(&r, (uint32_t)p->size));
+            float keep = u.p[i];
+            double fds[2];
+            /* Central differences at h and h/2, combined by Richardson
+             * extrapolation to cancel the O(h^2) curvature term. */
+            for (int k = 0; k < 2; k++) {
+                float h = (k ? 5e-3f : 1e-2f) * (fabsf(keep) > 1 ? fabsf(keep) : 1);
+                u.p[i] = keep + h;
+                double lp = loss_and_grad(&u, &d, NULL);
+                u.p[i] = keep - h;
+                double lm = loss_and_grad(&u, &d, NULL);
+                fds[k] = (lp - lm) / ((double)(keep + h) - (double)(keep - h));
+            }
+            u.p[i] = keep;
+            double fd = (4.0 * fds[1] - fds[0]) / 3.0;
+            double err = fabs(fd - g[i]), tol = 2e-5 + 5e-2 * fabs(fd);
+            checked++;
+            if (err > tol) {
+                bad++;
+                fprintf(stderr, "%s: %s[%ld]: backprop %.6g, finite difference %.6g\n",
+                        what, p->name, i - p->offset, g[i], fd);
+            }
+        }
+    }
+    /* Float rounding in the loss can spoil one finite difference; more than
+     * that is a real error. */
+    EXPECT(bad <= 1, "%s: %d of %d gradient entries disagree with finite differences",
+           what, bad, checked);
+    double norm = 0;
+    for (long i = 0; i < u.nparams; i++) norm += (double)g[i] * g[i];
+    EXPECT(norm > 1e-8, "%s: gradient norm %g", what, norm);
+    free(g);
+    dist_free(&d);
+    unet_free(&u);
 }
 
 int main(int argc, char **argv) {
@@ -67,48 +142,10 @@ int main(int argc, char **argv) {
             x[j][i] = rng_uniform(&r);
             tgt[j][i] = rng_uniform(&r);
         }
-    unet u;
-    unet_init(&u, D, M, NMB);
-    unet_init_params(&u, 3);
-    dm_dist d;
-    dist_init(&d, MPI_COMM_WORLD, u.nparams, NMB, 8 * D, 0);
-    float *g = calloc((size_t)u.nparams, sizeof(float));
-    loss_and_grad(&u, &d, g);
-    /* A few entries of every trainable tensor, step h in float. The loss
-     * is smooth except at GELU/BN kinks that a small h does not cross. */
-    int checked = 0, bad = 0;
-    for (int q = 0; q < u.nparams_t; q++) {
-        const unet_param *p = &u.params[q];
-        if (!p->trainable) continue;
-        for (int e = 0; e < 3; e++) {
-            long i = p->offset + (long)(rng_below(&r, (uint32_t)p->size));
-            float keep = u.p[i], h = 1e-2f * (fabsf(keep) > 1 ? fabsf(keep) : 1);
-            u.p[i] = keep + h;
-            double lp = loss_and_grad(&u, &d, NULL);
-            u.p[i] = keep - h;
-            double lm = loss_and_grad(&u, &d, NULL);
-            u.p[i] = keep;
-            double fd = (lp - lm) / (2.0 * h);
-            double err = fabs(fd - g[i]), tol = 2e-5 + 5e-2 * fabs(fd);
-            checked++;
-            if (err > tol) {
-                bad++;
-                fprintf(stderr, "%s[%ld]: backprop %.6g, finite difference %.6g\n",
-                        p->name, i - p->offset, g[i], fd);
-            }
-        }
-    }
-    /* Finite differences in float can miss one entry near a kink; more than
-     * that is a real error. */
-    EXPECT(bad <= 1, "%d of %d gradient entries disagree with finite differences",
-           bad, checked);
-    /* The gradient must not be trivially zero. */
-    double norm = 0;
-    for (long i = 0; i < u.nparams; i++) norm += (double)g[i] * g[i];
-    EXPECT(norm > 1e-8, "gradient norm %g", norm);
-    free(g);
-    dist_free(&d);
-    unet_free(&u);
+    check_gradient(0, 0, "plain");
+    check_gradient(1, 0, "time, additive (DDPM)");
+    check_gradient(1, 1, "time, multiplicative (flow)");
+    check_gradient(2, 0, "time + class (FiLM)");
     int rc = test_finish("test_unet");
     MPI_Finalize();
     return rc;

@@ -1,0 +1,239 @@
+#!/usr/bin/python3
+"""tools/figures.py on synthetic run directories.
+
+usage: /usr/bin/python3 test_figures.py PATH/TO/diffmpi SOURCE_DIR
+(the diffmpi path is not used: the inputs are written here with h5py)
+
+Builds, in a temporary directory, a Part-1 denoiser run (log.h5 and
+samples.h5 with /noising, /denoise, /ood), a Part-2 class-conditioned DDPM run
+(/samples, /batch_vis, /trajectory) and a `diffmpi sample` file with a
+trajectory, all random data in the documented layouts; runs the tool on each
+and checks that every expected figure is written, listed on stdout, and is a
+valid PNG (or animated GIF) of a readable size. Also: --help, a missing run
+directory (exit 2, one stderr line), and damaged inputs (one line naming the
+file or dataset, no traceback). Prints "ok ..." or "FAIL ..." per check and
+exits 1 on any failure.
+"""
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import h5py
+import numpy as np
+from PIL import Image
+
+SRC = sys.argv[2]
+TOOL = os.path.join(SRC, "tools", "figures.py")
+PY = "/usr/bin/python3"
+PNG_SIG = b"\x89PNG\r\n\x1a\n"
+SIGMAS = np.array([0.0, 0.2, 0.4, 0.5, 0.6, 0.8, 1.0])
+
+failures = []
+rng = np.random.default_rng(7)
+
+
+def check(cond, what):
+    print(("ok   " if cond else "FAIL ") + what, flush=True)
+    if not cond:
+        failures.append(what)
+
+
+def run(*args):
+    return subprocess.run([PY, TOOL] + [str(a) for a in args],
+                          capture_output=True, text=True, timeout=120)
+
+
+def imgs(*shape):
+    return rng.random(shape + (28, 28), dtype=np.float32)
+
+
+def config(**kv):
+    base = {"objective": "denoise", "conditioning": "none", "hidden": "8",
+            "epochs": "3", "sigma": "0.5", "seed": "0"}
+    base.update(kv)
+    return "".join(f"{k} = {v}\n" for k, v in base.items())
+
+
+def write_log(path, conf, epochs=3, steps_per_epoch=20):
+    n = epochs * steps_per_epoch
+    with h5py.File(path, "w") as f:
+        f.attrs["format"] = "diffmpi-log"
+        f.attrs["format_version"] = 1
+        f.attrs["config"] = conf
+        f.attrs["eval_sigma"] = 0.5
+        t = f.create_group("train")
+        t["step"] = np.arange(1, n + 1, dtype=np.int64)
+        t["epoch"] = np.repeat(np.arange(1, epochs + 1), steps_per_epoch).astype(np.int32)
+        t["loss"] = 0.2 * np.exp(-np.arange(n) / 20) + 0.01 * rng.random(n) + 0.01
+        t["lr"] = np.full(n, 1e-3)
+        t["time"] = np.arange(n) * 0.1
+        t["images_per_sec"] = np.full(n, 500.0)
+        e = f.create_group("eval")
+        e["step"] = (np.arange(1, epochs + 1) * steps_per_epoch).astype(np.int64)
+        e["epoch"] = np.arange(1, epochs + 1, dtype=np.int32)
+        e["test_mse"] = np.array([0.05, 0.03, 0.02][:epochs])
+
+
+def make_part1(d):
+    os.makedirs(d)
+    conf = config()
+    write_log(os.path.join(d, "log.h5"), conf)
+    with h5py.File(os.path.join(d, "samples.h5"), "w") as f:
+        g = f.create_group("noising")
+        g.attrs["sigmas"] = SIGMAS
+        g.attrs["config"] = conf
+        g["images"] = imgs(7, 8)
+        for ep in (1, 3):
+            g = f.create_group(f"denoise/epoch_{ep:04d}")
+            g.attrs["epoch"] = ep
+            g.attrs["sigma"] = 0.5
+            for k in ("clean", "noisy", "denoised"):
+                g[k] = imgs(8)
+        g = f.create_group("ood")
+        g.attrs["sigmas"] = SIGMAS
+        g["noisy"] = imgs(7)
+        g["denoised"] = imgs(7)
+        g["test_mse"] = np.linspace(0.01, 0.1, 7)
+
+
+def make_part2(d):
+    os.makedirs(d)
+    conf = config(objective="ddpm", conditioning="class", hidden="16", epochs="2")
+    write_log(os.path.join(d, "log.h5"), conf, epochs=2)
+    labels = np.repeat(np.arange(10), 4).astype(np.int32)
+    with h5py.File(os.path.join(d, "samples.h5"), "w") as f:
+        for ep in (1, 2):
+            g = f.create_group(f"samples/epoch_{ep:04d}")
+            g.attrs.update({"epoch": ep, "guidance": 5.0, "steps": 300,
+                            "seed": 0, "objective": "ddpm"})
+            g["images"] = imgs(40)
+            g["labels"] = labels
+            b = f.create_group(f"batch_vis/epoch_{ep:04d}")
+            b.attrs["epoch"] = ep
+            b["x0"] = imgs(8)
+            b["xt"] = imgs(8)
+            b["t"] = rng.random(8, dtype=np.float32)
+            b["x0_hat"] = imgs(8)
+        g = f.create_group("trajectory")
+        g.attrs["epoch"] = 2
+        g["images"] = imgs(6, 40)
+        g["t"] = np.linspace(1, 0, 6, dtype=np.float32)
+
+
+def make_sample_file(path, n=20, frames=5):
+    with h5py.File(path, "w") as f:
+        f["images"] = imgs(n)
+        f["labels"] = np.repeat(np.arange(10), n // 10).astype(np.int32)
+        f["trajectory"] = imgs(frames, n)
+        f["trajectory_t"] = np.linspace(0, 1, frames, dtype=np.float32)
+        f.attrs.update({"guidance": 5.0, "steps": 50, "seed": 3})
+
+
+def valid_png(path):
+    try:
+        with open(path, "rb") as fh:
+            if fh.read(8) != PNG_SIG:
+                return False
+        with Image.open(path) as im:
+            im.load()
+            return im.format == "PNG" and im.size[0] > 100 and im.size[1] > 100
+    except OSError:
+        return False
+
+
+def valid_gif(path):
+    try:
+        with Image.open(path) as im:
+            return im.format == "GIF" and getattr(im, "n_frames", 1) > 1 and \
+                im.size[0] > 100 and im.size[1] > 100
+    except OSError:
+        return False
+
+
+def check_outputs(name, r, figdir, expected, absent=()):
+    check(r.returncode == 0, f"{name}: exit 0 (rc {r.returncode}: {r.stderr[-300:]})")
+    listed = set(r.stdout.split())
+    for fn in expected:
+        p = os.path.join(figdir, fn)
+        good = valid_gif(p) if fn.endswith(".gif") else valid_png(p)
+        check(good, f"{name}: {fn} written and valid")
+        check(p in listed, f"{name}: {fn} path printed")
+    for fn in absent:
+        check(not os.path.exists(os.path.join(figdir, fn)),
+              f"{name}: no {fn} (its data do not exist)")
+    extra = set(os.listdir(figdir)) - set(expected) if os.path.isdir(figdir) else set()
+    check(not extra, f"{name}: nothing else written ({sorted(extra)})")
+
+
+def one_error_line(name, r, rc, needle):
+    lines = r.stderr.strip().splitlines()
+    check(r.returncode == rc, f"{name}: exit {rc} (got {r.returncode})")
+    check(len(lines) == 1 and lines[0].startswith("figures: ") and
+          needle in lines[0], f"{name}: one stderr line naming {needle} "
+          f"({r.stderr.strip()[:300]!r})")
+    check("Traceback" not in r.stderr, f"{name}: no traceback")
+
+
+base = tempfile.mkdtemp(prefix="diffmpi-figures-")
+try:
+    # ---- --help and usage errors
+    r = run("--help")
+    check(r.returncode == 0 and "RUN_DIR" in r.stdout and "--sample" in r.stdout,
+          "--help exits 0 and describes the usage")
+    r = run(os.path.join(base, "no-such-run"))
+    one_error_line("missing run dir", r, 2, "no-such-run")
+    os.makedirs(os.path.join(base, "empty"))
+    r = run(os.path.join(base, "empty"))
+    one_error_line("run dir without log.h5 or samples.h5", r, 2, "empty")
+
+    # ---- Part 1
+    p1 = os.path.join(base, "part1")
+    make_part1(p1)
+    r = run(p1)
+    check_outputs("part1", r, os.path.join(p1, "figures"),
+                  ["loss.png", "noising.png", "denoise_epoch_1.png",
+                   "denoise_epoch_3.png", "ood.png"],
+                  absent=["class_grid.png", "trajectory.gif"])
+
+    # ---- Part 2, class-conditioned, with a sample file and --out
+    p2 = os.path.join(base, "part2")
+    make_part2(p2)
+    sfile = os.path.join(base, "mysamples.h5")
+    make_sample_file(sfile)
+    figs2 = os.path.join(base, "figs2")
+    r = run(p2, "--out", figs2, "--sample", sfile)
+    check_outputs("part2", r, figs2,
+                  ["loss.png", "samples_epoch_1.png", "samples_epoch_2.png",
+                   "batch_epoch_1.png", "batch_epoch_2.png", "class_grid.png",
+                   "trajectory.gif", "sample_mysamples.png",
+                   "sample_mysamples.gif"])
+    check(not os.path.exists(os.path.join(p2, "figures")),
+          "part2: --out replaces the default RUN_DIR/figures")
+
+    # ---- damaged inputs: one line naming the file/dataset, others still drawn
+    bad = os.path.join(base, "bad")
+    shutil.copytree(p1, bad)
+    shutil.rmtree(os.path.join(bad, "figures"))
+    with h5py.File(os.path.join(bad, "samples.h5"), "a") as f:
+        del f["ood/test_mse"]
+        del f["ood/denoised"]
+    r = run(bad)
+    one_error_line("samples.h5 without /ood/denoised", r, 1, "/ood/denoised")
+    check(valid_png(os.path.join(bad, "figures", "noising.png")),
+          "damaged ood: the other figures are still drawn")
+    shutil.copy(os.path.join(p1, "samples.h5"), os.path.join(bad, "samples.h5"))
+    with open(os.path.join(bad, "log.h5"), "w") as fh:
+        fh.write("not an HDF5 file\n")
+    r = run(bad)
+    one_error_line("log.h5 not HDF5", r, 1, "log.h5")
+    check(valid_png(os.path.join(bad, "figures", "ood.png")),
+          "damaged log: the samples figures are still drawn")
+    r = run(bad, "--sample", os.path.join(base, "absent.h5"))
+    one_error_line("missing --sample file", r, 2, "absent.h5")
+finally:
+    shutil.rmtree(base, ignore_errors=True)
+
+print("all checks passed" if not failures else f"failures: {', '.join(failures)}")
+sys.exit(1 if failures else 0)

@@ -1,0 +1,732 @@
+#!/usr/bin/python3
+"""Draw the figures of a diffmpi run directory as PNG (and animated GIF) files.
+
+Reads RUN_DIR/log.h5 and RUN_DIR/samples.h5 (either may be absent; the log may
+still be growing under a running job) plus any `diffmpi sample` output files
+named with --sample, draws every figure whose data are present, and prints the
+path of each file it writes.  Needs Debian's python3 (h5py, numpy, matplotlib,
+PIL): run it as tools/figures.py or /usr/bin/python3 tools/figures.py.
+"""
+import argparse
+import math
+import os
+import sys
+
+import numpy as np
+
+try:
+    import h5py
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib import animation
+except ImportError as exc:  # the pyenv python3 on PATH lacks these
+    sys.stderr.write(f"figures: {exc}; run with /usr/bin/python3\n")
+    sys.exit(2)
+
+DPI = 100          # figure resolution; image grids are sized in pixels below
+SCALE = 4          # each 28x28 digit is drawn as 112x112 pixels in PNGs
+GIF_SCALE = 3      # and 84x84 in GIFs
+GAP = 2            # source pixels of white between grid cells
+FPS = 10           # GIF frame rate
+HOLD_SECONDS = 2   # how long a GIF shows its last frame
+MAX_GRID_PX = 2400  # larger grids are drawn with a smaller upscale factor
+
+EPILOG = """\
+figures written (only those whose data exist):
+  loss.png               training loss per step (log y, raw and moving average,
+                         dotted epoch boundaries) and test MSE per epoch
+  noising.png            Part 1: test digits noised at each sigma (rows)
+  denoise_epoch_N.png    Part 1: clean / noisy / denoised test digits
+  ood.png                Part 1: one digit at each sigma, noisy above denoised,
+                         test MSE per sigma in the column titles
+  samples_epoch_N.png    Part 2: the 40 samples of epoch N (class models: one
+                         column per digit)
+  batch_epoch_N.png      Part 2: training batch x0 / x_t / predicted x0
+  class_grid.png         Part 2 class models: last epoch's samples, 10 digit
+                         columns x 4 rows
+  trajectory.gif         Part 2: sampling of the last epoch, noise to image
+  sample_STEM.png/.gif   for each --sample FILE: its images, and its
+                         trajectory when the file has one
+
+exit status: 0 all figures written; 1 some file or dataset could not be read or
+a figure could not be written (one "figures: ..." line each on stderr, the
+other figures are still drawn); 2 usage error, or RUN_DIR missing, unreadable
+or holding neither log.h5 nor samples.h5 (and no --sample given).
+"""
+
+
+class FigError(Exception):
+    """A problem with one input file or dataset, reported as one line."""
+
+
+# ---------------------------------------------------------------- reading
+
+
+def open_h5(path):
+    """Open for reading, as an SWMR reader when the writer allows it."""
+    try:
+        return h5py.File(path, "r", swmr=True)
+    except (OSError, ValueError):
+        pass
+    try:
+        return h5py.File(path, "r")
+    except (OSError, ValueError) as exc:
+        raise FigError(f"{path}: cannot open as HDF5: {exc}") from None
+
+
+def read(f, name, ndim=None, tail=None, dtype=float):
+    """Dataset `name` of open file `f` as a numpy array, shape-checked."""
+    where = f"{f.filename}: /{name.lstrip('/')}"
+    try:
+        obj = f[name]
+    except KeyError:
+        raise FigError(f"{where}: missing") from None
+    if not isinstance(obj, h5py.Dataset):
+        raise FigError(f"{where}: not a dataset")
+    try:
+        arr = np.asarray(obj[()], dtype=dtype)
+    except (OSError, ValueError, TypeError) as exc:
+        raise FigError(f"{where}: unreadable: {exc}") from None
+    if ndim is not None and arr.ndim != ndim:
+        raise FigError(f"{where}: expected {ndim} dimensions, found shape "
+                       f"{list(arr.shape)}")
+    if tail is not None and tuple(arr.shape[arr.ndim - len(tail):]) != tuple(tail):
+        raise FigError(f"{where}: expected shape [..., "
+                       f"{', '.join(map(str, tail))}], found {list(arr.shape)}")
+    return arr
+
+
+def attr(obj, name, default=None):
+    """Attribute as a Python value (bytes decoded, 1-element arrays unwrapped)."""
+    try:
+        val = obj.attrs[name]
+    except (KeyError, OSError):
+        return default
+    if isinstance(val, bytes):
+        return val.decode("utf-8", "replace")
+    if isinstance(val, np.ndarray) and val.size == 1 and val.dtype.kind != "O":
+        return val.reshape(()).item()
+    if isinstance(val, np.generic):
+        return val.item()
+    return val
+
+
+def parse_config(text):
+    """The `key = value` lines of a stored configuration as a dict."""
+    conf = {}
+    if not isinstance(text, str):
+        return conf
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].split(";", 1)[0].strip()
+        if "=" in line and not line.startswith("["):
+            key, val = line.split("=", 1)
+            conf[key.strip()] = val.strip()
+    return conf
+
+
+def epoch_groups(f, parent):
+    """[(epoch, group name)] of the epoch_NNNN groups under `parent`, sorted."""
+    if parent not in f or not isinstance(f[parent], h5py.Group):
+        return []
+    out = []
+    for name in f[parent]:
+        if not name.startswith("epoch_"):
+            continue
+        grp = f[parent][name]
+        ep = attr(grp, "epoch")
+        if not isinstance(ep, (int, np.integer)):
+            try:
+                ep = int(name[len("epoch_"):])
+            except ValueError:
+                continue
+        out.append((int(ep), f"{parent}/{name}"))
+    return sorted(out)
+
+
+def warn_nonfinite(arr, where):
+    bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
+    if bad:
+        sys.stderr.write(f"figures: warning: {where}: {bad} non-finite values "
+                         f"(drawn white)\n")
+
+
+def fmt(x, digits=3):
+    """Short number for labels."""
+    if x is None:
+        return "?"
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return str(x)
+    if x == int(x) and abs(x) < 1e6:
+        return str(int(x))
+    return f"{x:.{digits}g}"
+
+
+# ---------------------------------------------------------------- drawing
+
+
+def arrange(labels, n):
+    """Grid layout of n images: an index array [rows, cols] (-1 = empty) and
+    the column labels.  When every label is a digit 0..9 the columns are the
+    digits, in order; otherwise images fill rows of 10 (or ~sqrt(n))."""
+    labels = None if labels is None else np.asarray(labels).reshape(-1)
+    if labels is not None and labels.size == n and n > 0 and \
+            np.all((labels >= 0) & (labels <= 9)):
+        cols = [np.flatnonzero(labels == d) for d in range(10)]
+        rows = max(len(c) for c in cols)
+        index = np.full((rows, 10), -1, dtype=np.int64)
+        for d, idx in enumerate(cols):
+            index[:len(idx), d] = idx
+        return index, [str(d) for d in range(10)]
+    ncols = max(1, min(n, 10 if n <= 200 else math.ceil(math.sqrt(n))))
+    rows = max(1, math.ceil(n / ncols))
+    index = np.full(rows * ncols, -1, dtype=np.int64)
+    index[:n] = np.arange(n)
+    return index.reshape(rows, ncols), None
+
+
+def mosaic(cells):
+    """[R, C, H, W] (NaN = empty) -> one masked image with GAP-pixel seams."""
+    R, C, H, W = cells.shape
+    out = np.full((R * H + (R - 1) * GAP, C * W + (C - 1) * GAP), np.nan)
+    for r in range(R):
+        for c in range(C):
+            y, x = r * (H + GAP), c * (W + GAP)
+            out[y:y + H, x:x + W] = cells[r, c]
+    return np.ma.masked_invalid(np.clip(out, 0.0, 1.0))
+
+
+def cells_from(images, index):
+    """Images [N, H, W] placed by an index grid from arrange()."""
+    H, W = images.shape[-2:]
+    cells = np.full(index.shape + (H, W), np.nan)
+    for (r, c), i in np.ndenumerate(index):
+        if i >= 0:
+            cells[r, c] = images[i]
+    return cells
+
+
+def grid_figure(cells, title, row_labels=None, col_labels=None, xlabel=None,
+                ylabel=None, scale=SCALE):
+    """Figure showing a grid of images at an integer upscale, gray colormap
+    on [0, 1], white seams; labels beside rows and above columns.
+    Returns (fig, ax, AxesImage)."""
+    R, C, H, W = cells.shape
+    img = mosaic(cells)
+    scale = max(1, min(scale, MAX_GRID_PX // max(img.shape)))
+    w_in = img.shape[1] * scale / DPI
+    h_in = img.shape[0] * scale / DPI
+    left = 1.6 if row_labels else 0.3
+    top = 1.4 if col_labels else 0.9
+    bottom = 0.6 if xlabel else 0.2
+    fig_w, fig_h = w_in + left + 0.3, h_in + top + bottom
+    fig = plt.figure(figsize=(fig_w, fig_h), dpi=DPI, facecolor="white")
+    ax = fig.add_axes([left / fig_w, bottom / fig_h, w_in / fig_w, h_in / fig_h])
+    cmap = matplotlib.colormaps["gray"].with_extremes(bad="white")
+    im = ax.imshow(img, cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest")
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    ax.tick_params(length=0)
+    ax.xaxis.tick_top()
+    xs = [c * (W + GAP) + (W - 1) / 2 for c in range(C)]
+    ys = [r * (H + GAP) + (H - 1) / 2 for r in range(R)]
+    ax.set_xticks(xs if col_labels else [])
+    if col_labels:
+        ax.set_xticklabels(col_labels, fontsize=10)
+    ax.set_yticks(ys if row_labels else [])
+    if row_labels:
+        ax.set_yticklabels(row_labels, fontsize=11)
+    if xlabel:
+        ax.set_xlabel(xlabel, fontsize=11)   # below the grid
+    if ylabel:
+        ax.set_ylabel(ylabel, fontsize=11)
+    ax.set_title(title, fontsize=13, pad=8)
+    return fig, ax, im
+
+
+def fit_canvas(fig, pad=0.15):
+    """Resize the figure around its drawn content (what bbox_inches="tight"
+    does for savefig), for writers that need a fixed canvas such as GIF."""
+    box = fig.get_tightbbox(fig.canvas.get_renderer())
+    old_w, old_h = fig.get_size_inches()
+    new_w, new_h = box.width + 2 * pad, box.height + 2 * pad
+    for ax in fig.axes:
+        p = ax.get_position()
+        ax.set_position([(p.x0 * old_w - box.x0 + pad) / new_w,
+                         (p.y0 * old_h - box.y0 + pad) / new_h,
+                         p.width * old_w / new_w, p.height * old_h / new_h])
+    fig.set_size_inches(new_w, new_h)
+
+
+def save(fig, path, written):
+    try:
+        fig.savefig(path, dpi=DPI, bbox_inches="tight", pad_inches=0.15,
+                    facecolor="white")
+    except (OSError, ValueError) as exc:
+        raise FigError(f"{path}: cannot write: {exc}") from None
+    finally:
+        plt.close(fig)
+    print(path, flush=True)
+    written.append(path)
+
+
+def save_gif(frames, t, index, col_labels, title, path, written, max_frames):
+    """Animated GIF of frames [F, N, H, W] laid out by `index`; the last frame
+    is held for HOLD_SECONDS."""
+    F = frames.shape[0]
+    order = list(range(F))
+    if max_frames and F > max_frames:
+        order = sorted(set(np.linspace(0, F - 1, max_frames).round().astype(int)))
+    warn_nonfinite(frames[order], f"{path}: trajectory frames")
+    shown = order + [order[-1]] * (FPS * HOLD_SECONDS)
+
+    def label(k):
+        s = f"{title}\nframe {k + 1}/{F}"
+        if t is not None and k < len(t):
+            s += f",  t = {t[k]:.3f}"
+        return s
+
+    fig, ax, im = grid_figure(cells_from(frames[order[0]], index), label(order[0]),
+                              col_labels=col_labels, scale=GIF_SCALE)
+    fit_canvas(fig)
+
+    def update(k):
+        im.set_data(mosaic(cells_from(frames[k], index)))
+        ax.set_title(label(k), fontsize=13, pad=8)
+        return (im,)
+
+    anim = animation.FuncAnimation(fig, update, frames=shown, blit=False,
+                                   repeat=False)
+    try:
+        # A fixed canvas (no tight bbox) keeps every frame the same size.
+        anim.save(path, writer=animation.PillowWriter(fps=FPS), dpi=DPI)
+    except (OSError, ValueError) as exc:
+        raise FigError(f"{path}: cannot write: {exc}") from None
+    finally:
+        plt.close(fig)
+    print(path, flush=True)
+    written.append(path)
+
+
+# ---------------------------------------------------------------- figures
+
+
+def fig_loss(log, path, written, run_name):
+    step = read(log, "train/step", ndim=1)
+    loss = read(log, "train/loss", ndim=1)
+    epoch = read(log, "train/epoch", ndim=1)
+    n = min(len(step), len(loss), len(epoch))   # a live log may be mid-append
+    if n == 0:
+        return
+    step, loss, epoch = step[:n], loss[:n], epoch[:n]
+    conf = parse_config(attr(log, "config"))
+    ev_epoch = ev_mse = np.zeros(0)
+    if "eval" in log:
+        ev_epoch = read(log, "eval/epoch", ndim=1)
+        ev_mse = read(log, "eval/test_mse", ndim=1)
+        m = min(len(ev_epoch), len(ev_mse))
+        ev_epoch, ev_mse = ev_epoch[:m], ev_mse[:m]
+
+    has_eval = len(ev_mse) > 0
+    if has_eval:
+        fig, (ax, ax2) = plt.subplots(
+            1, 2, figsize=(13, 5), dpi=DPI * 1.2,
+            gridspec_kw={"width_ratios": [3, 1.2]})
+    else:
+        fig, ax = plt.subplots(figsize=(10, 5), dpi=DPI * 1.2)
+
+    ok = np.isfinite(loss) & (loss > 0)
+    ax.plot(step[ok], loss[ok], color="tab:blue", alpha=0.25, lw=0.8,
+            label="loss per step")
+    win = int(min(200, max(5, n // 40)))
+    if ok.sum() >= win > 1:
+        s, l = step[ok], loss[ok]
+        c = np.cumsum(np.insert(l, 0, 0.0))
+        avg = (c[win:] - c[:-win]) / win
+        ax.plot(s[win // 2: win // 2 + len(avg)], avg, color="tab:blue", lw=2,
+                label=f"moving average ({win} steps)")
+    bounds = np.flatnonzero(np.diff(epoch) != 0)
+    for k, b in enumerate(bounds):
+        ax.axvline((step[b] + step[b + 1]) / 2, color="0.35", ls=":", lw=1.2,
+                   label="epoch boundary" if k == 0 else None)
+    ax.set_yscale("log")
+    # Label 2x and 5x ticks too: a loss curve rarely spans many decades.
+    tick = matplotlib.ticker
+    ax.yaxis.set_minor_formatter(tick.FuncFormatter(
+        lambda v, _: f"{v:g}" if round(v / 10 ** math.floor(math.log10(v)))
+        in (2, 5) else ""))
+    ax.yaxis.set_major_formatter(tick.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss (MSE)")
+    ax.grid(True, which="both", alpha=0.25)
+    ax.legend(loc="upper right", fontsize=9)
+    if ok.any():
+        last = loss[ok][-1]
+        ax.set_title(f"last loss {last:.4g} at step {int(step[ok][-1])}",
+                     fontsize=10)
+
+    if has_eval:
+        good = np.isfinite(ev_mse)
+        ax2.plot(ev_epoch[good], ev_mse[good], "o-", color="tab:red", ms=7)
+        if len(ev_mse) <= 12:
+            for e, v in zip(ev_epoch[good], ev_mse[good]):
+                ax2.annotate(f"{v:.4g}", (e, v), textcoords="offset points",
+                             xytext=(0, 8), ha="center", fontsize=8)
+        sig = attr(log, "eval_sigma")
+        noise_sigma = sig is not None and conf.get("objective") == "denoise"
+        ax2.set_title("test MSE" + (f" (σ = {fmt(sig)})" if noise_sigma
+                                    else ""), fontsize=10)
+        ax2.set_xlabel("epoch")
+        ax2.set_ylabel("test MSE")
+        uniq = np.unique(ev_epoch)
+        if len(uniq) <= 20:
+            ax2.set_xticks(uniq)
+        else:
+            ax2.xaxis.set_major_locator(
+                matplotlib.ticker.MaxNLocator(integer=True))
+        lo, hi = (ev_epoch.min(), ev_epoch.max()) if len(ev_epoch) else (0, 1)
+        ax2.set_xlim(lo - 0.5, hi + 0.5)
+        ax2.margins(y=0.25)
+        ax2.grid(True, alpha=0.25)
+
+    head = f"{run_name}: training loss — objective {conf.get('objective', '?')}"
+    if conf.get("conditioning", "none") != "none":
+        head += f", {conf['conditioning']} conditioning"
+    head += f", D = {conf.get('hidden', '?')}"
+    fig.suptitle(head, fontsize=13)
+    fig.tight_layout()
+    save(fig, path, written)
+
+
+def sigma_list(f, grp_name, ds_name, n):
+    for obj in (f[ds_name], f[grp_name]):
+        s = attr(obj, "sigmas")
+        if s is not None:
+            s = np.atleast_1d(np.asarray(s, dtype=float))
+            if len(s) == n:
+                return s
+    return None
+
+
+def fig_noising(smp, path, written):
+    imgs = read(smp, "noising/images", ndim=4, tail=(28, 28))
+    S, K = imgs.shape[:2]
+    sig = sigma_list(smp, "noising", "noising/images", S)
+    rows = [f"σ = {fmt(s)}" for s in sig] if sig is not None else \
+        [f"level {i}" for i in range(S)]
+    idx = attr(smp["noising"], "test_indices")
+    if idx is not None and np.size(idx) == K:
+        cols = [f"#{int(i)}" for i in np.ravel(idx)]
+    else:
+        cols = [f"{i + 1}" for i in range(K)]
+    warn_nonfinite(imgs, f"{smp.filename}: /noising/images")
+    fig, *_ = grid_figure(imgs, "Noising x + σ·ε of the same test digits",
+                          row_labels=rows, col_labels=cols,
+                          xlabel="test digit (index in the MNIST test set)")
+    save(fig, path, written)
+
+
+def fig_denoise(smp, grp, ep, path, written):
+    parts = [read(smp, f"{grp}/{k}", ndim=3, tail=(28, 28))
+             for k in ("clean", "noisy", "denoised")]
+    K = min(len(p) for p in parts)
+    cells = np.stack([p[:K] for p in parts])
+    sig = attr(smp[grp], "sigma")
+    sig_s = f"σ = {fmt(sig)}" if sig is not None else "σ = ?"
+    warn_nonfinite(cells, f"{smp.filename}: /{grp}")
+    fig, *_ = grid_figure(cells, f"Denoising test digits after epoch {ep}",
+                          row_labels=["clean", f"noisy\n({sig_s})", "denoised"])
+    save(fig, path, written)
+
+
+def fig_ood(smp, path, written, train_sigma):
+    noisy = read(smp, "ood/noisy", ndim=3, tail=(28, 28))
+    den = read(smp, "ood/denoised", ndim=3, tail=(28, 28))
+    S = min(len(noisy), len(den))
+    mse = read(smp, "ood/test_mse", ndim=1) if "test_mse" in smp["ood"] else None
+    sig = attr(smp["ood"], "sigmas")
+    sig = None if sig is None or np.size(sig) < S else np.ravel(sig)
+    cols = []
+    for i in range(S):
+        s = f"σ = {fmt(sig[i])}" if sig is not None else f"level {i}"
+        if mse is not None and i < len(mse):
+            s += f"\nMSE {mse[i]:.4f}"
+        cols.append(s)
+    cells = np.stack([noisy[:S], den[:S]])
+    warn_nonfinite(cells, f"{smp.filename}: /ood")
+    title = "Out-of-distribution noise levels"
+    if train_sigma:
+        title += f" (trained at σ = {train_sigma})"
+    fig, *_ = grid_figure(cells, title, row_labels=["noisy", "denoised"],
+                          col_labels=cols,
+                          xlabel="columns: noise level σ and the test MSE of "
+                                 "the denoiser at that σ")
+    save(fig, path, written)
+
+
+def sample_title(grp, ep, default_obj):
+    obj = attr(grp, "objective", default_obj) or "?"
+    bits = [f"objective {obj}"]
+    g = attr(grp, "guidance")
+    if g is not None:
+        bits.append(f"guidance γ = {fmt(g)}")
+    st = attr(grp, "steps")
+    if st is not None:
+        bits.append(f"{fmt(st)} steps")
+    sd = attr(grp, "seed")
+    if sd is not None:
+        bits.append(f"seed {fmt(sd)}")
+    head = f"Samples after epoch {ep}" if ep is not None else "Samples"
+    return head + "\n" + ", ".join(bits)
+
+
+def grid_xlabel(labels, cols):
+    if cols:
+        return "class (digit)"
+    if labels is not None and labels.size and np.all(labels == -1):
+        return "unconditioned (label -1)"
+    return None
+
+
+def fig_samples(smp, grp, ep, path, written, default_obj, title=None):
+    imgs = read(smp, f"{grp}/images", ndim=3, tail=(28, 28))
+    labels = read(smp, f"{grp}/labels", ndim=1, dtype=np.int64) \
+        if "labels" in smp[grp] else None
+    if labels is not None and len(labels) != len(imgs):
+        raise FigError(f"{smp.filename}: /{grp}/labels: {len(labels)} labels "
+                       f"for {len(imgs)} images")
+    index, cols = arrange(labels, len(imgs))
+    warn_nonfinite(imgs, f"{smp.filename}: /{grp}/images")
+    fig, *_ = grid_figure(cells_from(imgs, index),
+                          title or sample_title(smp[grp], ep, default_obj),
+                          col_labels=cols, xlabel=grid_xlabel(labels, cols))
+    save(fig, path, written)
+
+
+def fig_batch(smp, grp, ep, path, written):
+    x0 = read(smp, f"{grp}/x0", ndim=3, tail=(28, 28))
+    xt = read(smp, f"{grp}/xt", ndim=3, tail=(28, 28))
+    xh = read(smp, f"{grp}/x0_hat", ndim=3, tail=(28, 28))
+    t = read(smp, f"{grp}/t", ndim=1)
+    K = min(len(x0), len(xt), len(xh))
+    cells = np.stack([x0[:K], xt[:K], xh[:K]])
+    cols = [f"t = {t[i]:.2f}" if i < len(t) else "" for i in range(K)]
+    warn_nonfinite(cells, f"{smp.filename}: /{grp}")
+    fig, *_ = grid_figure(cells, f"Training batch at epoch {ep}",
+                          row_labels=["x0", "x_t", "predicted x0"],
+                          col_labels=cols)
+    save(fig, path, written)
+
+
+def fig_trajectory(smp, path, written, max_frames, labels_for):
+    frames = read(smp, "trajectory/images", ndim=4, tail=(28, 28))
+    t = read(smp, "trajectory/t", ndim=1) if "t" in smp["trajectory"] else None
+    if frames.shape[0] < 1:
+        return
+    ep = attr(smp["trajectory"], "epoch")
+    labels = labels_for(ep)
+    if labels is not None and len(labels) != frames.shape[1]:
+        labels = None
+    index, cols = arrange(labels, frames.shape[1])
+    title = "Sampling trajectory" + (f", epoch {ep}" if ep is not None else "")
+    save_gif(frames, t, index, cols, title, path, written, max_frames)
+
+
+def sample_file(path, figdir, written, max_frames):
+    stem = os.path.splitext(os.path.basename(path))[0]
+    with open_h5(path) as f:
+        imgs = read(f, "images", ndim=3, tail=(28, 28))
+        labels = read(f, "labels", ndim=1, dtype=np.int64) if "labels" in f else None
+        if labels is not None and len(labels) != len(imgs):
+            raise FigError(f"{path}: /labels: {len(labels)} labels for "
+                           f"{len(imgs)} images")
+        index, cols = arrange(labels, len(imgs))
+        bits = []
+        for key, name in (("guidance", "guidance γ = "), ("steps", ""),
+                          ("seed", "seed ")):
+            v = attr(f, key)
+            if v is not None:
+                bits.append(f"{name}{fmt(v)}" + (" steps" if key == "steps" else ""))
+        title = f"{os.path.basename(path)}: {len(imgs)} samples"
+        if bits:
+            title += "\n" + ", ".join(bits)
+        warn_nonfinite(imgs, f"{path}: /images")
+        fig, *_ = grid_figure(cells_from(imgs, index), title, col_labels=cols,
+                              xlabel=grid_xlabel(labels, cols))
+        save(fig, os.path.join(figdir, f"sample_{stem}.png"), written)
+        if "trajectory" in f:
+            frames = read(f, "trajectory", ndim=4, tail=(28, 28))
+            if frames.shape[1] != len(imgs):
+                raise FigError(f"{path}: /trajectory: {frames.shape[1]} images "
+                               f"per frame, /images has {len(imgs)}")
+            t = read(f, "trajectory_t", ndim=1) if "trajectory_t" in f else None
+            if frames.shape[0] >= 1:
+                save_gif(frames, t, index, cols,
+                         f"{os.path.basename(path)}: sampling",
+                         os.path.join(figdir, f"sample_{stem}.gif"), written,
+                         max_frames)
+
+
+# ---------------------------------------------------------------- main
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(
+        prog="figures.py",
+        description="Draw the figures of a diffmpi run: reads RUN_DIR/log.h5 "
+                    "and RUN_DIR/samples.h5 (a log still being written is "
+                    "read as an SWMR reader), writes a PNG or GIF for every "
+                    "figure whose data exist, and prints each path written.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run_dir", metavar="RUN_DIR",
+                    help="output directory of `diffmpi train`")
+    ap.add_argument("--out", metavar="FIGDIR",
+                    help="where to write the figures (default RUN_DIR/figures; "
+                         "created if missing)")
+    ap.add_argument("--sample", metavar="FILE", action="append", default=[],
+                    help="a `diffmpi sample` output file; draws "
+                         "sample_STEM.png, and sample_STEM.gif when it holds a "
+                         "trajectory (repeatable)")
+    ap.add_argument("--max-frames", type=int, default=100, metavar="N",
+                    help="GIFs show at most N evenly spaced trajectory frames, "
+                         "always including the first and the last (default "
+                         "100; 0 = all)")
+    args = ap.parse_args(argv)
+
+    def usage_error(msg):
+        sys.stderr.write(f"figures: {msg}\n")
+        return 2
+
+    run = args.run_dir
+    if not os.path.isdir(run):
+        return usage_error(f"{run}: no such run directory")
+    if not os.access(run, os.R_OK | os.X_OK):
+        return usage_error(f"{run}: run directory not readable")
+    if args.max_frames < 0:
+        return usage_error("--max-frames: must be 0 or more")
+    log_path = os.path.join(run, "log.h5")
+    smp_path = os.path.join(run, "samples.h5")
+    have_log, have_smp = os.path.isfile(log_path), os.path.isfile(smp_path)
+    if not (have_log or have_smp or args.sample):
+        return usage_error(f"{run}: holds neither log.h5 nor samples.h5")
+    for s in args.sample:
+        if not os.path.isfile(s):
+            return usage_error(f"--sample {s}: no such file")
+
+    figdir = args.out or os.path.join(run, "figures")
+    try:
+        os.makedirs(figdir, exist_ok=True)
+    except OSError as exc:
+        sys.stderr.write(f"figures: {figdir}: cannot create: {exc.strerror}\n")
+        return 1
+
+    run_name = os.path.basename(os.path.normpath(os.path.abspath(run)))
+    written, errors = [], []
+
+    def attempt(what, fn, *a):
+        """Draw one figure; a bad input becomes one stderr line."""
+        try:
+            fn(*a)
+        except FigError as exc:
+            errors.append(str(exc))
+        except (OSError, KeyError, ValueError, TypeError, IndexError,
+                RuntimeError) as exc:
+            errors.append(f"{what}: {type(exc).__name__}: {exc}")
+        else:
+            return
+        finally:
+            plt.close("all")
+        sys.stderr.write(f"figures: {errors[-1]}\n")
+
+    out = lambda name: os.path.join(figdir, name)   # noqa: E731
+    conf = {}
+
+    if have_log:
+        log = []
+        attempt(log_path, lambda: log.append(open_h5(log_path)))
+        if log:
+            with log[0] as log:
+                conf = parse_config(attr(log, "config"))
+                if "train" in log:
+                    attempt(f"{log_path}: /train", fig_loss, log, out("loss.png"),
+                            written, run_name)
+
+    if have_smp:
+        smp = []
+        attempt(smp_path, lambda: smp.append(open_h5(smp_path)))
+        if smp:
+            with smp[0] as smp:
+                draw_samples(smp, smp_path, conf, out, written, attempt,
+                             args.max_frames)
+
+    for s in args.sample:
+        attempt(s, sample_file, s, figdir, written, args.max_frames)
+
+    return 1 if errors else 0
+
+
+def draw_samples(smp, smp_path, conf, out, written, attempt, max_frames):
+    if not conf:
+        for g in ("noising", "ood", "trajectory"):
+            if g in smp:
+                conf = parse_config(attr(smp[g], "config"))
+                break
+    where = lambda g: f"{smp_path}: /{g}"   # noqa: E731
+
+    # Part 1
+    if "noising" in smp:
+        attempt(where("noising"), fig_noising, smp, out("noising.png"), written)
+    for ep, grp in epoch_groups(smp, "denoise"):
+        attempt(where(grp), fig_denoise, smp, grp, ep,
+                out(f"denoise_epoch_{ep}.png"), written)
+    if "ood" in smp:
+        attempt(where("ood"), fig_ood, smp, out("ood.png"), written,
+                conf.get("sigma"))
+
+    # Part 2
+    obj = conf.get("objective")
+    epochs = epoch_groups(smp, "samples")
+    for ep, grp in epochs:
+        attempt(where(grp), fig_samples, smp, grp, ep,
+                out(f"samples_epoch_{ep}.png"), written, obj)
+    for ep, grp in epoch_groups(smp, "batch_vis"):
+        attempt(where(grp), fig_batch, smp, grp, ep,
+                out(f"batch_epoch_{ep}.png"), written)
+
+    def labels_of(grp):
+        if "labels" not in smp[grp]:
+            return None
+        return read(smp, f"{grp}/labels", ndim=1, dtype=np.int64)
+
+    if epochs:
+        ep, grp = epochs[-1]
+        lab = None
+        try:
+            lab = labels_of(grp)
+        except FigError:
+            pass          # already reported by samples_epoch_N
+        is_class = conf.get("conditioning") == "class" or (
+            lab is not None and lab.size > 0 and np.all((lab >= 0) & (lab <= 9)))
+        if is_class:
+            title = (f"Class-conditioned samples, epoch {ep}: one column per "
+                     f"digit\n" + sample_title(smp[grp], ep, obj).split("\n")[1])
+            attempt(where(grp), fig_samples, smp, grp, ep, out("class_grid.png"),
+                    written, obj, title)
+
+    if "trajectory" in smp and "images" in smp["trajectory"]:
+        def labels_for(ep):
+            for e, g in epochs:
+                if ep is not None and e == int(ep):
+                    try:
+                        return labels_of(g)
+                    except FigError:
+                        return None
+            return None
+        attempt(where("trajectory"), fig_trajectory, smp, out("trajectory.gif"),
+                written, max_frames, labels_for)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
