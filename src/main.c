@@ -1,6 +1,9 @@
 /* main.c: the diffmpi command line. Every rank parses the same arguments and
  * so fails together; only rank 0 prints usage errors. */
+#include <errno.h>
+#include <limits.h>
 #include <mpi.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -8,6 +11,7 @@
 #include "diffmpi/common.h"
 #include "diffmpi/config.h"
 #include "diffmpi/inspect.h"
+#include "diffmpi/sample_cmd.h"
 #include "diffmpi/train.h"
 
 static const char *usage_main =
@@ -16,6 +20,7 @@ static const char *usage_main =
     "commands:\n"
     "  train     train a model (diffmpi train --help)\n"
     "  predict   run a checkpoint's network on images from an HDF5 file\n"
+    "  sample    draw images from a diffusion checkpoint (DDPM or flow)\n"
     "  inspect   show what a checkpoint, log or samples file holds\n"
     "\n"
     "exit codes: 0 success, 1 runtime failure, 2 usage error,\n"
@@ -43,6 +48,22 @@ static const char *usage_predict =
     "\n"
     "  IN.h5 holds /x [N,1,28,28] float32; OUT.h5 receives /y [N,1,28,28],\n"
     "  the network's output in evaluation mode (BatchNorm running statistics).\n";
+
+static const char *usage_sample =
+    "usage: diffmpi sample --checkpoint FILE --out OUT.h5 [--n N] [--class K|all]\n"
+    "                      [--guidance G] [--steps S] [--seed S] [--trajectory]\n"
+    "\n"
+    "  --n N          images to draw (default 40)\n"
+    "  --class K|all  class models: digit K for every image, or 'all' (equal\n"
+    "                 runs of each digit, 4 of each for 40 images; the default)\n"
+    "  --guidance G   classifier-free guidance scale (default: the run's, 5)\n"
+    "  --steps S      sampler steps (default: 300 DDPM, 50 flow with time,\n"
+    "                 300 flow with class, or the run's sample_steps)\n"
+    "  --seed S       noise seed (default: the run's seed)\n"
+    "  --trajectory   also store intermediate images (/trajectory [F,N,28,28])\n"
+    "OUT.h5 gets /images [N,28,28] and /labels [N]; OUT.h5.png a grid. Under\n"
+    "mpirun the images are spread over the ranks; the result does not depend\n"
+    "on their number.\n";
 
 static const char *usage_inspect =
     "usage: diffmpi inspect FILE\n"
@@ -135,6 +156,57 @@ static int cmd_predict(int argc, char **argv) {
     return predict_run(ck, in, out);
 }
 
+/* Strict integer/real parsing for command-line values. */
+static int parse_long(const char *s, long lo, long hi, long *out) {
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || end == s || *end || v < lo || v > hi) return 0;
+    *out = v;
+    return 1;
+}
+
+static int cmd_sample(int argc, char **argv) {
+    if (wants_help(argc, argv)) {
+        if (rank0()) fputs(usage_sample, stdout);
+        return DM_EXIT_OK;
+    }
+    sample_args a = {.n = 40, .class_label = SAMPLE_CLASS_NONE, .guidance = -1};
+    for (int i = 0; i < argc; i++) {
+        const char *o = argv[i], *v;
+        long lv;
+        if (strcmp(o, "--trajectory") == 0) {
+            a.trajectory = 1;
+            continue;
+        }
+        if (!(v = value(argc, argv, &i)) || !*v)
+            return usage_error(usage_sample, "option %s needs a value (or is unknown)", o);
+        if (strcmp(o, "--checkpoint") == 0) a.checkpoint = v;
+        else if (strcmp(o, "--out") == 0) a.out = v;
+        else if (strcmp(o, "--n") == 0 && parse_long(v, 1, 100000, &lv)) a.n = (int)lv;
+        else if (strcmp(o, "--steps") == 0 && parse_long(v, 1, 100000, &lv)) a.steps = (int)lv;
+        else if (strcmp(o, "--class") == 0 && strcmp(v, "all") == 0) a.class_label = SAMPLE_CLASS_ALL;
+        else if (strcmp(o, "--class") == 0 && parse_long(v, 0, 9, &lv)) a.class_label = (int)lv;
+        else if (strcmp(o, "--seed") == 0 && v[0] != '-' && parse_long(v, 0, LONG_MAX, &lv)) {
+            a.seed = (uint64_t)lv;
+            a.has_seed = 1;
+        } else if (strcmp(o, "--guidance") == 0) {
+            char *end;
+            a.guidance = strtod(v, &end);
+            if (end == v || *end || !(a.guidance >= 0 && a.guidance <= 1000))
+                return usage_error(usage_sample, "--guidance: expected a number in [0, 1000], got '%s'", v);
+        } else {
+            char msg[300];
+            snprintf(msg, sizeof msg, "%s '%s'", o, v);
+            return usage_error(usage_sample, "sample: unknown option or bad value: %s", msg);
+        }
+    }
+    if (!a.checkpoint || !a.out)
+        return usage_error(usage_sample, "sample: --checkpoint and --out are required%s", "");
+    dm_set_quiet(0);
+    return sample_run(&a);
+}
+
 static int cmd_inspect(int argc, char **argv) {
     if (wants_help(argc, argv)) {
         if (rank0()) fputs(usage_inspect, stdout);
@@ -155,7 +227,7 @@ int main(int argc, char **argv) {
     if (argc < 2) {
         /* One line like every other usage error; the usage is on --help. */
         code = usage_error(usage_main,
-                           "no command given: expected train, predict or inspect%s", "");
+                           "no command given: expected train, predict, sample or inspect%s", "");
     } else if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ||
                strcmp(argv[1], "help") == 0) {
         if (rank0()) fputs(usage_main, stdout);
@@ -164,6 +236,8 @@ int main(int argc, char **argv) {
         code = cmd_train(argc - 2, argv + 2);
     } else if (strcmp(argv[1], "predict") == 0) {
         code = cmd_predict(argc - 2, argv + 2);
+    } else if (strcmp(argv[1], "sample") == 0) {
+        code = cmd_sample(argc - 2, argv + 2);
     } else if (strcmp(argv[1], "inspect") == 0) {
         code = cmd_inspect(argc - 2, argv + 2);
     } else {

@@ -33,4 +33,20 @@ check(r.returncode == 0 and not bad, f"bn_sync=rank on 1 rank equals global ({ba
 out = os.path.join(base, "bnrank2")
 r = train(2, out, ["bn_sync=rank"])
 check(r.returncode == 0, "bn_sync=rank runs on 2 ranks")
+
+# Diffusion models: class-conditioned DDPM and time-conditioned flow, with
+# sampling (spread over the ranks) at both epochs.
+for model in (["objective=ddpm", "conditioning=class"],
+              ["objective=flow", "conditioning=time"]):
+    name = model[0].split("=")[1] + "-" + model[1].split("=")[1]
+    outs = {}
+    for p in (1, 2, 3):
+        out = os.path.join(base, f"{name}-p{p}")
+        r = train(p, out, model + ["sample_steps=12", "sample_epochs=1"])
+        check(r.returncode == 0, f"{name} P={p} exits 0 ({r.stderr[-300:]})")
+        outs[p] = out
+    for p in (2, 3):
+        for f in ("log.h5", "checkpoints/ckpt-44.h5", "samples.h5"):
+            bad = compare_h5(os.path.join(outs[1], f), os.path.join(outs[p], f))
+            check(not bad, f"{name} P={p} {f} bitwise equal to P=1 ({bad[:5]})")
 finish()

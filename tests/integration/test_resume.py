@@ -41,4 +41,16 @@ r = train(2, out, resume=os.path.join(out, "checkpoints", "ckpt-10.h5"))
 check(r.returncode == 0, "resume from an explicit older checkpoint")
 bad = compare_h5(ref_final, os.path.join(out, "checkpoints", "ckpt-44.h5"))
 check(not bad, f"explicit resume: final checkpoint bitwise equal ({bad[:4]})")
+# A class-conditioned DDPM model: stop mid-epoch on 2 ranks, resume on 3.
+model = ["objective=ddpm", "conditioning=class", "sample_steps=8", "sample_epochs=1"]
+ref = os.path.join(base, "class-ref")
+check(train(1, ref, model).returncode == 0, "class model reference run")
+out = os.path.join(base, "class-stop")
+r = train(2, out, model, env_extra={"DIFFMPI_TEST_STOP_AT_STEP": "9"})
+check(r.returncode == 3, f"class model stops at step 9 (rc {r.returncode})")
+r = train(3, out, model, resume="auto")
+check(r.returncode == 0, "class model resumes on 3 ranks")
+for f in ("checkpoints/ckpt-44.h5", "log.h5", "samples.h5"):
+    bad = compare_h5(os.path.join(ref, f), os.path.join(out, f))
+    check(not bad, f"class model stop/resume: {f} bitwise equal ({bad[:4]})")
 finish()

@@ -1,0 +1,26 @@
+/* sample_cmd.h: `diffmpi sample`, drawing images from a diffusion
+ * checkpoint under mpirun (see sampler.h for the distribution). */
+#ifndef DIFFMPI_SAMPLE_CMD_H
+#define DIFFMPI_SAMPLE_CMD_H
+
+#include <stdint.h>
+
+#define SAMPLE_CLASS_NONE (-2) /* not given: as --class all */
+#define SAMPLE_CLASS_ALL (-1)  /* --class all: image i of N gets digit
+                                  i*10/N (4 of each digit for N = 40) */
+
+typedef struct {
+    const char *checkpoint, *out;
+    int n;                  /* --n, default 40 */
+    int class_label;        /* --class K (0..9), all, or not given */
+    double guidance;        /* --guidance, < 0: the checkpoint's */
+    int steps;              /* --steps, 0: the checkpoint's default */
+    uint64_t seed;          /* --seed */
+    int has_seed;
+    int trajectory;         /* --trajectory: keep up to 101 frames */
+} sample_args;
+
+/* Returns the exit code; collective. */
+int sample_run(const sample_args *a);
+
+#endif

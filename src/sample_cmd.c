@@ -1,0 +1,138 @@
+/* sample_cmd.c: `diffmpi sample` - draw images from a diffusion checkpoint,
+ * spread over the ranks (see sampler.h); rank 0 writes an HDF5 file and a
+ * PNG grid beside it. */
+#include <errno.h>
+#include <mpi.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "diffmpi/ckpt.h"
+#include "diffmpi/data.h"
+#include "diffmpi/diffusion.h"
+#include "diffmpi/h5util.h"
+#include "diffmpi/png.h"
+#include "diffmpi/sample_cmd.h"
+#include "diffmpi/sampler.h"
+
+#define MAX_FRAMES 101
+
+static dm_status write_file(const sample_args *a, const dm_config *c,
+                            const sampler_request *q, const float *img,
+                            const int32_t *labels, const float *traj,
+                            const float *traj_t) {
+    char tmp[4200];
+    snprintf(tmp, sizeof tmp, "%s.tmp", a->out);
+    hid_t f = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+    if (f < 0) {
+        dm_error("%s: cannot create output file (does its directory exist?)", a->out);
+        return DM_EIO;
+    }
+    hsize_t d3[3] = {(hsize_t)q->n, DM_IMG, DM_IMG}, n1 = (hsize_t)q->n;
+    dm_status st = h5_write_f32(f, a->out, "/images", img, 3, d3);
+    if (st == DM_OK) st = h5_write_i32(f, a->out, "/labels", labels, 1, &n1);
+    if (st == DM_OK && traj) {
+        hsize_t d4[4] = {(hsize_t)q->frames, (hsize_t)q->n, DM_IMG, DM_IMG};
+        hsize_t nf = (hsize_t)q->frames;
+        st = h5_write_f32(f, a->out, "/trajectory", traj, 4, d4);
+        if (st == DM_OK) st = h5_write_f32(f, a->out, "/trajectory_t", traj_t, 1, &nf);
+    }
+    if (st == DM_OK) st = h5_attr_f64(f, a->out, "guidance", q->guidance);
+    if (st == DM_OK) st = h5_attr_i64(f, a->out, "steps", q->steps);
+    if (st == DM_OK) st = h5_attr_u64(f, a->out, "seed", q->seed);
+    if (st == DM_OK) st = h5_attr_str(f, a->out, "objective", config_objective_name(c->objective));
+    if (st == DM_OK) st = h5_attr_str(f, a->out, "checkpoint", a->checkpoint);
+    if (H5Fclose(f) < 0 && st == DM_OK) {
+        dm_error("%s: cannot close output file (disk full?)", a->out);
+        st = DM_EIO;
+    }
+    if (st == DM_OK && rename(tmp, a->out) != 0) {
+        dm_error("%s: cannot rename into place: %s", a->out, strerror(errno));
+        st = DM_EIO;
+    }
+    if (st != DM_OK) unlink(tmp);
+    return st;
+}
+
+/* Checks that need the checkpoint's configuration; identical on every rank. */
+static dm_status resolve(const sample_args *a, const dm_config *c, sampler_request *q) {
+    if (c->objective != OBJ_DDPM && c->objective != OBJ_FLOW) {
+        dm_error("%s: a %s model cannot sample (sample needs objective ddpm or flow)",
+                 a->checkpoint, config_objective_name(c->objective));
+        return DM_EUSAGE;
+    }
+    if (a->class_label != SAMPLE_CLASS_NONE && c->conditioning != COND_CLASS) {
+        dm_error("--class: %s is not a class-conditioned model", a->checkpoint);
+        return DM_EUSAGE;
+    }
+    q->n = a->n;
+    q->guidance = a->guidance >= 0 ? (float)a->guidance : (float)c->guidance;
+    q->steps = a->steps > 0 ? a->steps
+               : c->sample_steps ? c->sample_steps : diffusion_default_steps(c);
+    q->seed = a->has_seed ? a->seed : c->seed;
+    q->frames = a->trajectory ? (q->steps + 1 < MAX_FRAMES ? q->steps + 1 : MAX_FRAMES) : 0;
+    return DM_OK;
+}
+
+int sample_run(const sample_args *a) {
+    int rank;
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    h5_quiet();
+    dm_config c;
+    dm_set_quiet(rank != 0);
+    dm_status st = ckpt_read_config(a->checkpoint, &c);
+    sampler_request q = {0};
+    if (st == DM_OK) st = resolve(a, &c, &q);
+    unet u;
+    memset(&u, 0, sizeof u);
+    if (st == DM_OK) {
+        unet_shape sh = diffusion_shape(&c, sampler_model_rows(&c), 1, 1);
+        unet_init(&u, &sh);
+        st = ckpt_read(a->checkpoint, &u, NULL, NULL, NULL);
+    }
+    dm_set_quiet(0);
+    int v = (int)st, w = 0;
+    MPI_Allreduce(&v, &w, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+    if (w != DM_OK) {
+        if (u.arena) unet_free(&u);
+        return w == DM_EUSAGE ? DM_EXIT_USAGE : DM_EXIT_RUNTIME;
+    }
+    int32_t *labels = dm_calloc((size_t)q.n, sizeof(int32_t));
+    /* "all": digits in equal runs, 0,0,0,0,1,1,... for 40 images - the
+     * order of the samples a training run draws. */
+    for (int i = 0; i < q.n; i++)
+        labels[i] = c.conditioning != COND_CLASS ? -1
+                    : a->class_label >= 0        ? a->class_label
+                                                 : (int32_t)((long)i * 10 / q.n);
+    q.labels = labels;
+    float *img = rank == 0 ? dm_calloc((size_t)q.n * DM_PIX, sizeof(float)) : NULL;
+    float *traj = rank == 0 && q.frames
+                      ? dm_calloc((size_t)q.frames * q.n * DM_PIX, sizeof(float)) : NULL;
+    float traj_t[MAX_FRAMES];
+    double t0 = MPI_Wtime();
+    sampler_run(&u, &c, &q, img, traj, traj_t);
+    double secs = MPI_Wtime() - t0;
+    if (rank == 0) {
+        printf("sampled %d images (%d steps, guidance %g, seed %llu) in %.2f s\n", q.n,
+               q.steps, q.guidance, (unsigned long long)q.seed, secs);
+        st = write_file(a, &c, &q, img, labels, traj, traj_t);
+        char png[4200];
+        snprintf(png, sizeof png, "%s.png", a->out);
+        int cols = q.n < 10 ? q.n : 10;
+        if (st == DM_OK) {
+            /* The grid is rows of 10; a short last row is padded black. */
+            int rows = (q.n + cols - 1) / cols;
+            float *grid = dm_calloc((size_t)rows * cols * DM_PIX, sizeof(float));
+            memcpy(grid, img, sizeof(float) * (size_t)q.n * DM_PIX);
+            st = png_write_grid(png, grid, rows, cols, DM_IMG, DM_IMG, 2);
+            free(grid);
+        }
+        if (st == DM_OK) printf("wrote %s and %s\n", a->out, png);
+    }
+    v = (int)st;
+    MPI_Bcast(&v, 1, MPI_INT, 0, MPI_COMM_WORLD);
+    free(labels), free(img), free(traj);
+    unet_free(&u);
+    return v == DM_OK ? DM_EXIT_OK : DM_EXIT_RUNTIME;
+}
