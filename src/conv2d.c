@@ -7,7 +7,7 @@
  * padding). col is [C*k*k][N*Ho*Wo], so conv = W[Cout][C*k*k] x col. */
 #include "diffmpi/layers.h"
 
-#include <cblas.h>
+#include "diffmpi/gemm.h"
 #include <string.h>
 
 static int conv_out(int n, int k, int s, int p) {
@@ -34,8 +34,8 @@ long conv2d_col_floats(int N, int Cin, int H, int W, int k, int s, int p) {
 }
 
 /* im [C][N][H][W] -> col [C*k*k][N*Ho*Wo] (overwritten). */
-void im2col(float *col, const float *im, int N, int C, int H, int W, int k,
-            int s, int p) {
+static void im2col_copy(float *col, const float *im, int N, int C, int H,
+                        int W, int k, int s, int p) {
     const int Ho = conv_out(H, k, s, p), Wo = conv_out(W, k, s, p);
     const long P = (long)N * Ho * Wo;
     for (int c = 0; c < C; c++)
@@ -68,8 +68,8 @@ void im2col(float *col, const float *im, int N, int C, int H, int W, int k,
 
 /* The adjoint of im2col: col [C*k*k][N*Ho*Wo] is ADDED into im [C][N][H][W];
  * taps that fall in the padding are dropped. */
-void col2im(float *im, const float *col, int N, int C, int H, int W, int k,
-            int s, int p) {
+static void col2im_add(float *im, const float *col, int N, int C, int H,
+                       int W, int k, int s, int p) {
     const int Ho = conv_out(H, k, s, p), Wo = conv_out(W, k, s, p);
     const long P = (long)N * Ho * Wo;
     for (int c = 0; c < C; c++)
@@ -90,6 +90,21 @@ void col2im(float *im, const float *col, int N, int C, int H, int W, int k,
             }
 }
 
+/* Public entry points, timed as the im2col phase by `diffmpi bench`. */
+void im2col(float *col, const float *im, int N, int C, int H, int W, int k,
+            int s, int p) {
+    double t0 = prof_start();
+    im2col_copy(col, im, N, C, H, W, k, s, p);
+    prof_add(PROF_IM2COL, t0);
+}
+
+void col2im(float *im, const float *col, int N, int C, int H, int W, int k,
+            int s, int p) {
+    double t0 = prof_start();
+    col2im_add(im, col, N, C, H, W, k, s, p);
+    prof_add(PROF_IM2COL, t0);
+}
+
 /* in [Cin][N][H][W], w [Cout][Cin][k][k], b [Cout] or NULL,
  * out [Cout][N][Ho][Wo] (overwritten), col scratch [Cin*k*k][N*Ho*Wo]. */
 void conv2d_forward(float *out, const float *in, const float *w, const float *b,
@@ -101,7 +116,7 @@ void conv2d_forward(float *out, const float *in, const float *w, const float *b,
     /* A = w (Cout x K), B = col (K x P), C = out (Cout x P). No transposes:
      * w's [Cout][Cin][k][k] is already Cout x K row-major and col is built
      * K x P. beta = 0 overwrites out. */
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Cout, P, K, 1.0f, w,
+    dm_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Cout, P, K, 1.0f, w,
                 K, col, P, 0.0f, out, P);
     if (!b) return;
     for (int co = 0; co < Cout; co++)
@@ -119,7 +134,7 @@ void conv2d_backward(float *din, float *dw, float *db, const float *dout,
     im2col(col, in, N, Cin, H, W, k, s, p);
     /* dw = dout x col^T. A = dout (Cout x P), NoTrans; B must be P x K but
      * col is stored K x P, hence Trans; C = dw (Cout x K), beta = 0. */
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Cout, K, P, 1.0f, dout,
+    dm_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Cout, K, P, 1.0f, dout,
                 P, col, P, 0.0f, dw, K);
     for (int co = 0; db && co < Cout; co++) {
         double acc = 0.0;
@@ -130,7 +145,7 @@ void conv2d_backward(float *din, float *dw, float *db, const float *dout,
     /* dcol = w^T x dout. A must be K x Cout but w is stored Cout x K, hence
      * Trans; B = dout (Cout x P), NoTrans; C = col (K x P), beta = 0: the
      * im2col data is no longer needed. */
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, P, Cout, 1.0f, w, K,
+    dm_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, P, Cout, 1.0f, w, K,
                 dout, P, 0.0f, col, P);
     col2im(din, col, N, Cin, H, W, k, s, p);
 }

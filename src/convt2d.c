@@ -7,7 +7,7 @@
  * is that conv's input gradient, and its backward uses that conv's im2col. */
 #include "diffmpi/layers.h"
 
-#include <cblas.h>
+#include "diffmpi/gemm.h"
 
 long convt2d_col_floats(int N, int Cout, int H, int W, int k) {
     return (long)Cout * k * k * N * H * W;
@@ -24,7 +24,7 @@ void convt2d_forward(float *out, const float *in, const float *w,
     /* col = w^T x in. A must be K x Cin but w [Cin][Cout][k][k] is stored
      * Cin x K, hence Trans; B = in (Cin x P), NoTrans; C = col (K x P),
      * beta = 0. */
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, P, Cin, 1.0f, w, K,
+    dm_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, P, Cin, 1.0f, w, K,
                 in, P, 0.0f, col, P);
     for (int co = 0; co < Cout; co++) {
         const float bias = b ? b[co] : 0.0f;
@@ -45,7 +45,7 @@ void convt2d_backward(float *din, float *dw, float *db, const float *dout,
     im2col(col, dout, N, Cout, Ho, Wo, k, s, p);
     /* dw = in x dcol^T. A = in (Cin x P), NoTrans; B must be P x K but dcol
      * is stored K x P, hence Trans; C = dw (Cin x K), beta = 0. */
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Cin, K, P, 1.0f, in, P,
+    dm_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Cin, K, P, 1.0f, in, P,
                 col, P, 0.0f, dw, K);
     for (int co = 0; db && co < Cout; co++) {
         double acc = 0.0;
@@ -55,6 +55,6 @@ void convt2d_backward(float *din, float *dw, float *db, const float *dout,
     if (!din) return;
     /* din += w x dcol. A = w (Cin x K), NoTrans; B = dcol (K x P), NoTrans;
      * C = din (Cin x P), beta = 1 because input gradients accumulate. */
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Cin, P, K, 1.0f, w,
+    dm_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Cin, P, K, 1.0f, w,
                 K, col, P, 1.0f, din, P);
 }

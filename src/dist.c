@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "diffmpi/common.h"
+#include "diffmpi/prof.h"
 
 void dist_range(int nmb, int size, int r, int *lo, int *hi) {
     *lo = (int)((long)r * nmb / size);
@@ -129,6 +130,15 @@ void dist_set_batch(dm_dist *d, int nmb) {
     d->root = tree_eval(d, 0, top);
 }
 
+/* When profiling, time the wait for the slowest rank apart from the data
+ * movement that follows. */
+static void sync_point(dm_dist *d) {
+    if (!prof_on || d->size == 1) return;
+    double t0 = prof_start();
+    MPI_Barrier(d->comm);
+    prof_add(PROF_WAIT, t0);
+}
+
 /* Gather w doubles per item from all ranks into out [nitems][w], items
  * spread over ranks as dist_range(nitems). */
 static void gather_items(dm_dist *d, double *out, const double *local,
@@ -145,8 +155,11 @@ static void gather_items(dm_dist *d, double *out, const double *local,
         d->counts[r] = (rhi - rlo) * w;
         d->displs[r] = rlo * w;
     }
+    sync_point(d);
+    double t0 = prof_start();
     MPI_Allgatherv(local, (hi - lo) * w, MPI_DOUBLE, out, d->counts, d->displs,
                    MPI_DOUBLE, d->comm);
+    prof_add(PROF_COMM, t0);
 }
 
 void dist_gather_items(dm_dist *d, double *out, const double *local,
@@ -186,12 +199,14 @@ float *dist_leaf_dst(void *ctx, int j) {
 
 void dist_leaf_done(void *ctx, int j, long off, long len) {
     dm_dist *d = ctx;
+    double t0 = prof_start();
     int depth = d->leaf_slot[j] + 1;
     for (int m = 0; m < d->leaf_merges[j]; m++, depth--) {
         float *dst = d->slot[depth - 2] + off;
         const float *src = d->slot[depth - 1] + off;
         for (long i = 0; i < len; i++) dst[i] += src[i];
     }
+    prof_add(PROF_ELEM, t0);
 }
 
 static void slice_of(const dm_dist *d, int r, long *off, long *len) {
@@ -204,6 +219,8 @@ void dist_reduce_grads(dm_dist *d, float *grads) {
     slice_of(d, d->rank, &off, &len);
     int nreq = 0;
     long pos = 0;
+    sync_point(d);
+    double t0 = prof_start();
     /* Every rank sends each of its blocks' values for slice s to owner s. */
     for (int b = 0; b < d->nblocks; b++) {
         int r = d->block_rank[b];
@@ -224,12 +241,15 @@ void dist_reduce_grads(dm_dist *d, float *grads) {
         }
     }
     MPI_Waitall(nreq, d->reqs, MPI_STATUSES_IGNORE);
+    prof_add(PROF_COMM, t0);
+    t0 = prof_start();
     for (int o = 0; o < d->nops; o++) {
         float *dst = d->ptr[d->op_l[o]];
         const float *src = d->ptr[d->op_r[o]];
         for (long i = 0; i < len; i++) dst[i] += src[i];
     }
     memcpy(grads + off, d->ptr[d->root], (size_t)len * sizeof(float));
+    prof_add(PROF_ELEM, t0);
     if (d->size == 1) return;
     for (int r = 0; r < d->size; r++) {
         long so, sl;
@@ -237,6 +257,8 @@ void dist_reduce_grads(dm_dist *d, float *grads) {
         d->counts[r] = (int)sl;
         d->displs[r] = (int)so;
     }
+    t0 = prof_start();
     MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, grads, d->counts,
                    d->displs, MPI_FLOAT, d->comm);
+    prof_add(PROF_COMM, t0);
 }

@@ -2,7 +2,7 @@
  * embedding MLPs), as sgemm calls. */
 #include "diffmpi/layers.h"
 
-#include <cblas.h>
+#include "diffmpi/gemm.h"
 
 /* in [N][Fin], w [Fout][Fin], b [Fout] or NULL; out [N][Fout] OVERWRITTEN. */
 void linear_forward(float *out, const float *in, const float *w, const float *b,
@@ -13,7 +13,7 @@ void linear_forward(float *out, const float *in, const float *w, const float *b,
     /* out += in x w^T. A = in (N x Fin), NoTrans; B must be Fin x Fout but w
      * is stored Fout x Fin, hence Trans; C = out (N x Fout), beta = 1 to keep
      * the bias rows written above. */
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, Fout, Fin, 1.0f, in,
+    dm_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, Fout, Fin, 1.0f, in,
                 Fin, w, Fin, 1.0f, out, Fout);
 }
 
@@ -24,7 +24,7 @@ void linear_backward(float *din, float *dw, float *db, const float *dout,
                      int Fout) {
     /* dw = dout^T x in. A must be Fout x N but dout is stored N x Fout, hence
      * Trans; B = in (N x Fin), NoTrans; C = dw (Fout x Fin), beta = 0. */
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Fout, Fin, N, 1.0f,
+    dm_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Fout, Fin, N, 1.0f,
                 dout, Fout, in, Fin, 0.0f, dw, Fin);
     for (int o = 0; db && o < Fout; o++) {
         double acc = 0.0;
@@ -35,6 +35,6 @@ void linear_backward(float *din, float *dw, float *db, const float *dout,
     /* din += dout x w. A = dout (N x Fout), NoTrans; B = w (Fout x Fin),
      * NoTrans; C = din (N x Fin), beta = 1 because input gradients
      * accumulate. */
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, Fin, Fout, 1.0f,
+    dm_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, Fin, Fout, 1.0f,
                 dout, Fout, w, Fin, 1.0f, din, Fin);
 }

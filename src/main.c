@@ -21,6 +21,7 @@ static const char *usage_main =
     "  train     train a model (diffmpi train --help)\n"
     "  predict   run a checkpoint's network on images from an HDF5 file\n"
     "  sample    draw images from a diffusion checkpoint (DDPM or flow)\n"
+    "  bench     measure training or sampling speed against the sgemm peak\n"
     "  inspect   show what a checkpoint, log or samples file holds\n"
     "\n"
     "exit codes: 0 success, 1 runtime failure, 2 usage error,\n"
@@ -65,6 +66,18 @@ static const char *usage_sample =
     "mpirun the images are spread over the ranks; the result does not depend\n"
     "on their number.\n";
 
+static const char *usage_bench =
+    "usage: diffmpi bench [--config FILE] [--set KEY=VALUE]... [--steps N]\n"
+    "                     [--sample] [--verbose]\n"
+    "\n"
+    "  Measures the configured model on synthetic data (no files written):\n"
+    "  every rank first runs a conv-shaped sgemm at the same time (the\n"
+    "  machine's own peak), then a warm-up and N timed training steps\n"
+    "  (default 5), or with --sample N sampler steps of 40 images. Rank 0\n"
+    "  prints images/s, GFLOP/s (analytic GEMM FLOPs), the share of the peak,\n"
+    "  the time per phase and the peak memory per rank; --verbose adds the\n"
+    "  FLOP count per layer. Run it under mpirun like train.\n";
+
 static const char *usage_inspect =
     "usage: diffmpi inspect FILE\n"
     "\n"
@@ -99,6 +112,26 @@ static const char *value(int argc, char **argv, int *i) {
     return argv[++*i];
 }
 
+/* --config FILE, then every --set in command-line order, then the
+ * cross-key checks. A --config file that cannot be read is a usage error. */
+static dm_status load_config(int argc, char **argv, const char *cfg, dm_config *c) {
+    dm_status st = cfg ? config_load_file(c, cfg) : DM_OK;
+    for (int i = 0; st == DM_OK && i + 1 < argc; i++)
+        if (strcmp(argv[i], "--set") == 0) st = config_set(c, argv[++i]);
+    if (st == DM_OK) st = config_validate(c);
+    return st;
+}
+
+/* Strict integer parsing for command-line values. */
+static int parse_long(const char *s, long lo, long hi, long *out) {
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || end == s || *end || v < lo || v > hi) return 0;
+    *out = v;
+    return 1;
+}
+
 static int cmd_train(int argc, char **argv) {
     if (wants_help(argc, argv)) {
         if (rank0()) fputs(usage_train, stdout);
@@ -122,14 +155,41 @@ static int cmd_train(int argc, char **argv) {
         }
     }
     if (!out) return usage_error(usage_train, "train: --out DIR is required%s", "");
-    dm_status st = cfg ? config_load_file(&c, cfg) : DM_OK;
-    for (int i = 0; st == DM_OK && i < argc; i++)
-        if (strcmp(argv[i], "--set") == 0) st = config_set(&c, argv[++i]);
-    if (st == DM_OK) st = config_validate(&c);
-    /* A --config file that cannot be read is a usage error too. */
-    if (st != DM_OK) return DM_EXIT_USAGE;
+    if (load_config(argc, argv, cfg, &c) != DM_OK) return DM_EXIT_USAGE;
     dm_set_quiet(0);
     return train_run(&c, out, resume);
+}
+
+static int cmd_bench(int argc, char **argv) {
+    if (wants_help(argc, argv)) {
+        if (rank0()) fputs(usage_bench, stdout);
+        return DM_EXIT_OK;
+    }
+    dm_config c;
+    config_defaults(&c);
+    const char *cfg = NULL;
+    int sample = 0, verbose = 0;
+    long steps = 5;
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i], *v;
+        if (strcmp(a, "--sample") == 0) {
+            sample = 1;
+        } else if (strcmp(a, "--verbose") == 0) {
+            verbose = 1;
+        } else if (strcmp(a, "--config") == 0 || strcmp(a, "--set") == 0 ||
+                   strcmp(a, "--steps") == 0) {
+            if (!(v = value(argc, argv, &i)) || !*v)
+                return usage_error(usage_bench, "option %s needs a value", a);
+            if (strcmp(a, "--config") == 0) cfg = v;
+            if (strcmp(a, "--steps") == 0 && !parse_long(v, 1, 1000000, &steps))
+                return usage_error(usage_bench, "--steps: expected an integer >= 1, got '%s'", v);
+        } else {
+            return usage_error(usage_bench, "bench: unknown argument '%s'", a);
+        }
+    }
+    if (load_config(argc, argv, cfg, &c) != DM_OK) return DM_EXIT_USAGE;
+    dm_set_quiet(0);
+    return bench_run(&c, (int)steps, sample, verbose);
 }
 
 static int cmd_predict(int argc, char **argv) {
@@ -154,16 +214,6 @@ static int cmd_predict(int argc, char **argv) {
                            "predict: --checkpoint, --input and --output are required%s", "");
     dm_set_quiet(0);
     return predict_run(ck, in, out);
-}
-
-/* Strict integer/real parsing for command-line values. */
-static int parse_long(const char *s, long lo, long hi, long *out) {
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi) return 0;
-    *out = v;
-    return 1;
 }
 
 static int cmd_sample(int argc, char **argv) {
@@ -227,7 +277,7 @@ int main(int argc, char **argv) {
     if (argc < 2) {
         /* One line like every other usage error; the usage is on --help. */
         code = usage_error(usage_main,
-                           "no command given: expected train, predict, sample or inspect%s", "");
+                           "no command given: expected train, predict, sample, bench or inspect%s", "");
     } else if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ||
                strcmp(argv[1], "help") == 0) {
         if (rank0()) fputs(usage_main, stdout);
@@ -236,6 +286,8 @@ int main(int argc, char **argv) {
         code = cmd_train(argc - 2, argv + 2);
     } else if (strcmp(argv[1], "predict") == 0) {
         code = cmd_predict(argc - 2, argv + 2);
+    } else if (strcmp(argv[1], "bench") == 0) {
+        code = cmd_bench(argc - 2, argv + 2);
     } else if (strcmp(argv[1], "sample") == 0) {
         code = cmd_sample(argc - 2, argv + 2);
     } else if (strcmp(argv[1], "inspect") == 0) {

@@ -19,6 +19,7 @@
 #include "diffmpi/h5log.h"
 #include "diffmpi/h5util.h"
 #include "diffmpi/layers.h"
+#include "diffmpi/prof.h"
 #include "diffmpi/rng.h"
 #include "diffmpi/sampler.h"
 #include "diffmpi/samples.h"
@@ -53,6 +54,7 @@ typedef struct {
     double *items;  /* gathered per-chunk values */
     int *n;         /* images per local micro-batch */
     double t_start;
+    int bench;      /* `diffmpi bench`: synthetic data, no files */
 } trainer;
 
 /* All ranks agree on a status: the worst (largest) one wins. */
@@ -130,6 +132,7 @@ static dm_status train_step(trainer *t, double *loss_out, int *bsize) {
     unet_zero_grad(&t->net, nloc);
     unet_forward(&t->net, 1, nloc, t->n, bn_n, dist_combine, &t->dist, BN_MOMENTUM);
     float scale = 1.0f / ((float)B * DM_PIX);
+    double t0 = prof_start();
     for (int j = 0; j < nloc; j++) {
         long cnt = (long)t->n[j] * DM_PIX;
         t->sse[j] = mse_forward_backward(t->net.act[t->net.out_buf].grad +
@@ -137,6 +140,7 @@ static dm_status train_step(trainer *t, double *loss_out, int *bsize) {
                                          unet_slot(&t->net, t->net.out_buf, j),
                                          t->target + (long)j * m * DM_PIX, cnt, scale);
     }
+    prof_add(PROF_ELEM, t0);
     unet_backward(&t->net, nloc, t->n, bn_n, dist_combine, &t->dist, dist_leaf_dst,
                   dist_leaf_done);
     dist_reduce_grads(&t->dist, t->grads);
@@ -153,7 +157,9 @@ static dm_status train_step(trainer *t, double *loss_out, int *bsize) {
         return DM_ENUM;
     }
     t->st.adam_t++;
+    t0 = prof_start();
     adam_step(t->net.p, t->grads, t->m, t->v, t->net.nparams, t->st.lr, t->st.adam_t);
+    prof_add(PROF_OPTIM, t0);
     t->st.step++;
     t->st.batch_in_epoch++;
     return DM_OK;
@@ -304,6 +310,17 @@ static dm_status check_compatible(const dm_config *c, const char *path) {
     return DM_OK;
 }
 
+/* Benchmark data: uniform pixels and labels, identical on every rank. */
+static void synthetic_data(dm_dataset *d, int n, uint64_t seed) {
+    dm_rng r;
+    rng_init(&r, seed, DM_STREAM_EVAL, 777, 0);
+    d->n = n;
+    d->images = dm_malloc(sizeof(float) * (size_t)n * DM_PIX);
+    d->labels = dm_malloc((size_t)n);
+    for (long i = 0; i < (long)n * DM_PIX; i++) d->images[i] = rng_uniform(&r);
+    for (int i = 0; i < n; i++) d->labels[i] = (uint8_t)rng_below(&r, 10);
+}
+
 static dm_status setup(trainer *t, const char *resume) {
     const dm_config *c = &t->cfg;
     int m = c->micro_batch;
@@ -315,13 +332,18 @@ static dm_status setup(trainer *t, const char *resume) {
                      c->batch, m, t->nmb_full, t->size);
         return DM_EUSAGE;
     }
-    dm_status st = prepare_out(t, resume);
+    dm_status st = t->bench ? DM_OK : prepare_out(t, resume);
     if (st != DM_OK) return st;
-    dm_set_quiet(t->rank != 0);
-    st = data_load(&t->train, c->data_dir, "train", c->train_limit);
-    if (st == DM_OK) st = data_load(&t->test, c->data_dir, "t10k", c->eval_limit);
-    st = agree_read(t, st, c->data_dir);
-    if (st != DM_OK) return st;
+    if (t->bench) {
+        synthetic_data(&t->train, c->batch * 4, c->seed);
+        synthetic_data(&t->test, m, c->seed + 1);
+    } else {
+        dm_set_quiet(t->rank != 0);
+        st = data_load(&t->train, c->data_dir, "train", c->train_limit);
+        if (st == DM_OK) st = data_load(&t->test, c->data_dir, "t10k", c->eval_limit);
+        st = agree_read(t, st, c->data_dir);
+        if (st != DM_OK) return st;
+    }
     t->steps_per_epoch = (t->train.n + c->batch - 1) / c->batch;
     t->total_steps = t->steps_per_epoch * c->epochs;
     int max_mb = dist_max_local(t->nmb_full, t->size);
@@ -361,13 +383,13 @@ static dm_status setup(trainer *t, const char *resume) {
             printf("resuming from %s (step %lld, epoch %lld)\n", path,
                    (long long)t->st.step, (long long)t->st.epoch + 1);
     }
-    if (t->rank == 0)
+    if (t->rank == 0 && !t->bench)
         st = log_open(&t->log, t->out, c, EVAL_SIGMA, resume ? t->st.step : -1);
     return agree(st);
 }
 
 static void teardown(trainer *t) {
-    if (t->rank == 0) log_close(&t->log);
+    if (t->rank == 0 && !t->bench) log_close(&t->log);
     unet_free(&t->net);
     if (t->sampler.arena) unet_free(&t->sampler);
     dist_free(&t->dist);
@@ -518,4 +540,175 @@ int train_run(const dm_config *cfg, const char *out_dir, const char *resume) {
     }
     teardown(&t);
     return exit_code(st);
+}
+
+/* ---- benchmark ------------------------------------------------------------------ */
+
+/* Every rank runs the same conv-shaped sgemm for `secs` at the same time:
+ * the machine's own peak for this job's ranks x threads. Returns this
+ * rank's GFLOP/s. */
+static double sgemm_rate(int M, int N, int K, double secs) {
+    float *a = dm_calloc((size_t)M * K, sizeof(float)), *b = dm_calloc((size_t)K * N, sizeof(float));
+    float *c = dm_calloc((size_t)M * N, sizeof(float));
+    for (long i = 0; i < (long)M * K; i++) a[i] = (float)(i % 7) * 0.01f;
+    for (long i = 0; i < (long)K * N; i++) b[i] = (float)(i % 5) * 0.01f;
+    /* A [M x K] times B [K x N] into C [M x N], no transposes: the shape of
+     * a convolution's forward GEMM (weights x im2col columns). */
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, N, K, 1.0f, a, K, b, N, 0.0f, c, N);
+    MPI_Barrier(MPI_COMM_WORLD);
+    double t0 = dm_now(), t;
+    long calls = 0;
+    do {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, N, K, 1.0f, a, K, b, N, 0.0f,
+                    c, N);
+        calls++;
+    } while ((t = dm_now() - t0) < secs);
+    free(a), free(b), free(c);
+    return 2.0 * M * (double)N * K * calls / t / 1e9;
+}
+
+static void cpu_name(char *buf, size_t size) {
+    FILE *f = fopen("/proc/cpuinfo", "r");
+    char line[512];
+    snprintf(buf, size, "unknown CPU");
+    while (f && fgets(line, sizeof line, f)) {
+        char *p = strchr(line, ':');
+        if (strncmp(line, "model name", 10) == 0 && p) {
+            p += 2;
+            p[strcspn(p, "\n")] = '\0';
+            snprintf(buf, size, "%s", p);
+            break;
+        }
+    }
+    if (f) fclose(f);
+}
+
+static void bench_layers(const unet *u, double images) {
+    printf("per-layer analytic FLOP per image (forward / backward, GFLOP):\n");
+    for (int i = 0; i < u->nunits; i++) {
+        double f, b;
+        unet_unit_flops(u, i, &f, &b);
+        if (f > 0) printf("  %-10s %8.4f / %8.4f\n", u->units[i].name, f / 1e9, b / 1e9);
+    }
+    double f, b;
+    unet_fc_flops(u, &f, &b);
+    if (f > 0) printf("  %-10s %8.4f / %8.4f\n", "FCBlocks", f / 1e9, b / 1e9);
+    printf("  total      %8.4f / %8.4f  (x %.0f images)\n", unet_forward_flops(u) / 1e9,
+           (unet_train_flops(u) - unet_forward_flops(u)) / 1e9, images);
+}
+
+/* Timed training steps (or sampler steps): wall seconds. */
+static double bench_timed(trainer *t, int steps, int sample, int warm) {
+    const dm_config *c = &t->cfg;
+    double loss;
+    int B;
+    int32_t labels[SAMPLES_N];
+    for (int i = 0; i < SAMPLES_N; i++)
+        labels[i] = c->conditioning == COND_CLASS ? i / 4 : -1;
+    sampler_request q = {.n = SAMPLES_N, .labels = labels, .guidance = (float)c->guidance,
+                         .steps = steps, .seed = c->seed};
+    static float img[SAMPLES_N * DM_PIX];
+    MPI_Barrier(MPI_COMM_WORLD);
+    prof_reset();
+    prof_enable(!warm);
+    double t0 = dm_now();
+    if (sample) {
+        sampler_run(&t->sampler, c, &q, img, NULL, NULL);
+    } else {
+        for (int s = 0; s < steps; s++) {
+            if (t->st.batch_in_epoch == t->steps_per_epoch) t->st.batch_in_epoch = 0;
+            if (train_step(t, &loss, &B) != DM_OK) break;
+        }
+    }
+    MPI_Barrier(MPI_COMM_WORLD);
+    double secs = dm_now() - t0;
+    prof_enable(0);
+    return secs;
+}
+
+static void bench_report(const trainer *t, int steps, int sample, double secs,
+                         double peak_rank, double peak_sum) {
+    const dm_config *c = &t->cfg;
+    double ph[PROF_NPHASES], avg[PROF_NPHASES];
+    MPI_Reduce(prof_total, ph, PROF_NPHASES, MPI_DOUBLE, MPI_SUM, 0, MPI_COMM_WORLD);
+    double mine = peak_rss_mib(), mem = 0;
+    MPI_Reduce(&mine, &mem, 1, MPI_DOUBLE, MPI_MAX, 0, MPI_COMM_WORLD);
+    if (t->rank != 0) return;
+    int rows = sample && c->conditioning == COND_CLASS && c->guidance != 1.0 ? 2 : 1;
+    double work = sample ? (double)steps * SAMPLES_N * rows * unet_forward_flops(&t->net)
+                         : (double)steps * c->batch * unet_train_flops(&t->net);
+    double gflops = work / secs / 1e9;
+    if (sample) {
+        printf("sampling: %d steps of %d images%s in %.3f s: %.1f image-steps/s\n", steps,
+               SAMPLES_N, rows == 2 ? " (x2 for guidance)" : "", secs,
+               steps * SAMPLES_N / secs);
+        int full = c->sample_steps ? c->sample_steps : diffusion_default_steps(c);
+        printf("  projected: %d images with %d steps in %.1f s\n", SAMPLES_N, full,
+               secs / steps * full);
+    } else {
+        printf("training: %d steps of %d images in %.3f s: %.2f images/s\n", steps, c->batch,
+               secs, steps * (double)c->batch / secs);
+    }
+    printf("  %.1f GFLOP/s (analytic GEMM FLOPs), %.1f %% of the measured sgemm peak "
+           "(%.1f GFLOP/s = %d rank(s) x %.1f)\n",
+           gflops, 100.0 * gflops / peak_sum, peak_sum, t->size, peak_rank);
+    double acc = 0;
+    printf("  time per phase (average over ranks, %% of wall time):\n");
+    for (int p = 0; p < PROF_NPHASES; p++) {
+        avg[p] = ph[p] / t->size;
+        acc += avg[p];
+        printf("    %-22s %8.3f s  %5.1f %%\n", prof_name((prof_phase)p), avg[p],
+               100.0 * avg[p] / secs);
+    }
+    printf("    %-22s %8.3f s  %5.1f %%\n", "other (unaccounted)", secs - acc,
+           100.0 * (secs - acc) / secs);
+    printf("  peak memory per rank: %.0f MiB (largest rank)\n", mem);
+}
+
+int bench_run(const dm_config *cfg, int steps, int sample, int verbose) {
+    trainer t;
+    memset(&t, 0, sizeof t);
+    t.cfg = *cfg;
+    t.bench = 1;
+    t.t_start = dm_now();
+    MPI_Comm_rank(MPI_COMM_WORLD, &t.rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &t.size);
+    openblas_set_num_threads(cfg->threads);
+    dm_status st = setup(&t, NULL);
+    if (st == DM_OK && sample && cfg->objective < OBJ_DDPM) {
+        if (t.rank == 0) dm_error("--sample needs a diffusion model (objective ddpm or flow)");
+        st = DM_EUSAGE;
+    }
+    if (st != DM_OK) {
+        teardown(&t);
+        return exit_code(st);
+    }
+    if (sample) {
+        memcpy(t.sampler.p, t.net.p, sizeof(float) * (size_t)t.net.nparams);
+        memcpy(t.sampler.bufs, t.net.bufs, sizeof(float) * (size_t)t.net.nbuffers);
+    }
+    if (t.rank == 0) {
+        char cpu[256];
+        cpu_name(cpu, sizeof cpu);
+        printf("diffmpi bench: %d rank(s) x %d thread(s); %s\n", t.size, cfg->threads, cpu);
+        printf("OpenBLAS %s, core %s\n", openblas_get_config(), openblas_get_corename());
+        printf("model: objective=%s conditioning=%s D=%d, batch %d, micro_batch %d; "
+               "%.3f GFLOP per training image\n",
+               config_objective_name(cfg->objective),
+               config_conditioning_name(cfg->conditioning), cfg->hidden, cfg->batch,
+               cfg->micro_batch, unet_train_flops(&t.net) / 1e9);
+        if (verbose) bench_layers(&t.net, 1);
+        fflush(stdout);
+    }
+    /* The peak: the network's most common GEMM, a 3x3 conv D -> D at 28x28
+     * over one micro-batch. */
+    int D = cfg->hidden, m = cfg->micro_batch;
+    double rate = sgemm_rate(D, m * DM_PIX, 9 * D, 1.5), sum = 0;
+    MPI_Allreduce(&rate, &sum, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
+    double per = sum / t.size;
+    bench_timed(&t, sample ? 1 : 2, sample, 1);
+    double secs = bench_timed(&t, steps, sample, 0);
+    bench_report(&t, steps, sample, secs, per, sum);
+    teardown(&t);
+    return DM_EXIT_OK;
 }

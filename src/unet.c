@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "diffmpi/layers.h"
+#include "diffmpi/prof.h"
 #include "diffmpi/rng.h"
 
 #define BN_EPS 1e-5f
@@ -353,9 +354,11 @@ static void unit_forward(unet *u, unet_unit *t, int train, int nmb,
         float *x = at(u, t->in, j, n[j], 0);
         float *y = t->y_buf >= 0 ? unet_slot(u, t->y_buf, j) : at(u, t->out, j, n[j], 0);
         unit_linear_forward(u, t, y, x, n[j]);
+        double t0 = prof_start();
         if (t->bn && train)
             bn2d_stats(u->sums + (long)j * 2 * C, u->sums + (long)j * 2 * C + C,
                        y, C, (int)(n[j] * hw2));
+        prof_add(PROF_ELEM, t0);
     }
     if (t->bn) {
         if (train && global_n > 0) {
@@ -373,6 +376,7 @@ static void unit_forward(unet *u, unet_unit *t, int train, int nmb,
         }
     }
     if (!t->gelu) return;
+    double t0 = prof_start();
     for (int j = 0; j < nmb; j++) {
         float *y = unet_slot(u, t->y_buf, j), *a = at(u, t->out, j, n[j], 0);
         long cnt = (long)C * n[j] * hw2;
@@ -384,6 +388,7 @@ static void unit_forward(unet *u, unet_unit *t, int train, int nmb,
             gelu_forward(a, y, cnt);
         }
     }
+    prof_add(PROF_ELEM, t0);
 }
 
 static float *fc_at(const unet *u, const float *base, const unet_fc *f, int j) {
@@ -401,10 +406,12 @@ static void cond_point_forward(unet *u, const unet_condpt *cp, int j, int n) {
                         n, f->in, f->out);
     }
     const unet_unit *t = &u->units[cp->unit];
+    double t0 = prof_start();
     cond_forward(at(u, cp->dst, j, n, 0), at(u, t->out, j, n, 0),
                  fc_at(u, cp->t.e, &cp->t, j),
                  u->cond == 2 ? fc_at(u, cp->c.e, &cp->c, j) : NULL, u->mode, cp->C, n,
                  cp->hw * cp->hw);
+    prof_add(PROF_ELEM, t0);
 }
 
 void unet_forward(unet *u, int train, int nmb, const int *n, long global_n,
@@ -453,6 +460,7 @@ static void unit_backward(unet *u, unet_unit *t, int nmb, const int *n,
     int C = t->cout;
     long hw2 = (long)t->hout * t->hout, stride = u->scratch_stride;
     /* Pass 1: gradient through GELU (and BN's per-micro-batch sums). */
+    double t0 = prof_start();
     for (int j = 0; t->gelu && j < nmb; j++) {
         long cnt = (long)C * n[j] * hw2;
         float *da = at(u, t->out, j, n[j], 1), *y = unet_slot(u, t->y_buf, j);
@@ -469,6 +477,7 @@ static void unit_backward(unet *u, unet_unit *t, int nmb, const int *n,
             bn2d_backward_stats(u->sums + (long)j * 2 * C, u->sums + (long)j * 2 * C + C,
                                 dz, y, t->mean, t->invstd, C, (int)(n[j] * hw2));
     }
+    prof_add(PROF_ELEM, t0);
     if (t->bn) combine_sums(u, C, nmb, combine, ctx);
     long off, len;
     unit_slice(u, t, &off, &len);
@@ -477,6 +486,7 @@ static void unit_backward(unet *u, unet_unit *t, int nmb, const int *n,
         long cnt = (long)C * n[j] * hw2;
         const float *dy = at(u, t->out, j, n[j], 1);
         if (t->gelu) dy = u->scratch_b + j * stride;
+        t0 = prof_start();
         if (t->bn) {
             float *dyc = u->scratch_a + j * stride;
             memset(dyc, 0, (size_t)cnt * sizeof(float));
@@ -486,6 +496,7 @@ static void unit_backward(unet *u, unet_unit *t, int nmb, const int *n,
             dy = dyc;
         }
         float *leaf = len ? leaf_dst(ctx, j) : NULL;
+        prof_add(PROF_ELEM, t0);
         unit_linear_backward(u, t, leaf, dy, j, n[j]);
         if (t->bn) {
             const double *g1 = u->sums + (long)j * 2 * C, *g2 = g1 + C;
@@ -515,10 +526,12 @@ static void cond_point_backward(unet *u, const unet_condpt *cp, int nmb, const i
     const unet_fc *fs[2] = {&cp->t, &cp->c};
     int nfc = u->cond == 2 ? 2 : 1;
     for (int j = 0; j < nmb; j++) {
+        double t0 = prof_start();
         cond_backward(at(u, t->out, j, n[j], 1), de[0], de[1], at(u, cp->dst, j, n[j], 1),
                       at(u, t->out, j, n[j], 0), fc_at(u, cp->t.e, &cp->t, j),
                       nfc == 2 ? fc_at(u, cp->c.e, &cp->c, j) : NULL, u->mode, cp->C,
                       n[j], cp->hw * cp->hw);
+        prof_add(PROF_ELEM, t0);
         const float *ins[2] = {u->t_in + (long)j * u->m, u->c_in + (long)j * u->m * 10};
         float *leaf = leaf_dst(ctx, j);
         for (int q = 0; q < nfc; q++) {
@@ -544,17 +557,49 @@ void unet_backward(unet *u, int nmb, const int *n, long global_n,
     }
 }
 
-double unet_forward_flops(const unet *u) {
+void unet_unit_flops(const unet *u, int t, double *fwd, double *bwd) {
+    const unet_unit *un = &u->units[t];
+    double hw_in = (double)un->hin * un->hin, hw_out = (double)un->hout * un->hout;
     double f = 0;
-    for (int t = 0; t < u->nunits; t++) {
-        const unet_unit *un = &u->units[t];
-        double hw_in = (double)un->hin * un->hin, hw_out = (double)un->hout * un->hout;
-        if (un->kind == UNIT_CONV)
-            f += 2.0 * un->cout * un->cin * un->k * un->k * hw_out;
-        else if (un->kind == UNIT_CONVT)
-            f += 2.0 * un->cin * un->cout * un->k * un->k * hw_in;
+    if (un->kind == UNIT_CONV)
+        f = 2.0 * un->cout * un->cin * un->k * un->k * hw_out;
+    else if (un->kind == UNIT_CONVT)
+        f = 2.0 * un->cin * un->cout * un->k * un->k * hw_in;
+    /* Backward: the weight gradient costs one forward; the input gradient
+     * another, except for the first layer whose input is data. */
+    *fwd = f;
+    *bwd = un->in.buf == u->in_buf ? f : 2.0 * f;
+}
+
+void unet_fc_flops(const unet *u, double *fwd, double *bwd) {
+    double f = 0;
+    for (int k = 0; k < u->ncond; k++) {
+        const unet_fc *fs[2] = {&u->condpts[k].t, &u->condpts[k].c};
+        for (int q = 0; q < (u->cond == 2 ? 2 : 1); q++)
+            f += 2.0 * fs[q]->out * (fs[q]->in + fs[q]->out);
     }
-    return f;
+    *fwd = f;
+    *bwd = 2.0 * f; /* dW of both layers and dX of the second */
+}
+
+double unet_forward_flops(const unet *u) {
+    double f = 0, a, b;
+    for (int t = 0; t < u->nunits; t++) {
+        unet_unit_flops(u, t, &a, &b);
+        f += a;
+    }
+    unet_fc_flops(u, &a, &b);
+    return f + a;
+}
+
+double unet_train_flops(const unet *u) {
+    double f = 0, a, b;
+    for (int t = 0; t < u->nunits; t++) {
+        unet_unit_flops(u, t, &a, &b);
+        f += a + b;
+    }
+    unet_fc_flops(u, &a, &b);
+    return f + a + b;
 }
 
 void unet_predict(unet *u, float *y, const float *x, const float *t,

@@ -186,7 +186,12 @@ void unet_backward(unet *u, int nmb, const int *n, long global_n,
 void unet_predict(unet *u, float *y, const float *x, const float *t,
                   const int32_t *labels, int n);
 
-/* Analytic FLOP count of one forward pass per image (multiply-add = 2). */
+/* Analytic FLOP counts per image (a multiply-add counts 2): the GEMM work
+ * of convolutions, transposed convolutions and FCBlocks. Elementwise work
+ * (BatchNorm, GELU, Adam) is not counted. */
+void unet_unit_flops(const unet *u, int t, double *fwd, double *bwd);
+void unet_fc_flops(const unet *u, double *fwd, double *bwd);
 double unet_forward_flops(const unet *u);
+double unet_train_flops(const unet *u); /* forward + backward */
 
 #endif

@@ -132,9 +132,34 @@ static void check_gradient(int cond, int time_mult, const char *what) {
     unet_free(&u);
 }
 
+/* The benchmark's FLOP count against hand counts. */
+static void check_flops(void) {
+    unet u;
+    unet_shape sh = {.D = 128, .m = 1};
+    unet_init(&u, &sh);
+    double f, b;
+    /* inc/1: Conv2d(128, 128, 3) on 28x28: 2 * 128 * 128 * 9 * 784 per
+     * image forward; backward = weight gradient + input gradient. */
+    unet_unit_flops(&u, 1, &f, &b);
+    EXPECT(f == 231211008.0 && b == 2 * 231211008.0, "inc/1 flops %.0f / %.0f", f, b);
+    /* inc/0 reads the data: no input gradient. */
+    unet_unit_flops(&u, 0, &f, &b);
+    EXPECT(f == 2.0 * 128 * 9 * 784 && b == f, "inc/0 flops %.0f / %.0f", f, b);
+    /* up1/0: ConvTranspose2d(512, 128, 4, 2, 1) from 7x7:
+     * 2 * 512 * 128 * 16 * 49 per image. */
+    unet_unit_flops(&u, 10, &f, &b);
+    EXPECT(strcmp(u.units[10].name, "up1/0") == 0 && f == 2.0 * 512 * 128 * 16 * 49,
+           "up1/0 flops %.0f", f);
+    double train = unet_train_flops(&u);
+    EXPECT(train > 6.2e9 && train < 6.6e9, "D=128 training step %.3g FLOP/image (about 6.4e9)",
+           train);
+    unet_free(&u);
+}
+
 int main(int argc, char **argv) {
     MPI_Init(&argc, &argv);
     check_param_count();
+    check_flops();
     dm_rng r;
     rng_init(&r, 7, 99, 0, 0);
     for (int j = 0; j < NMB; j++)

@@ -1,0 +1,37 @@
+/* prof.h: per-phase wall-clock accounting for `diffmpi bench`.
+ *
+ *   prof_enable(1);
+ *   double t = prof_start();  ...work...  prof_add(PROF_GEMM, t);
+ *   prof_report(secs);        // read the totals
+ *
+ * When disabled (training, tests) prof_start() returns 0 without reading
+ * the clock and prof_add() does nothing, so instrumented kernels cost one
+ * branch. Phases nest: only the innermost instrumented code is timed (GEMM
+ * inside a convolution is GEMM, not "conv").
+ */
+#ifndef DIFFMPI_PROF_H
+#define DIFFMPI_PROF_H
+
+typedef enum {
+    PROF_GEMM,      /* cblas_sgemm */
+    PROF_IM2COL,    /* im2col / col2im copies */
+    PROF_ELEM,      /* BatchNorm, GELU, pooling, conditioning, loss */
+    PROF_OPTIM,     /* Adam */
+    PROF_COMM,      /* MPI data movement */
+    PROF_WAIT,      /* waiting for the slowest rank (barrier before comm) */
+    PROF_NPHASES
+} prof_phase;
+
+extern int prof_on;
+extern double prof_total[PROF_NPHASES];
+
+void prof_enable(int on);
+void prof_reset(void);
+double prof_now(void);
+static inline double prof_start(void) { return prof_on ? prof_now() : 0.0; }
+static inline void prof_add(prof_phase p, double t0) {
+    if (prof_on) prof_total[p] += prof_now() - t0;
+}
+const char *prof_name(prof_phase p);
+
+#endif

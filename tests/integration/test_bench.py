@@ -1,0 +1,44 @@
+"""`diffmpi bench` at tiny size: training and sampling reports with every
+field, numbers that add up, and usage errors."""
+import re
+
+from common import check, finish, mpirun
+
+TINY = ["--set", "hidden=8", "--set", "batch=16", "--set", "micro_batch=4"]
+
+r = mpirun(2, ["bench"] + TINY + ["--steps", "3", "--verbose"])
+out = r.stdout
+check(r.returncode == 0, f"bench exits 0 ({r.stderr[-300:]})")
+check("OpenBLAS" in out and "core" in out, "reports the OpenBLAS build and core")
+check("inc/1" in out and "total" in out, "--verbose prints the per-layer FLOP table")
+m = re.search(r"training: 3 steps of 16 images in ([\d.]+) s: ([\d.]+) images/s", out)
+check(m is not None, "images/s line")
+if m:
+    check(abs(48 / float(m.group(1)) - float(m.group(2))) < 0.02 * float(m.group(2)),
+          "images/s = images / seconds")
+m = re.search(r"([\d.]+) GFLOP/s \(analytic GEMM FLOPs\), ([\d.]+) % of the measured sgemm "
+              r"peak \(([\d.]+) GFLOP/s = 2 rank\(s\) x ([\d.]+)\)", out)
+check(m is not None, "GFLOP/s and share of the peak")
+if m:
+    g, share, peak, per = map(float, m.groups())
+    check(abs(100 * g / peak - share) < 0.2, "share = GFLOP/s / peak")
+    check(abs(2 * per - peak) < 0.01 * peak + 0.1, "peak = ranks x per-rank rate")
+phases = dict(re.findall(r"^\s+(GEMM|im2col/col2im|BN/GELU/elementwise|optimizer|"
+                         r"communication|waiting|other \(unaccounted\))\s+([-\d.]+) s", out,
+                         re.M))
+check(len(phases) == 7, f"seven phase lines ({sorted(phases)})")
+check(float(phases.get("GEMM", 0)) > 0, "GEMM time measured")
+check(re.search(r"peak memory per rank: \d+ MiB", out) is not None, "peak memory line")
+
+r = mpirun(2, ["bench"] + TINY + ["--set", "objective=ddpm", "--set", "conditioning=class",
+                                   "--steps", "2", "--sample"])
+check(r.returncode == 0 and "sampling: 2 steps of 40 images (x2 for guidance)" in r.stdout,
+      f"bench --sample on a class model ({r.stderr[-200:]})")
+check("projected: 40 images with 300 steps" in r.stdout, "projects the full sampling time")
+
+r = mpirun(1, ["bench"] + TINY + ["--sample"])
+check(r.returncode == 2 and "--sample needs a diffusion model" in r.stderr,
+      "bench --sample on a denoiser is a usage error")
+r = mpirun(1, ["bench", "--steps", "0"])
+check(r.returncode == 2 and "--steps" in r.stderr, "bench --steps 0 is a usage error")
+finish()
