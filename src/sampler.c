@@ -11,10 +11,10 @@
 #include "diffmpi/dist.h"
 #include "diffmpi/rng.h"
 
-int sampler_chunk(const dm_config *c) { return c->micro_batch; }
+int sampler_chunk(const dm_config *c) { return c->sample_chunk; }
 
 int sampler_model_rows(const dm_config *c) {
-    return c->conditioning == COND_CLASS ? 2 * c->micro_batch : c->micro_batch;
+    return c->conditioning == COND_CLASS ? 2 * c->sample_chunk : c->sample_chunk;
 }
 
 /* Network output for k images x (and their labels), guided for class

@@ -488,6 +488,9 @@ static dm_status loop(trainer *t) {
     if (t->rank == 0 && st == DM_OK) {
         progress(t, loss, 0, &last_print, first_step, 1);
         printf("done: %lld steps; outputs in %s\n", (long long)t->st.step, t->out);
+        if (c->objective >= OBJ_DDPM)
+            printf("samples: %s/samples-epoch-%d.png; all figures: tools/figures.py %s\n",
+                   t->out, c->epochs, t->out);
     }
     return st;
 }

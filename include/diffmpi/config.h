@@ -50,6 +50,9 @@ typedef struct {
     int sample_steps;           /* sample_steps >= 0: sampler steps, 0 = the
                                    objective's default (300 DDPM, 50 flow with
                                    time, 300 flow with class) */
+    int sample_chunk;           /* sample_chunk >= 1: images per sampler
+                                   forward (x2 with guidance); the unit that
+                                   spreads sampling over ranks */
     char sample_epochs[64];     /* sample_epochs: "1,5,10,15,20": epochs after
                                    which diffusion models sample (the last
                                    epoch always does) */

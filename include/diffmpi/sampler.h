@@ -30,7 +30,7 @@ typedef struct {
     int frames;             /* trajectory frames to keep (0 = none) */
 } sampler_request;
 
-/* The chunk size sampling uses for a configuration (its micro_batch). */
+/* The chunk size sampling uses for a configuration (sample_chunk). */
 int sampler_chunk(const dm_config *c);
 /* Rows a model used by sampler_run needs: 2*chunk for class models. */
 int sampler_model_rows(const dm_config *c);

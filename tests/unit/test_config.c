@@ -83,6 +83,7 @@ static void expect_same(const dm_config *a, const dm_config *b,
                a->train_limit == b->train_limit &&
                a->eval_limit == b->eval_limit &&
                a->guidance == b->guidance && a->sample_steps == b->sample_steps &&
+               a->sample_chunk == b->sample_chunk &&
                strcmp(a->sample_epochs, b->sample_epochs) == 0 &&
                a->checkpoint_every == b->checkpoint_every &&
                a->keep == b->keep && a->threads == b->threads &&
@@ -381,13 +382,14 @@ static void test_round_trip(void) {
     a.eval_limit = 1234;
     a.guidance = 2.5;
     a.sample_steps = 77;
+    a.sample_chunk = 5;
     snprintf(a.sample_epochs, sizeof a.sample_epochs, "2,4,9");
     EXPECT(config_validate(&a) == DM_OK, "round trip config validates");
 
     char text[4096], text2[4096];
     int n = config_to_string(&a, text, sizeof text);
     EXPECT(n == (int)strlen(text) && n > 0, "to_string length %d", n);
-    EXPECT(count_lines(text) == 22, "22 lines, got %d", count_lines(text));
+    EXPECT(count_lines(text) == 23, "23 lines, got %d", count_lines(text));
     EXPECT(strncmp(text, "objective = flow\nconditioning = class\n", 38) == 0,
            "to_string starts '%.40s'", text);
     EXPECT(strstr(text, "\nlr = 0.30000000000000004\n") != NULL,
