@@ -53,6 +53,28 @@ check(r.returncode == 0, "resume after SIGUSR1")
 bad = compare_h5(ref_final, os.path.join(out, "checkpoints", "ckpt-44.h5"))
 check(not bad, f"SIGUSR1 + resume: final checkpoint bitwise equal ({bad[:4]})")
 
+# Live analysis: a second process follows the log with h5py in SWMR mode
+# while the run goes on, and sees the number of rows grow.
+out = os.path.join(base, "live")
+p = start(out, {"DIFFMPI_TEST_CKPT_DELAY": "0.4"})
+wait_for(os.path.join(out, "checkpoints", "ckpt-5.h5"), p)
+seen = []
+t0 = time.time()
+while p.poll() is None and time.time() - t0 < 60 and len(set(seen)) < 3:
+    try:
+        with h5py.File(os.path.join(out, "log.h5"), "r", swmr=True) as f:
+            f["train/loss"].refresh()
+            seen.append(len(f["train/loss"]))
+    except OSError as e:
+        seen.append(f"error {e}")
+        break
+    time.sleep(0.3)
+running = p.poll() is None
+p.communicate(timeout=300)
+rows = [x for x in seen if isinstance(x, int)]
+check(running and len(set(rows)) >= 2 and rows == sorted(rows),
+      f"log read live with swmr=True, rows growing ({seen[:8]})")
+
 # SIGTERM to every rank (what scancel and a node shutdown send).
 out = os.path.join(base, "term")
 p = start(out, {"DIFFMPI_TEST_CKPT_DELAY": "0.3"})
