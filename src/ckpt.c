@@ -9,6 +9,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "diffmpi/fault.h"
 #include "diffmpi/h5util.h"
 
 static void param_dims(const unet_param *q, hsize_t *dims) {
@@ -44,7 +45,10 @@ static dm_status write_body(hid_t f, const char *path, const unet *u,
             snprintf(name, sizeof name, "/optim/v/%s", q->name);
             st = h5_write_f32(f, path, name, v + q->offset, q->ndim, dims);
         }
-        if (i == u->nparams_t / 2) fault_delay();
+        if (i == u->nparams_t / 2) {
+            fault_delay();
+            fault_point("ckpt_mid");
+        }
     }
     config_to_string(c, cfg, sizeof cfg);
     if (st == DM_OK) st = h5_attr_str(f, path, "format", CKPT_FORMAT);
@@ -134,6 +138,7 @@ dm_status ckpt_write(const char *out_dir, const unet *u, const float *m,
                      const dm_config *c, int keep) {
     char dir[4096], tmp[4300], fin[4300];
     snprintf(dir, sizeof dir, "%s/checkpoints", out_dir);
+    fault_point("ckpt_begin");
     dm_status st = fs_mkdirs(dir);
     if (st != DM_OK) return st;
     snprintf(tmp, sizeof tmp, "%s/.ckpt-%ld.h5.tmp", dir, (long)s->step);
@@ -148,6 +153,7 @@ dm_status ckpt_write(const char *out_dir, const unet *u, const float *m,
         dm_error("%s: cannot close checkpoint file (disk full?)", tmp);
         st = DM_EIO;
     }
+    fault_point("ckpt_closed");
     if (st == DM_OK) st = fs_sync_file(tmp);
     if (st == DM_OK && rename(tmp, fin) != 0) {
         dm_error("%s: cannot rename to %s: %s", tmp, fin, strerror(errno));
@@ -157,7 +163,9 @@ dm_status ckpt_write(const char *out_dir, const unet *u, const float *m,
         unlink(tmp);
         return st;
     }
+    fault_point("ckpt_renamed");
     st = fs_sync_dir_of(fin);
+    fault_point("ckpt_prune");
     if (st == DM_OK) st = prune(dir, keep, s->step);
     return st;
 }

@@ -171,7 +171,7 @@ static void key_expectation(const config_key *k, char *buf, size_t size) {
     case KEY_PATH:
         snprintf(buf, size,
                  "a path of 1..%d characters, no control characters, no "
-                 "blank before ';', no blank at either end",
+                 "';' first or after a blank, no blank at either end",
                  MAX_PATH_CHARS);
         break;
     }
@@ -213,7 +213,10 @@ int config_sample_epoch(const dm_config *c, int epoch) {
     return 0;
 }
 
-/* A path must come back unchanged through config_to_string and inih. */
+/* A path must come back unchanged through config_to_string and inih.
+ * inih ends a value at a ';' that follows a blank (an inline comment), and
+ * config_to_string prints "data_dir = <path>", so a leading ';' counts as
+ * following a blank too. */
 static int path_ok(const char *s) {
     size_t n = strlen(s);
     if (n == 0 || n > (size_t)MAX_PATH_CHARS) return 0;
@@ -222,7 +225,7 @@ static int path_ok(const char *s) {
     for (size_t i = 0; i < n; i++) {
         unsigned char ch = (unsigned char)s[i];
         if (ch < 0x20 || ch == 0x7f) return 0;
-        if (ch == ';' && i > 0 && (s[i - 1] == ' ' || s[i - 1] == '\t'))
+        if (ch == ';' && (i == 0 || s[i - 1] == ' ' || s[i - 1] == '\t'))
             return 0;
     }
     return 1;

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "diffmpi/common.h"
+#include "diffmpi/fault.h"
 #include "diffmpi/prof.h"
 
 void dist_range(int nmb, int size, int r, int *lo, int *hi) {
@@ -189,6 +190,7 @@ void dist_combine(void *ctx, double *out, int C, const double *local, int nloc) 
     dm_dist *d = ctx;
     DM_CHECK(nloc == d->hi - d->lo, "combine: %d local micro-batches, expected %d",
              nloc, d->hi - d->lo);
+    fault_point("bn");
     dist_sum_mb(d, out, local, 2 * C, d->rank_local_bn);
 }
 
@@ -240,6 +242,7 @@ void dist_reduce_grads(dm_dist *d, float *grads) {
             pos += len;
         }
     }
+    fault_point("reduce");
     MPI_Waitall(nreq, d->reqs, MPI_STATUSES_IGNORE);
     prof_add(PROF_COMM, t0);
     t0 = prof_start();
@@ -257,6 +260,7 @@ void dist_reduce_grads(dm_dist *d, float *grads) {
         d->counts[r] = (int)sl;
         d->displs[r] = (int)so;
     }
+    fault_point("allgather");
     t0 = prof_start();
     MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, grads, d->counts,
                    d->displs, MPI_FLOAT, d->comm);

@@ -7,6 +7,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "diffmpi/fault.h"
 #include "diffmpi/h5util.h"
 
 typedef struct {
@@ -192,6 +193,7 @@ dm_status log_step(dm_log *l, int64_t step, int32_t epoch, double loss,
                    double lr, double wall, double images_per_sec) {
     double row[LOG_TRAIN_COLS] = {(double)step, epoch, loss, lr,
                                   l->time_offset + wall, images_per_sec};
+    fault_point("log");
     dm_status st = append(l, l->train, train_cols, LOG_TRAIN_COLS, &l->rows, row);
     if (st == DM_OK && dm_now() - l->last_flush >= 1.0) st = log_flush(l);
     return st;
@@ -199,6 +201,7 @@ dm_status log_step(dm_log *l, int64_t step, int32_t epoch, double loss,
 
 dm_status log_eval(dm_log *l, int64_t step, int32_t epoch, double test_mse) {
     double row[LOG_EVAL_COLS] = {(double)step, epoch, test_mse};
+    fault_point("log_eval");
     dm_status st = append(l, l->eval, eval_cols, LOG_EVAL_COLS, &l->erows, row);
     return st == DM_OK ? log_flush(l) : st;
 }
@@ -206,6 +209,7 @@ dm_status log_eval(dm_log *l, int64_t step, int32_t epoch, double test_mse) {
 dm_status log_flush(dm_log *l) {
     l->last_flush = dm_now();
     if (l->f < 0) return DM_OK;
+    fault_point("log_flush");
     if (H5Fflush(l->f, H5F_SCOPE_GLOBAL) < 0) {
         dm_error("%s: cannot flush the log (disk full?)", l->path);
         return DM_EIO;

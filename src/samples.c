@@ -8,6 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "diffmpi/fault.h"
 #include "diffmpi/h5util.h"
 #include "diffmpi/png.h"
 #include "diffmpi/sampler.h"
@@ -51,6 +52,7 @@ static dm_status commit_copy(hid_t f, const char *out, const char *tmp,
         dm_error("%s: cannot close samples file (disk full?)", tmp);
         st = DM_EIO;
     }
+    fault_point("samples");
     if (st == DM_OK) st = fs_sync_file(tmp);
     if (st == DM_OK && rename(tmp, path) != 0) {
         dm_error("%s: cannot rename into place: %s", path, strerror(errno));

@@ -15,6 +15,7 @@
 #include "diffmpi/ckpt.h"
 #include "diffmpi/data.h"
 #include "diffmpi/diffusion.h"
+#include "diffmpi/fault.h"
 #include "diffmpi/dist.h"
 #include "diffmpi/h5log.h"
 #include "diffmpi/h5util.h"
@@ -110,6 +111,8 @@ static dm_status train_step(trainer *t, double *loss_out, int *bsize) {
     long start = t->st.batch_in_epoch * (long)c->batch;
     int B = (int)(t->train.n - start < c->batch ? t->train.n - start : c->batch);
     int nmb = (B + m - 1) / m;
+    fault_step = t->st.step;
+    fault_point("step");
     dist_set_batch(&t->dist, nmb);
     int lo = t->dist.lo, nloc = t->dist.hi - t->dist.lo, local_images = 0;
     for (int j = 0; j < nloc; j++) {
@@ -131,6 +134,7 @@ static dm_status train_step(trainer *t, double *loss_out, int *bsize) {
     long bn_n = c->bn_sync == BN_RANK ? local_images : B;
     unet_zero_grad(&t->net, nloc);
     unet_forward(&t->net, 1, nloc, t->n, bn_n, dist_combine, &t->dist, BN_MOMENTUM);
+    fault_point("forward");
     float scale = 1.0f / ((float)B * DM_PIX);
     double t0 = prof_start();
     for (int j = 0; j < nloc; j++) {
@@ -143,6 +147,7 @@ static dm_status train_step(trainer *t, double *loss_out, int *bsize) {
     prof_add(PROF_ELEM, t0);
     unet_backward(&t->net, nloc, t->n, bn_n, dist_combine, &t->dist, dist_leaf_dst,
                   dist_leaf_done);
+    fault_point("backward");
     dist_reduce_grads(&t->dist, t->grads);
     double sse = 0;
     dist_sum_mb(&t->dist, &sse, t->sse, 1, 0);
@@ -156,12 +161,15 @@ static dm_status train_step(trainer *t, double *loss_out, int *bsize) {
                      (long long)t->st.step + 1, (long long)t->st.epoch + 1, t->out);
         return DM_ENUM;
     }
+    fault_point("adam");
     t->st.adam_t++;
     t0 = prof_start();
     adam_step(t->net.p, t->grads, t->m, t->v, t->net.nparams, t->st.lr, t->st.adam_t);
     prof_add(PROF_OPTIM, t0);
+    fault_point("after_step");
     t->st.step++;
     t->st.batch_in_epoch++;
+    fault_step = t->st.step;
     return DM_OK;
 }
 
@@ -177,6 +185,7 @@ static double train_test_mse(trainer *t, double sigma, int sigma_idx) {
     int m = c->micro_batch, n = t->test.n, diffusion = c->objective >= OBJ_DDPM;
     int nch = (n + m - 1) / m, lo, hi;
     dist_range(nch, t->size, t->rank, &lo, &hi);
+    fault_point("eval");
     float *z = unet_slot(&t->net, t->net.in_buf, 0);
     for (int ch = lo; ch < hi; ch++) {
         int k = n - ch * m < m ? n - ch * m : m;
@@ -404,6 +413,7 @@ static void teardown(trainer *t) {
 static dm_status epoch_end(trainer *t) {
     const dm_config *c = &t->cfg;
     int epoch = (int)t->st.epoch + 1; /* 1-based, just finished */
+    fault_point("epoch_end");
     double mse = train_test_mse(t, EVAL_SIGMA, 3);
     dm_status st = DM_OK;
     if (t->rank == 0) {
@@ -464,6 +474,7 @@ static dm_status loop(trainer *t) {
                           t->st.lr, dm_now() - t->t_start, ips);
             progress(t, loss, ips, &last_print, first_step, 0);
         }
+        fault_point("signal_check");
         int sig = stop_signal, any = 0;
         if (test_stop_step > 0 && t->st.step == test_stop_step) sig = SIGUSR1;
         MPI_Allreduce(&sig, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
@@ -515,6 +526,7 @@ int train_run(const dm_config *cfg, const char *out_dir, const char *resume) {
     MPI_Comm_rank(MPI_COMM_WORLD, &t.rank);
     MPI_Comm_size(MPI_COMM_WORLD, &t.size);
     openblas_set_num_threads(cfg->threads);
+    fault_init(t.rank);
     h5_quiet();
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
