@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -143,24 +144,24 @@ dm_status ckpt_write(const char *out_dir, const unet *u, const float *m,
     if (st != DM_OK) return st;
     snprintf(tmp, sizeof tmp, "%s/.ckpt-%ld.h5.tmp", dir, (long)s->step);
     snprintf(fin, sizeof fin, "%s/ckpt-%ld.h5", dir, (long)s->step);
+    /* The body's own messages would name datasets of a temporary file;
+     * one line naming the checkpoint says more. */
+    dm_set_quiet(1);
+    errno = 0;
     hid_t f = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
-    if (f < 0) {
-        dm_error("%s: cannot create checkpoint file", tmp);
-        return DM_EIO;
-    }
-    st = write_body(f, tmp, u, m, v, s, c);
-    if (H5Fclose(f) < 0 && st == DM_OK) {
-        dm_error("%s: cannot close checkpoint file (disk full?)", tmp);
-        st = DM_EIO;
-    }
+    st = f < 0 ? DM_EIO : write_body(f, tmp, u, m, v, s, c);
+    if (f >= 0 && H5Fclose(f) < 0) st = DM_EIO;
     fault_point("ckpt_closed");
     if (st == DM_OK) st = fs_sync_file(tmp);
-    if (st == DM_OK && rename(tmp, fin) != 0) {
-        dm_error("%s: cannot rename to %s: %s", tmp, fin, strerror(errno));
-        st = DM_EIO;
-    }
+    if (st == DM_OK && rename(tmp, fin) != 0) st = DM_EIO;
+    int err = errno;
+    dm_set_quiet(0);
     if (st != DM_OK) {
         unlink(tmp);
+        struct statvfs fs;
+        int full = statvfs(dir, &fs) == 0 && (double)fs.f_bavail * fs.f_frsize < 4e6;
+        dm_error("%s: cannot write checkpoint (%s); the previous checkpoints are kept",
+                 fin, full ? "disk full" : err ? strerror(err) : "HDF5 write error");
         return st;
     }
     fault_point("ckpt_renamed");

@@ -1,6 +1,7 @@
 /* main.c: the diffmpi command line. Every rank parses the same arguments and
  * so fails together; only rank 0 prints usage errors. */
 #include <errno.h>
+#include <hdf5.h>
 #include <limits.h>
 #include <mpi.h>
 #include <stdint.h>
@@ -270,6 +271,10 @@ static int cmd_inspect(int argc, char **argv) {
 }
 
 int main(int argc, char **argv) {
+    /* A file whose close failed (disk full) stays in HDF5's tables, and the
+     * library's own atexit clean-up then crashes on it; every file we write
+     * is closed explicitly, so that clean-up is not needed. */
+    H5dont_atexit();
     MPI_Init(&argc, &argv);
     /* Usage errors are the same on every rank: let rank 0 alone print. */
     dm_set_quiet(!rank0());
