@@ -112,6 +112,8 @@ static const config_key keys[] = {
     {.name = "sample_steps", .kind = KEY_INT, .offset = OFF(sample_steps),
      .lo = 0, .hi = 100000},
     {.name = "sample_epochs", .kind = KEY_EPOCHS, .offset = OFF(sample_epochs)},
+    {.name = "watchdog", .kind = KEY_REAL, .offset = OFF(watchdog), .lo = 0,
+     .hi = 1e7},
     {.name = "sample_chunk", .kind = KEY_INT, .offset = OFF(sample_chunk), .lo = 1,
      .hi = 4096},
 };
@@ -443,6 +445,7 @@ void config_defaults(dm_config *c) {
     c->guidance = 5.0;
     c->sample_steps = 0;
     c->sample_chunk = 4;
+    c->watchdog = 900;
     snprintf(c->sample_epochs, sizeof c->sample_epochs, "1,5,10,15,20");
 }
 

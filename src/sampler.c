@@ -10,6 +10,7 @@
 #include "diffmpi/diffusion.h"
 #include "diffmpi/dist.h"
 #include "diffmpi/rng.h"
+#include "diffmpi/watchdog.h"
 
 int sampler_chunk(const dm_config *c) { return c->sample_chunk; }
 
@@ -89,6 +90,7 @@ void sampler_run(unet *u, const dm_config *c, const sampler_request *q,
             f++;
         }
         if (si == S) break;
+        watchdog_touch("sampling");
         int ti = 0, tp = -1;
         float t;
         if (c->objective == OBJ_DDPM) {

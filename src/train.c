@@ -25,6 +25,7 @@
 #include "diffmpi/sampler.h"
 #include "diffmpi/samples.h"
 #include "diffmpi/unet.h"
+#include "diffmpi/watchdog.h"
 
 const double dm_sigmas[DM_NSIGMAS] = {0.0, 0.2, 0.4, 0.5, 0.6, 0.8, 1.0};
 
@@ -113,6 +114,7 @@ static dm_status train_step(trainer *t, double *loss_out, int *bsize) {
     int nmb = (B + m - 1) / m;
     fault_step = t->st.step;
     fault_point("step");
+    watchdog_beat(t->st.step, "train");
     dist_set_batch(&t->dist, nmb);
     int lo = t->dist.lo, nloc = t->dist.hi - t->dist.lo, local_images = 0;
     for (int j = 0; j < nloc; j++) {
@@ -189,6 +191,7 @@ static double train_test_mse(trainer *t, double sigma, int sigma_idx) {
     float *z = unet_slot(&t->net, t->net.in_buf, 0);
     for (int ch = lo; ch < hi; ch++) {
         int k = n - ch * m < m ? n - ch * m : m;
+        watchdog_beat(t->st.step, "evaluation");
         for (int i = 0; i < k; i++) {
             int img = ch * m + i;
             const float *x = t->test.images + (long)img * DM_PIX;
@@ -394,10 +397,14 @@ static dm_status setup(trainer *t, const char *resume) {
     }
     if (t->rank == 0 && !t->bench)
         st = log_open(&t->log, t->out, c, EVAL_SIGMA, resume ? t->st.step : -1);
-    return agree(st);
+    st = agree(st);
+    if (st == DM_OK && !t->bench)
+        st = agree(watchdog_start(t->out, t->rank, t->size, c->watchdog));
+    return st;
 }
 
 static void teardown(trainer *t) {
+    watchdog_stop();
     if (t->rank == 0 && !t->bench) log_close(&t->log);
     unet_free(&t->net);
     if (t->sampler.arena) unet_free(&t->sampler);

@@ -50,6 +50,9 @@ typedef struct {
     int sample_steps;           /* sample_steps >= 0: sampler steps, 0 = the
                                    objective's default (300 DDPM, 50 flow with
                                    time, 300 flow with class) */
+    double watchdog;            /* watchdog >= 0: seconds without progress
+                                   before the job ends naming the rank that
+                                   stopped answering; 0 = off */
     int sample_chunk;           /* sample_chunk >= 1: images per sampler
                                    forward (x2 with guidance); the unit that
                                    spreads sampling over ranks */

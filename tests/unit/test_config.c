@@ -83,7 +83,7 @@ static void expect_same(const dm_config *a, const dm_config *b,
                a->train_limit == b->train_limit &&
                a->eval_limit == b->eval_limit &&
                a->guidance == b->guidance && a->sample_steps == b->sample_steps &&
-               a->sample_chunk == b->sample_chunk &&
+               a->sample_chunk == b->sample_chunk && a->watchdog == b->watchdog &&
                strcmp(a->sample_epochs, b->sample_epochs) == 0 &&
                a->checkpoint_every == b->checkpoint_every &&
                a->keep == b->keep && a->threads == b->threads &&
@@ -274,6 +274,9 @@ static void test_bad_values(void) {
         "train_limit=2147483648", "checkpoint_every=-1", "objective=Denoise",
         "objective=", "conditioning=foo", "lr_decay=linear", "bn_sync=all",
         "data_dir=", "data_dir=a ;b", "data_dir=a\tb", "data_dir=x\ny",
+        /* Printed as "data_dir = ;x", which inih reads as an empty value
+         * and an inline comment (found by tests/fuzz/fuzz_config.c). */
+        "data_dir=;x", "data_dir= ;x",
         "foo=1", "hidden", "=5", "",
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
@@ -383,13 +386,14 @@ static void test_round_trip(void) {
     a.guidance = 2.5;
     a.sample_steps = 77;
     a.sample_chunk = 5;
+    a.watchdog = 12.5;
     snprintf(a.sample_epochs, sizeof a.sample_epochs, "2,4,9");
     EXPECT(config_validate(&a) == DM_OK, "round trip config validates");
 
     char text[4096], text2[4096];
     int n = config_to_string(&a, text, sizeof text);
     EXPECT(n == (int)strlen(text) && n > 0, "to_string length %d", n);
-    EXPECT(count_lines(text) == 23, "23 lines, got %d", count_lines(text));
+    EXPECT(count_lines(text) == 24, "24 lines, got %d", count_lines(text));
     EXPECT(strncmp(text, "objective = flow\nconditioning = class\n", 38) == 0,
            "to_string starts '%.40s'", text);
     EXPECT(strstr(text, "\nlr = 0.30000000000000004\n") != NULL,
@@ -493,6 +497,27 @@ static void test_validate(void) {
     config_defaults(&c);
     c.data_dir[0] = '\0';
     expect_invalid(&c, "data_dir");
+    config_defaults(&c);
+    snprintf(c.data_dir, sizeof c.data_dir, ";x");
+    expect_invalid(&c, "data_dir = ;x");
+
+    /* Every path config_set accepts reads back from config_to_string's text
+     * unchanged, ';' included wherever inih does not take it for a
+     * comment. */
+    static const char *const paths[] = {"a;b", "a; b", "/x/;", "#x", "=x",
+                                        ":x", "[x]"};
+    for (size_t i = 0; i < sizeof paths / sizeof paths[0]; i++) {
+        char arg[64], text[4096];
+        dm_config d;
+        config_defaults(&c);
+        config_defaults(&d);
+        snprintf(arg, sizeof arg, "data_dir=%s", paths[i]);
+        EXPECT(config_set(&c, arg) == DM_OK, "--set %s", arg);
+        config_to_string(&c, text, sizeof text);
+        EXPECT(config_load_string(&d, text, "round trip") == DM_OK &&
+                   strcmp(d.data_dir, paths[i]) == 0,
+               "data_dir '%s' came back as '%s'", paths[i], d.data_dir);
+    }
 }
 
 static void test_sample_epochs(void) {
