@@ -12,9 +12,13 @@ if [[ "${1:-}" == "--help" || "${1:-}" == "-h" ]]; then
     exit 0
 fi
 
+# slurmd slurmctld slurm-client: the Slurm tests run a private instance
+# (tests/integration/slurm.py, auth/none); with no /etc/slurm/slurm.conf the
+# system slurmctld/slurmd do not start (munged may; the tests do not use it).
 PKGS=(cmake make gcc pkg-config libopenmpi-dev openmpi-bin libopenblas-dev
       libhdf5-dev libpng-dev libinih-dev librandom123-dev
-      python3 python3-h5py python3-numpy python3-matplotlib)
+      python3 python3-h5py python3-numpy python3-matplotlib
+      slurmd slurmctld slurm-client)
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -27,18 +27,20 @@ fi
 
 resume=()
 compgen -G "$out/checkpoints/ckpt-*.h5" >/dev/null && resume=(--resume auto)
-echo "diffmpi job ${SLURM_JOB_ID:-local} restart ${SLURM_RESTART_COUNT:-0}: $config -> $out ${resume[*]} $*"
+echo "diffmpi job ${SLURM_JOB_ID:-local} restart ${SLURM_RESTART_COUNT:-0}, launch ${LAUNCH:-mpirun}: $config -> $out ${resume[*]} $*"
 
 # shellcheck disable=SC2086
 ${LAUNCH:-mpirun} "$bin" train --config "$config" --out "$out" "${resume[@]}" "$@" &
 pid=$!
-trap 'kill -USR1 "$pid" 2>/dev/null' USR1 TERM
-wait "$pid"
-rc=$?
-# A trapped signal interrupts `wait`; wait again for the real exit code.
-while kill -0 "$pid" 2>/dev/null; do
+trap 'caught=1; kill -USR1 "$pid" 2>/dev/null' USR1 TERM
+# A trapped signal makes `wait` return 128+N at once: wait again for the
+# run's own exit code. Not `while kill -0 "$pid"`: a run that ends as the
+# signal arrives is already reaped, and its code (0) would be lost to 138.
+while :; do
+    caught=0
     wait "$pid"
     rc=$?
+    ((caught && rc > 128)) || break
 done
 if [[ $rc -eq 3 && -n "${SLURM_JOB_ID:-}" ]]; then
     echo "diffmpi: checkpointed on a signal; requeueing job $SLURM_JOB_ID"
