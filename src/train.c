@@ -106,6 +106,16 @@ static void load_permutation(trainer *t, int64_t epoch) {
 
 /* ---- one optimizer step -------------------------------------------------- */
 
+/* Test hook: DIFFMPI_TEST_NAN_GRAD=k poisons one gradient entry at step k. */
+static int64_t test_nan_step = -1;
+
+static int all_finite(const float *x, long n) {
+    /* A sum of x*0 is NaN iff some x is Inf or NaN; one vectorizable pass. */
+    float acc = 0.0f;
+    for (long i = 0; i < n; i++) acc += x[i] * 0.0f;
+    return acc == 0.0f;
+}
+
 static dm_status train_step(trainer *t, double *loss_out, int *bsize) {
     const dm_config *c = &t->cfg;
     int m = c->micro_batch;
@@ -156,10 +166,16 @@ static dm_status train_step(trainer *t, double *loss_out, int *bsize) {
     double loss = sse / ((double)B * DM_PIX);
     *loss_out = loss;
     *bsize = B;
-    if (!isfinite(loss)) {
+    if (test_nan_step >= 0 && t->st.step == test_nan_step) t->grads[t->net.nparams / 2] = NAN;
+    /* Every rank holds the same loss and gradient, so all decide alike. A
+     * non-finite gradient with a finite loss would poison the weights, and
+     * the next checkpoint with them. */
+    const char *what = !isfinite(loss) ? "loss" : all_finite(t->grads, t->net.nparams)
+                                                      ? NULL : "gradient";
+    if (what) {
         if (t->rank == 0)
-            dm_error("non-finite loss at step %lld (epoch %lld); stopping, the last "
-                     "checkpoint in %s/checkpoints is kept",
+            dm_error("non-finite %s at step %lld (epoch %lld); stopping, the last "
+                     "checkpoint in %s/checkpoints is kept", what,
                      (long long)t->st.step + 1, (long long)t->st.epoch + 1, t->out);
         return DM_ENUM;
     }
@@ -534,6 +550,8 @@ int train_run(const dm_config *cfg, const char *out_dir, const char *resume) {
     MPI_Comm_size(MPI_COMM_WORLD, &t.size);
     openblas_set_num_threads(cfg->threads);
     fault_init(t.rank);
+    const char *nan_env = getenv("DIFFMPI_TEST_NAN_GRAD");
+    test_nan_step = nan_env ? atoll(nan_env) : -1;
     h5_quiet();
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);

@@ -126,4 +126,17 @@ steps = sorted(int(re.search(r"ckpt-(\d+)", x).group(1)) for x in
                glob.glob(os.path.join(out, "checkpoints", "ckpt-*.h5")))
 check(bool(steps) and steps[-1] == bad_step - 1,
       f"last good checkpoint (step {bad_step - 1}) kept ({steps})")
+# A non-finite gradient while the loss is still finite (a test hook poisons
+# one entry at step 12): stop before Adam, name the step, keep checkpoints.
+out = os.path.join(base, "nangrad")
+r = train(2, out, env_extra={"DIFFMPI_TEST_NAN_GRAD": "12"})
+err = [l for l in r.stderr.splitlines() if l.startswith("diffmpi:")]
+check(r.returncode == 1 and len(err) == 1 and "non-finite gradient at step 13" in err[0],
+      f"non-finite gradient: exit 1, one line naming the step ({err})")
+steps = sorted(int(re.search(r"ckpt-(\d+)", x).group(1)) for x in
+               glob.glob(os.path.join(out, "checkpoints", "ckpt-*.h5")))
+check(steps and steps[-1] == 10, f"checkpoints before the bad step kept ({steps})")
+r = train(2, out, resume="auto")
+bad = compare_h5(ref_final, os.path.join(out, "checkpoints", "ckpt-44.h5"))
+check(r.returncode == 0 and not bad, "resume from the last good checkpoint ends bitwise equal")
 finish()
