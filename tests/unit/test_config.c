@@ -15,26 +15,10 @@
 
 static char tmpdir[64];
 static char errpath[128];
-static int saved_stderr = -1;
-
 /* stderr capture around one call: begin, call, end(buf). */
-static void capture_begin(void) {
-    fflush(stderr);
-    saved_stderr = dup(2);
-    int fd = open(errpath, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    dup2(fd, 2);
-    close(fd);
-}
+static void capture_begin(void) { test_capture_begin(errpath); }
 
-static void capture_end(char *buf, size_t size) {
-    fflush(stderr);
-    dup2(saved_stderr, 2);
-    close(saved_stderr);
-    FILE *fp = fopen(errpath, "r");
-    size_t n = fp ? fread(buf, 1, size - 1, fp) : 0;
-    buf[n] = '\0';
-    if (fp) fclose(fp);
-}
+static void capture_end(char *buf, size_t size) { test_capture_end(errpath, buf, size); }
 
 static int count_lines(const char *s) {
     int n = 0;
