@@ -122,7 +122,7 @@ static void add_fc(builder *bl, unet_fc *f, const char *name, int in, int out) {
 static void add_condpt(builder *bl, int k, int unit, unet_ref dst, int C, int hw) {
     unet *u = bl->u;
     unet_condpt *cp = &u->condpts[k];
-    char nm[8];
+    char nm[16]; /* "t" or "c" and any int */
     cp->unit = unit, cp->dst = dst, cp->C = C, cp->hw = hw;
     snprintf(nm, sizeof nm, "t%d", k + 1);
     add_fc(bl, &cp->t, nm, 1, C);
