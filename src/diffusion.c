@@ -2,6 +2,7 @@
 #include "diffmpi/diffusion.h"
 
 #include <math.h>
+#include <string.h>
 
 #include "diffmpi/data.h"
 #include "diffmpi/rng.h"
@@ -28,6 +29,22 @@ unet_shape diffusion_shape(const dm_config *c, int m, int max_mb, int inference)
     return sh;
 }
 
+/* The denoisers' input: z = x + sigma * eps, or eps alone (pure_noise). */
+static void noisy(const dm_config *c, float *z, const float *x, double sigma,
+                  dm_rng *noise) {
+    for (int k = 0; k < DM_PIX; k++) {
+        float eps = rng_normal(noise);
+        z[k] = c->objective == OBJ_PURE_NOISE ? eps : x[k] + (float)sigma * eps;
+    }
+}
+
+void diffusion_noisy_at(const dm_config *c, float *z, const float *x, double sigma,
+                        uint64_t purpose, int image) {
+    dm_rng noise;
+    rng_init(&noise, c->seed, DM_STREAM_EVAL, purpose, (uint32_t)image);
+    noisy(c, z, x, sigma, &noise);
+}
+
 /* Input and target for a given noise stream and time (shared by training
  * and evaluation examples). tq: time in [0,1). */
 static void make(const dm_config *c, const ddpm_schedule *s, float *z, float *target,
@@ -51,11 +68,8 @@ static void make(const dm_config *c, const ddpm_schedule *s, float *z, float *ta
         }
         *t = tt;
     } else {
-        for (int k = 0; k < DM_PIX; k++) {
-            float eps = rng_normal(noise);
-            z[k] = c->objective == OBJ_PURE_NOISE ? eps : x[k] + (float)c->sigma * eps;
-            target[k] = x[k];
-        }
+        noisy(c, z, x, c->sigma, noise);
+        memcpy(target, x, sizeof(float) * DM_PIX);
         *t = 0.0f;
     }
 }

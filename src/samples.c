@@ -99,7 +99,7 @@ dm_status samples_noising(const char *out, const dm_config *c,
     static float img[DM_NSIGMAS * SAMPLES_K * DM_PIX];
     for (int s = 0; s < DM_NSIGMAS; s++)
         for (int i = 0; i < SAMPLES_K; i++)
-            train_make_eval(c, img + (long)(s * SAMPLES_K + i) * DM_PIX,
+            diffusion_noisy_at(c, img + (long)(s * SAMPLES_K + i) * DM_PIX,
                             test->images + (long)i * DM_PIX, dm_sigmas[s], s, i);
     char tmp[4300];
     hid_t f = open_copy(out, tmp, sizeof tmp);
@@ -121,7 +121,7 @@ dm_status samples_epoch(const char *out, unet *u, const dm_config *c,
           *den = img + 2 * SAMPLES_K * DM_PIX;
     memcpy(clean, test->images, sizeof(float) * SAMPLES_K * DM_PIX);
     for (int i = 0; i < SAMPLES_K; i++)
-        train_make_eval(c, noisy + (long)i * DM_PIX, clean + (long)i * DM_PIX,
+        diffusion_noisy_at(c, noisy + (long)i * DM_PIX, clean + (long)i * DM_PIX,
                         dm_sigmas[SIGMA_IDX_HALF], SIGMA_IDX_HALF, i);
     unet_predict(u, den, noisy, NULL, NULL, SAMPLES_K);
     char tmp[4300], name[64];
@@ -149,7 +149,7 @@ dm_status samples_ood(const char *out, unet *u, const dm_config *c,
     static float img[2 * DM_NSIGMAS * DM_PIX];
     float *noisy = img, *den = img + DM_NSIGMAS * DM_PIX;
     for (int s = 0; s < DM_NSIGMAS; s++)
-        train_make_eval(c, noisy + (long)s * DM_PIX, test->images, dm_sigmas[s], s, 0);
+        diffusion_noisy_at(c, noisy + (long)s * DM_PIX, test->images, dm_sigmas[s], s, 0);
     unet_predict(u, den, noisy, NULL, NULL, DM_NSIGMAS);
     char tmp[4300];
     hid_t f = open_copy(out, tmp, sizeof tmp);

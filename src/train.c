@@ -88,15 +88,6 @@ static int exit_code(dm_status st) {
     return DM_EXIT_RUNTIME;
 }
 
-void train_make_eval(const dm_config *c, float *z, const float *x,
-                     double sigma, int sigma_idx, int image) {
-    dm_rng r;
-    rng_init(&r, c->seed, DM_STREAM_EVAL, (uint64_t)sigma_idx, (uint32_t)image);
-    for (int k = 0; k < DM_PIX; k++) {
-        float eps = rng_normal(&r);
-        z[k] = c->objective == OBJ_PURE_NOISE ? eps : x[k] + (float)sigma * eps;
-    }
-}
 
 static void load_permutation(trainer *t, int64_t epoch) {
     dm_rng r;
@@ -217,7 +208,7 @@ static double train_test_mse(trainer *t, double sigma, int sigma_idx) {
                 diffusion_example_at(c, &t->sched, z + (long)i * DM_PIX, tg, &tin, x, tq,
                                      1000, img);
             } else {
-                train_make_eval(c, z + (long)i * DM_PIX, x, sigma, sigma_idx, img);
+                diffusion_noisy_at(c, z + (long)i * DM_PIX, x, sigma, (uint64_t)sigma_idx, img);
                 memcpy(tg, x, sizeof(float) * DM_PIX);
             }
             if (t->net.cond)

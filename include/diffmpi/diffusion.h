@@ -44,6 +44,12 @@ void diffusion_example_at(const dm_config *c, const ddpm_schedule *s, float *z,
                           float *target, float *t, const float *x, double tq,
                           uint64_t purpose, int image);
 
+/* A denoiser's noisy input at a given sigma (z = x + sigma*eps, or eps for
+ * pure_noise), noise keyed by (seed, DM_STREAM_EVAL, purpose, image):
+ * evaluation and the figures, reproducible and rank-independent. */
+void diffusion_noisy_at(const dm_config *c, float *z, const float *x, double sigma,
+                        uint64_t purpose, int image);
+
 /* Estimate of the clean image from a noisy input and the network output. */
 void diffusion_x0_hat(const dm_config *c, const ddpm_schedule *s, float *x0,
                       const float *z, const float *out, float t, long n);

@@ -21,11 +21,6 @@ int bench_run(const dm_config *c, int steps, int sample, int verbose);
 /* predict: rank 0 reads IN (/x [N,1,28,28] float32), writes OUT (/y). */
 int predict_run(const char *ckpt, const char *in_path, const char *out_path);
 
-/* Noisy test image z for evaluation and figures, keyed by (seed, sigma
- * index, test image index) so that every figure is reproducible. */
-void train_make_eval(const dm_config *c, float *z, const float *x,
-                     double sigma, int sigma_idx, int image);
-
 /* The sigmas of the noising figure and the out-of-distribution sweep. */
 #define DM_NSIGMAS 7
 extern const double dm_sigmas[DM_NSIGMAS];
