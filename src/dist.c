@@ -75,8 +75,14 @@ void dist_init(dm_dist *d, MPI_Comm comm, long nparams, int max_nmb,
     d->gather = dm_calloc((size_t)max_nmb * (size_t)max_width, sizeof(double));
     d->leaf_slot = dm_calloc((size_t)max_nmb, sizeof(int));
     d->leaf_merges = dm_calloc((size_t)max_nmb, sizeof(int));
-    /* Blocks per rank <= 2*log2(nmb)+2; ops < blocks. */
-    int cap = d->size * 2 * (DIST_MAX_SLOTS / 2) + 4;
+    /* Slots: the deepest stack any range of a batch can need. */
+    int depth = 1;
+    while ((1 << (depth - 1)) < max_nmb) depth++;
+    d->nslots = depth + 1;
+    DM_CHECK(d->nslots <= DIST_MAX_SLOTS, "too many micro-batches (%d)", max_nmb);
+    /* A rank's blocks are what is left on its stack: at most nslots. All
+     * blocks, the tree's ops and the messages are bounded by that. */
+    int cap = d->size * d->nslots + 4;
     d->block_rank = dm_calloc((size_t)cap, sizeof(int));
     d->block_a = dm_calloc((size_t)cap, sizeof(int));
     d->block_k = dm_calloc((size_t)cap, sizeof(int));
@@ -85,15 +91,11 @@ void dist_init(dm_dist *d, MPI_Comm comm, long nparams, int max_nmb,
     d->op_r = dm_calloc((size_t)cap, sizeof(int));
     d->ptr = dm_calloc((size_t)cap, sizeof(float *));
     d->reqs = dm_calloc((size_t)(2 * cap), sizeof(MPI_Request));
-    /* Slots: the deepest stack any range of a batch can need. */
-    int depth = 1;
-    while ((1 << (depth - 1)) < max_nmb) depth++;
-    d->nslots = depth + 1;
-    DM_CHECK(d->nslots <= DIST_MAX_SLOTS, "too many micro-batches (%d)", max_nmb);
     for (int s = 0; s < d->nslots; s++)
         d->slot[s] = dm_calloc((size_t)nparams, sizeof(float));
+    /* Other ranks' blocks for this rank's slice of the parameters. */
     long slice = nparams / d->size + 1;
-    d->recv = dm_calloc((size_t)slice * (size_t)cap, sizeof(float));
+    d->recv = dm_calloc((size_t)slice * (size_t)((d->size - 1) * d->nslots + 1), sizeof(float));
 }
 
 void dist_free(dm_dist *d) {
