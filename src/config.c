@@ -329,6 +329,16 @@ static int key_valid(const config_key *k, const dm_config *c) {
 
 /* Shortest "%.Ng" that reads back as exactly v (at most 17 digits), but
  * whole numbers below 1e15 as plain integers ("10", not "1e+01"). */
+/* At most size - 1 bytes of a field of cap bytes, NUL-terminated. Written
+ * out because snprintf("%.*s") trips -Wformat-truncation at -O3. */
+static void copy_text(char *buf, size_t size, const char *src, size_t cap) {
+    if (size == 0) return;
+    size_t n = strnlen(src, cap);
+    if (n > size - 1) n = size - 1;
+    memcpy(buf, src, n);
+    buf[n] = '\0';
+}
+
 static void format_real(double v, char *buf, size_t size) {
     if (v == floor(v) && fabs(v) < 1e15) {
         snprintf(buf, size, "%.0f", v);
@@ -364,12 +374,10 @@ static void key_format(const config_key *k, const dm_config *c, char *buf,
                  iv >= 0 && iv < enum_count(k) ? k->names[iv] : "?");
         break;
     case KEY_PATH:
-        snprintf(buf, size, "%.*s", (int)sizeof c->data_dir - 1,
-                 (const char *)cfield(c, k));
+        copy_text(buf, size, (const char *)cfield(c, k), sizeof c->data_dir);
         break;
     case KEY_EPOCHS:
-        snprintf(buf, size, "%.*s", (int)sizeof c->sample_epochs - 1,
-                 (const char *)cfield(c, k));
+        copy_text(buf, size, (const char *)cfield(c, k), sizeof c->sample_epochs);
         break;
     }
 }

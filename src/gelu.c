@@ -1,26 +1,106 @@
 /* gelu.c: GELU in PyTorch's default (exact, erf) form, elementwise over n
- * floats of any layout. */
+ * floats of any layout, with a normal cdf/pdf that the compiler vectorizes.
+ *
+ * gelu(x) = x * Phi(x), Phi the standard normal cdf = (1 + erf(x/sqrt2))/2.
+ * libm's erff/expf are scalar calls and cost about 14 % of a D=128 training
+ * step; normal_cdf_pdf below is branch-free float arithmetic, so one loop
+ * of it becomes SSE/AVX2/AVX-512 code (see DM_VECTOR_CLONES in layers.h).
+ *
+ *   |x| < 1:  Phi(x) = 1/2 + x * P(x^2),        P of degree 5
+ *   |x| >= 1: Phi(-t) = exp(-t^2/2) * R(s),     s = 1/(1 + 0.3 t), t = |x|,
+ *             R of degree 8, t clamped to 6; Phi(x) = 1 - Phi(-t) for x > 0
+ *   x < -9:   Phi = 0 (PyTorch's float erf already gives 0 below -5.5).
+ * P and R were fitted here by weighted least squares on Chebyshev nodes
+ * against mpmath (relative error 8e-10 and 2e-10 in exact arithmetic);
+ * exp uses Cody-Waite reduction to |r| <= ln2/2 and a degree-6 fit
+ * (2e-9). In float the cdf is within 2.4e-7 of the exact value over all x
+ * (test_layers checks a dense grid against double erf). */
 #include "diffmpi/layers.h"
 
-#include <math.h>
+#include <stdint.h>
+#include <string.h>
 
-/* M_SQRT1_2 is not in strict C11/POSIX; spelled out here. */
-static const float gelu_rsqrt2 = 0.70710678118654752f;
-
-/* y[i] = x/2 * (1 + erf(x / sqrt(2))); y OVERWRITTEN (may alias x). */
-void gelu_forward(float *y, const float *x, long n) {
-    for (long i = 0; i < n; i++)
-        y[i] = 0.5f * x[i] * (1.0f + erff(x[i] * gelu_rsqrt2));
+/* exp(-x^2/2), with the exponent clamped at -80 so that neither the result
+ * nor the products formed from it are subnormal. */
+static inline float exp_neg_half_sq(float x) {
+    float y = -0.5f * x * x;
+    y = y < -80.0f ? -80.0f : y;
+    /* n = round(y / ln2) by the 1.5*2^23 trick; r = y - n*ln2 in two
+     * pieces (ln2_hi has 8 trailing zero bits, so n*ln2_hi is exact). */
+    const float shift = 12582912.0f;
+    const float k = y * 1.44269504f + shift;
+    const float n = k - shift;
+    const float r = (y - n * 0.693359375f) - n * -2.12194440e-4f;
+    float p = 1.382945861e-03f;
+    p = p * r + 8.374801073e-03f;
+    p = p * r + 4.166835923e-02f;
+    p = p * r + 1.666642048e-01f;
+    p = p * r + 4.999999148e-01f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    /* 2^n: n in [-116, 0], so the biased exponent stays normal. */
+    int32_t ki, scale_bits;
+    memcpy(&ki, &k, sizeof ki);
+    scale_bits = (ki - 0x4B400000 + 127) << 23;
+    float scale;
+    memcpy(&scale, &scale_bits, sizeof scale);
+    return p * scale;
 }
 
-/* gelu'(x) = Phi(x) + x * phi(x), Phi/phi the standard normal cdf/pdf.
- * dx ADDED (NULL: nothing to do). */
+/* cdf = Phi(x); pdf = phi(x) = exp(-x^2/2) / sqrt(2 pi). */
+static inline void normal_cdf_pdf(float x, float *cdf, float *pdf) {
+    const float u = x * x;
+    float ps = -7.680052629e-06f;
+    ps = ps * u + 1.135555231e-04f;
+    ps = ps * u + -1.186396307e-03f;
+    ps = ps * u + 9.973350565e-03f;
+    ps = ps * u + -6.649036420e-02f;
+    ps = ps * u + 3.989422803e-01f;
+    const float small = 0.5f + x * ps;
+
+    const float e = exp_neg_half_sq(x);
+    float t = x < 0.0f ? -x : x;
+    t = t > 6.0f ? 6.0f : t;
+    const float s = 1.0f / (1.0f + 0.3f * t);
+    float q = 4.608185103e-02f;
+    q = q * s + -2.022665747e-01f;
+    q = q * s + 2.894125017e-01f;
+    q = q * s + -1.386377491e-01f;
+    q = q * s + 1.812251736e-01f;
+    q = q * s + 7.966784998e-02f;
+    q = q * s + 1.254683074e-01f;
+    q = q * s + 1.190205593e-01f;
+    q = q * s + 3.345553561e-05f;
+    const float tail = e * q; /* Phi(-|x|) */
+    const float large = x > 0.0f ? 1.0f - tail : tail;
+    const float c = (x < 1.0f && x > -1.0f) ? small : large;
+    *cdf = x < -9.0f ? 0.0f : c;
+    *pdf = x < -9.0f ? 0.0f : e * 0.398942280f;
+}
+
+float gelu_cdf(float x) {
+    float c, p;
+    normal_cdf_pdf(x, &c, &p);
+    return c;
+}
+
+/* y[i] = x * Phi(x); y OVERWRITTEN (may alias x). */
+DM_VECTOR_CLONES
+void gelu_forward(float *y, const float *x, long n) {
+    for (long i = 0; i < n; i++) {
+        float c, p;
+        normal_cdf_pdf(x[i], &c, &p);
+        y[i] = x[i] * c;
+    }
+}
+
+/* gelu'(x) = Phi(x) + x * phi(x). dx ADDED (NULL: nothing to do). */
+DM_VECTOR_CLONES
 void gelu_backward(float *dx, const float *dy, const float *x, long n) {
     if (!dx) return;
-    const float inv_sqrt_2pi = 0.3989422804014327f;
     for (long i = 0; i < n; i++) {
-        const float cdf = 0.5f * (1.0f + erff(x[i] * gelu_rsqrt2));
-        const float pdf = inv_sqrt_2pi * expf(-0.5f * x[i] * x[i]);
-        dx[i] += dy[i] * (cdf + x[i] * pdf);
+        float c, p;
+        normal_cdf_pdf(x[i], &c, &p);
+        dx[i] += dy[i] * (c + x[i] * p);
     }
 }

@@ -19,6 +19,17 @@
 #ifndef DIFFMPI_LAYERS_H
 #define DIFFMPI_LAYERS_H
 
+/* The elementwise kernels are compiled three times (AVX-512, AVX2, plain
+ * x86-64) and the loader picks the best the CPU has. The build is ISO C
+ * (-std=c11), so GCC contracts no a*b+c into an FMA and every kernel is
+ * elementwise or sums in a fixed order: all three give bitwise the same
+ * results, and mixed clusters stay reproducible. */
+#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__)
+#define DM_VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define DM_VECTOR_CLONES
+#endif
+
 /* ---- Conv2d (kernel k, stride s, padding p), via im2col + sgemm ----------
  * in [Cin][N][H][W], out [Cout][N][Ho][Wo], Ho = (H + 2p - k)/s + 1.
  * col: scratch of conv2d_col_floats(...) floats, [Cin*k*k][N*Ho*Wo].
@@ -84,6 +95,8 @@ void bn2d_backward(float *dx, const float *dy, const float *x,
 void gelu_forward(float *y, const float *x, long n);
 /* dx (ADDED) += dy * gelu'(x) */
 void gelu_backward(float *dx, const float *dy, const float *x, long n);
+/* Phi(x), the standard normal cdf as gelu_forward evaluates it. */
+float gelu_cdf(float x);
 
 /* ---- AvgPool over the full HxW plane (AvgPool2d(7) on 7x7) ---------------
  * in [C][N][HW], out [C][N] */
