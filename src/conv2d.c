@@ -123,14 +123,31 @@ void conv2d_forward(float *out, const float *in, const float *w, const float *b,
         for (long i = 0; i < P; i++) out[(long)co * P + i] += b[co];
 }
 
+/* Can the input gradient be computed as a convolution (see below)? */
+static int din_as_conv(int k, int s, int p) {
+    return s == 1 && p <= k - 1;
+}
+
+long conv2d_scratch_floats(int N, int Cin, int H, int W, int Cout, int k,
+                           int s, int p) {
+    long need = conv2d_col_floats(N, Cin, H, W, k, s, p);
+    if (din_as_conv(k, s, p)) {
+        long alt = (long)Cout * k * k * N * H * W + (long)Cin * Cout * k * k;
+        if (alt > need) need = alt;
+    }
+    return need;
+}
+
 /* dout [Cout][N][Ho][Wo]; in, w as in forward.
  * dw [Cout][Cin][k][k], db [Cout] (or NULL) OVERWRITTEN; din [Cin][N][H][W]
- * ADDED (or NULL). col is reused: first im2col(in), then dcol. */
+ * ADDED (or NULL). col (conv2d_scratch_floats) first holds im2col(in), then
+ * the input gradient's operands. */
 void conv2d_backward(float *din, float *dw, float *db, const float *dout,
                      const float *in, const float *w, float *col, int N,
                      int Cin, int H, int W, int Cout, int k, int s, int p) {
+    const int Ho = conv_out(H, k, s, p), Wo = conv_out(W, k, s, p);
     const int K = Cin * k * k;
-    const int P = N * conv_out(H, k, s, p) * conv_out(W, k, s, p);
+    const int P = N * Ho * Wo;
     im2col(col, in, N, Cin, H, W, k, s, p);
     /* dw = dout x col^T. A = dout (Cout x P), NoTrans; B must be P x K but
      * col is stored K x P, hence Trans; C = dw (Cout x K), beta = 0. */
@@ -142,6 +159,27 @@ void conv2d_backward(float *din, float *dw, float *db, const float *dout,
         db[co] = (float)acc;
     }
     if (!din) return;
+    if (din_as_conv(k, s, p)) {
+        /* With stride 1 the input gradient is itself a convolution: dout
+         * padded by k-1-p, correlated with w flipped in both spatial axes
+         * and transposed to [Cin][Cout][k][k]. That is im2col(dout) and one
+         * GEMM with inner dimension Cout*k*k accumulating into din, instead
+         * of a GEMM with inner dimension Cout writing a Cin*k*k-row column
+         * matrix and a col2im scatter-add of it. */
+        const int Kd = Cout * k * k, Pin = N * H * W;
+        float *wf = col + (long)Kd * Pin;
+        for (int ci = 0; ci < Cin; ci++)
+            for (int co = 0; co < Cout; co++)
+                for (int a = 0; a < k * k; a++)
+                    wf[((long)ci * Cout + co) * k * k + a] =
+                        w[((long)co * Cin + ci) * k * k + (k * k - 1 - a)];
+        im2col(col, dout, N, Cout, Ho, Wo, k, 1, k - 1 - p);
+        /* din += wf x col: A = wf (Cin x Kd), B = col (Kd x Pin), beta = 1
+         * because input gradients accumulate. */
+        dm_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Cin, Pin, Kd, 1.0f,
+                 wf, Kd, col, Pin, 1.0f, din, Pin);
+        return;
+    }
     /* dcol = w^T x dout. A must be K x Cout but w is stored Cout x K, hence
      * Trans; B = dout (Cout x P), NoTrans; C = col (K x P), beta = 0: the
      * im2col data is no longer needed. */

@@ -32,9 +32,13 @@
 
 /* ---- Conv2d (kernel k, stride s, padding p), via im2col + sgemm ----------
  * in [Cin][N][H][W], out [Cout][N][Ho][Wo], Ho = (H + 2p - k)/s + 1.
- * col: scratch of conv2d_col_floats(...) floats, [Cin*k*k][N*Ho*Wo].
+ * col: scratch of conv2d_scratch_floats(...) floats: im2col's
+ * [Cin*k*k][N*Ho*Wo] (conv2d_col_floats), and for stride 1 also room for
+ * the input gradient as a convolution of dout.
  * b may be NULL (no bias); db may be NULL. */
 long conv2d_col_floats(int N, int Cin, int H, int W, int k, int s, int p);
+long conv2d_scratch_floats(int N, int Cin, int H, int W, int Cout, int k,
+                           int s, int p);
 void conv2d_forward(float *out, const float *in, const float *w, const float *b,
                     float *col, int N, int Cin, int H, int W, int Cout, int k,
                     int s, int p);

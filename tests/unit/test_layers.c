@@ -239,7 +239,7 @@ static void test_conv_case(struct conv_case c) {
     const long nout = (long)c.Cout * c.N * Ho * Wo;
     const long ncol =
         c.transposed ? convt2d_col_floats(c.N, c.Cout, c.H, c.W, c.k)
-                     : conv2d_col_floats(c.N, c.Cin, c.H, c.W, c.k, c.s, c.p);
+                     : conv2d_scratch_floats(c.N, c.Cin, c.H, c.W, c.Cout, c.k, c.s, c.p);
     float *R = FALLOC(nout);
     struct conv_ctx x = {
         c, FALLOC(nin), FALLOC(nw), FALLOC(c.Cout), FALLOC(ncol), FALLOC(nout),
@@ -264,6 +264,10 @@ static void test_conv(void) {
     test_conv_case((struct conv_case){2, 3, 7, 6, 4, 3, 2, 1, 0});
     test_conv_case((struct conv_case){2, 3, 6, 6, 4, 3, 2, 1, 0});
     test_conv_case((struct conv_case){2, 3, 5, 5, 2, 1, 1, 0, 0});
+    /* stride 1 with p <= k-1 takes the input gradient as a convolution;
+     * p = 0 and p = 3 > k-1 (col2im path) pin both sides of that switch */
+    test_conv_case((struct conv_case){2, 3, 6, 5, 4, 3, 1, 0, 0});
+    test_conv_case((struct conv_case){1, 2, 4, 5, 3, 3, 1, 3, 0});
     /* ConvTranspose2d: 4x4 s2 p1 (7 -> 14 upsampling), 7x7 s7 p0 (1 -> 7) */
     test_conv_case((struct conv_case){2, 3, 3, 4, 4, 4, 2, 1, 1});
     test_conv_case((struct conv_case){2, 3, 1, 1, 2, 7, 7, 0, 1});
