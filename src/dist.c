@@ -90,12 +90,39 @@ void dist_init(dm_dist *d, MPI_Comm comm, long nparams, int max_nmb,
     d->op_l = dm_calloc((size_t)cap, sizeof(int));
     d->op_r = dm_calloc((size_t)cap, sizeof(int));
     d->ptr = dm_calloc((size_t)cap, sizeof(float *));
-    d->reqs = dm_calloc((size_t)(2 * cap), sizeof(MPI_Request));
+    d->cap = cap;
     for (int s = 0; s < d->nslots; s++)
         d->slot[s] = dm_calloc((size_t)nparams, sizeof(float));
     /* Other ranks' blocks for this rank's slice of the parameters. */
     long slice = nparams / d->size + 1;
     d->recv = dm_calloc((size_t)slice * (size_t)((d->size - 1) * d->nslots + 1), sizeof(float));
+    long whole = nparams;
+    dist_set_segments(d, 1, (long[]){0}, &whole);
+}
+
+void dist_set_segments(dm_dist *d, int nseg, const long *off, const long *len) {
+    DM_CHECK(nseg >= 1, "no gradient segments");
+    long at = 0;
+    for (int s = 0; s < nseg; s++) {
+        DM_CHECK(off[s] == at && len[s] > 0, "gradient segment %d is [%ld, +%ld), "
+                 "expected to start at %ld", s, off[s], len[s], at);
+        at += len[s];
+    }
+    DM_CHECK(at == d->nparams, "gradient segments cover %ld of %ld parameters", at,
+             d->nparams);
+    /* Tags are block * nseg + segment; MPI guarantees tags up to 32767. */
+    DM_CHECK((long)d->nslots * nseg <= 32767, "%d gradient segments are too many", nseg);
+    free(d->seg_off), free(d->seg_len), free(d->seg_done), free(d->reqs);
+    d->nseg = nseg;
+    d->seg_off = dm_calloc((size_t)nseg, sizeof(long));
+    d->seg_len = dm_calloc((size_t)nseg, sizeof(long));
+    d->seg_done = dm_calloc((size_t)nseg, sizeof(long));
+    memcpy(d->seg_off, off, (size_t)nseg * sizeof(long));
+    memcpy(d->seg_len, len, (size_t)nseg * sizeof(long));
+    /* Receives: one per segment and remote block; sends: one per segment,
+     * local block and other owner; both at most nseg * cap. */
+    d->max_req = 2 * nseg * d->cap;
+    d->reqs = dm_calloc((size_t)d->max_req, sizeof(MPI_Request));
 }
 
 void dist_free(dm_dist *d) {
@@ -103,6 +130,7 @@ void dist_free(dm_dist *d) {
     free(d->leaf_slot), free(d->leaf_merges);
     free(d->block_rank), free(d->block_a), free(d->block_k), free(d->block_local);
     free(d->op_l), free(d->op_r), free(d->ptr), free(d->reqs), free(d->recv);
+    free(d->seg_off), free(d->seg_len), free(d->seg_done);
     for (int s = 0; s < d->nslots; s++) free(d->slot[s]);
     memset(d, 0, sizeof *d);
 }
@@ -131,6 +159,8 @@ void dist_set_batch(dm_dist *d, int nmb) {
     while ((1 << top) < nmb) top++;
     d->nops = 0;
     d->root = tree_eval(d, 0, top);
+    DM_CHECK(d->nreq == 0 && !d->recvs_posted, "gradient messages of the last step pending");
+    for (int s = 0; s < d->nseg; s++) d->seg_done[s] = 0;
 }
 
 /* When profiling, time the wait for the slowest rank apart from the data
@@ -201,6 +231,67 @@ float *dist_leaf_dst(void *ctx, int j) {
     return d->slot[d->leaf_slot[j]];
 }
 
+static void slice_of(const dm_dist *d, int r, long *off, long *len) {
+    long lo = d->nparams * r / d->size, hi = d->nparams * (r + 1) / d->size;
+    *off = lo, *len = hi - lo;
+}
+
+/* [a, a+n) intersected with [b, b+m): start in *o, length returned. */
+static long overlap(long a, long n, long b, long m, long *o) {
+    long lo = a > b ? a : b, hi = a + n < b + m ? a + n : b + m;
+    *o = lo;
+    return hi > lo ? hi - lo : 0;
+}
+
+static int tag_of(const dm_dist *d, int block_local, int seg) {
+    return block_local * d->nseg + seg;
+}
+
+/* Post the receives of this rank's slice from every remote block, segment
+ * by segment, into d->recv; and point d->ptr at every block's slice. */
+static void post_recvs(dm_dist *d) {
+    if (d->recvs_posted) return;
+    d->recvs_posted = 1;
+    long off, len, pos = 0;
+    slice_of(d, d->rank, &off, &len);
+    for (int b = 0; b < d->nblocks; b++) {
+        int r = d->block_rank[b];
+        if (r == d->rank) {
+            d->ptr[b] = d->slot[d->block_local[b]] + off;
+            continue;
+        }
+        d->ptr[b] = d->recv + pos;
+        for (int s = 0; s < d->nseg; s++) {
+            long o, n = overlap(d->seg_off[s], d->seg_len[s], off, len, &o);
+            if (n == 0) continue;
+            DM_CHECK(d->nreq < d->max_req, "gradient receives exceed %d", d->max_req);
+            MPI_Irecv(d->recv + pos + (o - off), (int)n, MPI_FLOAT, r,
+                      tag_of(d, d->block_local[b], s), d->comm, &d->reqs[d->nreq++]);
+        }
+        pos += len;
+    }
+}
+
+/* Segment s of every local block is final: send it to the other owners. */
+static void send_segment(dm_dist *d, int s, int early) {
+    if (d->size > 1 && d->nblocks_local > 0) {
+        if (early) d->sent_early++;
+        else d->sent_late++;
+    }
+    for (int r = 0; r < d->size; r++) {
+        if (r == d->rank) continue;
+        long so, sl, o;
+        slice_of(d, r, &so, &sl);
+        long n = overlap(d->seg_off[s], d->seg_len[s], so, sl, &o);
+        for (int b = 0; n > 0 && b < d->nblocks_local; b++) {
+            DM_CHECK(d->nreq < d->max_req, "gradient sends exceed %d", d->max_req);
+            MPI_Isend(d->slot[b] + o, (int)n, MPI_FLOAT, r, tag_of(d, b, s), d->comm,
+                      &d->reqs[d->nreq++]);
+        }
+    }
+    d->seg_done[s] = d->seg_len[s] + 1; /* sent */
+}
+
 void dist_leaf_done(void *ctx, int j, long off, long len) {
     dm_dist *d = ctx;
     double t0 = prof_start();
@@ -211,41 +302,37 @@ void dist_leaf_done(void *ctx, int j, long off, long len) {
         for (long i = 0; i < len; i++) dst[i] += src[i];
     }
     prof_add(PROF_ELEM, t0);
-}
-
-static void slice_of(const dm_dist *d, int r, long *off, long *len) {
-    long lo = d->nparams * r / d->size, hi = d->nparams * (r + 1) / d->size;
-    *off = lo, *len = hi - lo;
+    /* j counts this rank's micro-batches from 0. */
+    if (d->size == 1 || j != d->hi - d->lo - 1) return;
+    /* The rank's last leaf of [off, off+len): that range of its blocks is
+     * final. Send each segment as soon as all of it is. */
+    t0 = prof_start();
+    post_recvs(d);
+    int s = 0;
+    while (s + 1 < d->nseg && d->seg_off[s + 1] <= off) s++;
+    DM_CHECK(off + len <= d->seg_off[s] + d->seg_len[s],
+             "leaf range [%ld, +%ld) crosses a gradient segment", off, len);
+    d->seg_done[s] += len;
+    if (d->seg_done[s] == d->seg_len[s]) send_segment(d, s, 1);
+    int flag;
+    MPI_Testall(d->nreq, d->reqs, &flag, MPI_STATUSES_IGNORE);
+    prof_add(PROF_COMM, t0);
 }
 
 void dist_reduce_grads(dm_dist *d, float *grads) {
     long off, len;
     slice_of(d, d->rank, &off, &len);
-    int nreq = 0;
-    long pos = 0;
     sync_point(d);
     double t0 = prof_start();
-    /* Every rank sends each of its blocks' values for slice s to owner s. */
-    for (int b = 0; b < d->nblocks; b++) {
-        int r = d->block_rank[b];
-        if (r == d->rank) {
-            d->ptr[b] = d->slot[d->block_local[b]] + off;
-            for (int s = 0; s < d->size; s++) {
-                if (s == d->rank) continue;
-                long so, sl;
-                slice_of(d, s, &so, &sl);
-                MPI_Isend(d->slot[d->block_local[b]] + so, (int)sl, MPI_FLOAT, s,
-                          d->block_local[b], d->comm, &d->reqs[nreq++]);
-            }
-        } else {
-            d->ptr[b] = d->recv + pos;
-            MPI_Irecv(d->recv + pos, (int)len, MPI_FLOAT, r, d->block_local[b],
-                      d->comm, &d->reqs[nreq++]);
-            pos += len;
-        }
-    }
+    post_recvs(d);
+    /* Segments whose leaves never all came (a rank without micro-batches
+     * has no blocks, so this sends nothing for it). */
+    for (int s = 0; s < d->nseg; s++)
+        if (d->seg_done[s] <= d->seg_len[s]) send_segment(d, s, 0);
     fault_point("reduce");
-    MPI_Waitall(nreq, d->reqs, MPI_STATUSES_IGNORE);
+    MPI_Waitall(d->nreq, d->reqs, MPI_STATUSES_IGNORE);
+    d->nreq = 0;
+    d->recvs_posted = 0;
     prof_add(PROF_COMM, t0);
     t0 = prof_start();
     for (int o = 0; o < d->nops; o++) {

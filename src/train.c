@@ -379,6 +379,9 @@ static dm_status setup(trainer *t, const char *resume) {
         if (t->net.units[u].cout > maxc) maxc = t->net.units[u].cout;
     dist_init(&t->dist, MPI_COMM_WORLD, t->net.nparams, t->nmb_full, 2 * maxc,
               c->bn_sync == BN_RANK);
+    long seg_off[UNET_MAX_SEGMENTS], seg_len[UNET_MAX_SEGMENTS];
+    int nseg = unet_grad_segments(&t->net, seg_off, seg_len);
+    dist_set_segments(&t->dist, nseg, seg_off, seg_len);
     t->grads = dm_calloc((size_t)t->net.nparams, sizeof(float));
     t->m = dm_calloc((size_t)t->net.nparams, sizeof(float));
     t->v = dm_calloc((size_t)t->net.nparams, sizeof(float));
@@ -641,6 +644,7 @@ static double bench_timed(trainer *t, int steps, int sample, int warm) {
     static float img[SAMPLES_N * DM_PIX];
     MPI_Barrier(MPI_COMM_WORLD);
     prof_reset();
+    t->dist.sent_early = t->dist.sent_late = 0;
     prof_enable(!warm);
     double t0 = dm_now();
     if (sample) {
@@ -664,6 +668,8 @@ static void bench_report(const trainer *t, int steps, int sample, double secs,
     MPI_Reduce(prof_total, ph, PROF_NPHASES, MPI_DOUBLE, MPI_SUM, 0, MPI_COMM_WORLD);
     double mine = peak_rss_mib(), mem = 0;
     MPI_Reduce(&mine, &mem, 1, MPI_DOUBLE, MPI_MAX, 0, MPI_COMM_WORLD);
+    long sent[2] = {t->dist.sent_early, t->dist.sent_late}, sent_all[2] = {0, 0};
+    MPI_Reduce(sent, sent_all, 2, MPI_LONG, MPI_SUM, 0, MPI_COMM_WORLD);
     if (t->rank != 0) return;
     int rows = sample && c->conditioning == COND_CLASS && c->guidance != 1.0 ? 2 : 1;
     double work = sample ? (double)steps * SAMPLES_N * rows * unet_forward_flops(&t->net)
@@ -693,6 +699,9 @@ static void bench_report(const trainer *t, int steps, int sample, double secs,
     }
     printf("    %-22s %8.3f s  %5.1f %%\n", "other (unaccounted)", secs - acc,
            100.0 * (secs - acc) / secs);
+    if (!sample && t->size > 1)
+        printf("  gradient segments sent while backward ran: %ld of %ld\n", sent_all[0],
+               sent_all[0] + sent_all[1]);
     printf("  peak memory per rank: %.0f MiB (largest rank)\n", mem);
 }
 

@@ -584,6 +584,23 @@ void unet_fc_flops(const unet *u, double *fwd, double *bwd) {
     *bwd = 2.0 * f; /* dW of both layers and dX of the second */
 }
 
+int unet_grad_segments(const unet *u, long *off, long *len) {
+    int n = 0;
+    for (int t = 0; t < u->nunits; t++) {
+        unit_slice(u, &u->units[t], &off[n], &len[n]);
+        if (len[n]) n++;
+    }
+    for (int k = 0; k < u->ncond; k++) {
+        const unet_fc *fs[2] = {&u->condpts[k].t, &u->condpts[k].c};
+        for (int q = 0; q < (u->cond == 2 ? 2 : 1); q++) {
+            off[n] = fs[q]->off;
+            len[n] = fs[q]->len;
+            n++;
+        }
+    }
+    return n;
+}
+
 double unet_forward_flops(const unet *u) {
     double f = 0, a, b;
     for (int t = 0; t < u->nunits; t++) {

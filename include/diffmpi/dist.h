@@ -16,8 +16,17 @@
  *    there and the slices are allgathered. Float addition is commutative, so
  *    the tree shape alone fixes every rounding.
  *
+ * Overlap: the parameters are cut into segments (one per layer, in
+ * dist_set_segments). When backward hands in the last local leaf of a
+ * segment, that segment of the rank's blocks is final, and it is sent at
+ * once (MPI_Isend to each owner whose slice it meets) while backward goes
+ * on with earlier layers; receives are posted when backward starts, and
+ * every leaf drives MPI's progress (MPI_Testall). dist_reduce_grads then
+ * only waits, runs the fixed tree and allgathers: the same sums, earlier.
+ *
  *   dm_dist d;
  *   dist_init(&d, comm, nparams, max_nmb, max_channels, rank_local_bn);
+ *   dist_set_segments(&d, nseg, seg_off, seg_len); // optional: overlap
  *   dist_set_batch(&d, nmb);                // per step
  *   ... unet_forward(..., dist_combine, &d) ...
  *   ... unet_backward(..., dist_combine, &d, dist_leaf_dst, dist_leaf_done)
@@ -50,10 +59,17 @@ typedef struct {
     int *block_rank, *block_a, *block_k, *block_local; /* [nblocks] */
     int nops;
     int *op_l, *op_r;       /* block index pairs: value[l] += value[r] */
+    int cap;                /* bound on blocks and ops */
     int root;
     float *recv;            /* remote blocks' values for my slice */
     float **ptr;            /* [nblocks] */
     MPI_Request *reqs;
+    int nreq, max_req;
+    /* segments: a partition of the parameters sent as each completes */
+    int nseg;
+    long *seg_off, *seg_len, *seg_done; /* [nseg]; done: floats finished */
+    int recvs_posted;
+    long sent_early, sent_late; /* segments sent during / after backward */
 } dm_dist;
 
 void dist_init(dm_dist *d, MPI_Comm comm, long nparams, int max_nmb,
@@ -77,6 +93,11 @@ void dist_sum_mb(dm_dist *d, double *out, const double *local, int w,
  * dist_range(nitems, size, rank), into out[nitems] on every rank. */
 void dist_gather_items(dm_dist *d, double *out, const double *local,
                        int nitems);
+/* Cut the parameters into nseg segments [off, off+len) (sorted, covering
+ * [0, nparams) exactly); every leaf range handed to dist_leaf_done must lie
+ * inside one. Without this call the whole vector is one segment, sent when
+ * its last leaf is done. */
+void dist_set_segments(dm_dist *d, int nseg, const long *off, const long *len);
 /* unet_leaf_dst_fn / unet_leaf_done_fn for the gradient tree. */
 float *dist_leaf_dst(void *ctx, int j);
 void dist_leaf_done(void *ctx, int j, long off, long len);

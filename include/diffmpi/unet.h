@@ -28,6 +28,8 @@
 #include "diffmpi/cond.h"
 
 #define UNET_MAX_UNITS 24
+#define UNET_MAX_COND 2 /* conditioning points */
+#define UNET_MAX_SEGMENTS (UNET_MAX_UNITS + 2 * UNET_MAX_COND)
 #define UNET_MAX_PARAMS 128
 #define UNET_MAX_BUFS 64
 
@@ -112,7 +114,7 @@ typedef struct {
     int cond, inference;
     cond_mode mode;
     int ncond;
-    unet_condpt condpts[2];
+    unet_condpt condpts[UNET_MAX_COND];
     float *t_in;        /* [max_mb][m] time input in [0,1] */
     float *c_in;        /* [max_mb][m][10] one-hot class or zeros */
     float *fc_scratch;  /* backward: det, dec, dg, dh, each [m][2D] */
@@ -191,6 +193,11 @@ void unet_predict(unet *u, float *y, const float *x, const float *t,
  * (BatchNorm, GELU, Adam) is not counted. */
 void unet_unit_flops(const unet *u, int t, double *fwd, double *bwd);
 void unet_fc_flops(const unet *u, double *fwd, double *bwd);
+/* The parameter ranges backward completes one at a time (each unit's and
+ * each FCBlock's), sorted by offset: off[], len[] get at most
+ * UNET_MAX_SEGMENTS entries; returns how many. They cover
+ * every parameter, for dist_set_segments. */
+int unet_grad_segments(const unet *u, long *off, long *len);
 double unet_forward_flops(const unet *u);
 double unet_train_flops(const unet *u); /* forward + backward */
 

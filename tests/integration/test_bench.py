@@ -29,6 +29,10 @@ phases = dict(re.findall(r"^\s+(GEMM|im2col/col2im|BN/GELU/elementwise|optimizer
 check(len(phases) == 7, f"seven phase lines ({sorted(phases)})")
 check(float(phases.get("GEMM", 0)) > 0, "GEMM time measured")
 check(re.search(r"peak memory per rank: \d+ MiB", out) is not None, "peak memory line")
+m = re.search(r"gradient segments sent while backward ran: (\d+) of (\d+)", out)
+check(m is not None and int(m.group(1)) > 0 and m.group(1) == m.group(2),
+      "every gradient segment goes out while backward runs (overlap): "
+      + (m.group(0) if m else "no line"))
 
 r = mpirun(2, ["bench"] + TINY + ["--set", "objective=ddpm", "--set", "conditioning=class",
                                    "--steps", "2", "--sample"])
