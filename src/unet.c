@@ -383,9 +383,8 @@ static void unit_forward(unet *u, unet_unit *t, int train, int nmb,
         float *y = unet_slot(u, t->y_buf, j), *a = at(u, t->out, j, n[j], 0);
         long cnt = (long)C * n[j] * hw2;
         if (t->bn) {
-            bn2d_forward(a, y, t->mean, t->invstd, u->p + t->gamma, u->p + t->beta,
-                         C, (int)(n[j] * hw2));
-            gelu_forward(a, a, cnt);
+            bn_gelu_forward(a, y, t->mean, t->invstd, u->p + t->gamma, u->p + t->beta,
+                            C, (int)(n[j] * hw2));
         } else {
             gelu_forward(a, y, cnt);
         }
@@ -466,18 +465,16 @@ static void unit_backward(unet *u, unet_unit *t, int nmb, const int *n,
     for (int j = 0; t->gelu && j < nmb; j++) {
         long cnt = (long)C * n[j] * hw2;
         float *da = at(u, t->out, j, n[j], 1), *y = unet_slot(u, t->y_buf, j);
-        float *z = u->scratch_a + j * stride, *dz = u->scratch_b + j * stride;
-        const float *gin = y;
+        float *dz = u->scratch_b + j * stride;
         if (t->bn) {
-            bn2d_forward(z, y, t->mean, t->invstd, u->p + t->gamma, u->p + t->beta,
-                         C, (int)(n[j] * hw2));
-            gin = z;
+            bn_gelu_backward_stats(dz, u->sums + (long)j * 2 * C,
+                                   u->sums + (long)j * 2 * C + C, da, y, t->mean,
+                                   t->invstd, u->p + t->gamma, u->p + t->beta, C,
+                                   (int)(n[j] * hw2));
+        } else {
+            memset(dz, 0, (size_t)cnt * sizeof(float));
+            gelu_backward(dz, da, y, cnt);
         }
-        memset(dz, 0, (size_t)cnt * sizeof(float));
-        gelu_backward(dz, da, gin, cnt);
-        if (t->bn)
-            bn2d_backward_stats(u->sums + (long)j * 2 * C, u->sums + (long)j * 2 * C + C,
-                                dz, y, t->mean, t->invstd, C, (int)(n[j] * hw2));
     }
     prof_add(PROF_ELEM, t0);
     if (t->bn) combine_sums(u, C, nmb, combine, ctx);

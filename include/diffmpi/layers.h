@@ -95,6 +95,20 @@ void bn2d_backward(float *dx, const float *dy, const float *x,
                    const double *G1, const double *G2, double count, int C,
                    int M);
 
+/* ---- BatchNorm2d + GELU fused (bn_gelu.c) --------------------------------
+ * The same values as bn2d_forward then gelu_forward, in one pass:
+ * a = gelu(bn(x)) OVERWRITTEN. Backward, first half: dz = da * gelu'(bn(x))
+ * OVERWRITTEN and this micro-batch's sums g1 = sum dz, g2 = sum dz*xhat
+ * OVERWRITTEN (what bn2d_backward_stats gives for dz); the second half is
+ * bn2d_backward with the summed G1, G2. */
+void bn_gelu_forward(float *a, const float *x, const float *mean,
+                     const float *invstd, const float *gamma, const float *beta,
+                     int C, int M);
+void bn_gelu_backward_stats(float *dz, double *g1, double *g2, const float *da,
+                            const float *x, const float *mean,
+                            const float *invstd, const float *gamma,
+                            const float *beta, int C, int M);
+
 /* ---- GELU, exact erf form: y = x/2 * (1 + erf(x/sqrt(2))) ---------------- */
 void gelu_forward(float *y, const float *x, long n);
 /* dx (ADDED) += dy * gelu'(x) */

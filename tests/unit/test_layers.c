@@ -442,6 +442,45 @@ static void test_bn(void) {
 /* Running statistics by hand: channel 0 = {1,2,3,4} (mean 2.5, biased var
  * 1.25, unbiased 5/3), channel 1 = {-2,0,0,2} (mean 0, biased 2, unbiased
  * 8/3); momentum 0.1 from run_mean {0.5,-1}, run_var {1,2}. */
+/* The fused BN+GELU kernels against the separate layers: equal values
+ * (==, so -0 and +0 agree) and bitwise-equal double sums, on planes longer
+ * than one 512-element chunk and not a multiple of the 8 sum lanes. */
+static void test_bn_gelu_fused(void) {
+    enum { C = 3, M = 1203 };
+    static float x[C * M], da[C * M], a1[C * M], a2[C * M], z[C * M], dz1[C * M],
+        dz2[C * M];
+    float mean[C], invstd[C], gamma[C], beta[C];
+    double s1[C], s2[C], g1a[C], g2a[C], g1b[C], g2b[C];
+    randn(x, C * M, 0.3f, 2.0f), randn(da, C * M, 0.0f, 1.0f);
+    randn(gamma, C, 1.0f, 0.5f), randn(beta, C, 0.0f, 0.5f);
+    bn2d_stats(s1, s2, x, C, M);
+    bn2d_finish_stats(mean, invstd, s1, s2, (double)M, C, 1e-5f);
+    bn2d_forward(a1, x, mean, invstd, gamma, beta, C, M);
+    gelu_forward(a1, a1, C * M);
+    fill(a2, C * M, GARBAGE);
+    bn_gelu_forward(a2, x, mean, invstd, gamma, beta, C, M);
+    long bad = 0;
+    for (long i = 0; i < C * M; i++) bad += a1[i] != a2[i];
+    EXPECT(bad == 0, "bn_gelu_forward = bn2d_forward + gelu_forward (%ld differ)", bad);
+    bn2d_forward(z, x, mean, invstd, gamma, beta, C, M);
+    fill(dz1, C * M, 0.0f);
+    gelu_backward(dz1, da, z, C * M);
+    bn2d_backward_stats(g1a, g2a, dz1, x, mean, invstd, C, M);
+    fill(dz2, C * M, GARBAGE);
+    bn_gelu_backward_stats(dz2, g1b, g2b, da, x, mean, invstd, gamma, beta, C, M);
+    bad = 0;
+    for (long i = 0; i < C * M; i++) bad += dz1[i] != dz2[i];
+    EXPECT(bad == 0, "bn_gelu_backward_stats dz = gelu_backward at bn(x) (%ld differ)", bad);
+    EXPECT(memcmp(g1a, g1b, sizeof g1a) == 0 && memcmp(g2a, g2b, sizeof g2a) == 0,
+           "bn_gelu_backward_stats sums = bn2d_backward_stats, bitwise");
+    /* and the lane sums are the sums: against a plain double loop */
+    for (int c = 0; c < C; c++) {
+        double ref = 0.0;
+        for (int i = 0; i < M; i++) ref += dz1[(long)c * M + i];
+        EXPECT_CLOSE(g1b[c], ref, 1e-9, 1e-12, "lane-summed g1");
+    }
+}
+
 static void test_bn_running(void) {
     const float x[8] = {1, 2, 3, 4, -2, 0, 0, 2};
     float run_mean[2] = {0.5f, -1.0f}, run_var[2] = {1.0f, 2.0f}, mean[2],
@@ -697,6 +736,7 @@ int main(void) {
     test_im2col_adjoint(1, 2, 14, 14, 4, 2, 1);
     test_im2col_adjoint(2, 2, 7, 7, 7, 7, 0);
     test_bn();
+    test_bn_gelu_fused();
     test_bn_running();
     test_gelu();
     test_gelu_accuracy();

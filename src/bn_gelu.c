@@ -1,0 +1,78 @@
+/* bn_gelu.c: BatchNorm2d followed by GELU, fused: the pair every
+ * convolution of the UNet but the head ends with. Each function does in one
+ * pass over memory what bn2d_forward, gelu_forward/gelu_backward and
+ * bn2d_backward_stats do in two to four (see bn2d.c and gelu.c for the
+ * separate layers, which the tests compare these against).
+ *
+ * Sums are in double over 8 fixed lanes (element i goes to lane i % 8,
+ * lanes combined in a fixed tree), so they vectorize and still do not
+ * depend on the vector width the CPU has. */
+#include "diffmpi/layers.h"
+
+#include "normal.h"
+
+/* x, a [C][M]; mean, invstd, gamma, beta [C]. a = gelu(bn(x)), OVERWRITTEN. */
+DM_VECTOR_CLONES
+void bn_gelu_forward(float *a, const float *x, const float *mean,
+                     const float *invstd, const float *gamma, const float *beta,
+                     int C, int M) {
+    for (int c = 0; c < C; c++) {
+        const float scale = gamma[c] * invstd[c], mu = mean[c], b = beta[c];
+        const float *xc = x + (long)c * M;
+        float *ac = a + (long)c * M;
+        for (int i = 0; i < M; i++) {
+            /* The same expression as bn2d_forward, so z is bitwise equal. */
+            const float z = (xc[i] - mu) * scale + b;
+            float cdf, pdf;
+            normal_cdf_pdf(z, &cdf, &pdf);
+            ac[i] = z * cdf;
+        }
+    }
+}
+
+enum { LANES = 8, CHUNK = 512 };
+
+static double lanes_total(const double *l) {
+    return ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
+}
+
+/* da, x, dz [C][M]. dz = da * gelu'(bn(x)), OVERWRITTEN: the gradient at
+ * BN's output. g1[c] = sum dz, g2[c] = sum dz * xhat, OVERWRITTEN: this
+ * micro-batch's backward sums for bn2d_backward (and dbeta, dgamma). */
+DM_VECTOR_CLONES
+void bn_gelu_backward_stats(float *dz, double *g1, double *g2, const float *da,
+                            const float *x, const float *mean,
+                            const float *invstd, const float *gamma,
+                            const float *beta, int C, int M) {
+    for (int c = 0; c < C; c++) {
+        const float is = invstd[c], scale = gamma[c] * is, mu = mean[c], b = beta[c];
+        const float *xc = x + (long)c * M, *dac = da + (long)c * M;
+        float *dzc = dz + (long)c * M;
+        double s1[LANES] = {0}, s2[LANES] = {0};
+        for (int i0 = 0; i0 < M; i0 += CHUNK) {
+            const int i1 = M - i0 < CHUNK ? M : i0 + CHUNK;
+            for (int i = i0; i < i1; i++) {
+                const float z = (xc[i] - mu) * scale + b;
+                float cdf, pdf;
+                normal_cdf_pdf(z, &cdf, &pdf);
+                dzc[i] = dac[i] * (cdf + z * pdf);
+            }
+            /* The chunk of dz is in L1 now; CHUNK is a multiple of LANES,
+             * so element i always lands in lane i % LANES. */
+            int i = i0;
+            for (; i + LANES <= i1; i += LANES)
+                for (int l = 0; l < LANES; l++) {
+                    const float xhat = (xc[i + l] - mu) * is;
+                    s1[l] += dzc[i + l];
+                    s2[l] += (double)dzc[i + l] * xhat;
+                }
+            for (; i < i1; i++) {
+                const float xhat = (xc[i] - mu) * is;
+                s1[i % LANES] += dzc[i];
+                s2[i % LANES] += (double)dzc[i] * xhat;
+            }
+        }
+        g1[c] = lanes_total(s1);
+        g2[c] = lanes_total(s2);
+    }
+}
