@@ -24,10 +24,12 @@ static inline float exp_neg_half_sq(float x) {
     p = p * r + 4.999999148e-01f;
     p = p * r + 1.0f;
     p = p * r + 1.0f;
-    /* 2^n: n in [-116, 0], so the biased exponent stays normal. */
-    int32_t ki, scale_bits;
+    /* 2^n: n in [-116, 0], so the biased exponent stays normal. Unsigned
+     * arithmetic: for a NaN input the bits are garbage (the result is NaN
+     * through p anyway) and a signed shift would overflow. */
+    uint32_t ki, scale_bits;
     memcpy(&ki, &k, sizeof ki);
-    scale_bits = (ki - 0x4B400000 + 127) << 23;
+    scale_bits = (ki - 0x4B400000u + 127u) << 23;
     float scale;
     memcpy(&scale, &scale_bits, sizeof scale);
     return p * scale;
