@@ -47,15 +47,30 @@ void conv2d_backward(float *din, float *dw, float *db, const float *dout,
                      int Cin, int H, int W, int Cout, int k, int s, int p);
 
 /* im2col / col2im for the CNHW layout: col [Cin*k*k][N*Ho*Wo].
- * col2im ADDS into im. */
+ * col2im ADDS into im. The _part forms cover images [n0, n1) of the N in
+ * im, with col [Cin*k*k][(n1-n0)*Ho*Wo]. */
 void im2col(float *col, const float *im, int N, int C, int H, int W, int k,
             int s, int p);
 void col2im(float *im, const float *col, int N, int C, int H, int W, int k,
             int s, int p);
+void im2col_part(float *col, const float *im, int N, int n0, int n1, int C,
+                 int H, int W, int k, int s, int p);
+void col2im_part(float *im, const float *col, int N, int n0, int n1, int C,
+                 int H, int W, int k, int s, int p);
+
+/* The convolutions build their column matrices for groups of images of
+ * about conv_group_floats floats (default 1 << 20: 4 MiB, cache-sized):
+ * conv_group is the number of images per group (at least 1, at most N)
+ * when one image's columns take floats_per_image floats. Tests lower
+ * conv_group_floats to force one image per group; set it before sizing
+ * any scratch. */
+extern long conv_group_floats;
+int conv_group(int N, long floats_per_image);
 
 /* ---- ConvTranspose2d (kernel k, stride s, padding p) ---------------------
  * in [Cin][N][H][W], out [Cout][N][Ho][Wo], Ho = (H-1)*s - 2p + k.
- * w [Cin][Cout][k][k]; col: scratch [Cout*k*k][N*H*W]. */
+ * w [Cin][Cout][k][k]; col: scratch of convt2d_col_floats floats,
+ * [Cout*k*k][g*H*W] for a group of g images (conv_group). */
 long convt2d_col_floats(int N, int Cout, int H, int W, int k);
 void convt2d_forward(float *out, const float *in, const float *w,
                      const float *b, float *col, int N, int Cin, int H, int W,

@@ -258,7 +258,23 @@ static void test_conv_case(struct conv_case c) {
     free(R), free(ref);
 }
 
+static void test_conv_cases(void);
+
+/* Every case with the default image groups (the tiny cases fit in one)
+ * and with one image per group, so that the group loops, the accumulated
+ * weight gradient and the strided GEMM operands are exercised. */
 static void test_conv(void) {
+    test_conv_cases();
+    long keep = conv_group_floats;
+    conv_group_floats = 1;
+    EXPECT(conv_group(5, 100) == 1 && conv_group(5, 0) == 1, "conv_group at least 1");
+    test_conv_cases();
+    conv_group_floats = keep;
+    EXPECT(conv_group(3, 10) == 3, "conv_group at most N");
+    EXPECT(conv_group(64, keep / 4) == 4, "conv_group = budget / per-image floats");
+}
+
+static void test_conv_cases(void) {
     /* Conv2d: 3x3 s1 p1 and 3x3 s2 p1, odd/even and non-square planes */
     test_conv_case((struct conv_case){2, 3, 7, 6, 4, 3, 1, 1, 0});
     test_conv_case((struct conv_case){2, 3, 7, 6, 4, 3, 2, 1, 0});
