@@ -560,6 +560,40 @@ static void test_gelu(void) {
     gelu_backward(NULL, R, x, n);
 }
 
+/* The normal cdf/pdf is compiled for several vector widths (layers.h,
+ * DM_VECTOR_CLONES); all of them must give the same bits, or a run's results
+ * would depend on the CPU it lands on. Here the same math is built for
+ * plain x86-64, AVX2 and AVX-512 and compared bitwise on a dense grid. */
+#if defined(__x86_64__) && defined(__GNUC__)
+#include "../../src/normal.h"
+#define CDF_LOOP(name, attr)                                                   \
+    attr static void name(float *c, float *d, const float *x, int n) {         \
+        for (int i = 0; i < n; i++) normal_cdf_pdf(x[i], &c[i], &d[i]);          \
+    }
+CDF_LOOP(cdf_plain, )
+CDF_LOOP(cdf_avx2, __attribute__((target("avx2"))))
+CDF_LOOP(cdf_avx512, __attribute__((target("avx512f"))))
+
+static void test_cdf_isa(void) {
+    enum { n = 1 << 16 };
+    static float x[n], c0[n], d0[n], c1[n], d1[n];
+    for (int i = 0; i < n; i++) x[i] = -16.0f + 32.0f * (float)i / n + 1e-4f * (i % 7);
+    cdf_plain(c0, d0, x, n);
+    if (__builtin_cpu_supports("avx2")) {
+        cdf_avx2(c1, d1, x, n);
+        EXPECT(memcmp(c0, c1, sizeof c0) == 0 && memcmp(d0, d1, sizeof d0) == 0,
+               "normal cdf/pdf: AVX2 build = plain build, bitwise");
+    }
+    if (__builtin_cpu_supports("avx512f")) {
+        cdf_avx512(c1, d1, x, n);
+        EXPECT(memcmp(c0, c1, sizeof c0) == 0 && memcmp(d0, d1, sizeof d0) == 0,
+               "normal cdf/pdf: AVX-512 build = plain build, bitwise");
+    }
+}
+#else
+static void test_cdf_isa(void) {}
+#endif
+
 /* The vectorized normal cdf/pdf over a dense grid against double erfc:
  * libm's erff form is within 6.4e-8 of the exact cdf, ours must be within
  * 2.5e-7 (measured 9.7e-8), and gelu' within 3e-7 (measured 1.6e-7). Non-
@@ -756,6 +790,7 @@ int main(void) {
     test_bn_running();
     test_gelu();
     test_gelu_accuracy();
+    test_cdf_isa();
     test_avgpool();
     test_linear();
     test_mse();
