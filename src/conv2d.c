@@ -57,6 +57,48 @@ int conv_group(int N, long floats_per_image) {
 #define DM_PLAIN_LOOPS
 #endif
 
+/* One image's plane of column row (ki, kj) for stride 1 and Wo == W (the
+ * 'same' 3x3 convolutions and their input gradients): the row is then the
+ * input plane shifted by d = (ki-p)*W + (kj-p), so it is one long copy
+ * plus zeroing the padding rows and edge columns, instead of a short copy
+ * per output row (AVX-512: 0.052 against 0.079 ms per image of a 3x3
+ * D=128 layer; the SSE build is faster per row, hence only the clones). */
+DM_PLAIN_LOOPS DM_VECTOR_CLONES
+static void im2col_plane_s1(float *restrict dst, const float *restrict plane,
+                            int H, int W, int ki, int kj, int p, int lo, int hi) {
+    const int Ho = H, Wo = W; /* stride 1 and 2p = k-1: the plane keeps its size */
+    int rlo = p - ki, rhi = H + p - ki;
+    if (rlo < 0) rlo = 0;
+    if (rhi > Ho) rhi = Ho;
+    if (rhi < rlo) rhi = rlo;
+    for (long j = 0; j < (long)rlo * Wo; j++) dst[j] = 0.0f;
+    for (long j = (long)rhi * Wo; j < (long)Ho * Wo; j++) dst[j] = 0.0f;
+    if (rhi == rlo) return;
+    const long d = (long)(ki - p) * W + (kj - p), end = (long)H * W;
+    long a = (long)rlo * Wo, b = (long)rhi * Wo;
+    /* Indices clipped here lie in the edge columns zeroed below. */
+    if (a + d < 0) a = -d;
+    if (b + d > end) b = end - d;
+    for (long j = a; j < b; j++) dst[j] = plane[j + d];
+    if (lo == 0 && hi == Wo) return;
+    for (int r = rlo; r < rhi; r++) {
+        float *row = dst + (long)r * Wo;
+        for (int ow = 0; ow < lo; ow++) row[ow] = 0.0f;
+        for (int ow = hi; ow < Wo; ow++) row[ow] = 0.0f;
+    }
+}
+
+/* Is the plane copy above the faster one on this CPU? */
+static int plane_copy_pays(void) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    static int v = -1;
+    if (v < 0) v = __builtin_cpu_supports("avx512f") ? 1 : 0;
+    return v;
+#else
+    return 0;
+#endif
+}
+
 /* Images [n0, n1) of im [C][N][H][W] -> col [C*k*k][(n1-n0)*Ho*Wo]
  * (overwritten). */
 DM_PLAIN_LOOPS
@@ -71,6 +113,13 @@ static void im2col_copy(float *restrict col, const float *restrict im, int N,
                 float *row = col + ((long)(c * k + ki) * k + kj) * P;
                 int lo, hi;
                 valid_cols(&lo, &hi, W, Wo, kj, s, p);
+                if (s == 1 && Wo == W && Ho == H && plane_copy_pays()) {
+                    for (int n = n0; n < n1; n++)
+                        im2col_plane_s1(row + (long)(n - n0) * Ho * Wo,
+                                        im + ((long)c * N + n) * H * W, H, W, ki,
+                                        kj, p, lo, hi);
+                    continue;
+                }
                 for (int n = n0; n < n1; n++)
                     for (int oh = 0; oh < Ho; oh++) {
                         float *restrict dst = row + ((long)(n - n0) * Ho + oh) * Wo;
