@@ -88,12 +88,13 @@ static void im2col_plane_s1(float *restrict dst, const float *restrict plane,
     }
 }
 
+int im2col_plane_copy = -1;
+
 /* Is the plane copy above the faster one on this CPU? */
 static int plane_copy_pays(void) {
+    if (im2col_plane_copy >= 0) return im2col_plane_copy;
 #if defined(__x86_64__) && defined(__GNUC__)
-    static int v = -1;
-    if (v < 0) v = __builtin_cpu_supports("avx512f") ? 1 : 0;
-    return v;
+    return __builtin_cpu_supports("avx512f");
 #else
     return 0;
 #endif

@@ -65,6 +65,10 @@ void col2im_part(float *im, const float *col, int N, int n0, int n1, int C,
  * conv_group_floats to force one image per group; set it before sizing
  * any scratch. */
 extern long conv_group_floats;
+/* im2col of 'same' stride-1 convolutions as one shifted plane copy per
+ * image: -1 (default) where the CPU has AVX-512, 0 never, 1 always. The
+ * results are identical; tests set it to cover both paths. */
+extern int im2col_plane_copy;
 int conv_group(int N, long floats_per_image);
 
 /* ---- ConvTranspose2d (kernel k, stride s, padding p) ---------------------

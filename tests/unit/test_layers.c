@@ -774,13 +774,18 @@ static void test_init(void) {
 int main(void) {
     rng_init(&trng, 20240601, DM_STREAM_EVAL, 99, 0);
     test_conv();
-    test_im2col_naive(2, 3, 7, 6, 3, 1, 1);
-    test_im2col_naive(2, 2, 5, 6, 5, 1, 2);
-    test_im2col_naive(3, 2, 2, 2, 3, 1, 1);
-    test_im2col_naive(2, 2, 1, 1, 3, 1, 1);
-    test_im2col_naive(2, 2, 6, 5, 3, 1, 0);
-    test_im2col_naive(2, 2, 7, 7, 3, 2, 1);
-    test_im2col_naive(1, 2, 4, 3, 3, 1, 2);
+    /* both im2col paths for the 'same' convolutions: plane and per row */
+    for (int plane = 1; plane >= 0; plane--) {
+        im2col_plane_copy = plane;
+        test_im2col_naive(2, 3, 7, 6, 3, 1, 1);
+        test_im2col_naive(2, 2, 5, 6, 5, 1, 2);
+        test_im2col_naive(3, 2, 2, 2, 3, 1, 1);
+        test_im2col_naive(2, 2, 1, 1, 3, 1, 1);
+        test_im2col_naive(2, 2, 6, 5, 3, 1, 0);
+        test_im2col_naive(2, 2, 7, 7, 3, 2, 1);
+        test_im2col_naive(1, 2, 4, 3, 3, 1, 2);
+    }
+    im2col_plane_copy = -1;
     test_im2col_adjoint(2, 3, 7, 6, 3, 1, 1);
     test_im2col_adjoint(2, 3, 7, 7, 3, 2, 1);
     test_im2col_adjoint(1, 2, 14, 14, 4, 2, 1);
