@@ -200,9 +200,8 @@ static size_t layout(unet *u, char *base) {
         if (o > maxout) maxout = o;
         if (un->cout > maxc) maxc = un->cout;
         if (un->kind == UNIT_CONV)
-            c = u->inference ? conv2d_col_floats(m, un->cin, un->hin, un->hin, un->k, un->s, un->p)
-                             : conv2d_scratch_floats(m, un->cin, un->hin, un->hin, un->cout,
-                                                     un->k, un->s, un->p);
+            c = conv2d_scratch_floats(m, un->cin, un->hin, un->hin, un->cout, un->k, un->s,
+                                      un->p);
         else if (un->kind == UNIT_CONVT)
             c = convt2d_col_floats(m, un->cout, un->hin, un->hin, un->k);
         if (c > u->col_floats) u->col_floats = c;
