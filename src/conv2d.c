@@ -62,7 +62,8 @@ int conv_group(int N, long floats_per_image) {
  * input plane shifted by d = (ki-p)*W + (kj-p), so it is one long copy
  * plus zeroing the padding rows and edge columns, instead of a short copy
  * per output row (AVX-512: 0.052 against 0.079 ms per image of a 3x3
- * D=128 layer; the SSE build is faster per row, hence only the clones). */
+ * D=128 layer; with SSE the per-row loop is faster, so plane_copy_pays
+ * picks this only on AVX-512 CPUs). */
 DM_PLAIN_LOOPS DM_VECTOR_CLONES
 static void im2col_plane_s1(float *restrict dst, const float *restrict plane,
                             int H, int W, int ki, int kj, int p, int lo, int hi) {
