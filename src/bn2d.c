@@ -13,14 +13,7 @@
 
 #include <math.h>
 
-/* Per-channel sums are in double over 8 fixed lanes (element i goes to
- * lane i % 8, lanes added in a fixed tree): they vectorize, and the result
- * does not depend on the CPU's vector width. bn_gelu.c sums the same way. */
-enum { LANES = 8 };
-
-static double lanes_total(const double *l) {
-    return ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
-}
+#include "lanes.h"
 
 /* x [C][M]; s1, s2 [C] OVERWRITTEN with this micro-batch's sums. */
 DM_VECTOR_CLONES
@@ -95,16 +88,7 @@ void bn2d_backward_stats(double *g1, double *g2, const float *dy,
         const float *dyc = dy + (long)c * M, *xc = x + (long)c * M;
         const float mu = mean[c], is = invstd[c];
         double a[LANES] = {0}, b[LANES] = {0};
-        int i = 0;
-        for (; i + LANES <= M; i += LANES)
-            for (int l = 0; l < LANES; l++) {
-                a[l] += dyc[i + l];
-                b[l] += (double)dyc[i + l] * ((xc[i + l] - mu) * is);
-            }
-        for (; i < M; i++) {
-            a[i % LANES] += dyc[i];
-            b[i % LANES] += (double)dyc[i] * ((xc[i] - mu) * is);
-        }
+        lanes_add_dy_xhat(a, b, dyc, xc, mu, is, 0, M);
         g1[c] = lanes_total(a);
         g2[c] = lanes_total(b);
     }

@@ -4,11 +4,10 @@
  * bn2d_backward_stats do in two to four (see bn2d.c and gelu.c for the
  * separate layers, which the tests compare these against).
  *
- * Sums are in double over 8 fixed lanes (element i goes to lane i % 8,
- * lanes combined in a fixed tree), so they vectorize and still do not
- * depend on the vector width the CPU has. */
+ * Sums go through lanes.h, as bn2d.c's do. */
 #include "diffmpi/layers.h"
 
+#include "lanes.h"
 #include "normal.h"
 
 /* x, a [C][M]; mean, invstd, gamma, beta [C]. a = gelu(bn(x)), OVERWRITTEN. */
@@ -30,11 +29,7 @@ void bn_gelu_forward(float *a, const float *x, const float *mean,
     }
 }
 
-enum { LANES = 8, CHUNK = 512 };
-
-static double lanes_total(const double *l) {
-    return ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
-}
+enum { CHUNK = 512 };
 
 /* da, x, dz [C][M]. dz = da * gelu'(bn(x)), OVERWRITTEN: the gradient at
  * BN's output. g1[c] = sum dz, g2[c] = sum dz * xhat, OVERWRITTEN: this
@@ -59,18 +54,7 @@ void bn_gelu_backward_stats(float *dz, double *g1, double *g2, const float *da,
             }
             /* The chunk of dz is in L1 now; CHUNK is a multiple of LANES,
              * so element i always lands in lane i % LANES. */
-            int i = i0;
-            for (; i + LANES <= i1; i += LANES)
-                for (int l = 0; l < LANES; l++) {
-                    const float xhat = (xc[i + l] - mu) * is;
-                    s1[l] += dzc[i + l];
-                    s2[l] += (double)dzc[i + l] * xhat;
-                }
-            for (; i < i1; i++) {
-                const float xhat = (xc[i] - mu) * is;
-                s1[i % LANES] += dzc[i];
-                s2[i % LANES] += (double)dzc[i] * xhat;
-            }
+            lanes_add_dy_xhat(s1, s2, dzc, xc, mu, is, i0, i1);
         }
         g1[c] = lanes_total(s1);
         g2[c] = lanes_total(s2);

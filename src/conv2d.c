@@ -216,6 +216,14 @@ void conv2d_forward(float *out, const float *in, const float *w, const float *b,
         for (long i = 0; i < P; i++) out[(long)co * P + i] += b[co];
 }
 
+void conv_bias_grad(float *db, const float *dout, int C, long plane) {
+    for (int c = 0; c < C; c++) {
+        double acc = 0.0;
+        for (long i = 0; i < plane; i++) acc += dout[(long)c * plane + i];
+        db[c] = (float)acc;
+    }
+}
+
 /* Can the input gradient be computed as a convolution (see below)? */
 static int din_as_conv(int k, int s, int p) {
     return s == 1 && p <= k - 1;
@@ -254,11 +262,7 @@ void conv2d_backward(float *din, float *dw, float *db, const float *dout,
         dm_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Cout, K, Pc, 1.0f,
                  dout + (long)n0 * HWo, (int)P, col, Pc, n0 ? 1.0f : 0.0f, dw, K);
     }
-    for (int co = 0; db && co < Cout; co++) {
-        double acc = 0.0;
-        for (long i = 0; i < P; i++) acc += dout[(long)co * P + i];
-        db[co] = (float)acc;
-    }
+    if (db) conv_bias_grad(db, dout, Cout, P);
     if (!din) return;
     if (din_as_conv(k, s, p)) {
         /* With stride 1 the input gradient is itself a convolution: dout

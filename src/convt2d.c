@@ -64,9 +64,5 @@ void convt2d_backward(float *din, float *dw, float *db, const float *dout,
             dm_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Cin, Pc, K, 1.0f, w,
                      K, col, Pc, 1.0f, din + (long)n0 * HW, (int)P);
     }
-    for (int co = 0; db && co < Cout; co++) {
-        double acc = 0.0;
-        for (long i = 0; i < plane; i++) acc += dout[co * plane + i];
-        db[co] = (float)acc;
-    }
+    if (db) conv_bias_grad(db, dout, Cout, plane);
 }

@@ -65,6 +65,9 @@ void col2im_part(float *im, const float *col, int N, int n0, int n1, int C,
  * conv_group_floats to force one image per group; set it before sizing
  * any scratch. */
 extern long conv_group_floats;
+/* The bias gradient of both convolution kinds: db[c] = the sum of
+ * dout [C][plane] over channel c's plane, in double; db OVERWRITTEN. */
+void conv_bias_grad(float *db, const float *dout, int C, long plane);
 /* im2col of 'same' stride-1 convolutions as one shifted plane copy per
  * image: -1 (default) where the CPU has AVX-512, 0 never, 1 always. The
  * results are identical; tests set it to cover both paths. */
