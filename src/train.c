@@ -675,16 +675,19 @@ static void bench_report(const trainer *t, int steps, int sample, double secs,
     double work = sample ? (double)steps * SAMPLES_N * rows * unet_forward_flops(&t->net)
                          : (double)steps * c->batch * unet_train_flops(&t->net);
     double gflops = work / secs / 1e9;
+    /* At least four significant digits, so that the rate can be checked
+     * against the time printed beside it even for tiny runs. */
+    int dec = secs >= 1.0 ? 3 : 5;
     if (sample) {
-        printf("sampling: %d steps of %d images%s in %.3f s: %.1f image-steps/s\n", steps,
-               SAMPLES_N, rows == 2 ? " (x2 for guidance)" : "", secs,
+        printf("sampling: %d steps of %d images%s in %.*f s: %.1f image-steps/s\n", steps,
+               SAMPLES_N, rows == 2 ? " (x2 for guidance)" : "", dec, secs,
                steps * SAMPLES_N / secs);
         int full = c->sample_steps ? c->sample_steps : diffusion_default_steps(c);
         printf("  projected: %d images with %d steps in %.1f s\n", SAMPLES_N, full,
                secs / steps * full);
     } else {
-        printf("training: %d steps of %d images in %.3f s: %.2f images/s\n", steps, c->batch,
-               secs, steps * (double)c->batch / secs);
+        printf("training: %d steps of %d images in %.*f s: %.2f images/s\n", steps, c->batch,
+               dec, secs, steps * (double)c->batch / secs);
     }
     printf("  %.1f GFLOP/s (analytic GEMM FLOPs), %.1f %% of the measured sgemm peak "
            "(%.1f GFLOP/s = %d rank(s) x %.1f)\n",
