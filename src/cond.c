@@ -25,14 +25,14 @@ void fcblock_backward(float *dw1, float *db1, float *dw2, float *db2,
 }
 
 void cond_forward(float *y, const float *u, const float *et, const float *ec,
-                  cond_mode mode, int C, int N, int HW) {
+                  cond_mix mode, int C, int N, int HW) {
     for (int c = 0; c < C; c++)
         for (int n = 0; n < N; n++) {
             const float *src = u + ((long)c * N + n) * HW;
             float *dst = y + ((long)c * N + n) * HW;
             float t = et[(long)n * C + c];
-            float s = mode == COND_FILM ? ec[(long)n * C + c] : 1.0f;
-            if (mode == COND_MUL)
+            float s = mode == COND_MIX_FILM ? ec[(long)n * C + c] : 1.0f;
+            if (mode == COND_MIX_MUL)
                 for (int p = 0; p < HW; p++) dst[p] = src[p] * t;
             else
                 for (int p = 0; p < HW; p++) dst[p] = s * src[p] + t;
@@ -41,15 +41,15 @@ void cond_forward(float *y, const float *u, const float *et, const float *ec,
 
 void cond_backward(float *du, float *det, float *dec, const float *dy,
                    const float *u, const float *et, const float *ec,
-                   cond_mode mode, int C, int N, int HW) {
+                   cond_mix mode, int C, int N, int HW) {
     for (int c = 0; c < C; c++)
         for (int n = 0; n < N; n++) {
             const float *g = dy + ((long)c * N + n) * HW;
             const float *x = u + ((long)c * N + n) * HW;
             /* dy/du is the multiplier; dy/det is 1 (ADD, FILM) or u (MUL);
              * dy/dec is u (FILM). */
-            float mul = mode == COND_MUL ? et[(long)n * C + c]
-                        : mode == COND_FILM ? ec[(long)n * C + c] : 1.0f;
+            float mul = mode == COND_MIX_MUL ? et[(long)n * C + c]
+                        : mode == COND_MIX_FILM ? ec[(long)n * C + c] : 1.0f;
             double sg = 0, sgx = 0;
             for (int p = 0; p < HW; p++) {
                 sg += g[p];
@@ -59,7 +59,7 @@ void cond_backward(float *du, float *det, float *dec, const float *dy,
                 float *d = du + ((long)c * N + n) * HW;
                 for (int p = 0; p < HW; p++) d[p] += mul * g[p];
             }
-            det[(long)n * C + c] = (float)(mode == COND_MUL ? sgx : sg);
-            if (mode == COND_FILM) dec[(long)n * C + c] = (float)sgx;
+            det[(long)n * C + c] = (float)(mode == COND_MIX_MUL ? sgx : sg);
+            if (mode == COND_MIX_FILM) dec[(long)n * C + c] = (float)sgx;
         }
 }

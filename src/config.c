@@ -50,10 +50,10 @@ typedef struct {
     double lo, hi;      /* KEY_INT, KEY_INT32, KEY_REAL: allowed range */
     int lo_open;        /* KEY_REAL: lo itself is not allowed */
     const char *const *names; /* KEY_ENUM: NULL-terminated, index = value */
+    const char *(*name_of)(int); /* KEY_ENUM without names: value's name,
+                                    NULL past the last (a module's table) */
 } config_key;
 
-static const char *const objective_names[] = {"denoise", "pure_noise", "ddpm",
-                                              "flow", NULL};
 static const char *const conditioning_names[] = {"none", "time", "class",
                                                  NULL};
 static const char *const lr_decay_names[] = {"none", "exp", NULL};
@@ -61,6 +61,7 @@ static const char *const bn_sync_names[] = {"global", "rank", NULL};
 
 /* Enum fields are read and written as int through memcpy. */
 _Static_assert(sizeof(dm_objective) == sizeof(int), "enum size");
+_Static_assert(sizeof(dm_norm) == sizeof(int), "enum size");
 _Static_assert(sizeof(dm_conditioning) == sizeof(int), "enum size");
 _Static_assert(sizeof(dm_lr_decay) == sizeof(int), "enum size");
 _Static_assert(sizeof(dm_bn_sync) == sizeof(int), "enum size");
@@ -72,10 +73,13 @@ _Static_assert(MAX_PATH_CHARS < (int)sizeof(((dm_config *)0)->data_dir),
 /* The order of this table is the order of config_to_string. */
 static const config_key keys[] = {
     {.name = "objective", .kind = KEY_ENUM, .offset = OFF(objective),
-     .names = objective_names},
+     .name_of = objective_name},
     {.name = "conditioning", .kind = KEY_ENUM, .offset = OFF(conditioning),
      .names = conditioning_names},
     {.name = "hidden", .kind = KEY_INT, .offset = OFF(hidden), .lo = 1,
+     .hi = 4096},
+    {.name = "norm", .kind = KEY_ENUM, .offset = OFF(norm), .name_of = norm_name},
+    {.name = "norm_groups", .kind = KEY_INT, .offset = OFF(norm_groups), .lo = 1,
      .hi = 4096},
     {.name = "epochs", .kind = KEY_INT, .offset = OFF(epochs), .lo = 1,
      .hi = 100000},
@@ -133,9 +137,15 @@ static int find_key(const char *name) {
     return -1;
 }
 
+/* Name of value i of an enum key, NULL past the last. */
+static const char *enum_name(const config_key *k, int i) {
+    if (k->name_of) return k->name_of(i);
+    return k->names[i];
+}
+
 static int enum_count(const config_key *k) {
     int n = 0;
-    while (k->names[n]) n++;
+    while (enum_name(k, n)) n++;
     return n;
 }
 
@@ -162,9 +172,9 @@ static void key_expectation(const config_key *k, char *buf, size_t size) {
         break;
     case KEY_ENUM:
         pos = (size_t)snprintf(buf, size, "one of ");
-        for (int i = 0; k->names[i] && pos < size; i++)
+        for (int i = 0; enum_name(k, i) && pos < size; i++)
             pos += (size_t)snprintf(buf + pos, size - pos, "%s%s",
-                                    i ? "|" : "", k->names[i]);
+                                    i ? "|" : "", enum_name(k, i));
         break;
     case KEY_EPOCHS:
         snprintf(buf, size, "a comma-separated increasing list of at most %d "
@@ -277,8 +287,8 @@ static int key_parse(const config_key *k, const char *value, dm_config *c) {
         *(double *)field(c, k) = d;
         return 1;
     case KEY_ENUM:
-        for (int i = 0; k->names[i]; i++) {
-            if (strcmp(value, k->names[i]) == 0) {
+        for (int i = 0; enum_name(k, i); i++) {
+            if (strcmp(value, enum_name(k, i)) == 0) {
                 memcpy(field(c, k), &i, sizeof i);
                 return 1;
             }
@@ -371,7 +381,7 @@ static void key_format(const config_key *k, const dm_config *c, char *buf,
     case KEY_ENUM:
         memcpy(&iv, cfield(c, k), sizeof iv);
         snprintf(buf, size, "%s",
-                 iv >= 0 && iv < enum_count(k) ? k->names[iv] : "?");
+                 iv >= 0 && iv < enum_count(k) ? enum_name(k, iv) : "?");
         break;
     case KEY_PATH:
         copy_text(buf, size, (const char *)cfield(c, k), sizeof c->data_dir);
@@ -434,6 +444,8 @@ void config_defaults(dm_config *c) {
     c->objective = OBJ_DENOISE;
     c->conditioning = COND_NONE;
     c->hidden = 128;
+    c->norm = NORM_BATCH;
+    c->norm_groups = 32;
     c->epochs = 5;
     c->batch = 256;
     c->micro_batch = 32;
@@ -641,8 +653,12 @@ dm_status config_validate(const dm_config *c) {
                  "batch = %d", c->micro_batch, c->batch);
         return DM_EUSAGE;
     }
-    int unconditional =
-        c->objective == OBJ_DENOISE || c->objective == OBJ_PURE_NOISE;
+    if (c->norm == NORM_GROUP && c->hidden % c->norm_groups != 0) {
+        dm_error("invalid configuration: norm = group needs norm_groups = %d to "
+                 "divide hidden = %d", c->norm_groups, c->hidden);
+        return DM_EUSAGE;
+    }
+    int unconditional = !objective_get(c->objective)->diffusion;
     if (unconditional && c->conditioning != COND_NONE) {
         dm_error("invalid configuration: objective = %s needs conditioning = "
                  "none (got %s)", config_objective_name(c->objective),
@@ -682,9 +698,8 @@ int config_to_string(const dm_config *c, char *buf, int bufsize) {
 #define N_NAMES(a) ((int)(sizeof a / sizeof a[0]) - 1)
 
 const char *config_objective_name(dm_objective o) {
-    int i = (int)o;
-    return i >= 0 && i < N_NAMES(objective_names) ? objective_names[i]
-                                                   : "unknown";
+    const char *s = objective_name((int)o);
+    return s ? s : "unknown";
 }
 
 const char *config_conditioning_name(dm_conditioning c) {

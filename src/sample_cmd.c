@@ -57,7 +57,7 @@ static dm_status write_file(const sample_args *a, const dm_config *c,
 
 /* Checks that need the checkpoint's configuration; identical on every rank. */
 static dm_status resolve(const sample_args *a, const dm_config *c, sampler_request *q) {
-    if (c->objective != OBJ_DDPM && c->objective != OBJ_FLOW) {
+    if (!objective_get(c->objective)->diffusion) {
         dm_error("%s: a %s model cannot sample (sample needs objective ddpm or flow)",
                  a->checkpoint, config_objective_name(c->objective));
         return DM_EUSAGE;
@@ -68,8 +68,7 @@ static dm_status resolve(const sample_args *a, const dm_config *c, sampler_reque
     }
     q->n = a->n;
     q->guidance = a->guidance >= 0 ? (float)a->guidance : (float)c->guidance;
-    q->steps = a->steps > 0 ? a->steps
-               : c->sample_steps ? c->sample_steps : diffusion_default_steps(c);
+    q->steps = a->steps > 0 ? a->steps : diffusion_steps(c);
     q->seed = a->has_seed ? a->seed : c->seed;
     q->frames = a->trajectory ? (q->steps + 1 < MAX_FRAMES ? q->steps + 1 : MAX_FRAMES) : 0;
     return DM_OK;

@@ -21,20 +21,20 @@ int sampler_model_rows(const dm_config *c) {
 /* Network output for k images x (and their labels), guided for class
  * models: out [k][784]. */
 static void predict_chunk(unet *u, const sampler_request *q, float *out,
-                          const float *x, int first, int k, float t, int cfg) {
-    int rows = cfg ? 2 * k : k;
+                          const float *x, int first, int k, float t, int guided) {
+    int rows = guided ? 2 * k : k;
     float *in = unet_slot(u, u->in_buf, 0);
-    for (int h = 0; h < (cfg ? 2 : 1); h++) {
+    for (int h = 0; h < (guided ? 2 : 1); h++) {
         memcpy(in + (long)h * k * DM_PIX, x, sizeof(float) * (size_t)k * DM_PIX);
-        for (int i = 0; u->cond && i < k; i++) {
+        for (int i = 0; u->nemb && i < k; i++) {
             int label = h == 1 || !q->labels ? -1 : q->labels[first + i];
             unet_set_cond(u, 0, h * k + i, t, label);
         }
     }
     unet_forward(u, 0, 1, &rows, rows, NULL, NULL, 0.0f);
     const float *y = unet_slot(u, u->out_buf, 0);
-    if (cfg)
-        cfg_combine(out, y, y + (long)k * DM_PIX, q->guidance, (long)k * DM_PIX);
+    if (guided)
+        guidance_combine(out, y, y + (long)k * DM_PIX, q->guidance, (long)k * DM_PIX);
     else
         memcpy(out, y, sizeof(float) * (size_t)k * DM_PIX);
 }
@@ -67,8 +67,10 @@ void sampler_run(unet *u, const dm_config *c, const sampler_request *q,
     int nch = (q->n + chunk - 1) / chunk, lo, hi;
     dist_range(nch, size, rank, &lo, &hi);
     int i0 = lo * chunk < q->n ? lo * chunk : q->n, i1 = hi * chunk < q->n ? hi * chunk : q->n;
-    int nl = i1 - i0, cfg = u->cond == 2 && q->guidance != 1.0f;
-    DM_CHECK(u->m >= (cfg ? 2 : 1) * chunk, "sampler model too small");
+    int nl = i1 - i0, guided = u->nemb == 2 && q->guidance != 1.0f;
+    DM_CHECK(u->m >= (guided ? 2 : 1) * chunk, "sampler model too small");
+    const dm_objective_def *o = objective_get(c->objective);
+    DM_CHECK(o->diffusion, "sampling needs a diffusion objective");
     float *x = dm_calloc((size_t)nl * DM_PIX + 1, sizeof(float));
     float *e = dm_calloc((size_t)chunk * DM_PIX, sizeof(float));
     float *z = dm_calloc((size_t)chunk * DM_PIX, sizeof(float));
@@ -91,30 +93,18 @@ void sampler_run(unet *u, const dm_config *c, const sampler_request *q,
         }
         if (si == S) break;
         watchdog_touch("sampling");
-        int ti = 0, tp = -1;
-        float t;
-        if (c->objective == OBJ_DDPM) {
-            ti = ddpm_timestep(si, S);
-            tp = si + 1 < S ? ddpm_timestep(si + 1, S) : -1;
-            t = (float)ti / (float)sch.T;
-        } else {
-            t = (float)si / (float)S;
-        }
+        float t = o->sample_time(si, S);
         for (int a = 0; a < nl; a += chunk) {
             int k = nl - a < chunk ? nl - a : chunk;
             float *xa = x + (long)a * DM_PIX;
-            predict_chunk(u, q, e, xa, i0 + a, k, t, cfg);
-            if (c->objective == OBJ_DDPM) {
-                for (int i = 0; tp >= 0 && i < k; i++) {
-                    dm_rng r;
-                    rng_init(&r, q->seed, DM_STREAM_SAMPLE, (uint64_t)si + 1,
-                             (uint32_t)(i0 + a + i));
-                    rng_fill_normal(&r, z + (long)i * DM_PIX, DM_PIX);
-                }
-                ddpm_step(&sch, ti, tp, xa, e, z, (long)k * DM_PIX);
-            } else {
-                flow_step(xa, e, S, (long)k * DM_PIX);
+            predict_chunk(u, q, e, xa, i0 + a, k, t, guided);
+            for (int i = 0; o->step_noise && si + 1 < S && i < k; i++) {
+                dm_rng r;
+                rng_init(&r, q->seed, DM_STREAM_SAMPLE, (uint64_t)si + 1,
+                         (uint32_t)(i0 + a + i));
+                rng_fill_normal(&r, z + (long)i * DM_PIX, DM_PIX);
             }
+            o->sample_step(&sch, si, S, xa, e, z, (long)k * DM_PIX);
         }
     }
     gather(images, x, nl, q->n, chunk);

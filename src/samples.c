@@ -238,7 +238,7 @@ dm_status samples_diffusion(const char *out, unet *net, unet *sampler,
                             const dm_config *c, const ddpm_schedule *s,
                             const dm_dataset *train, int epoch, int rank) {
     int class_model = c->conditioning == COND_CLASS, last = epoch == c->epochs;
-    int steps = c->sample_steps ? c->sample_steps : diffusion_default_steps(c);
+    int steps = diffusion_steps(c);
     int32_t labels[SAMPLES_N];
     for (int i = 0; i < SAMPLES_N; i++) labels[i] = class_model ? i / 4 : -1;
     sampler_request q = {.n = SAMPLES_N, .labels = labels, .guidance = (float)c->guidance,

@@ -131,7 +131,7 @@ static dm_status train_step(trainer *t, double *loss_out, int *bsize) {
                               t->target + (long)j * m * DM_PIX + (long)i * DM_PIX, &tin,
                               &label, t->train.images + (long)idx * DM_PIX,
                               t->train.labels[idx], t->st.step, pos);
-            if (t->net.cond) unet_set_cond(&t->net, j, i, tin, label);
+            if (t->net.nemb) unet_set_cond(&t->net, j, i, tin, label);
         }
     }
     long bn_n = c->bn_sync == BN_RANK ? local_images : B;
@@ -191,7 +191,7 @@ static dm_status train_step(trainer *t, double *loss_out, int *bsize) {
  * and the true label. */
 static double train_test_mse(trainer *t, double sigma, int sigma_idx) {
     const dm_config *c = &t->cfg;
-    int m = c->micro_batch, n = t->test.n, diffusion = c->objective >= OBJ_DDPM;
+    int m = c->micro_batch, n = t->test.n, diffusion = objective_get(c->objective)->diffusion;
     int nch = (n + m - 1) / m, lo, hi;
     dist_range(nch, t->size, t->rank, &lo, &hi);
     fault_point("eval");
@@ -211,7 +211,7 @@ static double train_test_mse(trainer *t, double sigma, int sigma_idx) {
                 diffusion_noisy_at(c, z + (long)i * DM_PIX, x, sigma, (uint64_t)sigma_idx, img);
                 memcpy(tg, x, sizeof(float) * DM_PIX);
             }
-            if (t->net.cond)
+            if (t->net.nemb)
                 unet_set_cond(&t->net, 0, i, tin,
                               c->conditioning == COND_CLASS ? t->test.labels[img] : -1);
         }
@@ -370,7 +370,7 @@ static dm_status setup(trainer *t, const char *resume) {
     unet_shape sh = diffusion_shape(c, m, max_mb, 0);
     unet_init(&t->net, &sh);
     unet_init_params(&t->net, c->seed);
-    if (c->objective >= OBJ_DDPM) {
+    if (objective_get(c->objective)->diffusion) {
         unet_shape ss = diffusion_shape(c, sampler_model_rows(c), 1, 1);
         unet_init(&t->sampler, &ss);
     }
@@ -434,7 +434,7 @@ static dm_status epoch_end(trainer *t) {
     double mse = train_test_mse(t, EVAL_SIGMA, 3);
     dm_status st = DM_OK;
     if (t->rank == 0) {
-        if (c->objective >= OBJ_DDPM)
+        if (objective_get(c->objective)->diffusion)
             printf("epoch %d/%d done: test loss = %.6f\n", epoch, c->epochs, mse);
         else
             printf("epoch %d/%d done: test MSE at sigma %.1f = %.6f\n", epoch, c->epochs,
@@ -443,7 +443,7 @@ static dm_status epoch_end(trainer *t) {
         st = log_eval(&t->log, t->st.step, epoch, mse);
     }
     st = agree(st);
-    int diffusion = c->objective >= OBJ_DDPM;
+    int diffusion = objective_get(c->objective)->diffusion;
     if (st == DM_OK && diffusion && config_sample_epoch(c, epoch)) {
         memcpy(t->sampler.p, t->net.p, sizeof(float) * (size_t)t->net.nparams);
         memcpy(t->sampler.bufs, t->net.bufs, sizeof(float) * (size_t)t->net.nbuffers);
@@ -473,7 +473,7 @@ static dm_status loop(trainer *t) {
     const char *env = getenv("DIFFMPI_TEST_STOP_AT_STEP");
     int64_t test_stop_step = env ? atoll(env) : 0;
     dm_status st = DM_OK;
-    if (t->rank == 0 && t->st.step == 0 && c->objective < OBJ_DDPM)
+    if (t->rank == 0 && t->st.step == 0 && !objective_get(c->objective)->diffusion)
         st = samples_noising(t->out, c, &t->test);
     st = agree(st);
     while (st == DM_OK && t->st.epoch < c->epochs) {
@@ -516,7 +516,7 @@ static dm_status loop(trainer *t) {
     if (t->rank == 0 && st == DM_OK) {
         progress(t, loss, 0, &last_print, first_step, 1);
         printf("done: %lld steps; outputs in %s\n", (long long)t->st.step, t->out);
-        if (c->objective >= OBJ_DDPM)
+        if (objective_get(c->objective)->diffusion)
             printf("samples: %s/samples-epoch-%d.png; all figures: tools/figures.py %s\n",
                    t->out, c->epochs, t->out);
     }
@@ -682,7 +682,7 @@ static void bench_report(const trainer *t, int steps, int sample, double secs,
         printf("sampling: %d steps of %d images%s in %.*f s: %.1f image-steps/s\n", steps,
                SAMPLES_N, rows == 2 ? " (x2 for guidance)" : "", dec, secs,
                steps * SAMPLES_N / secs);
-        int full = c->sample_steps ? c->sample_steps : diffusion_default_steps(c);
+        int full = diffusion_steps(c);
         printf("  projected: %d images with %d steps in %.1f s\n", SAMPLES_N, full,
                secs / steps * full);
     } else {
@@ -718,7 +718,7 @@ int bench_run(const dm_config *cfg, int steps, int sample, int verbose) {
     MPI_Comm_size(MPI_COMM_WORLD, &t.size);
     openblas_set_num_threads(cfg->threads);
     dm_status st = setup(&t, NULL);
-    if (st == DM_OK && sample && cfg->objective < OBJ_DDPM) {
+    if (st == DM_OK && sample && !objective_get(cfg->objective)->diffusion) {
         if (t.rank == 0) dm_error("--sample needs a diffusion model (objective ddpm or flow)");
         st = DM_EUSAGE;
     }

@@ -11,8 +11,6 @@
 #include "diffmpi/prof.h"
 #include "diffmpi/rng.h"
 
-#define BN_EPS 1e-5f
-
 /* ---- building the table ------------------------------------------------ */
 
 typedef struct {
@@ -52,7 +50,7 @@ static int add_buf(unet *u, int chans, int hw) {
 /* Add one unit. out_buf < 0 allocates a private output buffer. */
 static int add_unit(builder *bl, const char *name, unet_unit_kind kind,
                     int cin, int cout, int k, int s, int p, int hin,
-                    unet_ref in, int out_buf, int out_off, int bn) {
+                    unet_ref in, int out_buf, int out_off, int norm) {
     unet *u = bl->u;
     DM_CHECK(u->nunits < UNET_MAX_UNITS, "too many units");
     unet_unit *t = &u->units[u->nunits];
@@ -64,8 +62,8 @@ static int add_unit(builder *bl, const char *name, unet_unit_kind kind,
     if (kind == UNIT_CONV) t->hout = (hin + 2 * p - k) / s + 1;
     else if (kind == UNIT_CONVT) t->hout = (hin - 1) * s - 2 * p + k;
     else t->hout = 1;
-    t->bn = bn;
-    t->gelu = bn || kind == UNIT_POOL;
+    t->norm = norm ? unet_norm_get(u->norm) : NULL;
+    t->gelu = norm || kind == UNIT_POOL;
     t->in = in;
     if (out_buf < 0) out_buf = add_buf(u, cout, t->hout);
     t->out.buf = out_buf;
@@ -80,13 +78,19 @@ static int add_unit(builder *bl, const char *name, unet_unit_kind kind,
         t->pw = add_param(bl, name, "weight", 1, 4, a, b, k, k);
         t->pb = add_param(bl, name, "bias", 1, 1, cout, 0, 0, 0);
     }
-    if (bn) {
-        t->pgamma = add_param(bl, name, "bn_weight", 1, 1, cout, 0, 0, 0);
-        t->pbeta = add_param(bl, name, "bn_bias", 1, 1, cout, 0, 0, 0);
-        int rm = add_param(bl, name, "bn_running_mean", 0, 1, cout, 0, 0, 0);
-        int rv = add_param(bl, name, "bn_running_var", 0, 1, cout, 0, 0, 0);
-        t->run_mean = u->params[rm].offset;
-        t->run_var = u->params[rv].offset;
+    if (t->norm) {
+        char leaf[32];
+        const char *pre = t->norm->prefix;
+        snprintf(leaf, sizeof leaf, "%s_weight", pre);
+        t->pgamma = add_param(bl, name, leaf, 1, 1, cout, 0, 0, 0);
+        snprintf(leaf, sizeof leaf, "%s_bias", pre);
+        t->pbeta = add_param(bl, name, leaf, 1, 1, cout, 0, 0, 0);
+        if (t->norm->running) {
+            snprintf(leaf, sizeof leaf, "%s_running_mean", pre);
+            t->run_mean = u->params[add_param(bl, name, leaf, 0, 1, cout, 0, 0, 0)].offset;
+            snprintf(leaf, sizeof leaf, "%s_running_var", pre);
+            t->run_var = u->params[add_param(bl, name, leaf, 0, 1, cout, 0, 0, 0)].offset;
+        }
     }
     if (t->pw >= 0) t->w = u->params[t->pw].offset;
     if (t->pb >= 0) t->b = u->params[t->pb].offset;
@@ -126,7 +130,7 @@ static void add_condpt(builder *bl, int k, int unit, unet_ref dst, int C, int hw
     cp->unit = unit, cp->dst = dst, cp->C = C, cp->hw = hw;
     snprintf(nm, sizeof nm, "t%d", k + 1);
     add_fc(bl, &cp->t, nm, 1, C);
-    if (u->cond == 2) {
+    if (u->nemb == 2) {
         snprintf(nm, sizeof nm, "c%d", k + 1);
         add_fc(bl, &cp->c, nm, 10, C);
     }
@@ -154,7 +158,7 @@ static void build(unet *u) {
     i = add_unit(&bl, "flatten", UNIT_POOL, 2 * D, 2 * D, 7, 7, 0, 7, ref(cat2, 0), -1, 0, 0);
     /* Conditioned models modulate the unflatten and up1 outputs on their
      * way into the concat buffers, so those units get private outputs. */
-    int c = u->cond != 0;
+    int c = u->nemb > 0;
     int unf = add_unit(&bl, "unflatten", UNIT_CONVT, 2 * D, 2 * D, 7, 7, 0, 1,
                        u->units[i].out, c ? -1 : cat2, c ? 0 : 2 * D, 1);
     i = add_unit(&bl, "up1/0", UNIT_CONVT, 4 * D, D, 4, 2, 1, 7, ref(cat2, 0), -1, 0, 1);
@@ -205,8 +209,9 @@ static size_t layout(unet *u, char *base) {
         else if (un->kind == UNIT_CONVT)
             c = convt2d_col_floats(m, un->cout, un->hin, un->hin, un->k);
         if (c > u->col_floats) u->col_floats = c;
-        un->mean = take(base, &used, sizeof(float) * (size_t)un->cout);
-        un->invstd = take(base, &used, sizeof(float) * (size_t)un->cout);
+        long sf = un->norm ? un->norm->stat_floats(u, un->cout) : 0;
+        un->mean = take(base, &used, sizeof(float) * (size_t)sf);
+        un->invstd = take(base, &used, sizeof(float) * (size_t)sf);
         /* Only unit outputs receive gradients from their consumers; pre-BN
          * values and the network input never do. */
         needs_grad[un->out.buf] = !u->inference;
@@ -220,7 +225,7 @@ static size_t layout(unet *u, char *base) {
     u->c_in = take(base, &used, sizeof(float) * (size_t)(10 * m * max_mb));
     for (int k = 0; k < u->ncond; k++) {
         unet_fc *fs[2] = {&u->condpts[k].t, &u->condpts[k].c};
-        for (int q = 0; q < (u->cond == 2 ? 2 : 1); q++) {
+        for (int q = 0; q < u->nemb; q++) {
             size_t n = sizeof(float) * (size_t)(fs[q]->out * m * max_mb);
             fs[q]->h = take(base, &used, n);
             fs[q]->g = take(base, &used, n);
@@ -241,8 +246,13 @@ static size_t layout(unet *u, char *base) {
 void unet_init(unet *u, const unet_shape *sh) {
     memset(u, 0, sizeof *u);
     u->D = sh->D, u->m = sh->m, u->max_mb = sh->max_mb;
-    u->cond = sh->cond, u->inference = sh->inference;
-    u->mode = sh->cond == 2 ? COND_FILM : sh->time_mult ? COND_MUL : COND_ADD;
+    u->inference = sh->inference;
+    u->mix = sh->mix;
+    u->norm = sh->norm;
+    u->groups = sh->groups > 0 ? sh->groups : 32;
+    DM_CHECK(sh->norm != NORM_GROUP || sh->D % u->groups == 0,
+             "GroupNorm: %d groups do not divide D = %d", u->groups, sh->D);
+    u->nemb = sh->mix == COND_MIX_NONE ? 0 : sh->mix == COND_MIX_FILM ? 2 : 1;
     build(u);
     u->arena_bytes = layout(u, NULL);
     /* calloc: zero parameters, buffers and activations; aligned_alloc
@@ -252,9 +262,8 @@ void unet_init(unet *u, const unet_shape *sh) {
     layout(u, base);
     for (int t = 0; t < u->nunits; t++) {
         unet_unit *un = &u->units[t];
-        if (un->bn) {
+        if (un->run_var >= 0)
             for (int c = 0; c < un->cout; c++) u->bufs[un->run_var + c] = 1.0f;
-        }
     }
 }
 
@@ -290,18 +299,18 @@ void unet_init_params(unet *u, uint64_t seed) {
         init_uniform(u->p + un->w, u->params[un->pw].size, bound, &r);
         rng_init(&r, seed, DM_STREAM_INIT, (uint64_t)un->pb, 0);
         init_uniform(u->p + un->b, u->params[un->pb].size, bound, &r);
-        if (un->bn) {
-            for (int c = 0; c < un->cout; c++) {
-                u->p[un->gamma + c] = 1.0f;
-                u->p[un->beta + c] = 0.0f;
-                u->bufs[un->run_mean + c] = 0.0f;
-                u->bufs[un->run_var + c] = 1.0f;
-            }
+        for (int c = 0; un->norm && c < un->cout; c++) {
+            u->p[un->gamma + c] = 1.0f;
+            u->p[un->beta + c] = 0.0f;
+        }
+        for (int c = 0; un->run_mean >= 0 && c < un->cout; c++) {
+            u->bufs[un->run_mean + c] = 0.0f;
+            u->bufs[un->run_var + c] = 1.0f;
         }
     }
     for (int k = 0; k < u->ncond; k++) {
         init_fc(u, &u->condpts[k].t, seed);
-        if (u->cond == 2) init_fc(u, &u->condpts[k].c, seed);
+        if (u->nemb == 2) init_fc(u, &u->condpts[k].c, seed);
     }
 }
 
@@ -319,14 +328,6 @@ const unet_param *unet_find(const unet *u, const char *name) {
 
 /* ---- forward ------------------------------------------------------------ */
 
-/* Pointer to a unit's input/output region in micro-batch slot j holding n
- * images: channel offset counts whole [n][hw][hw] planes. */
-static float *at(const unet *u, unet_ref r, int j, int n, int grad) {
-    const unet_buf *b = &u->act[r.buf];
-    float *base = grad ? b->grad : b->data;
-    return base + (long)j * b->mb_stride + (long)r.chan_off * n * b->hw * b->hw;
-}
-
 static void unit_linear_forward(unet *u, unet_unit *t, float *y,
                                 const float *x, int n) {
     const float *w = u->p + t->w, *b = u->p + t->b;
@@ -340,53 +341,28 @@ static void unit_linear_forward(unet *u, unet_unit *t, float *y,
         avgpool_forward(y, x, t->cin, n, t->hin * t->hin);
 }
 
-/* Combine per-micro-batch BN sums into u->gsums ([2C]: s1 then s2). */
-static void combine_sums(unet *u, int C, int nmb, unet_combine_fn combine,
-                         void *ctx) {
-    combine(ctx, u->gsums, C, u->sums, nmb);
-}
-
 static void unit_forward(unet *u, unet_unit *t, int train, int nmb,
                          const int *n, long global_n, unet_combine_fn combine,
                          void *ctx, float momentum) {
-    int C = t->cout;
+    const unet_norm_ops *nm = t->norm;
     long hw2 = (long)t->hout * t->hout;
     for (int j = 0; j < nmb; j++) {
-        float *x = at(u, t->in, j, n[j], 0);
-        float *y = t->y_buf >= 0 ? unet_slot(u, t->y_buf, j) : at(u, t->out, j, n[j], 0);
+        float *x = unet_at(u, t->in, j, n[j], 0);
+        float *y = t->y_buf >= 0 ? unet_slot(u, t->y_buf, j) : unet_at(u, t->out, j, n[j], 0);
         unit_linear_forward(u, t, y, x, n[j]);
         double t0 = prof_start();
-        if (t->bn && train)
-            bn2d_stats(u->sums + (long)j * 2 * C, u->sums + (long)j * 2 * C + C,
-                       y, C, (int)(n[j] * hw2));
+        if (nm) nm->stats(u, t, train, j, n[j]);
         prof_add(PROF_ELEM, t0);
     }
-    if (t->bn) {
-        if (train && global_n > 0) {
-            combine_sums(u, C, nmb, combine, ctx);
-            double count = (double)global_n * (double)hw2;
-            bn2d_finish_stats(t->mean, t->invstd, u->gsums, u->gsums + C, count,
-                              C, BN_EPS);
-            bn2d_update_running(u->bufs + t->run_mean, u->bufs + t->run_var,
-                                u->gsums, u->gsums + C, count, C, momentum);
-        } else if (!train) {
-            for (int c = 0; c < C; c++) {
-                t->mean[c] = u->bufs[t->run_mean + c];
-                t->invstd[c] = 1.0f / sqrtf(u->bufs[t->run_var + c] + BN_EPS);
-            }
-        }
-    }
+    if (nm) nm->finish(u, t, train, nmb, global_n, combine, ctx, momentum);
     if (!t->gelu) return;
     double t0 = prof_start();
     for (int j = 0; j < nmb; j++) {
-        float *y = unet_slot(u, t->y_buf, j), *a = at(u, t->out, j, n[j], 0);
-        long cnt = (long)C * n[j] * hw2;
-        if (t->bn) {
-            bn_gelu_forward(a, y, t->mean, t->invstd, u->p + t->gamma, u->p + t->beta,
-                            C, (int)(n[j] * hw2));
-        } else {
-            gelu_forward(a, y, cnt);
-        }
+        if (nm)
+            nm->apply(u, t, j, n[j]);
+        else
+            gelu_forward(unet_at(u, t->out, j, n[j], 0), unet_slot(u, t->y_buf, j),
+                         (long)t->cout * n[j] * hw2);
     }
     prof_add(PROF_ELEM, t0);
 }
@@ -399,7 +375,7 @@ static float *fc_at(const unet *u, const float *base, const unet_fc *f, int j) {
 static void cond_point_forward(unet *u, const unet_condpt *cp, int j, int n) {
     const unet_fc *fs[2] = {&cp->t, &cp->c};
     const float *ins[2] = {u->t_in + (long)j * u->m, u->c_in + (long)j * u->m * 10};
-    for (int q = 0; q < (u->cond == 2 ? 2 : 1); q++) {
+    for (int q = 0; q < u->nemb; q++) {
         const unet_fc *f = fs[q];
         fcblock_forward(fc_at(u, f->e, f, j), fc_at(u, f->h, f, j), fc_at(u, f->g, f, j),
                         ins[q], u->p + f->w1, u->p + f->b1, u->p + f->w2, u->p + f->b2,
@@ -407,9 +383,9 @@ static void cond_point_forward(unet *u, const unet_condpt *cp, int j, int n) {
     }
     const unet_unit *t = &u->units[cp->unit];
     double t0 = prof_start();
-    cond_forward(at(u, cp->dst, j, n, 0), at(u, t->out, j, n, 0),
+    cond_forward(unet_at(u, cp->dst, j, n, 0), unet_at(u, t->out, j, n, 0),
                  fc_at(u, cp->t.e, &cp->t, j),
-                 u->cond == 2 ? fc_at(u, cp->c.e, &cp->c, j) : NULL, u->mode, cp->C, n,
+                 u->nemb == 2 ? fc_at(u, cp->c.e, &cp->c, j) : NULL, u->mix, cp->C, n,
                  cp->hw * cp->hw);
     prof_add(PROF_ELEM, t0);
 }
@@ -430,9 +406,9 @@ void unet_forward(unet *u, int train, int nmb, const int *n, long global_n,
 
 static void unit_linear_backward(unet *u, unet_unit *t, float *leaf,
                                  const float *dy, int j, int n) {
-    float *x = at(u, t->in, j, n, 0);
+    float *x = unet_at(u, t->in, j, n, 0);
     /* The network input needs no gradient. */
-    float *dx = t->in.buf == u->in_buf ? NULL : at(u, t->in, j, n, 1);
+    float *dx = t->in.buf == u->in_buf ? NULL : unet_at(u, t->in, j, n, 1);
     if (t->kind == UNIT_CONV)
         conv2d_backward(dx, leaf + t->w, leaf + t->b, dy, x, u->p + t->w, u->col,
                         n, t->cin, t->hin, t->hin, t->cout, t->k, t->s, t->p);
@@ -457,46 +433,41 @@ static void unit_slice(const unet *u, const unet_unit *t, long *off, long *len) 
 static void unit_backward(unet *u, unet_unit *t, int nmb, const int *n,
                           long global_n, unet_combine_fn combine, void *ctx,
                           unet_leaf_dst_fn leaf_dst, unet_leaf_done_fn leaf_done) {
+    const unet_norm_ops *nm = t->norm;
     int C = t->cout;
     long hw2 = (long)t->hout * t->hout, stride = u->scratch_stride;
-    /* Pass 1: gradient through GELU (and BN's per-micro-batch sums). */
+    /* Pass 1: gradient through GELU (and the norm's per-micro-batch sums). */
     double t0 = prof_start();
     for (int j = 0; t->gelu && j < nmb; j++) {
         long cnt = (long)C * n[j] * hw2;
-        float *da = at(u, t->out, j, n[j], 1), *y = unet_slot(u, t->y_buf, j);
         float *dz = u->scratch_b + j * stride;
-        if (t->bn) {
-            bn_gelu_backward_stats(dz, u->sums + (long)j * 2 * C,
-                                   u->sums + (long)j * 2 * C + C, da, y, t->mean,
-                                   t->invstd, u->p + t->gamma, u->p + t->beta, C,
-                                   (int)(n[j] * hw2));
+        if (nm) {
+            nm->grad_stats(u, t, dz, j, n[j]);
         } else {
             memset(dz, 0, (size_t)cnt * sizeof(float));
-            gelu_backward(dz, da, y, cnt);
+            gelu_backward(dz, unet_at(u, t->out, j, n[j], 1), unet_slot(u, t->y_buf, j), cnt);
         }
     }
     prof_add(PROF_ELEM, t0);
-    if (t->bn) combine_sums(u, C, nmb, combine, ctx);
+    if (nm) nm->grad_finish(u, t, nmb, combine, ctx);
     long off, len;
     unit_slice(u, t, &off, &len);
     /* Pass 2: through BN, then the conv; one weight-gradient leaf per j. */
     for (int j = 0; j < nmb; j++) {
         long cnt = (long)C * n[j] * hw2;
-        const float *dy = at(u, t->out, j, n[j], 1);
+        const float *dy = unet_at(u, t->out, j, n[j], 1);
         if (t->gelu) dy = u->scratch_b + j * stride;
         t0 = prof_start();
-        if (t->bn) {
+        if (nm) {
             float *dyc = u->scratch_a + j * stride;
             memset(dyc, 0, (size_t)cnt * sizeof(float));
-            bn2d_backward(dyc, dy, unet_slot(u, t->y_buf, j), t->mean, t->invstd,
-                          u->p + t->gamma, u->gsums, u->gsums + C,
-                          (double)global_n * (double)hw2, C, (int)(n[j] * hw2));
+            nm->grad_input(u, t, dyc, dy, j, n[j], global_n);
             dy = dyc;
         }
         float *leaf = len ? leaf_dst(ctx, j) : NULL;
         prof_add(PROF_ELEM, t0);
         unit_linear_backward(u, t, leaf, dy, j, n[j]);
-        if (t->bn) {
+        if (nm) {
             const double *g1 = u->sums + (long)j * 2 * C, *g2 = g1 + C;
             for (int c = 0; c < C; c++) {
                 leaf[t->gamma + c] = (float)g2[c];
@@ -522,12 +493,12 @@ static void cond_point_backward(unet *u, const unet_condpt *cp, int nmb, const i
     float *de[2] = {u->fc_scratch, u->fc_scratch + w};
     float *dg = u->fc_scratch + 2 * w, *dh = u->fc_scratch + 3 * w;
     const unet_fc *fs[2] = {&cp->t, &cp->c};
-    int nfc = u->cond == 2 ? 2 : 1;
+    int nfc = u->nemb;
     for (int j = 0; j < nmb; j++) {
         double t0 = prof_start();
-        cond_backward(at(u, t->out, j, n[j], 1), de[0], de[1], at(u, cp->dst, j, n[j], 1),
-                      at(u, t->out, j, n[j], 0), fc_at(u, cp->t.e, &cp->t, j),
-                      nfc == 2 ? fc_at(u, cp->c.e, &cp->c, j) : NULL, u->mode, cp->C,
+        cond_backward(unet_at(u, t->out, j, n[j], 1), de[0], de[1], unet_at(u, cp->dst, j, n[j], 1),
+                      unet_at(u, t->out, j, n[j], 0), fc_at(u, cp->t.e, &cp->t, j),
+                      nfc == 2 ? fc_at(u, cp->c.e, &cp->c, j) : NULL, u->mix, cp->C,
                       n[j], cp->hw * cp->hw);
         prof_add(PROF_ELEM, t0);
         const float *ins[2] = {u->t_in + (long)j * u->m, u->c_in + (long)j * u->m * 10};
@@ -573,7 +544,7 @@ void unet_fc_flops(const unet *u, double *fwd, double *bwd) {
     double f = 0;
     for (int k = 0; k < u->ncond; k++) {
         const unet_fc *fs[2] = {&u->condpts[k].t, &u->condpts[k].c};
-        for (int q = 0; q < (u->cond == 2 ? 2 : 1); q++)
+        for (int q = 0; q < u->nemb; q++)
             f += 2.0 * fs[q]->out * (fs[q]->in + fs[q]->out);
     }
     *fwd = f;
@@ -588,7 +559,7 @@ int unet_grad_segments(const unet *u, long *off, long *len) {
     }
     for (int k = 0; k < u->ncond; k++) {
         const unet_fc *fs[2] = {&u->condpts[k].t, &u->condpts[k].c};
-        for (int q = 0; q < (u->cond == 2 ? 2 : 1); q++) {
+        for (int q = 0; q < u->nemb; q++) {
             off[n] = fs[q]->off;
             len[n] = fs[q]->len;
             n++;
@@ -624,7 +595,7 @@ void unet_predict(unet *u, float *y, const float *x, const float *t,
         int k = n - i < u->m ? n - i : u->m;
         memcpy(unet_slot(u, u->in_buf, 0), x + (long)i * 784,
                (size_t)k * 784 * sizeof(float));
-        for (int q = 0; u->cond && q < k; q++)
+        for (int q = 0; u->nemb && q < k; q++)
             unet_set_cond(u, 0, q, t ? t[i + q] : 0.0f, labels ? labels[i + q] : -1);
         unet_forward(u, 0, 1, &k, k, NULL, NULL, 0.0f);
         memcpy(y + (long)i * 784, unet_slot(u, u->out_buf, 0),

@@ -4,9 +4,9 @@
  * one-hot class c [N][10] (all zeros = "no class") to an embedding e [N][b]
  * that is broadcast over the H x W plane of a CNHW activation u [C][N][HW]:
  *
- *   COND_ADD    y = u + et            (time only, DDPM)
- *   COND_MUL    y = u * et            (time only, flow matching)
- *   COND_FILM   y = ec * u + et       (time and class, both objectives)
+ *   COND_MIX_ADD    y = u + et            (time only, DDPM)
+ *   COND_MIX_MUL    y = u * et            (time only, flow matching)
+ *   COND_MIX_FILM   y = ec * u + et       (time and class, both objectives)
  *
  * Backward ADDS into du and OVERWRITES the embedding gradients det, dec
  * ([N][C], per micro-batch).
@@ -14,7 +14,9 @@
 #ifndef DIFFMPI_COND_H
 #define DIFFMPI_COND_H
 
-typedef enum { COND_ADD, COND_MUL, COND_FILM } cond_mode;
+/* How the embeddings meet the activation; COND_MIX_NONE: an unconditioned
+ * model (no conditioning points). */
+typedef enum { COND_MIX_NONE, COND_MIX_ADD, COND_MIX_MUL, COND_MIX_FILM } cond_mix;
 
 /* FCBlock forward. in [N][Fin]; h [N][Fout] (fc1 output, kept),
  * g [N][Fout] (GELU(h), kept), e [N][Fout] output.
@@ -30,12 +32,12 @@ void fcblock_backward(float *dw1, float *db1, float *dw2, float *db2,
                       int Fin, int Fout);
 
 /* y [C][N][HW] from u [C][N][HW] and embeddings et, ec [N][C] (ec unused
- * unless COND_FILM). y and u must not overlap. */
+ * unless COND_MIX_FILM). y and u must not overlap. */
 void cond_forward(float *y, const float *u, const float *et, const float *ec,
-                  cond_mode mode, int C, int N, int HW);
+                  cond_mix mode, int C, int N, int HW);
 /* du (ADDED, may be NULL), det and dec (OVERWRITTEN, dec only for FILM). */
 void cond_backward(float *du, float *det, float *dec, const float *dy,
                    const float *u, const float *et, const float *ec,
-                   cond_mode mode, int C, int N, int HW);
+                   cond_mix mode, int C, int N, int HW);
 
 #endif

@@ -17,8 +17,9 @@
 #include <stdint.h>
 #include <stdio.h>
 #include "diffmpi/common.h"
+#include "diffmpi/norm.h"
+#include "diffmpi/objective.h"
 
-typedef enum { OBJ_DENOISE, OBJ_PURE_NOISE, OBJ_DDPM, OBJ_FLOW } dm_objective;
 typedef enum { COND_NONE, COND_TIME, COND_CLASS } dm_conditioning;
 typedef enum { LR_NONE, LR_EXP } dm_lr_decay;
 typedef enum { BN_GLOBAL, BN_RANK } dm_bn_sync;
@@ -27,6 +28,8 @@ typedef struct {
     dm_objective objective;     /* objective = denoise|pure_noise|ddpm|flow */
     dm_conditioning conditioning; /* conditioning = none|time|class */
     int hidden;                 /* hidden = D, >= 1 */
+    dm_norm norm;               /* norm = batch|group */
+    int norm_groups;            /* norm_groups: GroupNorm's groups, divides D */
     int epochs;                 /* epochs >= 1 */
     int batch;                  /* batch: global batch size >= 1 */
     int micro_batch;            /* micro_batch >= 1, <= batch */

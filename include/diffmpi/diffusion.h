@@ -1,11 +1,5 @@
-/* diffusion.h: the objectives (what the network sees and must predict) and
- * the samplers, for every model family of SPEC.md:
- *
- *   denoise     z = x + sigma*eps        target x
- *   pure_noise  z = eps                  target x
- *   ddpm        x_t = sqrt(abar_t) x + sqrt(1-abar_t) eps, t ~ U{0..T-1},
- *               network time t/T         target eps
- *   flow        x_t = (1-t) eps + t x, t ~ U[0,1]     target x - eps
+/* diffusion.h: examples and estimates for any objective of the table in
+ * objective.h, keyed so that they never depend on the rank count.
  *
  * Every random number is keyed by (seed, step, position in the global
  * batch), so examples never depend on which rank builds them.
@@ -15,18 +9,8 @@
 
 #include <stdint.h>
 #include "diffmpi/config.h"
+#include "diffmpi/objective.h"
 #include "diffmpi/unet.h"
-
-#define DDPM_T 300
-
-typedef struct {
-    int T;
-    double beta[DDPM_T], alpha[DDPM_T], abar[DDPM_T];
-} ddpm_schedule;
-
-/* beta linear from 1e-4 to 0.02 over T values (index 0..T-1),
- * alpha = 1 - beta, abar = cumulative product. */
-void ddpm_schedule_init(ddpm_schedule *s);
 
 /* The model a configuration describes. */
 unet_shape diffusion_shape(const dm_config *c, int m, int max_mb, int inference);
@@ -54,23 +38,11 @@ void diffusion_noisy_at(const dm_config *c, float *z, const float *x, double sig
 void diffusion_x0_hat(const dm_config *c, const ddpm_schedule *s, float *x0,
                       const float *z, const float *out, float t, long n);
 
-/* Default number of sampler steps for a configuration (300 DDPM, 50 flow
- * with time only, 300 flow with class). */
-int diffusion_default_steps(const dm_config *c);
+/* Sampler steps for a configuration: sample_steps, or the objective's
+ * default (300 DDPM, 50 flow with time only, 300 flow with class). */
+int diffusion_steps(const dm_config *c);
 
-/* One DDPM ancestral step from index t to index tp < t (tp = -1 at the
- * end, abar_{-1} = 1) on n floats, with alpha = abar_t/abar_tp and
- * beta = 1 - alpha (the schedule's own values when tp = t-1):
- * x0 = (x - sqrt(1-abar_t) eps)/sqrt(abar_t);
- * x <- sqrt(abar_tp) beta/(1-abar_t) x0 + sqrt(alpha)(1-abar_tp)/(1-abar_t) x
- *      + sqrt(beta) z, z ignored at the last step. */
-void ddpm_step(const ddpm_schedule *s, int t, int tp, float *x,
-               const float *eps, const float *z, long n);
-/* The i-th of S timesteps, from T-1 down to 0 (S = T: T-1-i). */
-int ddpm_timestep(int i, int S);
-/* One Euler step of flow matching: x <- x + u / N. */
-void flow_step(float *x, const float *u, int N, long n);
 /* Classifier-free guidance: out = eu + g * (ec - eu). */
-void cfg_combine(float *out, const float *ec, const float *eu, float g, long n);
+void guidance_combine(float *out, const float *ec, const float *eu, float g, long n);
 
 #endif

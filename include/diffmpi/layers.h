@@ -131,6 +131,25 @@ void bn_gelu_backward_stats(float *dz, double *g1, double *g2, const float *da,
                             const float *invstd, const float *gamma,
                             const float *beta, int C, int M);
 
+/* ---- GroupNorm + GELU fused (gn_gelu.c) ----------------------------------
+ * nn.GroupNorm(G, C) then GELU: statistics per image over each group of C/G
+ * channels, so nothing crosses micro-batches. x, a, da, dz, dx [C][N][HW];
+ * mean, invstd [N][G]; gamma, beta [C]. gn_stats OVERWRITES mean, invstd;
+ * gn_gelu_forward OVERWRITES a = gelu(gn(x)); gn_gelu_backward_stats
+ * OVERWRITES dz = da * gelu'(gn(x)) and this micro-batch's parameter
+ * gradients g1 = dbeta = sum dz, g2 = dgamma = sum dz*xhat; gn_backward ADDS
+ * the input gradient from dz. */
+void gn_stats(float *mean, float *invstd, const float *x, int C, int N, int HW, int G,
+              float eps);
+void gn_gelu_forward(float *a, const float *x, const float *mean, const float *invstd,
+                     const float *gamma, const float *beta, int C, int N, int HW, int G);
+void gn_gelu_backward_stats(float *dz, double *g1, double *g2, const float *da,
+                            const float *x, const float *mean, const float *invstd,
+                            const float *gamma, const float *beta, int C, int N, int HW,
+                            int G);
+void gn_backward(float *dx, const float *dz, const float *x, const float *mean,
+                 const float *invstd, const float *gamma, int C, int N, int HW, int G);
+
 /* ---- GELU, exact erf form: y = x/2 * (1 + erf(x/sqrt(2))) ---------------- */
 void gelu_forward(float *y, const float *x, long n);
 /* dx (ADDED) += dy * gelu'(x) */

@@ -26,6 +26,7 @@
 #include <stdint.h>
 #include "diffmpi/common.h"
 #include "diffmpi/cond.h"
+#include "diffmpi/norm.h"
 
 #define UNET_MAX_UNITS 24
 #define UNET_MAX_COND 2 /* conditioning points */
@@ -34,6 +35,9 @@
 #define UNET_MAX_BUFS 64
 
 typedef enum { UNIT_CONV, UNIT_CONVT, UNIT_POOL } unet_unit_kind;
+
+struct unet;
+struct unet_unit;
 
 /* One named tensor view into params (trainable) or buffers (BN running). */
 typedef struct {
@@ -51,20 +55,20 @@ typedef struct {
     int chan_off;       /* first channel inside that buffer (concat) */
 } unet_ref;
 
-typedef struct {
+typedef struct unet_unit {
     char name[24];      /* checkpoint group, e.g. "down1/0" */
     unet_unit_kind kind;
     int cin, cout, k, s, p;
     int hin, hout;      /* square images */
-    int bn, gelu;       /* BatchNorm follows; GELU follows */
+    const struct unet_norm_ops *norm; /* the normalisation that follows, or NULL */
+    int gelu;           /* GELU follows */
     unet_ref in, out;   /* out: the unit's final output (after GELU) */
     int y_buf;          /* buffer holding the pre-BN conv output (-1: none) */
     long w, b, gamma, beta;      /* offsets into params (-1: none) */
     long run_mean, run_var;      /* offsets into buffers (-1: none) */
     int pw, pb, pgamma, pbeta;   /* indices into unet.params (-1: none) */
-    /* per-step BatchNorm state, [cout] each */
+    /* per-step normalisation statistics, norm->stat_floats each */
     float *mean, *invstd;
-    double *s1, *s2;    /* [max_local_mb][cout] per micro-batch sums */
 } unet_unit;
 
 /* An activation buffer: per micro-batch [chans][m][hw][hw], stored for every
@@ -93,11 +97,15 @@ typedef struct {
     unet_fc t, c;       /* c only with class conditioning */
 } unet_condpt;
 
-/* What to build. cond: 0 none, 1 time, 2 class (dm_conditioning). */
+/* What to build. mix: COND_MIX_NONE (no conditioning), ADD or MUL (time
+ * only: t1, t2), FILM (time and class: t1, t2, c1, c2). norm: what follows
+ * every hidden convolution (groups: GroupNorm's group count, which must
+ * divide D; 0 means 32). */
 typedef struct {
     int D;
-    int cond;
-    int time_mult;      /* time-only flow matching: u * t1(t) */
+    cond_mix mix;
+    dm_norm norm;
+    int groups;
     int m, max_mb;      /* micro-batch size and local slots */
     int inference;      /* forward only: no gradients, no backward scratch */
 } unet_shape;
@@ -109,10 +117,13 @@ typedef struct {
 typedef void (*unet_combine_fn)(void *ctx, double *out_sums, int C,
                                 const double *local_sums, int nloc);
 
-typedef struct {
+typedef struct unet {
     int D, m, max_mb;   /* width, micro-batch size, local micro-batch slots */
-    int cond, inference;
-    cond_mode mode;
+    dm_norm norm;
+    int groups;         /* GroupNorm groups */
+    int inference;
+    cond_mix mix;
+    int nemb;           /* embeddings per conditioning point: 0, 1 (t), 2 (t, c) */
     int ncond;
     unet_condpt condpts[UNET_MAX_COND];
     float *t_in;        /* [max_mb][m] time input in [0,1] */
@@ -156,6 +167,41 @@ const unet_param *unet_find(const unet *u, const char *name);
 static inline float *unet_slot(const unet *u, int b, int j) {
     return u->act[b].data + (long)j * u->act[b].mb_stride;
 }
+
+/* A unit's input/output region in micro-batch slot j holding n images (a
+ * channel offset counts whole [n][hw][hw] planes); grad: the gradient. */
+static inline float *unet_at(const unet *u, unet_ref r, int j, int n, int grad) {
+    const unet_buf *b = &u->act[r.buf];
+    float *base = grad ? b->grad : b->data;
+    return base + (long)j * b->mb_stride + (long)r.chan_off * n * b->hw * b->hw;
+}
+
+/* A normalisation kind (one row of the table in norm.c), applied by the
+ * unit after its convolution: y = pre-norm output (unit's y_buf), a = the
+ * unit's output gelu(norm(y)). Forward: stats(j) after each micro-batch's
+ * convolution, finish() once (BatchNorm combines across micro-batches and
+ * ranks there), apply(j) writes a. Backward: grad_stats(j) writes
+ * dz = da * gelu'(norm(y)) into dz and this micro-batch's dbeta, dgamma
+ * sums into u->sums slot j ([2C]: dbeta then dgamma); grad_finish() once;
+ * grad_input(j) ADDS the gradient at y into dy from dz. */
+typedef struct unet_norm_ops {
+    const char *name;       /* config value: "batch", "group" */
+    const char *prefix;     /* parameter names: prefix_weight, prefix_bias */
+    int running;            /* keeps running_mean, running_var buffers */
+    long (*stat_floats)(const unet *u, int C); /* size of mean and of invstd */
+    void (*stats)(unet *u, unet_unit *t, int train, int j, int n);
+    void (*finish)(unet *u, unet_unit *t, int train, int nmb, long global_n,
+                   unet_combine_fn combine, void *ctx, float momentum);
+    void (*apply)(unet *u, unet_unit *t, int j, int n);
+    void (*grad_stats)(unet *u, unet_unit *t, float *dz, int j, int n);
+    void (*grad_finish)(unet *u, unet_unit *t, int nmb, unet_combine_fn combine,
+                        void *ctx);
+    void (*grad_input)(unet *u, unet_unit *t, float *dy, const float *dz, int j, int n,
+                       long global_n);
+} unet_norm_ops;
+
+/* The row of normalisation kind k. */
+const unet_norm_ops *unet_norm_get(dm_norm k);
 
 /* Forward over nmb local micro-batches with sizes n[j] (input already in
  * act[in_buf] slots). train != 0: BatchNorm uses global batch statistics

@@ -60,7 +60,7 @@ static void test_steps(void) {
     EXPECT_CLOSE(f[0], 1.1, 1e-6, 0, "flow step [0]");
     EXPECT_CLOSE(f[1], 1.8, 1e-6, 0, "flow step [1]");
     float ec[2] = {1.0f, 3.0f}, eu[2] = {0.5f, 1.0f}, out[2];
-    cfg_combine(out, ec, eu, 5.0f, 2);
+    guidance_combine(out, ec, eu, 5.0f, 2);
     EXPECT_CLOSE(out[0], 3.0, 1e-6, 0, "cfg [0] = eu + 5 (ec - eu)");
     EXPECT_CLOSE(out[1], 11.0, 1e-6, 0, "cfg [1]");
 }
@@ -111,11 +111,11 @@ static void test_examples(void) {
     double err = 0;
     for (int k = 0; k < DM_PIX; k++) err = fmax(err, fabs(est[k] - x[k]));
     EXPECT(err < 1e-5, "flow: x_t + (1-t) u = x (err %g)", err);
-    EXPECT(diffusion_default_steps(&c) == 50, "flow time model samples with 50 steps");
+    EXPECT(diffusion_steps(&c) == 50, "flow time model samples with 50 steps");
     c.conditioning = COND_CLASS;
-    EXPECT(diffusion_default_steps(&c) == 300, "flow class model samples with 300 steps");
+    EXPECT(diffusion_steps(&c) == 300, "flow class model samples with 300 steps");
     c.objective = OBJ_DDPM;
-    EXPECT(diffusion_default_steps(&c) == 300, "DDPM samples with 300 steps");
+    EXPECT(diffusion_steps(&c) == 300, "DDPM samples with 300 steps");
 }
 
 int main(void) {

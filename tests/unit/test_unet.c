@@ -25,7 +25,7 @@ static double loss_and_grad(unet *u, dm_dist *d, float *grads) {
     dist_set_batch(d, NMB);
     for (int j = 0; j < NMB; j++) {
         memcpy(unet_slot(u, u->in_buf, j), x[j], sizeof(float) * sizes[j] * 784);
-        for (int i = 0; u->cond && i < sizes[j]; i++)
+        for (int i = 0; u->nemb && i < sizes[j]; i++)
             unet_set_cond(u, j, i, times[j * M + i], labels[j * M + i]);
     }
     unet_zero_grad(u, NMB);
@@ -50,7 +50,8 @@ static void check_param_count(void) {
     for (int i = 0; i < 2; i++)
         for (int cond = 0; cond < 3; cond++) {
             unet u;
-            unet_shape sh = {.D = Ds[i], .cond = cond, .m = 1};
+            cond_mix mixes[3] = {COND_MIX_NONE, COND_MIX_ADD, COND_MIX_FILM};
+            unet_shape sh = {.D = Ds[i], .mix = mixes[cond], .m = 1};
             unet_init(&u, &sh);
             EXPECT(fabs(u.nparams - want[i][cond]) < 0.006e6,
                    "D=%d cond=%d: %ld parameters, SPEC %.2fM", Ds[i], cond, u.nparams,
@@ -79,11 +80,11 @@ static void check_param_count(void) {
 }
 
 /* Finite differences on a few entries of every trainable tensor. */
-static void check_gradient(int cond, int time_mult, const char *what) {
+static void check_gradient(int key, cond_mix mix, dm_norm norm, const char *what) {
     dm_rng r;
-    rng_init(&r, 11, 98, (uint64_t)cond, 0);
+    rng_init(&r, 11, 98, (uint64_t)key, 0);
     unet u;
-    unet_shape sh = {.D = D, .cond = cond, .time_mult = time_mult, .m = M, .max_mb = NMB};
+    unet_shape sh = {.D = D, .mix = mix, .norm = norm, .groups = 2, .m = M, .max_mb = NMB};
     unet_init(&u, &sh);
     unet_init_params(&u, 3);
     dm_dist d;
@@ -124,9 +125,9 @@ static void check_gradient(int cond, int time_mult, const char *what) {
      * that is a real error. */
     EXPECT(bad <= 1, "%s: %d of %d gradient entries disagree with finite differences",
            what, bad, checked);
-    double norm = 0;
-    for (long i = 0; i < u.nparams; i++) norm += (double)g[i] * g[i];
-    EXPECT(norm > 1e-8, "%s: gradient norm %g", what, norm);
+    double gnorm = 0;
+    for (long i = 0; i < u.nparams; i++) gnorm += (double)g[i] * g[i];
+    EXPECT(gnorm > 1e-8, "%s: gradient norm %g", what, gnorm);
     free(g);
     dist_free(&d);
     unet_free(&u);
@@ -167,10 +168,12 @@ int main(int argc, char **argv) {
             x[j][i] = rng_uniform(&r);
             tgt[j][i] = rng_uniform(&r);
         }
-    check_gradient(0, 0, "plain");
-    check_gradient(1, 0, "time, additive (DDPM)");
-    check_gradient(1, 1, "time, multiplicative (flow)");
-    check_gradient(2, 0, "time + class (FiLM)");
+    check_gradient(0, COND_MIX_NONE, NORM_BATCH, "plain");
+    check_gradient(1, COND_MIX_ADD, NORM_BATCH, "time, additive (DDPM)");
+    check_gradient(1, COND_MIX_MUL, NORM_BATCH, "time, multiplicative (flow)");
+    check_gradient(2, COND_MIX_FILM, NORM_BATCH, "time + class (FiLM)");
+    check_gradient(3, COND_MIX_NONE, NORM_GROUP, "plain, GroupNorm (2 groups)");
+    check_gradient(4, COND_MIX_FILM, NORM_GROUP, "time + class, GroupNorm (2 groups)");
     int rc = test_finish("test_unet");
     MPI_Finalize();
     return rc;

@@ -1,0 +1,87 @@
+/* objective.h: the training objectives as one table. Each row says how a
+ * training example is made (network input, target, time input), how the
+ * clean image is estimated from the network output, and, for diffusion
+ * objectives, how the sampler walks from noise to an image:
+ *
+ *   denoise     z = x + sigma*eps        target x
+ *   pure_noise  z = eps                  target x
+ *   ddpm        x_t = sqrt(abar_t) x + sqrt(1-abar_t) eps, t ~ U{0..T-1},
+ *               network time t/T         target eps
+ *   flow        x_t = (1-t) eps + t x, t ~ U[0,1]     target x - eps
+ *
+ * A new objective is one row of `objectives` in objective.c plus its
+ * functions; the trainer, evaluation, figures, sampler, `sample` and the
+ * config key read the row and never test which objective it is.
+ *
+ *   const dm_objective_def *o = objective_get(c->objective);
+ *   if (o->diffusion) ...;
+ */
+#ifndef DIFFMPI_OBJECTIVE_H
+#define DIFFMPI_OBJECTIVE_H
+
+#include "diffmpi/cond.h"
+#include "diffmpi/rng.h"
+
+typedef enum {
+    OBJ_DENOISE,
+    OBJ_PURE_NOISE,
+    OBJ_DDPM,
+    OBJ_FLOW,
+    OBJ_COUNT
+} dm_objective;
+
+#define DDPM_T 300
+
+/* beta linear from 1e-4 to 0.02 over T values (index 0..T-1), alpha =
+ * 1 - beta, abar = cumulative product (ddpm_schedule_init). */
+typedef struct {
+    int T;
+    double beta[DDPM_T], alpha[DDPM_T], abar[DDPM_T];
+} ddpm_schedule;
+
+typedef struct {
+    const char *name;   /* the config value */
+    int diffusion;      /* 1: time-conditioned, samples from noise, evaluated
+                           at fixed times; 0: a denoiser, evaluated at sigma */
+    cond_mix time_mix;  /* how t enters a time-only model (ADD or MUL);
+                           COND_MIX_NONE: no conditioning allowed */
+    /* Training time tq in [0,1) from r; NULL: no time input (tq = 0). */
+    double (*draw_time)(dm_rng *r);
+    /* z (network input), target [784] and *t (network time input) from the
+     * clean image x, the time tq and the noise stream. */
+    void (*make)(const ddpm_schedule *s, double sigma, float *z, float *target,
+                 float *t, const float *x, double tq, dm_rng *noise);
+    /* x0 [n]: the clean image estimated from input z and output out at
+     * network time t. */
+    void (*x0_hat)(const ddpm_schedule *s, float *x0, const float *z, const float *out,
+                   float t, long n);
+    /* Sampler (diffusion objectives): default steps for time-only and class
+     * models; the network time input at step si of S; whether step si < S-1
+     * needs fresh noise z; one step x <- f(x, out, z) on n floats. */
+    int steps_time, steps_class;
+    float (*sample_time)(int si, int S);
+    int step_noise;
+    void (*sample_step)(const ddpm_schedule *s, int si, int S, float *x, const float *out,
+                        const float *z, long n);
+} dm_objective_def;
+
+/* The row of objective o (o must be < OBJ_COUNT). */
+const dm_objective_def *objective_get(dm_objective o);
+/* Name of objective i, NULL past the last: the config key's values. */
+const char *objective_name(int i);
+
+void ddpm_schedule_init(ddpm_schedule *s);
+/* The i-th of S timesteps, from T-1 down to 0 (S = T: T-1-i). */
+int ddpm_timestep(int i, int S);
+/* One DDPM ancestral step from index t to index tp < t (tp = -1 at the
+ * end, abar_{-1} = 1) on n floats, with alpha = abar_t/abar_tp and
+ * beta = 1 - alpha (the schedule's own values when tp = t-1):
+ * x0 = (x - sqrt(1-abar_t) eps)/sqrt(abar_t);
+ * x <- sqrt(abar_tp) beta/(1-abar_t) x0 + sqrt(alpha)(1-abar_tp)/(1-abar_t) x
+ *      + sqrt(beta) z, z ignored at the last step. */
+void ddpm_step(const ddpm_schedule *s, int t, int tp, float *x,
+               const float *eps, const float *z, long n);
+/* One Euler step of flow matching: x <- x + u / N. */
+void flow_step(float *x, const float *u, int N, long n);
+
+#endif
