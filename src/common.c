@@ -1,6 +1,7 @@
 /* common.c: error reporting, checked allocation, clock. */
 #include "diffmpi/common.h"
 
+#include <errno.h>
 #include <mpi.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -48,6 +49,15 @@ void *dm_calloc(size_t count, size_t size) {
     DM_CHECK(p != NULL, "out of memory allocating %zu x %zu bytes", count,
              size);
     return p;
+}
+
+int dm_parse_long(const char *s, long lo, long hi, long *out) {
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno == ERANGE || end == s || *end != '\0' || v < lo || v > hi) return 0;
+    *out = v;
+    return 1;
 }
 
 double dm_now(void) {

@@ -50,6 +50,10 @@ _Noreturn void dm_fatal(const char *file, int line, const char *fmt, ...)
 void *dm_malloc(size_t bytes);
 void *dm_calloc(size_t count, size_t size);
 
+/* Strict base-10 integer: the whole string, no overflow, within [lo, hi].
+ * Returns 1 and sets *out, or 0 and leaves *out alone. */
+int dm_parse_long(const char *s, long lo, long hi, long *out);
+
 /* Seconds since an arbitrary fixed point (monotonic clock). */
 double dm_now(void);
 
