@@ -172,26 +172,38 @@ static void sync_point(dm_dist *d) {
     prof_add(PROF_WAIT, t0);
 }
 
+void dist_gather_spread(MPI_Comm comm, MPI_Datatype type, void *out, const void *local,
+                        int n, int chunk, int w, int root, int *counts, int *displs) {
+    int rank, size;
+    MPI_Comm_rank(comm, &rank);
+    MPI_Comm_size(comm, &size);
+    int nch = (n + chunk - 1) / chunk, mine = 0;
+    for (int r = 0; r < size; r++) {
+        int lo, hi;
+        dist_range(nch, size, r, &lo, &hi);
+        int a = lo * chunk < n ? lo * chunk : n, b = hi * chunk < n ? hi * chunk : n;
+        counts[r] = (b - a) * w;
+        displs[r] = a * w;
+        if (r == rank) mine = counts[r];
+    }
+    if (root < 0)
+        MPI_Allgatherv(local, mine, type, out, counts, displs, type, comm);
+    else
+        MPI_Gatherv(local, mine, type, out, counts, displs, type, root, comm);
+}
+
 /* Gather w doubles per item from all ranks into out [nitems][w], items
  * spread over ranks as dist_range(nitems). */
 static void gather_items(dm_dist *d, double *out, const double *local,
                          int nitems, int w) {
-    int lo, hi;
-    dist_range(nitems, d->size, d->rank, &lo, &hi);
     if (d->size == 1) {
-        memcpy(out, local, (size_t)(hi - lo) * (size_t)w * sizeof(double));
+        memcpy(out, local, (size_t)nitems * (size_t)w * sizeof(double));
         return;
-    }
-    for (int r = 0; r < d->size; r++) {
-        int rlo, rhi;
-        dist_range(nitems, d->size, r, &rlo, &rhi);
-        d->counts[r] = (rhi - rlo) * w;
-        d->displs[r] = rlo * w;
     }
     sync_point(d);
     double t0 = prof_start();
-    MPI_Allgatherv(local, (hi - lo) * w, MPI_DOUBLE, out, d->counts, d->displs,
-                   MPI_DOUBLE, d->comm);
+    dist_gather_spread(d->comm, MPI_DOUBLE, out, local, nitems, 1, w, -1, d->counts,
+                       d->displs);
     prof_add(PROF_COMM, t0);
 }
 

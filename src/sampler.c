@@ -39,26 +39,6 @@ static void predict_chunk(unet *u, const sampler_request *q, float *out,
         memcpy(out, y, sizeof(float) * (size_t)k * DM_PIX);
 }
 
-/* Gather each rank's contiguous images [nl][784] to rank 0 in image order. */
-static void gather(float *dst, const float *src, int nl, int n, int chunk) {
-    int rank, size;
-    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-    MPI_Comm_size(MPI_COMM_WORLD, &size);
-    int nch = (n + chunk - 1) / chunk;
-    int *counts = malloc(sizeof(int) * (size_t)size), *displs = malloc(sizeof(int) * (size_t)size);
-    for (int r = 0; r < size; r++) {
-        int lo, hi;
-        dist_range(nch, size, r, &lo, &hi);
-        int a = lo * chunk < n ? lo * chunk : n, b = hi * chunk < n ? hi * chunk : n;
-        counts[r] = (b - a) * DM_PIX;
-        displs[r] = a * DM_PIX;
-    }
-    MPI_Gatherv(src, nl * DM_PIX, MPI_FLOAT, dst, counts, displs, MPI_FLOAT, 0,
-                MPI_COMM_WORLD);
-    free(counts);
-    free(displs);
-}
-
 void sampler_run(unet *u, const dm_config *c, const sampler_request *q,
                  float *images, float *traj, float *traj_t) {
     int rank, size, chunk = sampler_chunk(c), S = q->steps;
@@ -107,9 +87,12 @@ void sampler_run(unet *u, const dm_config *c, const sampler_request *q,
             o->sample_step(&sch, si, S, xa, e, z, (long)k * DM_PIX);
         }
     }
-    gather(images, x, nl, q->n, chunk);
+    int *counts = dm_calloc((size_t)size, sizeof(int)), *displs = dm_calloc((size_t)size, sizeof(int));
+    dist_gather_spread(MPI_COMM_WORLD, MPI_FLOAT, images, x, q->n, chunk, DM_PIX, 0, counts,
+                       displs);
     for (int g = 0; g < F; g++)
-        gather(rank == 0 ? traj + (long)g * q->n * DM_PIX : NULL, tl + (long)g * nl * DM_PIX,
-               nl, q->n, chunk);
-    free(x), free(e), free(z), free(tl);
+        dist_gather_spread(MPI_COMM_WORLD, MPI_FLOAT,
+                           rank == 0 ? traj + (long)g * q->n * DM_PIX : NULL,
+                           tl + (long)g * nl * DM_PIX, q->n, chunk, DM_PIX, 0, counts, displs);
+    free(x), free(e), free(z), free(tl), free(counts), free(displs);
 }

@@ -36,28 +36,7 @@ const double dm_sigmas[DM_NSIGMAS] = {0.0, 0.2, 0.4, 0.5, 0.6, 0.8, 1.0};
 static volatile sig_atomic_t stop_signal = 0;
 static void on_signal(int sig) { stop_signal = sig; }
 
-typedef struct {
-    dm_config cfg;
-    const char *out;
-    int rank, size;
-    unet net;
-    dm_dist dist;
-    float *grads, *m, *v;
-    dm_dataset train, test;
-    int32_t *perm;
-    int nmb_full;
-    long steps_per_epoch, total_steps;
-    dm_train_state st;
-    dm_log log;
-    ddpm_schedule sched;
-    unet sampler;    /* inference copy for sampling (diffusion models) */
-    float *target;  /* [max_mb][m*784] */
-    double *sse;    /* [max(max_mb, eval chunks)] */
-    double *items;  /* gathered per-chunk values */
-    int *n;         /* images per local micro-batch */
-    double t_start;
-    int bench;      /* `diffmpi bench`: synthetic data, no files */
-} trainer;
+
 
 /* All ranks agree on a status: the worst (largest) one wins. */
 static dm_status agree(dm_status st) {
@@ -70,7 +49,7 @@ static dm_status agree(dm_status st) {
  * begun with dm_set_quiet(rank != 0): their messages would be identical, so
  * only rank 0's is printed. If rank 0 read `what` where another rank could
  * not, rank 0 says so instead; either way the job prints one line. */
-static dm_status agree_read(const trainer *t, dm_status st, const char *what) {
+static dm_status agree_read(const dm_trainer *t, dm_status st, const char *what) {
     dm_set_quiet(0);
     int bad = st != DM_OK ? t->rank : t->size, first = t->size;
     MPI_Allreduce(&bad, &first, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
@@ -89,7 +68,7 @@ static int exit_code(dm_status st) {
 }
 
 
-static void load_permutation(trainer *t, int64_t epoch) {
+static void load_permutation(dm_trainer *t, int64_t epoch) {
     dm_rng r;
     rng_init(&r, t->cfg.seed, DM_STREAM_SHUFFLE, (uint64_t)epoch, 0);
     rng_permutation(&r, t->perm, t->train.n);
@@ -107,7 +86,7 @@ static int all_finite(const float *x, long n) {
     return acc == 0.0f;
 }
 
-static dm_status train_step(trainer *t, double *loss_out, int *bsize) {
+dm_status trainer_step(dm_trainer *t, double *loss_out, int *bsize) {
     const dm_config *c = &t->cfg;
     int m = c->micro_batch;
     long start = t->st.batch_in_epoch * (long)c->batch;
@@ -189,7 +168,7 @@ static dm_status train_step(trainer *t, double *loss_out, int *bsize) {
  * against the clean image at `sigma`. Diffusion models: the training
  * objective with a fixed time per test image (a low-discrepancy sequence)
  * and the true label. */
-static double train_test_mse(trainer *t, double sigma, int sigma_idx) {
+static double train_test_mse(dm_trainer *t, double sigma, int sigma_idx) {
     const dm_config *c = &t->cfg;
     int m = c->micro_batch, n = t->test.n, diffusion = objective_get(c->objective)->diffusion;
     int nch = (n + m - 1) / m, lo, hi;
@@ -232,7 +211,7 @@ static double train_test_mse(trainer *t, double sigma, int sigma_idx) {
 
 /* ---- checkpoints ----------------------------------------------------------- */
 
-static dm_status save(trainer *t) {
+static dm_status save(dm_trainer *t) {
     dm_status st = DM_OK;
     if (t->rank == 0) {
         st = log_flush(&t->log);
@@ -244,12 +223,9 @@ static dm_status save(trainer *t) {
 
 /* ---- progress ---------------------------------------------------------------- */
 
-static void progress(trainer *t, double loss, double ips, double *last,
+static void progress(dm_trainer *t, double loss, double ips, double *last,
                      int64_t first_step, int force) {
-    static int tty = -1;
-    /* Under mpirun a rank's stdout is a pty even when the job's output goes
-     * to a file, so only a run without mpirun redraws one line. */
-    if (tty < 0) tty = isatty(STDOUT_FILENO) && !getenv("OMPI_COMM_WORLD_SIZE");
+    int tty = t->tty;
     double now = dm_now();
     if (!force && !tty && now - *last < t->cfg.log_every) return;
     *last = now;
@@ -267,7 +243,7 @@ static void progress(trainer *t, double loss, double ips, double *last,
 
 /* ---- set-up -------------------------------------------------------------------- */
 
-static dm_status prepare_out(trainer *t, const char *resume) {
+static dm_status prepare_out(dm_trainer *t, const char *resume) {
     dm_status st = DM_OK;
     if (t->rank == 0) {
         st = fs_mkdirs(t->out);
@@ -292,7 +268,7 @@ static dm_status prepare_out(trainer *t, const char *resume) {
 }
 
 /* Rank 0 resolves the checkpoint path and broadcasts it. */
-static dm_status resolve_resume(trainer *t, const char *resume, char *path,
+static dm_status resolve_resume(dm_trainer *t, const char *resume, char *path,
                                 size_t size) {
     dm_status st = DM_OK;
     if (t->rank == 0) {
@@ -340,8 +316,20 @@ static void synthetic_data(dm_dataset *d, int n, uint64_t seed) {
     for (int i = 0; i < n; i++) d->labels[i] = (uint8_t)rng_below(&r, 10);
 }
 
-static dm_status setup(trainer *t, const char *resume) {
+dm_status trainer_setup(dm_trainer *t, const dm_config *cfg, const char *out_dir,
+                        const char *resume) {
+    memset(t, 0, sizeof *t);
+    t->cfg = *cfg;
+    t->out = out_dir;
+    t->t_start = dm_now();
+    MPI_Comm_rank(MPI_COMM_WORLD, &t->rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &t->size);
+    /* Under mpirun a rank's stdout is a pty even when the job's output goes
+     * to a file, so only a run without mpirun redraws one line. */
+    t->tty = isatty(STDOUT_FILENO) && !getenv("OMPI_COMM_WORLD_SIZE");
+    openblas_set_num_threads(cfg->threads);
     const dm_config *c = &t->cfg;
+    int synthetic = out_dir == NULL;
     int m = c->micro_batch;
     t->nmb_full = (c->batch + m - 1) / m;
     if (t->nmb_full < t->size) {
@@ -351,9 +339,9 @@ static dm_status setup(trainer *t, const char *resume) {
                      c->batch, m, t->nmb_full, t->size);
         return DM_EUSAGE;
     }
-    dm_status st = t->bench ? DM_OK : prepare_out(t, resume);
+    dm_status st = synthetic ? DM_OK : prepare_out(t, resume);
     if (st != DM_OK) return st;
-    if (t->bench) {
+    if (synthetic) {
         synthetic_data(&t->train, c->batch * 4, c->seed);
         synthetic_data(&t->test, m, c->seed + 1);
     } else {
@@ -405,17 +393,17 @@ static dm_status setup(trainer *t, const char *resume) {
             printf("resuming from %s (step %lld, epoch %lld)\n", path,
                    (long long)t->st.step, (long long)t->st.epoch + 1);
     }
-    if (t->rank == 0 && !t->bench)
+    if (t->rank == 0 && !synthetic)
         st = log_open(&t->log, t->out, c, EVAL_SIGMA, resume ? t->st.step : -1);
     st = agree(st);
-    if (st == DM_OK && !t->bench)
+    if (st == DM_OK && !synthetic)
         st = agree(watchdog_start(t->out, t->rank, t->size, c->watchdog));
     return st;
 }
 
-static void teardown(trainer *t) {
+void trainer_teardown(dm_trainer *t) {
     watchdog_stop();
-    if (t->rank == 0 && !t->bench) log_close(&t->log);
+    if (t->rank == 0 && t->out) log_close(&t->log);
     unet_free(&t->net);
     if (t->sampler.arena) unet_free(&t->sampler);
     dist_free(&t->dist);
@@ -427,7 +415,7 @@ static void teardown(trainer *t) {
 
 /* ---- the loop -------------------------------------------------------------------- */
 
-static dm_status epoch_end(trainer *t) {
+static dm_status epoch_end(dm_trainer *t) {
     const dm_config *c = &t->cfg;
     int epoch = (int)t->st.epoch + 1; /* 1-based, just finished */
     fault_point("epoch_end");
@@ -445,8 +433,7 @@ static dm_status epoch_end(trainer *t) {
     st = agree(st);
     int diffusion = objective_get(c->objective)->diffusion;
     if (st == DM_OK && diffusion && config_sample_epoch(c, epoch)) {
-        memcpy(t->sampler.p, t->net.p, sizeof(float) * (size_t)t->net.nparams);
-        memcpy(t->sampler.bufs, t->net.bufs, sizeof(float) * (size_t)t->net.nbuffers);
+        trainer_sync_sampler(t);
         st = samples_diffusion(t->out, &t->net, &t->sampler, c, &t->sched, &t->train,
                                epoch, t->rank);
     }
@@ -465,7 +452,7 @@ static dm_status epoch_end(trainer *t) {
     return st;
 }
 
-static dm_status loop(trainer *t) {
+static dm_status loop(dm_trainer *t) {
     const dm_config *c = &t->cfg;
     double last_print = 0, loss = 0;
     int64_t loaded_epoch = -1, first_step = t->st.step;
@@ -483,7 +470,7 @@ static dm_status loop(trainer *t) {
         }
         double t0 = dm_now();
         int B = 0;
-        st = train_step(t, &loss, &B);
+        st = trainer_step(t, &loss, &B);
         if (st != DM_OK) break;
         double ips = B / (dm_now() - t0);
         if (t->rank == 0) {
@@ -523,8 +510,12 @@ static dm_status loop(trainer *t) {
     return st;
 }
 
-/* Peak resident set size of this process in MiB (VmHWM), 0 if unknown. */
-static double peak_rss_mib(void) {
+void trainer_sync_sampler(dm_trainer *t) {
+    memcpy(t->sampler.p, t->net.p, sizeof(float) * (size_t)t->net.nparams);
+    memcpy(t->sampler.bufs, t->net.bufs, sizeof(float) * (size_t)t->net.nbuffers);
+}
+
+double dm_peak_rss_mib(void) {
     FILE *f = fopen("/proc/self/status", "r");
     char line[256];
     double kib = 0;
@@ -535,15 +526,9 @@ static double peak_rss_mib(void) {
 }
 
 int train_run(const dm_config *cfg, const char *out_dir, const char *resume) {
-    trainer t;
-    memset(&t, 0, sizeof t);
-    t.cfg = *cfg;
-    t.out = out_dir;
-    t.t_start = dm_now();
-    MPI_Comm_rank(MPI_COMM_WORLD, &t.rank);
-    MPI_Comm_size(MPI_COMM_WORLD, &t.size);
-    openblas_set_num_threads(cfg->threads);
-    fault_init(t.rank);
+    int rank;
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    fault_init(rank);
     const char *nan_env = getenv("DIFFMPI_TEST_NAN_GRAD");
     test_nan_step = nan_env ? atoll(nan_env) : -1;
     h5_quiet();
@@ -553,13 +538,16 @@ int train_run(const dm_config *cfg, const char *out_dir, const char *resume) {
     sigemptyset(&sa.sa_mask);
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGUSR1, &sa, NULL);
-    if (t.rank == 0) {
+    if (rank == 0) {
+        int size;
+        MPI_Comm_size(MPI_COMM_WORLD, &size);
         char text[8192];
         config_to_string(cfg, text, sizeof text);
-        printf("diffmpi train: %d rank(s), out %s\n%s", t.size, out_dir, text);
+        printf("diffmpi train: %d rank(s), out %s\n%s", size, out_dir, text);
         fflush(stdout);
     }
-    dm_status st = setup(&t, resume);
+    dm_trainer t;
+    dm_status st = trainer_setup(&t, cfg, out_dir, resume);
     if (st == DM_OK) {
         if (t.rank == 0) {
             printf("model: D=%d, %ld parameters; %ld steps per epoch, %d micro-batches "
@@ -568,192 +556,10 @@ int train_run(const dm_config *cfg, const char *out_dir, const char *resume) {
             fflush(stdout);
         }
         st = loop(&t);
-        double mine = peak_rss_mib(), peak = 0;
+        double mine = dm_peak_rss_mib(), peak = 0;
         MPI_Reduce(&mine, &peak, 1, MPI_DOUBLE, MPI_MAX, 0, MPI_COMM_WORLD);
         if (t.rank == 0) printf("peak memory per rank: %.0f MiB (largest rank)\n", peak);
     }
-    teardown(&t);
+    trainer_teardown(&t);
     return exit_code(st);
-}
-
-/* ---- benchmark ------------------------------------------------------------------ */
-
-/* Every rank runs the same conv-shaped sgemm for `secs` at the same time:
- * the machine's own peak for this job's ranks x threads. Returns this
- * rank's GFLOP/s. */
-static double sgemm_rate(int M, int N, int K, double secs) {
-    float *a = dm_calloc((size_t)M * K, sizeof(float)), *b = dm_calloc((size_t)K * N, sizeof(float));
-    float *c = dm_calloc((size_t)M * N, sizeof(float));
-    for (long i = 0; i < (long)M * K; i++) a[i] = (float)(i % 7) * 0.01f;
-    for (long i = 0; i < (long)K * N; i++) b[i] = (float)(i % 5) * 0.01f;
-    /* A [M x K] times B [K x N] into C [M x N], no transposes: the shape of
-     * a convolution's forward GEMM (weights x im2col columns). */
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, N, K, 1.0f, a, K, b, N, 0.0f, c, N);
-    MPI_Barrier(MPI_COMM_WORLD);
-    double t0 = dm_now(), t;
-    long calls = 0;
-    do {
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, N, K, 1.0f, a, K, b, N, 0.0f,
-                    c, N);
-        calls++;
-    } while ((t = dm_now() - t0) < secs);
-    free(a), free(b), free(c);
-    return 2.0 * M * (double)N * K * calls / t / 1e9;
-}
-
-static void cpu_name(char *buf, size_t size) {
-    FILE *f = fopen("/proc/cpuinfo", "r");
-    char line[512];
-    snprintf(buf, size, "unknown CPU");
-    while (f && fgets(line, sizeof line, f)) {
-        char *p = strchr(line, ':');
-        if (strncmp(line, "model name", 10) == 0 && p) {
-            p += 2;
-            p[strcspn(p, "\n")] = '\0';
-            snprintf(buf, size, "%s", p);
-            break;
-        }
-    }
-    if (f) fclose(f);
-}
-
-static void bench_layers(const unet *u, double images) {
-    printf("per-layer analytic FLOP per image (forward / backward, GFLOP):\n");
-    for (int i = 0; i < u->nunits; i++) {
-        double f, b;
-        unet_unit_flops(u, i, &f, &b);
-        if (f > 0) printf("  %-10s %8.4f / %8.4f\n", u->units[i].name, f / 1e9, b / 1e9);
-    }
-    double f, b;
-    unet_fc_flops(u, &f, &b);
-    if (f > 0) printf("  %-10s %8.4f / %8.4f\n", "FCBlocks", f / 1e9, b / 1e9);
-    printf("  total      %8.4f / %8.4f  (x %.0f images)\n", unet_forward_flops(u) / 1e9,
-           (unet_train_flops(u) - unet_forward_flops(u)) / 1e9, images);
-}
-
-/* Timed training steps (or sampler steps): wall seconds. */
-static double bench_timed(trainer *t, int steps, int sample, int warm) {
-    const dm_config *c = &t->cfg;
-    double loss;
-    int B;
-    int32_t labels[SAMPLES_N];
-    for (int i = 0; i < SAMPLES_N; i++)
-        labels[i] = c->conditioning == COND_CLASS ? i / 4 : -1;
-    sampler_request q = {.n = SAMPLES_N, .labels = labels, .guidance = (float)c->guidance,
-                         .steps = steps, .seed = c->seed};
-    static float img[SAMPLES_N * DM_PIX];
-    MPI_Barrier(MPI_COMM_WORLD);
-    prof_reset();
-    t->dist.sent_early = t->dist.sent_late = 0;
-    prof_enable(!warm);
-    double t0 = dm_now();
-    if (sample) {
-        sampler_run(&t->sampler, c, &q, img, NULL, NULL);
-    } else {
-        for (int s = 0; s < steps; s++) {
-            if (t->st.batch_in_epoch == t->steps_per_epoch) t->st.batch_in_epoch = 0;
-            if (train_step(t, &loss, &B) != DM_OK) break;
-        }
-    }
-    MPI_Barrier(MPI_COMM_WORLD);
-    double secs = dm_now() - t0;
-    prof_enable(0);
-    return secs;
-}
-
-static void bench_report(const trainer *t, int steps, int sample, double secs,
-                         double peak_rank, double peak_sum) {
-    const dm_config *c = &t->cfg;
-    double ph[PROF_NPHASES], avg[PROF_NPHASES];
-    MPI_Reduce(prof_total, ph, PROF_NPHASES, MPI_DOUBLE, MPI_SUM, 0, MPI_COMM_WORLD);
-    double mine = peak_rss_mib(), mem = 0;
-    MPI_Reduce(&mine, &mem, 1, MPI_DOUBLE, MPI_MAX, 0, MPI_COMM_WORLD);
-    long sent[2] = {t->dist.sent_early, t->dist.sent_late}, sent_all[2] = {0, 0};
-    MPI_Reduce(sent, sent_all, 2, MPI_LONG, MPI_SUM, 0, MPI_COMM_WORLD);
-    if (t->rank != 0) return;
-    int rows = sample && c->conditioning == COND_CLASS && c->guidance != 1.0 ? 2 : 1;
-    double work = sample ? (double)steps * SAMPLES_N * rows * unet_forward_flops(&t->net)
-                         : (double)steps * c->batch * unet_train_flops(&t->net);
-    double gflops = work / secs / 1e9;
-    /* At least four significant digits, so that the rate can be checked
-     * against the time printed beside it even for tiny runs. */
-    int dec = secs >= 1.0 ? 3 : 5;
-    if (sample) {
-        printf("sampling: %d steps of %d images%s in %.*f s: %.1f image-steps/s\n", steps,
-               SAMPLES_N, rows == 2 ? " (x2 for guidance)" : "", dec, secs,
-               steps * SAMPLES_N / secs);
-        int full = diffusion_steps(c);
-        printf("  projected: %d images with %d steps in %.1f s\n", SAMPLES_N, full,
-               secs / steps * full);
-    } else {
-        printf("training: %d steps of %d images in %.*f s: %.2f images/s\n", steps, c->batch,
-               dec, secs, steps * (double)c->batch / secs);
-    }
-    printf("  %.1f GFLOP/s (analytic GEMM FLOPs), %.1f %% of the measured sgemm peak "
-           "(%.1f GFLOP/s = %d rank(s) x %.1f)\n",
-           gflops, 100.0 * gflops / peak_sum, peak_sum, t->size, peak_rank);
-    double acc = 0;
-    printf("  time per phase (average over ranks, %% of wall time):\n");
-    for (int p = 0; p < PROF_NPHASES; p++) {
-        avg[p] = ph[p] / t->size;
-        acc += avg[p];
-        printf("    %-22s %8.3f s  %5.1f %%\n", prof_name((prof_phase)p), avg[p],
-               100.0 * avg[p] / secs);
-    }
-    printf("    %-22s %8.3f s  %5.1f %%\n", "other (unaccounted)", secs - acc,
-           100.0 * (secs - acc) / secs);
-    if (!sample && t->size > 1)
-        printf("  gradient segments sent while backward ran: %ld of %ld\n", sent_all[0],
-               sent_all[0] + sent_all[1]);
-    printf("  peak memory per rank: %.0f MiB (largest rank)\n", mem);
-}
-
-int bench_run(const dm_config *cfg, int steps, int sample, int verbose) {
-    trainer t;
-    memset(&t, 0, sizeof t);
-    t.cfg = *cfg;
-    t.bench = 1;
-    t.t_start = dm_now();
-    MPI_Comm_rank(MPI_COMM_WORLD, &t.rank);
-    MPI_Comm_size(MPI_COMM_WORLD, &t.size);
-    openblas_set_num_threads(cfg->threads);
-    dm_status st = setup(&t, NULL);
-    if (st == DM_OK && sample && !objective_get(cfg->objective)->diffusion) {
-        if (t.rank == 0) dm_error("--sample needs a diffusion model (objective ddpm or flow)");
-        st = DM_EUSAGE;
-    }
-    if (st != DM_OK) {
-        teardown(&t);
-        return exit_code(st);
-    }
-    if (sample) {
-        memcpy(t.sampler.p, t.net.p, sizeof(float) * (size_t)t.net.nparams);
-        memcpy(t.sampler.bufs, t.net.bufs, sizeof(float) * (size_t)t.net.nbuffers);
-    }
-    if (t.rank == 0) {
-        char cpu[256];
-        cpu_name(cpu, sizeof cpu);
-        printf("diffmpi bench: %d rank(s) x %d thread(s); %s\n", t.size, cfg->threads, cpu);
-        printf("OpenBLAS %s, core %s\n", openblas_get_config(), openblas_get_corename());
-        printf("model: objective=%s conditioning=%s D=%d, batch %d, micro_batch %d; "
-               "%.3f GFLOP per training image\n",
-               config_objective_name(cfg->objective),
-               config_conditioning_name(cfg->conditioning), cfg->hidden, cfg->batch,
-               cfg->micro_batch, unet_train_flops(&t.net) / 1e9);
-        if (verbose) bench_layers(&t.net, 1);
-        fflush(stdout);
-    }
-    /* The peak: the network's most common GEMM, a 3x3 conv D -> D at 28x28,
-     * over the image group the convolutions use (conv_group), whose column
-     * matrix stays in cache: the best shape the step has. */
-    int D = cfg->hidden, m = cfg->micro_batch;
-    int group = conv_group(m, 9L * D * DM_PIX);
-    double rate = sgemm_rate(D, group * DM_PIX, 9 * D, 1.5), sum = 0;
-    MPI_Allreduce(&rate, &sum, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
-    double per = sum / t.size;
-    bench_timed(&t, sample ? 1 : 2, sample, 1);
-    double secs = bench_timed(&t, steps, sample, 0);
-    bench_report(&t, steps, sample, secs, per, sum);
-    teardown(&t);
-    return DM_EXIT_OK;
 }

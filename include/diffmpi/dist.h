@@ -89,6 +89,13 @@ void dist_combine(void *ctx, double *out, int C, const double *local, int nloc);
  * local_only, sums only this rank's micro-batches. */
 void dist_sum_mb(dm_dist *d, double *out, const double *local, int w,
                  int local_only);
+/* Items [0, n) in chunks of `chunk`, the chunks spread over the ranks as
+ * dist_range(nchunks, size, rank): each rank holds its items (w elements
+ * of type each) contiguously in local; out [n][w] receives every item in
+ * order, on every rank (root < 0) or on root only. counts, displs: [size]
+ * scratch. */
+void dist_gather_spread(MPI_Comm comm, MPI_Datatype type, void *out, const void *local,
+                        int n, int chunk, int w, int root, int *counts, int *displs);
 /* Gather one double per item, items spread over ranks as
  * dist_range(nitems, size, rank), into out[nitems] on every rank. */
 void dist_gather_items(dm_dist *d, double *out, const double *local,

@@ -1,0 +1,187 @@
+/* bench.c: `diffmpi bench` (see bench.h): the trainer of train.h on
+ * synthetic data, timed per phase against an sgemm peak measured in the
+ * same run. */
+#include "diffmpi/bench.h"
+
+#include <cblas.h>
+#include <mpi.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "diffmpi/layers.h"
+#include "diffmpi/prof.h"
+#include "diffmpi/sampler.h"
+#include "diffmpi/samples.h"
+#include "diffmpi/train.h"
+
+/* Every rank runs the same conv-shaped sgemm for `secs` at the same time:
+ * the machine's own peak for this job's ranks x threads. Returns this
+ * rank's GFLOP/s. */
+static double sgemm_rate(int M, int N, int K, double secs) {
+    float *a = dm_calloc((size_t)M * K, sizeof(float)), *b = dm_calloc((size_t)K * N, sizeof(float));
+    float *c = dm_calloc((size_t)M * N, sizeof(float));
+    for (long i = 0; i < (long)M * K; i++) a[i] = (float)(i % 7) * 0.01f;
+    for (long i = 0; i < (long)K * N; i++) b[i] = (float)(i % 5) * 0.01f;
+    /* A [M x K] times B [K x N] into C [M x N], no transposes: the shape of
+     * a convolution's forward GEMM (weights x im2col columns). */
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, N, K, 1.0f, a, K, b, N, 0.0f, c, N);
+    MPI_Barrier(MPI_COMM_WORLD);
+    double t0 = dm_now(), t;
+    long calls = 0;
+    do {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, N, K, 1.0f, a, K, b, N, 0.0f,
+                    c, N);
+        calls++;
+    } while ((t = dm_now() - t0) < secs);
+    free(a), free(b), free(c);
+    return 2.0 * M * (double)N * K * calls / t / 1e9;
+}
+
+static void cpu_name(char *buf, size_t size) {
+    FILE *f = fopen("/proc/cpuinfo", "r");
+    char line[512];
+    snprintf(buf, size, "unknown CPU");
+    while (f && fgets(line, sizeof line, f)) {
+        char *p = strchr(line, ':');
+        if (strncmp(line, "model name", 10) == 0 && p) {
+            p += 2;
+            p[strcspn(p, "\n")] = '\0';
+            snprintf(buf, size, "%s", p);
+            break;
+        }
+    }
+    if (f) fclose(f);
+}
+
+static void bench_layers(const unet *u, double images) {
+    printf("per-layer analytic FLOP per image (forward / backward, GFLOP):\n");
+    for (int i = 0; i < u->nunits; i++) {
+        double f, b;
+        unet_unit_flops(u, i, &f, &b);
+        if (f > 0) printf("  %-10s %8.4f / %8.4f\n", u->units[i].name, f / 1e9, b / 1e9);
+    }
+    double f, b;
+    unet_fc_flops(u, &f, &b);
+    if (f > 0) printf("  %-10s %8.4f / %8.4f\n", "FCBlocks", f / 1e9, b / 1e9);
+    printf("  total      %8.4f / %8.4f  (x %.0f images)\n", unet_forward_flops(u) / 1e9,
+           (unet_train_flops(u) - unet_forward_flops(u)) / 1e9, images);
+}
+
+/* Timed training steps (or sampler steps): wall seconds. */
+static double bench_timed(dm_trainer *t, int steps, int sample, int warm) {
+    const dm_config *c = &t->cfg;
+    double loss;
+    int B;
+    int32_t labels[SAMPLES_N];
+    for (int i = 0; i < SAMPLES_N; i++)
+        labels[i] = c->conditioning == COND_CLASS ? i / 4 : -1;
+    sampler_request q = {.n = SAMPLES_N, .labels = labels, .guidance = (float)c->guidance,
+                         .steps = steps, .seed = c->seed};
+    float *img = dm_calloc((size_t)SAMPLES_N * DM_PIX, sizeof(float));
+    MPI_Barrier(MPI_COMM_WORLD);
+    prof_reset();
+    t->dist.sent_early = t->dist.sent_late = 0;
+    prof_enable(!warm);
+    double t0 = dm_now();
+    if (sample) {
+        sampler_run(&t->sampler, c, &q, img, NULL, NULL);
+    } else {
+        for (int s = 0; s < steps; s++) {
+            if (t->st.batch_in_epoch == t->steps_per_epoch) t->st.batch_in_epoch = 0;
+            if (trainer_step(t, &loss, &B) != DM_OK) break;
+        }
+    }
+    MPI_Barrier(MPI_COMM_WORLD);
+    double secs = dm_now() - t0;
+    prof_enable(0);
+    free(img);
+    return secs;
+}
+
+static void bench_report(const dm_trainer *t, int steps, int sample, double secs,
+                         double peak_rank, double peak_sum) {
+    const dm_config *c = &t->cfg;
+    double ph[PROF_NPHASES], avg[PROF_NPHASES];
+    MPI_Reduce(prof_total, ph, PROF_NPHASES, MPI_DOUBLE, MPI_SUM, 0, MPI_COMM_WORLD);
+    double mine = dm_peak_rss_mib(), mem = 0;
+    MPI_Reduce(&mine, &mem, 1, MPI_DOUBLE, MPI_MAX, 0, MPI_COMM_WORLD);
+    long sent[2] = {t->dist.sent_early, t->dist.sent_late}, sent_all[2] = {0, 0};
+    MPI_Reduce(sent, sent_all, 2, MPI_LONG, MPI_SUM, 0, MPI_COMM_WORLD);
+    if (t->rank != 0) return;
+    int rows = sample && c->conditioning == COND_CLASS && c->guidance != 1.0 ? 2 : 1;
+    double work = sample ? (double)steps * SAMPLES_N * rows * unet_forward_flops(&t->net)
+                         : (double)steps * c->batch * unet_train_flops(&t->net);
+    double gflops = work / secs / 1e9;
+    /* At least four significant digits, so that the rate can be checked
+     * against the time printed beside it even for tiny runs. */
+    int dec = secs >= 1.0 ? 3 : 5;
+    if (sample) {
+        printf("sampling: %d steps of %d images%s in %.*f s: %.1f image-steps/s\n", steps,
+               SAMPLES_N, rows == 2 ? " (x2 for guidance)" : "", dec, secs,
+               steps * SAMPLES_N / secs);
+        int full = diffusion_steps(c);
+        printf("  projected: %d images with %d steps in %.1f s\n", SAMPLES_N, full,
+               secs / steps * full);
+    } else {
+        printf("training: %d steps of %d images in %.*f s: %.2f images/s\n", steps, c->batch,
+               dec, secs, steps * (double)c->batch / secs);
+    }
+    printf("  %.1f GFLOP/s (analytic GEMM FLOPs), %.1f %% of the measured sgemm peak "
+           "(%.1f GFLOP/s = %d rank(s) x %.1f)\n",
+           gflops, 100.0 * gflops / peak_sum, peak_sum, t->size, peak_rank);
+    double acc = 0;
+    printf("  time per phase (average over ranks, %% of wall time):\n");
+    for (int p = 0; p < PROF_NPHASES; p++) {
+        avg[p] = ph[p] / t->size;
+        acc += avg[p];
+        printf("    %-22s %8.3f s  %5.1f %%\n", prof_name((prof_phase)p), avg[p],
+               100.0 * avg[p] / secs);
+    }
+    printf("    %-22s %8.3f s  %5.1f %%\n", "other (unaccounted)", secs - acc,
+           100.0 * (secs - acc) / secs);
+    if (!sample && t->size > 1)
+        printf("  gradient segments sent while backward ran: %ld of %ld\n", sent_all[0],
+               sent_all[0] + sent_all[1]);
+    printf("  peak memory per rank: %.0f MiB (largest rank)\n", mem);
+}
+
+int bench_run(const dm_config *cfg, int steps, int sample, int verbose) {
+    dm_trainer t;
+    dm_status st = trainer_setup(&t, cfg, NULL, NULL);
+    if (st == DM_OK && sample && !objective_get(cfg->objective)->diffusion) {
+        if (t.rank == 0) dm_error("--sample needs a diffusion model (objective ddpm or flow)");
+        st = DM_EUSAGE;
+    }
+    if (st != DM_OK) {
+        trainer_teardown(&t);
+        return st == DM_EUSAGE ? DM_EXIT_USAGE : DM_EXIT_RUNTIME;
+    }
+    if (sample) trainer_sync_sampler(&t);
+    if (t.rank == 0) {
+        char cpu[256];
+        cpu_name(cpu, sizeof cpu);
+        printf("diffmpi bench: %d rank(s) x %d thread(s); %s\n", t.size, cfg->threads, cpu);
+        printf("OpenBLAS %s, core %s\n", openblas_get_config(), openblas_get_corename());
+        printf("model: objective=%s conditioning=%s D=%d, batch %d, micro_batch %d; "
+               "%.3f GFLOP per training image\n",
+               config_objective_name(cfg->objective),
+               config_conditioning_name(cfg->conditioning), cfg->hidden, cfg->batch,
+               cfg->micro_batch, unet_train_flops(&t.net) / 1e9);
+        if (verbose) bench_layers(&t.net, 1);
+        fflush(stdout);
+    }
+    /* The peak: the network's most common GEMM, a 3x3 conv D -> D at 28x28,
+     * over the image group the convolutions use (conv_group), whose column
+     * matrix stays in cache: the best shape the step has. */
+    int D = cfg->hidden, m = cfg->micro_batch;
+    int group = conv_group(m, 9L * D * DM_PIX);
+    double rate = sgemm_rate(D, group * DM_PIX, 9 * D, 1.5), sum = 0;
+    MPI_Allreduce(&rate, &sum, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
+    double per = sum / t.size;
+    bench_timed(&t, sample ? 1 : 2, sample, 1);
+    double secs = bench_timed(&t, steps, sample, 0);
+    bench_report(&t, steps, sample, secs, per, sum);
+    trainer_teardown(&t);
+    return DM_EXIT_OK;
+}
