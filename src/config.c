@@ -1,8 +1,9 @@
 /* config.c: dm_config from INI text (libinih) and --set overrides.
  *
  * Every key is one row of `keys` below (name, kind, field offset, allowed
- * range or names), and parsing, printing and validation all walk that table,
- * so a key cannot be parsed one way and checked another.
+ * range or names, default, meaning), and defaults, parsing, printing,
+ * validation and the key list of --help and README.md all walk that table,
+ * so a key cannot be parsed one way, checked another and documented a third.
  *
  * inih (Debian 12: r55, built with its defaults) is fed through our own line
  * reader rather than ini_parse():
@@ -52,6 +53,9 @@ typedef struct {
     const char *const *names; /* KEY_ENUM: NULL-terminated, index = value */
     const char *(*name_of)(int); /* KEY_ENUM without names: value's name,
                                     NULL past the last (a module's table) */
+    const char *def;    /* default, as a user writes it; config_defaults
+                           parses it like any other value */
+    const char *help;   /* one line: what the key means (--help, README) */
 } config_key;
 
 static const char *const conditioning_names[] = {"none", "time", "class",
@@ -70,56 +74,104 @@ _Static_assert(MAX_PATH_CHARS < (int)sizeof(((dm_config *)0)->data_dir),
 
 #define OFF(field) offsetof(dm_config, field)
 
-/* The order of this table is the order of config_to_string. */
+/* The one description of every key: config_defaults, parsing, validation,
+ * config_to_string, `diffmpi train --help` and README.md's key table (from
+ * `diffmpi help keys --markdown`) all walk it. The order of this table is
+ * the order of config_to_string (printed at start, stored in every output
+ * file). */
 static const config_key keys[] = {
     {.name = "objective", .kind = KEY_ENUM, .offset = OFF(objective),
-     .name_of = objective_name},
+     .name_of = objective_name, .def = "denoise",
+     .help = "what is trained: denoise (z = x + sigma eps, target x), "
+             "pure_noise (z = eps, target x), ddpm (T = 300, linear betas "
+             "1e-4..0.02, epsilon prediction) or flow (linear noise-to-data "
+             "path, velocity target)"},
     {.name = "conditioning", .kind = KEY_ENUM, .offset = OFF(conditioning),
-     .names = conditioning_names},
+     .names = conditioning_names, .def = "none",
+     .help = "none for the denoisers; time, or class (time and class), for "
+             "ddpm and flow"},
     {.name = "hidden", .kind = KEY_INT, .offset = OFF(hidden), .lo = 1,
-     .hi = 4096},
-    {.name = "norm", .kind = KEY_ENUM, .offset = OFF(norm), .name_of = norm_name},
-    {.name = "norm_groups", .kind = KEY_INT, .offset = OFF(norm_groups), .lo = 1,
-     .hi = 4096},
+     .hi = 4096, .def = "128", .help = "UNet width D"},
+    {.name = "norm", .kind = KEY_ENUM, .offset = OFF(norm),
+     .name_of = norm_name, .def = "batch",
+     .help = "normalisation after each hidden convolution: batch "
+             "(BatchNorm2d, see bn_sync) or group (GroupNorm over each "
+             "image)"},
+    {.name = "norm_groups", .kind = KEY_INT, .offset = OFF(norm_groups),
+     .lo = 1, .hi = 4096, .def = "32",
+     .help = "groups of norm = group; must divide hidden"},
     {.name = "epochs", .kind = KEY_INT, .offset = OFF(epochs), .lo = 1,
-     .hi = 100000},
+     .hi = 100000, .def = "5",
+     .help = "passes over the (limited) training set"},
     {.name = "batch", .kind = KEY_INT, .offset = OFF(batch), .lo = 1,
-     .hi = MAX_BATCH},
+     .hi = MAX_BATCH, .def = "256",
+     .help = "global batch size; the last batch of an epoch is kept short"},
     {.name = "micro_batch", .kind = KEY_INT, .offset = OFF(micro_batch),
-     .lo = 1, .hi = MAX_BATCH},
+     .lo = 1, .hi = MAX_BATCH, .def = "32",
+     .help = "images per micro-batch (at most batch), the unit of all "
+             "computation and of the fixed reduction order"},
     {.name = "lr", .kind = KEY_REAL, .offset = OFF(lr), .lo = 0,
-     .hi = HUGE_VAL, .lo_open = 1},
+     .hi = HUGE_VAL, .lo_open = 1, .def = "1e-4",
+     .help = "Adam learning rate (betas 0.9/0.999, eps 1e-8)"},
     {.name = "lr_decay", .kind = KEY_ENUM, .offset = OFF(lr_decay),
-     .names = lr_decay_names},
+     .names = lr_decay_names, .def = "none",
+     .help = "none, or exp: multiply the learning rate by 0.1^(1/epochs) "
+             "after every epoch"},
     {.name = "sigma", .kind = KEY_REAL, .offset = OFF(sigma), .lo = 0,
-     .hi = HUGE_VAL},
-    {.name = "seed", .kind = KEY_U64, .offset = OFF(seed)},
-    {.name = "data_dir", .kind = KEY_PATH, .offset = OFF(data_dir)},
+     .hi = HUGE_VAL, .def = "0.5",
+     .help = "training noise level of denoise"},
+    {.name = "seed", .kind = KEY_U64, .offset = OFF(seed), .def = "0",
+     .help = "seeds initialisation, data order and all noise"},
+    {.name = "data_dir", .kind = KEY_PATH, .offset = OFF(data_dir),
+     .def = "data/mnist",
+     .help = "directory of the four raw MNIST IDX files"},
     {.name = "train_limit", .kind = KEY_INT32, .offset = OFF(train_limit),
-     .lo = 0, .hi = INT32_MAX},
+     .lo = 0, .hi = INT32_MAX, .def = "0",
+     .help = "use only the first N training images (0 = all 60000)"},
     {.name = "eval_limit", .kind = KEY_INT32, .offset = OFF(eval_limit),
-     .lo = 0, .hi = INT32_MAX},
+     .lo = 0, .hi = INT32_MAX, .def = "0",
+     .help = "test images used for the per-epoch test MSE and the sigma "
+             "sweep (0 = all 10000)"},
     {.name = "checkpoint_every", .kind = KEY_INT,
-     .offset = OFF(checkpoint_every), .lo = 0, .hi = INT_MAX},
+     .offset = OFF(checkpoint_every), .lo = 0, .hi = INT_MAX, .def = "0",
+     .help = "also checkpoint every N steps (0 = at epoch ends only)"},
     {.name = "keep", .kind = KEY_INT, .offset = OFF(keep), .lo = 1,
-     .hi = INT_MAX},
+     .hi = INT_MAX, .def = "3",
+     .help = "checkpoints kept; older ones are deleted once a new one is on "
+             "disk"},
     {.name = "threads", .kind = KEY_INT, .offset = OFF(threads), .lo = 1,
-     .hi = 256},
+     .hi = 256, .def = "1", .help = "OpenBLAS threads per rank"},
     {.name = "bn_sync", .kind = KEY_ENUM, .offset = OFF(bn_sync),
-     .names = bn_sync_names},
+     .names = bn_sync_names, .def = "global",
+     .help = "global: BatchNorm statistics over the global batch (results "
+             "independent of the rank count); rank: over each rank's share "
+             "(as DDP does; results then depend on the rank count)"},
     {.name = "log_every", .kind = KEY_REAL, .offset = OFF(log_every), .lo = 0,
-     .hi = HUGE_VAL, .lo_open = 1},
+     .hi = HUGE_VAL, .lo_open = 1, .def = "10",
+     .help = "seconds between progress lines (under mpirun or when stdout "
+             "is not a terminal)"},
     {.name = "p_uncond", .kind = KEY_REAL, .offset = OFF(p_uncond), .lo = 0,
-     .hi = 1},
+     .hi = 1, .def = "0.1",
+     .help = "class models: probability of training with the label dropped"},
     {.name = "guidance", .kind = KEY_REAL, .offset = OFF(guidance), .lo = 0,
-     .hi = 1000},
+     .hi = 1000, .def = "5",
+     .help = "class models: classifier-free guidance scale when sampling"},
     {.name = "sample_steps", .kind = KEY_INT, .offset = OFF(sample_steps),
-     .lo = 0, .hi = 100000},
-    {.name = "sample_epochs", .kind = KEY_EPOCHS, .offset = OFF(sample_epochs)},
+     .lo = 0, .hi = 100000, .def = "0",
+     .help = "sampler steps; 0 = the objective's default: 300 (ddpm), 50 "
+             "(flow, time), 300 (flow, class)"},
+    {.name = "sample_epochs", .kind = KEY_EPOCHS, .offset = OFF(sample_epochs),
+     .def = "1,5,10,15,20",
+     .help = "diffusion models sample 40 images after these epochs (and "
+             "always after the last)"},
     {.name = "watchdog", .kind = KEY_REAL, .offset = OFF(watchdog), .lo = 0,
-     .hi = 1e7},
-    {.name = "sample_chunk", .kind = KEY_INT, .offset = OFF(sample_chunk), .lo = 1,
-     .hi = 4096},
+     .hi = 1e7, .def = "900",
+     .help = "seconds without progress after which the job ends, naming the "
+             "rank that stopped answering (0 = off)"},
+    {.name = "sample_chunk", .kind = KEY_INT, .offset = OFF(sample_chunk),
+     .lo = 1, .hi = 4096, .def = "4",
+     .help = "images per sampler forward (x2 with guidance), the unit spread "
+             "over the ranks"},
 };
 #define N_KEYS ((int)(sizeof keys / sizeof keys[0]))
 
@@ -149,32 +201,57 @@ static int enum_count(const config_key *k) {
     return n;
 }
 
-/* What a valid value of k looks like, for error messages. */
-static void key_expectation(const config_key *k, char *buf, size_t size) {
+/* The allowed values of k in a few words (the key list of --help and
+ * README.md); enum names joined by '|'. */
+static void key_values(const config_key *k, char *buf, size_t size) {
     size_t pos = 0;
     switch (k->kind) {
     case KEY_INT:
     case KEY_INT32:
         if (k->hi >= INT_MAX)
-            snprintf(buf, size, "an integer >= %.0f", k->lo);
+            snprintf(buf, size, "integer >= %.0f", k->lo);
         else
-            snprintf(buf, size, "an integer in %.0f..%.0f", k->lo, k->hi);
+            snprintf(buf, size, "integer in %.0f..%.0f", k->lo, k->hi);
         break;
     case KEY_U64:
-        snprintf(buf, size, "an integer in 0..%llu", ULLONG_MAX);
+        snprintf(buf, size, "integer in 0..%llu", ULLONG_MAX);
         break;
     case KEY_REAL:
         if (isinf(k->hi))
-            snprintf(buf, size, "a finite number %s %g",
-                     k->lo_open ? ">" : ">=", k->lo);
+            snprintf(buf, size, "number %s %g", k->lo_open ? ">" : ">=", k->lo);
         else
-            snprintf(buf, size, "a number in [%g, %g]", k->lo, k->hi);
+            snprintf(buf, size, "number in [%g, %g]", k->lo, k->hi);
         break;
     case KEY_ENUM:
-        pos = (size_t)snprintf(buf, size, "one of ");
+        buf[0] = '\0';
         for (int i = 0; enum_name(k, i) && pos < size; i++)
             pos += (size_t)snprintf(buf + pos, size - pos, "%s%s",
                                     i ? "|" : "", enum_name(k, i));
+        break;
+    case KEY_EPOCHS:
+        snprintf(buf, size, "increasing epochs, like 1,5,10");
+        break;
+    case KEY_PATH:
+        snprintf(buf, size, "path");
+        break;
+    }
+}
+
+/* What a valid value of k looks like, for error messages. */
+static void key_expectation(const config_key *k, char *buf, size_t size) {
+    char values[256];
+    key_values(k, values, sizeof values);
+    switch (k->kind) {
+    case KEY_INT:
+    case KEY_INT32:
+    case KEY_U64:
+        snprintf(buf, size, "an %s", values);
+        break;
+    case KEY_REAL:
+        snprintf(buf, size, "a %s%s", isinf(k->hi) ? "finite " : "", values);
+        break;
+    case KEY_ENUM:
+        snprintf(buf, size, "one of %s", values);
         break;
     case KEY_EPOCHS:
         snprintf(buf, size, "a comma-separated increasing list of at most %d "
@@ -243,16 +320,6 @@ static int path_ok(const char *s) {
     return 1;
 }
 
-/* Strict integer: the whole string, base 10, no overflow. */
-static int parse_long(const char *s, long *out) {
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (end == s || *end != '\0' || errno == ERANGE) return 0;
-    *out = v;
-    return 1;
-}
-
 /* Parses value for key k into c; writes nothing if the value is bad. */
 static int key_parse(const config_key *k, const char *value, dm_config *c) {
     long l;
@@ -260,11 +327,11 @@ static int key_parse(const config_key *k, const char *value, dm_config *c) {
     char *end;
     switch (k->kind) {
     case KEY_INT:
-        if (!parse_long(value, &l) || l < k->lo || l > k->hi) return 0;
+        if (!dm_parse_long(value, (long)k->lo, (long)k->hi, &l)) return 0;
         *(int *)field(c, k) = (int)l;
         return 1;
     case KEY_INT32:
-        if (!parse_long(value, &l) || l < k->lo || l > k->hi) return 0;
+        if (!dm_parse_long(value, (long)k->lo, (long)k->hi, &l)) return 0;
         *(int32_t *)field(c, k) = (int32_t)l;
         return 1;
     case KEY_U64: {
@@ -337,8 +404,6 @@ static int key_valid(const config_key *k, const dm_config *c) {
     return 0;
 }
 
-/* Shortest "%.Ng" that reads back as exactly v (at most 17 digits), but
- * whole numbers below 1e15 as plain integers ("10", not "1e+01"). */
 /* At most size - 1 bytes of a field of cap bytes, NUL-terminated. Written
  * out because snprintf("%.*s") trips -Wformat-truncation at -O3. */
 static void copy_text(char *buf, size_t size, const char *src, size_t cap) {
@@ -349,6 +414,8 @@ static void copy_text(char *buf, size_t size, const char *src, size_t cap) {
     buf[n] = '\0';
 }
 
+/* Shortest "%.Ng" that reads back as exactly v (at most 17 digits), but
+ * whole numbers below 1e15 as plain integers ("10", not "1e+01"). */
 static void format_real(double v, char *buf, size_t size) {
     if (v == floor(v) && fabs(v) < 1e15) {
         snprintf(buf, size, "%.0f", v);
@@ -439,34 +506,64 @@ static int apply(dm_config *c, const char *name, const char *value, char *msg,
     return 0;
 }
 
+/* text, wrapped at word boundaries to lines of at most `width` characters
+ * after `indent` blanks. */
+static void print_wrapped(FILE *fp, const char *text, int indent, int width) {
+    while (*text) {
+        int n = (int)strlen(text);
+        if (n > width) {
+            n = width;
+            while (n > 0 && text[n] != ' ') n--;
+            if (n == 0) n = (int)strcspn(text, " ");
+        }
+        fprintf(fp, "%*s%.*s\n", indent, "", n, text);
+        text += n;
+        while (*text == ' ') text++;
+    }
+}
+
+/* One markdown table cell: s with '|' escaped (GitHub's tables split cells
+ * at '|', even inside a code span), in backquotes if code. */
+static void print_cell(FILE *fp, const char *s, int code) {
+    fputs(code ? " `" : " ", fp);
+    for (; *s; s++) {
+        if (*s == '|') fputc('\\', fp);
+        fputc(*s, fp);
+    }
+    fputs(code ? "` |" : " |", fp);
+}
+
+void config_print_keys(FILE *fp, dm_config_keys_format format) {
+    DM_CHECK(fp, "config_print_keys: NULL argument");
+    char values[256];
+    if (format == CONFIG_KEYS_MARKDOWN) {
+        fputs("| key | values | default | meaning |\n|---|---|---|---|\n", fp);
+        for (int i = 0; i < N_KEYS; i++) {
+            const config_key *k = &keys[i];
+            key_values(k, values, sizeof values);
+            fputc('|', fp);
+            print_cell(fp, k->name, 1);
+            print_cell(fp, values, k->kind == KEY_ENUM);
+            print_cell(fp, k->def, 1);
+            print_cell(fp, k->help, 0);
+            fputc('\n', fp);
+        }
+        return;
+    }
+    for (int i = 0; i < N_KEYS; i++) {
+        const config_key *k = &keys[i];
+        key_values(k, values, sizeof values);
+        fprintf(fp, "  %-16s  %s; default %s\n", k->name, values, k->def);
+        print_wrapped(fp, k->help, 20, 58);
+    }
+}
+
 void config_defaults(dm_config *c) {
     memset(c, 0, sizeof *c);
-    c->objective = OBJ_DENOISE;
-    c->conditioning = COND_NONE;
-    c->hidden = 128;
-    c->norm = NORM_BATCH;
-    c->norm_groups = 32;
-    c->epochs = 5;
-    c->batch = 256;
-    c->micro_batch = 32;
-    c->lr = 1e-4;
-    c->lr_decay = LR_NONE;
-    c->sigma = 0.5;
-    c->seed = 0;
-    snprintf(c->data_dir, sizeof c->data_dir, "%s", "data/mnist");
-    c->train_limit = 0;
-    c->checkpoint_every = 0;
-    c->keep = 3;
-    c->threads = 1;
-    c->bn_sync = BN_GLOBAL;
-    c->log_every = 10.0;
-    c->p_uncond = 0.1;
-    c->eval_limit = 0;
-    c->guidance = 5.0;
-    c->sample_steps = 0;
-    c->sample_chunk = 4;
-    c->watchdog = 900;
-    snprintf(c->sample_epochs, sizeof c->sample_epochs, "1,5,10,15,20");
+    for (int i = 0; i < N_KEYS; i++)
+        DM_CHECK(key_parse(&keys[i], keys[i].def, c),
+                 "config key '%s': its default '%s' does not parse",
+                 keys[i].name, keys[i].def);
 }
 
 /* State shared by the line reader and the inih handler of one parse. */

@@ -1,14 +1,15 @@
 /* main.c: the diffmpi command line. Every rank parses the same arguments and
  * so fails together; only rank 0 prints usage errors. */
-#include <errno.h>
 #include <hdf5.h>
 #include <limits.h>
 #include <mpi.h>
+#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "diffmpi/bench.h"
 #include "diffmpi/common.h"
 #include "diffmpi/config.h"
 #include "diffmpi/inspect.h"
@@ -24,6 +25,9 @@ static const char *usage_main =
     "  sample    draw images from a diffusion checkpoint (DDPM or flow)\n"
     "  bench     measure training or sampling speed against the sgemm peak\n"
     "  inspect   show what a checkpoint, log or samples file holds\n"
+    "  help      this text; 'help keys' lists the configuration keys (with\n"
+    "            --markdown: as the table of README.md), 'help defaults'\n"
+    "            prints the default configuration as an INI file\n"
     "\n"
     "exit codes: 0 success, 1 runtime failure, 2 usage error,\n"
     "            3 stopped by SIGTERM/SIGUSR1 after writing a checkpoint\n";
@@ -37,12 +41,6 @@ static const char *usage_train =
     "  --out DIR         output directory: checkpoints/, log.h5, samples.h5, PNGs\n"
     "  --resume PATH     continue from a checkpoint file; 'auto' picks the newest\n"
     "                    complete checkpoint in DIR/checkpoints\n"
-    "\n"
-    "keys: objective (denoise|pure_noise), conditioning (none), hidden, epochs,\n"
-    "      batch, micro_batch, lr, lr_decay (none|exp), sigma, seed, data_dir,\n"
-    "      train_limit, eval_limit, checkpoint_every, keep, threads,\n"
-    "      bn_sync (global|rank),\n"
-    "      log_every, p_uncond.  See README.md for meanings and defaults.\n"
     "SIGTERM or SIGUSR1: finish the step, checkpoint, exit with code 3.\n";
 
 static const char *usage_predict =
@@ -91,14 +89,30 @@ static int rank0(void) {
     return r == 0;
 }
 
-static int usage_error(const char *usage, const char *fmt, const char *arg) {
+/* Prints "diffmpi: <message> (see --help)" on rank 0; returns exit code 2. */
+static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int usage_error(const char *fmt, ...) {
     if (rank0()) {
         char msg[512];
-        snprintf(msg, sizeof msg, fmt, arg);
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(msg, sizeof msg, fmt, ap);
+        va_end(ap);
         dm_error("%s (see --help)", msg);
-        (void)usage;
     }
     return DM_EXIT_USAGE;
+}
+
+/* A command's usage, then the configuration keys it takes (rank 0). */
+static int print_usage(const char *usage, int with_keys) {
+    if (!rank0()) return DM_EXIT_OK;
+    fputs(usage, stdout);
+    if (with_keys) {
+        fputs("\nconfiguration keys (KEY = VALUE in the --config file, or "
+              "--set KEY=VALUE):\n", stdout);
+        config_print_keys(stdout, CONFIG_KEYS_TEXT);
+    }
+    return DM_EXIT_OK;
 }
 
 static int wants_help(int argc, char **argv) {
@@ -113,91 +127,97 @@ static const char *value(int argc, char **argv, int *i) {
     return argv[++*i];
 }
 
-/* --config FILE, then every --set in command-line order, then the
- * cross-key checks. A --config file that cannot be read is a usage error. */
-static dm_status load_config(int argc, char **argv, const char *cfg, dm_config *c) {
-    dm_status st = cfg ? config_load_file(c, cfg) : DM_OK;
-    for (int i = 0; st == DM_OK && i + 1 < argc; i++)
-        if (strcmp(argv[i], "--set") == 0) st = config_set(c, argv[++i]);
-    if (st == DM_OK) st = config_validate(c);
-    return st;
+/* One option of train or bench other than --config and --set: a flag, or
+ * an option with a value kept as text or as an integer in [lo, hi]. */
+typedef struct {
+    const char *name;
+    int *flag;             /* a flag: set to 1 when given */
+    const char **text;     /* a value: the text */
+    long *number, lo, hi;  /* a value: the integer */
+    const char *expected;  /* the integer's range, for the usage error */
+    const char *missing;   /* text option: usage error when it is absent */
+} cli_option;
+
+static const cli_option *find_option(const cli_option *opts, const char *name) {
+    for (; opts->name; opts++)
+        if (strcmp(opts->name, name) == 0) return opts;
+    return NULL;
 }
 
-/* Strict integer parsing for command-line values. */
-static int parse_long(const char *s, long lo, long hi, long *out) {
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi) return 0;
-    *out = v;
-    return 1;
+/* The command line of train and bench: the options in opts, --config FILE
+ * and --set KEY=VALUE (repeatable) in any order. Then the configuration:
+ * the defaults, the --config file, every --set in command-line order and the
+ * cross-key checks. A --config file that cannot be read is a usage error.
+ * Returns DM_EXIT_OK, or DM_EXIT_USAGE after one error line. */
+static int config_command(const char *cmd, int argc, char **argv,
+                          const cli_option *opts, dm_config *c) {
+    const char *cfg = NULL, *set = NULL; /* each --set: applied in order below */
+    const cli_option config_opts[] = {{"--config", .text = &cfg},
+                                      {"--set", .text = &set},
+                                      {NULL}};
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i], *v;
+        const cli_option *o = find_option(opts, a);
+        if (!o) o = find_option(config_opts, a);
+        if (!o) return usage_error("%s: unknown argument '%s'", cmd, a);
+        if (o->flag) {
+            *o->flag = 1;
+            continue;
+        }
+        if (!(v = value(argc, argv, &i)) || !*v)
+            return usage_error("option %s needs a value", a);
+        if (o->text) *o->text = v;
+        if (o->number && !dm_parse_long(v, o->lo, o->hi, o->number))
+            return usage_error("%s: expected %s, got '%s'", a, o->expected, v);
+    }
+    for (const cli_option *o = opts; o->name; o++)
+        if (o->missing && !*o->text) return usage_error("%s", o->missing);
+    config_defaults(c);
+    dm_status st = cfg ? config_load_file(c, cfg) : DM_OK;
+    /* The same walk again, now known to be well formed. */
+    for (int i = 0; st == DM_OK && i < argc; i++) {
+        const cli_option *o = find_option(opts, argv[i]);
+        if (o && o->flag) continue;
+        if (strcmp(argv[i], "--set") == 0) st = config_set(c, argv[i + 1]);
+        i++; /* the option's value */
+    }
+    if (st == DM_OK) st = config_validate(c);
+    return st == DM_OK ? DM_EXIT_OK : DM_EXIT_USAGE;
 }
 
 static int cmd_train(int argc, char **argv) {
-    if (wants_help(argc, argv)) {
-        if (rank0()) fputs(usage_train, stdout);
-        return DM_EXIT_OK;
-    }
+    if (wants_help(argc, argv)) return print_usage(usage_train, 1);
+    const char *out = NULL, *resume = NULL;
+    const cli_option opts[] = {
+        {"--out", .text = &out, .missing = "train: --out DIR is required"},
+        {"--resume", .text = &resume},
+        {NULL}};
     dm_config c;
-    config_defaults(&c);
-    const char *out = NULL, *resume = NULL, *cfg = NULL;
-    /* Two passes: --config first, then --set in command-line order. */
-    for (int i = 0; i < argc; i++) {
-        const char *a = argv[i], *v;
-        if (strcmp(a, "--config") == 0 || strcmp(a, "--out") == 0 ||
-            strcmp(a, "--resume") == 0 || strcmp(a, "--set") == 0) {
-            if (!(v = value(argc, argv, &i)) || !*v)
-                return usage_error(usage_train, "option %s needs a value", a);
-            if (strcmp(a, "--config") == 0) cfg = v;
-            else if (strcmp(a, "--out") == 0) out = v;
-            else if (strcmp(a, "--resume") == 0) resume = v;
-        } else {
-            return usage_error(usage_train, "train: unknown argument '%s'", a);
-        }
-    }
-    if (!out) return usage_error(usage_train, "train: --out DIR is required%s", "");
-    if (load_config(argc, argv, cfg, &c) != DM_OK) return DM_EXIT_USAGE;
+    int code = config_command("train", argc, argv, opts, &c);
+    if (code != DM_EXIT_OK) return code;
     dm_set_quiet(0);
     return train_run(&c, out, resume);
 }
 
 static int cmd_bench(int argc, char **argv) {
-    if (wants_help(argc, argv)) {
-        if (rank0()) fputs(usage_bench, stdout);
-        return DM_EXIT_OK;
-    }
-    dm_config c;
-    config_defaults(&c);
-    const char *cfg = NULL;
+    if (wants_help(argc, argv)) return print_usage(usage_bench, 1);
     int sample = 0, verbose = 0;
     long steps = 5;
-    for (int i = 0; i < argc; i++) {
-        const char *a = argv[i], *v;
-        if (strcmp(a, "--sample") == 0) {
-            sample = 1;
-        } else if (strcmp(a, "--verbose") == 0) {
-            verbose = 1;
-        } else if (strcmp(a, "--config") == 0 || strcmp(a, "--set") == 0 ||
-                   strcmp(a, "--steps") == 0) {
-            if (!(v = value(argc, argv, &i)) || !*v)
-                return usage_error(usage_bench, "option %s needs a value", a);
-            if (strcmp(a, "--config") == 0) cfg = v;
-            if (strcmp(a, "--steps") == 0 && !parse_long(v, 1, 1000000, &steps))
-                return usage_error(usage_bench, "--steps: expected an integer >= 1, got '%s'", v);
-        } else {
-            return usage_error(usage_bench, "bench: unknown argument '%s'", a);
-        }
-    }
-    if (load_config(argc, argv, cfg, &c) != DM_OK) return DM_EXIT_USAGE;
+    const cli_option opts[] = {
+        {"--sample", .flag = &sample},
+        {"--verbose", .flag = &verbose},
+        {"--steps", .number = &steps, .lo = 1, .hi = 1000000,
+         .expected = "an integer >= 1"},
+        {NULL}};
+    dm_config c;
+    int code = config_command("bench", argc, argv, opts, &c);
+    if (code != DM_EXIT_OK) return code;
     dm_set_quiet(0);
     return bench_run(&c, (int)steps, sample, verbose);
 }
 
 static int cmd_predict(int argc, char **argv) {
-    if (wants_help(argc, argv)) {
-        if (rank0()) fputs(usage_predict, stdout);
-        return DM_EXIT_OK;
-    }
+    if (wants_help(argc, argv)) return print_usage(usage_predict, 0);
     const char *ck = NULL, *in = NULL, *out = NULL;
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i], *v;
@@ -205,23 +225,19 @@ static int cmd_predict(int argc, char **argv) {
                            : strcmp(a, "--input") == 0    ? &in
                            : strcmp(a, "--output") == 0   ? &out
                                                           : NULL;
-        if (!dst) return usage_error(usage_predict, "predict: unknown argument '%s'", a);
+        if (!dst) return usage_error("predict: unknown argument '%s'", a);
         if (!(v = value(argc, argv, &i)) || !*v)
-            return usage_error(usage_predict, "option %s needs a value", a);
+            return usage_error("option %s needs a value", a);
         *dst = v;
     }
     if (!ck || !in || !out)
-        return usage_error(usage_predict,
-                           "predict: --checkpoint, --input and --output are required%s", "");
+        return usage_error("predict: --checkpoint, --input and --output are required");
     dm_set_quiet(0);
     return predict_run(ck, in, out);
 }
 
 static int cmd_sample(int argc, char **argv) {
-    if (wants_help(argc, argv)) {
-        if (rank0()) fputs(usage_sample, stdout);
-        return DM_EXIT_OK;
-    }
+    if (wants_help(argc, argv)) return print_usage(usage_sample, 0);
     sample_args a = {.n = 40, .class_label = SAMPLE_CLASS_NONE, .guidance = -1};
     for (int i = 0; i < argc; i++) {
         const char *o = argv[i], *v;
@@ -231,43 +247,65 @@ static int cmd_sample(int argc, char **argv) {
             continue;
         }
         if (!(v = value(argc, argv, &i)) || !*v)
-            return usage_error(usage_sample, "option %s needs a value (or is unknown)", o);
+            return usage_error("option %s needs a value (or is unknown)", o);
         if (strcmp(o, "--checkpoint") == 0) a.checkpoint = v;
         else if (strcmp(o, "--out") == 0) a.out = v;
-        else if (strcmp(o, "--n") == 0 && parse_long(v, 1, 100000, &lv)) a.n = (int)lv;
-        else if (strcmp(o, "--steps") == 0 && parse_long(v, 1, 100000, &lv)) a.steps = (int)lv;
+        else if (strcmp(o, "--n") == 0 && dm_parse_long(v, 1, 100000, &lv)) a.n = (int)lv;
+        else if (strcmp(o, "--steps") == 0 && dm_parse_long(v, 1, 100000, &lv)) a.steps = (int)lv;
         else if (strcmp(o, "--class") == 0 && strcmp(v, "all") == 0) a.class_label = SAMPLE_CLASS_ALL;
-        else if (strcmp(o, "--class") == 0 && parse_long(v, 0, 9, &lv)) a.class_label = (int)lv;
-        else if (strcmp(o, "--seed") == 0 && v[0] != '-' && parse_long(v, 0, LONG_MAX, &lv)) {
+        else if (strcmp(o, "--class") == 0 && dm_parse_long(v, 0, 9, &lv)) a.class_label = (int)lv;
+        else if (strcmp(o, "--seed") == 0 && v[0] != '-' && dm_parse_long(v, 0, LONG_MAX, &lv)) {
             a.seed = (uint64_t)lv;
             a.has_seed = 1;
         } else if (strcmp(o, "--guidance") == 0) {
             char *end;
             a.guidance = strtod(v, &end);
             if (end == v || *end || !(a.guidance >= 0 && a.guidance <= 1000))
-                return usage_error(usage_sample, "--guidance: expected a number in [0, 1000], got '%s'", v);
+                return usage_error("--guidance: expected a number in [0, 1000], got '%s'", v);
         } else {
-            char msg[300];
-            snprintf(msg, sizeof msg, "%s '%s'", o, v);
-            return usage_error(usage_sample, "sample: unknown option or bad value: %s", msg);
+            return usage_error("sample: unknown option or bad value: %s '%s'", o, v);
         }
     }
     if (!a.checkpoint || !a.out)
-        return usage_error(usage_sample, "sample: --checkpoint and --out are required%s", "");
+        return usage_error("sample: --checkpoint and --out are required");
     dm_set_quiet(0);
     return sample_run(&a);
 }
 
 static int cmd_inspect(int argc, char **argv) {
-    if (wants_help(argc, argv)) {
-        if (rank0()) fputs(usage_inspect, stdout);
-        return DM_EXIT_OK;
-    }
+    if (wants_help(argc, argv)) return print_usage(usage_inspect, 0);
     if (argc != 1 || argv[0][0] == '-')
-        return usage_error(usage_inspect, "inspect: expected one FILE argument%s", "");
+        return usage_error("inspect: expected one FILE argument");
     dm_set_quiet(0);
     if (!rank0()) return DM_EXIT_OK;
     return inspect_file(argv[0]) == DM_OK ? DM_EXIT_OK : DM_EXIT_RUNTIME;
+}
+
+/* diffmpi help [keys [--markdown] | defaults]: the configuration keys as
+ * --help lists them or as README.md's table, or every key at its default
+ * as an INI file (config_to_string, as train prints it at start). */
+static int cmd_help(int argc, char **argv) {
+    if (argc == 0 || wants_help(argc, argv)) return print_usage(usage_main, 0);
+    if (strcmp(argv[0], "keys") == 0) {
+        int markdown = argc > 1 && strcmp(argv[1], "--markdown") == 0;
+        if (argc > 1 + markdown)
+            return usage_error("help keys: unknown argument '%s'", argv[1 + markdown]);
+        if (rank0()) config_print_keys(stdout, markdown ? CONFIG_KEYS_MARKDOWN
+                                                        : CONFIG_KEYS_TEXT);
+        return DM_EXIT_OK;
+    }
+    if (strcmp(argv[0], "defaults") == 0) {
+        if (argc > 1)
+            return usage_error("help defaults: unknown argument '%s'", argv[1]);
+        dm_config c;
+        char text[8192];
+        config_defaults(&c);
+        config_to_string(&c, text, sizeof text);
+        if (rank0()) fputs(text, stdout);
+        return DM_EXIT_OK;
+    }
+    return usage_error("help: unknown topic '%s' (expected keys or defaults)",
+                       argv[0]);
 }
 
 int main(int argc, char **argv) {
@@ -281,12 +319,11 @@ int main(int argc, char **argv) {
     int code;
     if (argc < 2) {
         /* One line like every other usage error; the usage is on --help. */
-        code = usage_error(usage_main,
-                           "no command given: expected train, predict, sample, bench or inspect%s", "");
-    } else if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ||
-               strcmp(argv[1], "help") == 0) {
-        if (rank0()) fputs(usage_main, stdout);
-        code = DM_EXIT_OK;
+        code = usage_error("no command given: expected train, predict, sample, bench or inspect");
+    } else if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
+        code = print_usage(usage_main, 0);
+    } else if (strcmp(argv[1], "help") == 0) {
+        code = cmd_help(argc - 2, argv + 2);
     } else if (strcmp(argv[1], "train") == 0) {
         code = cmd_train(argc - 2, argv + 2);
     } else if (strcmp(argv[1], "predict") == 0) {
@@ -298,7 +335,7 @@ int main(int argc, char **argv) {
     } else if (strcmp(argv[1], "inspect") == 0) {
         code = cmd_inspect(argc - 2, argv + 2);
     } else {
-        code = usage_error(usage_main, "unknown command '%s'", argv[1]);
+        code = usage_error("unknown command '%s'", argv[1]);
     }
     fflush(stdout);
     MPI_Finalize();

@@ -10,6 +10,11 @@
  * Keys may appear at top level or inside any [section]; the section name is
  * ignored. Unknown keys and malformed values are errors (DM_EUSAGE) with one
  * line naming the file:line or the --set argument, the key and the problem.
+ *
+ * Every key is one row of the table in config.c: its kind and range, its
+ * default (parsed like a user's value by config_defaults) and its meaning.
+ * `diffmpi train --help` and README.md's key table are printed from it
+ * (config_print_keys), so a new key is one row there plus its field here.
  */
 #ifndef DIFFMPI_CONFIG_H
 #define DIFFMPI_CONFIG_H
@@ -69,6 +74,8 @@ typedef struct {
 /* Does the run sample after this (1-based) epoch? */
 int config_sample_epoch(const dm_config *c, int epoch);
 
+/* Every key at its default (the table's text, parsed: a default that does
+ * not parse aborts through DM_CHECK). */
 void config_defaults(dm_config *c);
 /* Parse an INI file into c (keys override what is there). */
 dm_status config_load_file(dm_config *c, const char *path);
@@ -84,6 +91,12 @@ int config_to_string(const dm_config *c, char *buf, int bufsize);
  * configuration); origin names the source in error messages. */
 dm_status config_load_string(dm_config *c, const char *text,
                              const char *origin);
+
+typedef enum { CONFIG_KEYS_TEXT, CONFIG_KEYS_MARKDOWN } dm_config_keys_format;
+/* Every key in table order with its allowed values, default and meaning:
+ * TEXT, two or more indented lines per key (--help); MARKDOWN, the table
+ * between the keys markers of README.md. */
+void config_print_keys(FILE *fp, dm_config_keys_format format);
 
 const char *config_objective_name(dm_objective o);
 const char *config_conditioning_name(dm_conditioning c);

@@ -19,7 +19,6 @@
 #include "diffmpi/dist.h"
 #include "diffmpi/h5log.h"
 #include "diffmpi/unet.h"
-#include "diffmpi/bench.h" /* until main.c includes it */
 
 typedef struct {
     dm_config cfg;

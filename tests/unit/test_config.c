@@ -1,4 +1,5 @@
-/* test_config.c: defaults, INI files (every key, comments, sections, syntax
+/* test_config.c: defaults (from the key table) and the key list printed
+ * for --help and README.md, INI files (every key, comments, sections, syntax
  * errors, exact line numbers), --set overrides, strict value checks, the
  * config_to_string -> config_load_string round trip and config_validate's
  * cross-key rules. */
@@ -58,7 +59,8 @@ static dm_status set_capture(dm_config *c, const char *arg, char *err,
 static void expect_same(const dm_config *a, const dm_config *b,
                         const char *what) {
     EXPECT(a->objective == b->objective && a->conditioning == b->conditioning &&
-               a->hidden == b->hidden && a->epochs == b->epochs &&
+               a->hidden == b->hidden && a->norm == b->norm &&
+               a->norm_groups == b->norm_groups && a->epochs == b->epochs &&
                a->batch == b->batch && a->micro_batch == b->micro_batch &&
                memcmp(&a->lr, &b->lr, sizeof a->lr) == 0 &&
                a->lr_decay == b->lr_decay &&
@@ -96,11 +98,95 @@ static void test_defaults(void) {
     EXPECT(c.bn_sync == BN_GLOBAL && c.log_every == 10.0 &&
                c.p_uncond == 0.1 && c.eval_limit == 0,
            "bn_sync/log_every/p_uncond/eval_limit");
+    EXPECT(c.norm == NORM_BATCH && c.norm_groups == 32, "norm/norm_groups");
+    EXPECT(c.guidance == 5.0 && c.sample_steps == 0 && c.sample_chunk == 4 &&
+               c.watchdog == 900.0 &&
+               strcmp(c.sample_epochs, "1,5,10,15,20") == 0,
+           "guidance/sample_steps/sample_chunk/watchdog/sample_epochs");
     EXPECT(config_validate(&c) == DM_OK, "defaults must validate");
+
+    /* config_to_string's order and format are stored in checkpoints: the
+     * defaults, whole. */
+    char text[4096];
+    config_to_string(&c, text, sizeof text);
+    EXPECT(strcmp(text,
+                  "objective = denoise\nconditioning = none\nhidden = 128\n"
+                  "norm = batch\nnorm_groups = 32\nepochs = 5\nbatch = 256\n"
+                  "micro_batch = 32\nlr = 0.0001\nlr_decay = none\n"
+                  "sigma = 0.5\nseed = 0\ndata_dir = data/mnist\n"
+                  "train_limit = 0\neval_limit = 0\ncheckpoint_every = 0\n"
+                  "keep = 3\nthreads = 1\nbn_sync = global\nlog_every = 10\n"
+                  "p_uncond = 0.1\nguidance = 5\nsample_steps = 0\n"
+                  "sample_epochs = 1,5,10,15,20\nwatchdog = 900\n"
+                  "sample_chunk = 4\n") == 0,
+           "defaults text:\n%s", text);
     EXPECT(strcmp(config_objective_name(OBJ_PURE_NOISE), "pure_noise") == 0,
            "objective name");
     EXPECT(strcmp(config_conditioning_name(COND_CLASS), "class") == 0,
            "conditioning name");
+}
+
+/* '\n' then what config_print_keys(format) prints, into buf. */
+static void print_keys(dm_config_keys_format format, char *buf, size_t size) {
+    char path[128];
+    snprintf(path, sizeof path, "%s/keys.txt", tmpdir);
+    FILE *fp = fopen(path, "w+");
+    if (!fp) {
+        perror(path);
+        exit(1);
+    }
+    config_print_keys(fp, format);
+    rewind(fp);
+    buf[0] = '\n';
+    size_t n = fread(buf + 1, 1, size - 2, fp);
+    buf[n + 1] = '\0';
+    fclose(fp);
+    unlink(path);
+}
+
+/* The key lists of --help and README.md: every key of config_to_string, in
+ * its order, with its allowed values and its default. */
+static void test_key_list(void) {
+    static char text[16384], md[16384];
+    char defaults[4096];
+    dm_config c;
+    config_defaults(&c);
+    config_to_string(&c, defaults, sizeof defaults);
+    print_keys(CONFIG_KEYS_TEXT, text, sizeof text);
+    print_keys(CONFIG_KEYS_MARKDOWN, md, sizeof md);
+    EXPECT(strncmp(md, "\n| key | values | default | meaning |\n|---|---|---|---|\n",
+                   55) == 0,
+           "markdown header: '%.60s'", md);
+    EXPECT(count_lines(md) == 3 + count_lines(defaults), "markdown: %d lines",
+           count_lines(md));
+    const char *t = text, *m = md;
+    for (const char *line = defaults; *line; line = strchr(line, '\n') + 1) {
+        char key[64], want[128];
+        sscanf(line, "%63s", key);
+        snprintf(want, sizeof want, "\n  %-16s  ", key);
+        const char *found = strstr(t, want);
+        EXPECT(found != NULL, "text list: '%s' missing or out of order", key);
+        if (found) t = found + 1;
+        snprintf(want, sizeof want, "\n| `%s` |", key);
+        found = strstr(m, want);
+        EXPECT(found != NULL, "markdown: '%s' missing or out of order", key);
+        if (found) m = found + 1;
+    }
+    EXPECT(strstr(text, "\n  objective         denoise|pure_noise|ddpm|flow; "
+                        "default denoise\n") != NULL,
+           "objective line:\n%s", text);
+    EXPECT(strstr(text, "\n  lr                number > 0; default 1e-4\n"
+                        "                    Adam learning rate") != NULL,
+           "lr lines:\n%s", text);
+    EXPECT(strstr(md, "\n| `norm` | `batch\\|group` | `batch` | ") != NULL,
+           "markdown escapes '|' in enum names:\n%s", md);
+    EXPECT(strstr(md, "\n| `hidden` | integer in 1..4096 | `128` | UNet width D |\n") !=
+               NULL,
+           "markdown hidden row:\n%s", md);
+    /* Every text line fits a terminal. */
+    for (const char *line = text + 1; *line; line = strchr(line, '\n') + 1)
+        EXPECT(strcspn(line, "\n") <= 79, "line longer than 79: '%.*s'",
+               (int)strcspn(line, "\n"), line);
 }
 
 static void test_file_every_key(void) {
@@ -533,6 +619,7 @@ int main(void) {
     }
     snprintf(errpath, sizeof errpath, "%s/stderr.txt", tmpdir);
     test_defaults();
+    test_key_list();
     test_file_every_key();
     test_file_errors();
     test_bad_values();
