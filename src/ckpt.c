@@ -13,6 +13,8 @@
 #include "diffmpi/fault.h"
 #include "diffmpi/h5util.h"
 
+#define MAX_CKPTS 100000 /* checkpoint files of one run that are looked at */
+
 static void param_dims(const unet_param *q, hsize_t *dims) {
     for (int i = 0; i < q->ndim; i++) dims[i] = (hsize_t)q->shape[i];
 }
@@ -26,46 +28,49 @@ static void fault_delay(void) {
     nanosleep(&ts, NULL);
 }
 
-static dm_status write_body(hid_t f, const char *path, const unet *u,
-                            const float *m, const float *v,
-                            const dm_train_state *s, const dm_config *c) {
-    char name[160], cfg[8192];
+static dm_status write_tensors(hid_t f, const char *path, const unet *u,
+                               const float *m, const float *v) {
+    char name[160];
     hsize_t dims[4];
-    dm_status st = DM_OK;
-    for (int i = 0; st == DM_OK && i < u->nparams_t; i++) {
+    for (int i = 0; i < u->nparams_t; i++) {
         const unet_param *q = &u->params[i];
         const float *src = q->trainable ? u->p : u->bufs;
         param_dims(q, dims);
         snprintf(name, sizeof name, "/model/%s", q->name);
-        st = h5_write_f32(f, path, name, src + q->offset, q->ndim, dims);
-        if (st == DM_OK && q->trainable) {
+        DM_TRY(h5_write_f32(f, path, name, src + q->offset, q->ndim, dims));
+        if (q->trainable) {
             snprintf(name, sizeof name, "/optim/m/%s", q->name);
-            st = h5_write_f32(f, path, name, m + q->offset, q->ndim, dims);
-        }
-        if (st == DM_OK && q->trainable) {
+            DM_TRY(h5_write_f32(f, path, name, m + q->offset, q->ndim, dims));
             snprintf(name, sizeof name, "/optim/v/%s", q->name);
-            st = h5_write_f32(f, path, name, v + q->offset, q->ndim, dims);
+            DM_TRY(h5_write_f32(f, path, name, v + q->offset, q->ndim, dims));
         }
         if (i == u->nparams_t / 2) {
             fault_delay();
             fault_point("ckpt_mid");
         }
     }
+    return DM_OK;
+}
+
+static dm_status write_body(hid_t f, const char *path, const unet *u,
+                            const float *m, const float *v,
+                            const dm_train_state *s, const dm_config *c) {
+    char cfg[8192];
+    DM_TRY(write_tensors(f, path, u, m, v));
     config_to_string(c, cfg, sizeof cfg);
-    if (st == DM_OK) st = h5_attr_str(f, path, "format", CKPT_FORMAT);
-    if (st == DM_OK) st = h5_attr_i64(f, path, "format_version", CKPT_VERSION);
-    if (st == DM_OK) st = h5_attr_i64(f, path, "step", s->step);
-    if (st == DM_OK) st = h5_attr_i64(f, path, "epoch", s->epoch);
-    if (st == DM_OK) st = h5_attr_i64(f, path, "batch_in_epoch", s->batch_in_epoch);
-    if (st == DM_OK) st = h5_attr_i64(f, path, "adam_step", s->adam_t);
-    if (st == DM_OK) st = h5_attr_f64(f, path, "lr", s->lr);
-    if (st == DM_OK) st = h5_attr_u64(f, path, "seed", c->seed);
-    if (st == DM_OK) st = h5_attr_i64(f, path, "hidden", c->hidden);
-    if (st == DM_OK) st = h5_attr_str(f, path, "objective", config_objective_name(c->objective));
-    if (st == DM_OK)
-        st = h5_attr_str(f, path, "conditioning", config_conditioning_name(c->conditioning));
-    if (st == DM_OK) st = h5_attr_str(f, path, "config", cfg);
-    return st;
+    DM_TRY(h5_attr_str(f, path, "format", CKPT_FORMAT));
+    DM_TRY(h5_attr_i64(f, path, "format_version", CKPT_VERSION));
+    DM_TRY(h5_attr_i64(f, path, "step", s->step));
+    DM_TRY(h5_attr_i64(f, path, "epoch", s->epoch));
+    DM_TRY(h5_attr_i64(f, path, "batch_in_epoch", s->batch_in_epoch));
+    DM_TRY(h5_attr_i64(f, path, "adam_step", s->adam_t));
+    DM_TRY(h5_attr_f64(f, path, "lr", s->lr));
+    DM_TRY(h5_attr_u64(f, path, "seed", c->seed));
+    DM_TRY(h5_attr_i64(f, path, "hidden", c->hidden));
+    DM_TRY(h5_attr_str(f, path, "objective", config_objective_name(c->objective)));
+    DM_TRY(h5_attr_str(f, path, "conditioning",
+                       config_conditioning_name(c->conditioning)));
+    return h5_attr_str(f, path, "config", cfg);
 }
 
 static int parse_step(const char *fname, long *step) {
@@ -120,18 +125,34 @@ void ckpt_remove_stale(const char *out_dir) {
 }
 
 static dm_status prune(const char *dir, int keep, long newest) {
-    static long steps[100000];
-    int n = list_steps(dir, steps, 100000);
-    for (int i = 0; i < n - keep; i++) {
+    long *steps = dm_malloc(MAX_CKPTS * sizeof(long));
+    int n = list_steps(dir, steps, MAX_CKPTS);
+    dm_status st = DM_OK;
+    for (int i = 0; st == DM_OK && i < n - keep; i++) {
         if (steps[i] == newest) continue;
         char p[4200];
         snprintf(p, sizeof p, "%s/ckpt-%ld.h5", dir, steps[i]);
         if (unlink(p) != 0 && errno != ENOENT) {
             dm_error("%s: cannot delete old checkpoint: %s", p, strerror(errno));
-            return DM_EIO;
+            st = DM_EIO;
         }
     }
-    return DM_OK;
+    free(steps);
+    return st;
+}
+
+/* Write the checkpoint under tmp and rename it to fin; the caller removes
+ * tmp when this fails. Quiet: the caller prints the one line. */
+static dm_status write_renamed(const char *tmp, const char *fin, const unet *u,
+                               const float *m, const float *v,
+                               const dm_train_state *s, const dm_config *c) {
+    hid_t f = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+    dm_status st = f < 0 ? DM_EIO : write_body(f, tmp, u, m, v, s, c);
+    if (f >= 0) st = h5_close_file(f, tmp, "checkpoint", st);
+    fault_point("ckpt_closed");
+    DM_TRY(st);
+    DM_TRY(fs_sync_file(tmp));
+    return rename(tmp, fin) != 0 ? DM_EIO : DM_OK;
 }
 
 dm_status ckpt_write(const char *out_dir, const unet *u, const float *m,
@@ -140,20 +161,14 @@ dm_status ckpt_write(const char *out_dir, const unet *u, const float *m,
     char dir[4096], tmp[4300], fin[4300];
     snprintf(dir, sizeof dir, "%s/checkpoints", out_dir);
     fault_point("ckpt_begin");
-    dm_status st = fs_mkdirs(dir);
-    if (st != DM_OK) return st;
+    DM_TRY(fs_mkdirs(dir));
     snprintf(tmp, sizeof tmp, "%s/.ckpt-%ld.h5.tmp", dir, (long)s->step);
     snprintf(fin, sizeof fin, "%s/ckpt-%ld.h5", dir, (long)s->step);
     /* The body's own messages would name datasets of a temporary file;
      * one line naming the checkpoint says more. */
     dm_set_quiet(1);
     errno = 0;
-    hid_t f = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
-    st = f < 0 ? DM_EIO : write_body(f, tmp, u, m, v, s, c);
-    if (f >= 0 && H5Fclose(f) < 0) st = DM_EIO;
-    fault_point("ckpt_closed");
-    if (st == DM_OK) st = fs_sync_file(tmp);
-    if (st == DM_OK && rename(tmp, fin) != 0) st = DM_EIO;
+    dm_status st = write_renamed(tmp, fin, u, m, v, s, c);
     int err = errno;
     dm_set_quiet(0);
     if (st != DM_OK) {
@@ -167,8 +182,26 @@ dm_status ckpt_write(const char *out_dir, const unet *u, const float *m,
     fault_point("ckpt_renamed");
     st = fs_sync_dir_of(fin);
     fault_point("ckpt_prune");
-    if (st == DM_OK) st = prune(dir, keep, s->step);
-    return st;
+    DM_TRY(st);
+    return prune(dir, keep, s->step);
+}
+
+/* The format attributes of an open checkpoint. */
+static dm_status check_format(hid_t f, const char *path) {
+    char fmt[64];
+    int64_t ver;
+    DM_TRY(h5_get_str(f, path, "format", fmt, sizeof fmt));
+    if (strcmp(fmt, CKPT_FORMAT) != 0) {
+        dm_error("%s: not a diffmpi checkpoint (format '%s')", path, fmt);
+        return DM_EIO;
+    }
+    DM_TRY(h5_get_i64(f, path, "format_version", &ver));
+    if (ver != CKPT_VERSION) {
+        dm_error("%s: unsupported checkpoint format version %lld (this build "
+                 "reads %d)", path, (long long)ver, CKPT_VERSION);
+        return DM_EIO;
+    }
+    return DM_OK;
 }
 
 static hid_t open_ckpt(const char *path) {
@@ -185,39 +218,25 @@ static hid_t open_ckpt(const char *path) {
         dm_error("%s: cannot open checkpoint (damaged HDF5 file?)", path);
         return -1;
     }
-    char fmt[64];
-    int64_t ver;
-    if (h5_get_str(f, path, "format", fmt, sizeof fmt) != DM_OK) {
-        H5Fclose(f);
-        return -1;
-    }
-    if (strcmp(fmt, CKPT_FORMAT) != 0) {
-        dm_error("%s: not a diffmpi checkpoint (format '%s')", path, fmt);
-        H5Fclose(f);
-        return -1;
-    }
-    if (h5_get_i64(f, path, "format_version", &ver) != DM_OK || ver != CKPT_VERSION) {
-        dm_error("%s: unsupported checkpoint format version %lld (this build "
-                 "reads %d)", path, (long long)ver, CKPT_VERSION);
-        H5Fclose(f);
+    if (check_format(f, path) != DM_OK) {
+        H5Fclose(f); /* after a failure: its result changes nothing */
         return -1;
     }
     return f;
 }
 
 dm_status ckpt_read_config(const char *path, dm_config *c) {
+    char cfg[8192];
     hid_t f = open_ckpt(path);
     if (f < 0) return DM_EIO;
-    static char cfg[8192];
     dm_status st = h5_get_str(f, path, "config", cfg, sizeof cfg);
-    H5Fclose(f);
-    if (st != DM_OK) return st;
+    DM_TRY(h5_close_file(f, path, "checkpoint", st));
     config_defaults(c);
     char origin[4200];
     snprintf(origin, sizeof origin, "%s (stored config)", path);
-    st = config_load_string(c, cfg, origin);
-    if (st == DM_OK) st = config_validate(c);
-    return st == DM_OK ? DM_OK : DM_EIO;
+    if (config_load_string(c, cfg, origin) != DM_OK || config_validate(c) != DM_OK)
+        return DM_EIO;
+    return DM_OK;
 }
 
 static dm_status read_tensors(hid_t f, const char *path, const char *prefix,
@@ -231,60 +250,62 @@ static dm_status read_tensors(hid_t f, const char *path, const char *prefix,
         float *dst = q->trainable ? dst_p : dst_b;
         param_dims(q, dims);
         snprintf(name, sizeof name, "%s/%s", prefix, q->name);
-        dm_status st = h5_read_f32(f, path, name, dst + q->offset, q->ndim, dims);
-        if (st != DM_OK) return st;
+        DM_TRY(h5_read_f32(f, path, name, dst + q->offset, q->ndim, dims));
     }
     return DM_OK;
+}
+
+static dm_status read_state(hid_t f, const char *path, dm_train_state *s) {
+    DM_TRY(h5_get_i64(f, path, "step", &s->step));
+    DM_TRY(h5_get_i64(f, path, "epoch", &s->epoch));
+    DM_TRY(h5_get_i64(f, path, "batch_in_epoch", &s->batch_in_epoch));
+    DM_TRY(h5_get_i64(f, path, "adam_step", &s->adam_t));
+    DM_TRY(h5_get_f64(f, path, "lr", &s->lr));
+    if (s->step < 0 || s->epoch < 0 || s->batch_in_epoch < 0 || s->adam_t < 0 ||
+        !(s->lr > 0)) {
+        dm_error("%s: training state attributes are out of range", path);
+        return DM_EIO;
+    }
+    return DM_OK;
+}
+
+static dm_status read_body(hid_t f, const char *path, unet *u, float *m, float *v,
+                           dm_train_state *s) {
+    int64_t hidden = 0;
+    DM_TRY(h5_get_i64(f, path, "hidden", &hidden));
+    if (hidden != u->D) {
+        dm_error("%s: checkpoint has hidden=%lld, the model has hidden=%d", path,
+                 (long long)hidden, u->D);
+        return DM_EIO;
+    }
+    DM_TRY(read_tensors(f, path, "/model", u, u->p, u->bufs, 0));
+    if (m) DM_TRY(read_tensors(f, path, "/optim/m", u, m, NULL, 1));
+    if (v) DM_TRY(read_tensors(f, path, "/optim/v", u, v, NULL, 1));
+    return s ? read_state(f, path, s) : DM_OK;
 }
 
 dm_status ckpt_read(const char *path, unet *u, float *m, float *v,
                     dm_train_state *s) {
     hid_t f = open_ckpt(path);
     if (f < 0) return DM_EIO;
-    int64_t hidden = 0;
-    dm_status st = h5_get_i64(f, path, "hidden", &hidden);
-    if (st == DM_OK && hidden != u->D) {
-        dm_error("%s: checkpoint has hidden=%lld, the model has hidden=%d", path,
-                 (long long)hidden, u->D);
-        st = DM_EIO;
-    }
-    if (st == DM_OK) st = read_tensors(f, path, "/model", u, u->p, u->bufs, 0);
-    if (st == DM_OK && m) st = read_tensors(f, path, "/optim/m", u, m, NULL, 1);
-    if (st == DM_OK && v) st = read_tensors(f, path, "/optim/v", u, v, NULL, 1);
-    if (st == DM_OK && s) {
-        st = h5_get_i64(f, path, "step", &s->step);
-        if (st == DM_OK) st = h5_get_i64(f, path, "epoch", &s->epoch);
-        if (st == DM_OK) st = h5_get_i64(f, path, "batch_in_epoch", &s->batch_in_epoch);
-        if (st == DM_OK) st = h5_get_i64(f, path, "adam_step", &s->adam_t);
-        if (st == DM_OK) st = h5_get_f64(f, path, "lr", &s->lr);
-        if (st == DM_OK && (s->step < 0 || s->epoch < 0 || s->batch_in_epoch < 0 ||
-                            s->adam_t < 0 || !(s->lr > 0))) {
-            dm_error("%s: training state attributes are out of range", path);
-            st = DM_EIO;
-        }
-    }
-    H5Fclose(f);
-    return st;
+    return h5_close_file(f, path, "checkpoint", read_body(f, path, u, m, v, s));
 }
 
-dm_status ckpt_find_latest(const char *out_dir, char *path, size_t size) {
-    char dir[4096];
-    static long steps[100000];
-    snprintf(dir, sizeof dir, "%s/checkpoints", out_dir);
-    int n = list_steps(dir, steps, 100000);
+/* The newest of the n checkpoints steps[] in dir that opens, into path. */
+static dm_status find_latest(const char *dir, const long *steps, int n,
+                             char *path, size_t size) {
     /* Probe quietly: one line for the outcome, not one per damaged file. */
     for (int i = n - 1; i >= 0; i--) {
         snprintf(path, size, "%s/ckpt-%ld.h5", dir, steps[i]);
         dm_set_quiet(1);
         hid_t f = open_ckpt(path);
         dm_set_quiet(0);
-        if (f >= 0) {
-            H5Fclose(f);
-            if (i < n - 1)
-                dm_error("warning: skipped %d newer checkpoint(s) that do not open "
-                         "(damaged); resuming from %s", n - 1 - i, path);
-            return DM_OK;
-        }
+        if (f < 0) continue;
+        DM_TRY(h5_close_file(f, path, "checkpoint", DM_OK));
+        if (i < n - 1)
+            dm_error("warning: skipped %d newer checkpoint(s) that do not open "
+                     "(damaged); resuming from %s", n - 1 - i, path);
+        return DM_OK;
     }
     if (n > 0)
         dm_error("%s: none of the %d checkpoints opens as a diffmpi checkpoint "
@@ -292,4 +313,14 @@ dm_status ckpt_find_latest(const char *out_dir, char *path, size_t size) {
     else
         dm_error("%s: no checkpoint to resume from (--resume auto)", dir);
     return DM_EIO;
+}
+
+dm_status ckpt_find_latest(const char *out_dir, char *path, size_t size) {
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s/checkpoints", out_dir);
+    long *steps = dm_malloc(MAX_CKPTS * sizeof(long));
+    int n = list_steps(dir, steps, MAX_CKPTS);
+    dm_status st = find_latest(dir, steps, n, path, size);
+    free(steps);
+    return st;
 }

@@ -175,39 +175,21 @@ static char *idx_path(const char *dir, const char *prefix, const char *kind) {
     return p;
 }
 
-dm_status data_load(dm_dataset *d, const char *dir, const char *prefix,
-                    int32_t limit) {
-    DM_CHECK(d && dir && prefix, "data_load: NULL argument");
-    DM_CHECK(limit >= 0, "data_load: negative limit %d", (int)limit);
-    d->n = 0;
-    d->images = NULL;
-    d->labels = NULL;
-
-    char *img_path = idx_path(dir, prefix, "images-idx3-ubyte");
-    char *lbl_path = idx_path(dir, prefix, "labels-idx1-ubyte");
-    idx_file fi = {0}, fl = {0};
-    uint8_t *labels = NULL;
-    float *images = NULL;
-    dm_status st = idx_open(&fi, img_path, dir, 1);
-    if (st == DM_OK) st = idx_open(&fl, lbl_path, dir, 0);
-    if (st == DM_OK && fi.count != fl.count) {
-        dm_error("%s has %d images but %s has %d labels", img_path,
-                 (int)fi.count, lbl_path, (int)fl.count);
-        st = DM_EIO;
+/* Both files open and checked: all labels and the first n images into d. */
+static dm_status read_pair(idx_file *fi, idx_file *fl, int32_t limit, dm_dataset *d) {
+    if (fi->count != fl->count) {
+        dm_error("%s has %d images but %s has %d labels", fi->path,
+                 (int)fi->count, fl->path, (int)fl->count);
+        return DM_EIO;
     }
     /* Labels are read in full even with a limit (60 KB): all are checked
      * and the buffer is simply longer than n. */
-    if (st == DM_OK) st = read_labels(&fl, &labels);
-    int32_t n = fi.count;
+    uint8_t *labels = NULL;
+    DM_TRY(read_labels(fl, &labels));
+    int32_t n = fi->count;
     if (limit > 0 && limit < n) n = limit;
-    if (st == DM_OK) {
-        images = dm_malloc((size_t)n * DM_PIX * sizeof(float));
-        st = read_images(&fi, n, images);
-    }
-    idx_close(&fi);
-    idx_close(&fl);
-    free(img_path);
-    free(lbl_path);
+    float *images = dm_malloc((size_t)n * DM_PIX * sizeof(float));
+    dm_status st = read_images(fi, n, images);
     if (st != DM_OK) {
         free(images);
         free(labels);
@@ -217,6 +199,40 @@ dm_status data_load(dm_dataset *d, const char *dir, const char *prefix,
     d->images = images;
     d->labels = labels;
     return DM_OK;
+}
+
+/* The images file is open: open the labels file, read both, close it. */
+static dm_status load_labels_file(idx_file *fi, const char *lbl_path,
+                                  const char *dir, int32_t limit, dm_dataset *d) {
+    idx_file fl = {0};
+    DM_TRY(idx_open(&fl, lbl_path, dir, 0));
+    dm_status st = read_pair(fi, &fl, limit, d);
+    idx_close(&fl);
+    return st;
+}
+
+static dm_status load_files(const char *img_path, const char *lbl_path,
+                            const char *dir, int32_t limit, dm_dataset *d) {
+    idx_file fi = {0};
+    DM_TRY(idx_open(&fi, img_path, dir, 1));
+    dm_status st = load_labels_file(&fi, lbl_path, dir, limit, d);
+    idx_close(&fi);
+    return st;
+}
+
+dm_status data_load(dm_dataset *d, const char *dir, const char *prefix,
+                    int32_t limit) {
+    DM_CHECK(d && dir && prefix, "data_load: NULL argument");
+    DM_CHECK(limit >= 0, "data_load: negative limit %d", (int)limit);
+    d->n = 0;
+    d->images = NULL;
+    d->labels = NULL;
+    char *img_path = idx_path(dir, prefix, "images-idx3-ubyte");
+    char *lbl_path = idx_path(dir, prefix, "labels-idx1-ubyte");
+    dm_status st = load_files(img_path, lbl_path, dir, limit, d);
+    free(img_path);
+    free(lbl_path);
+    return st;
 }
 
 void data_free(dm_dataset *d) {

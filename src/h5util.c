@@ -9,25 +9,31 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-void h5_quiet(void) { H5Eset_auto2(H5E_DEFAULT, NULL, NULL); }
+void h5_quiet(void) {
+    DM_CHECK(H5Eset_auto2(H5E_DEFAULT, NULL, NULL) >= 0,
+             "cannot switch off HDF5's error printing");
+}
 
 static dm_status fail(const char *file, const char *what, const char *name) {
     dm_error("%s: cannot %s '%s'", file, what, name);
     return DM_EIO;
 }
 
+/* HDF5 objects below are closed on every path. A close is checked like any
+ * other call: a dataset or attribute whose close fails may not be on disk,
+ * so the write it belongs to has failed. */
 static dm_status write_ds(hid_t loc, const char *file, const char *name,
                           hid_t ftype, hid_t mtype, const void *data, int ndim,
                           const hsize_t *dims) {
     hid_t lcpl = H5Pcreate(H5P_LINK_CREATE);
     if (lcpl < 0) return fail(file, "create link property list for", name);
-    H5Pset_create_intermediate_group(lcpl, 1);
-    hid_t sp = H5Screate_simple(ndim, dims, NULL);
+    herr_t st = H5Pset_create_intermediate_group(lcpl, 1);
+    hid_t sp = st < 0 ? -1 : H5Screate_simple(ndim, dims, NULL);
     hid_t ds = sp < 0 ? -1 : H5Dcreate2(loc, name, ftype, sp, lcpl, H5P_DEFAULT, H5P_DEFAULT);
-    herr_t st = ds < 0 ? -1 : H5Dwrite(ds, mtype, H5S_ALL, H5S_ALL, H5P_DEFAULT, data);
-    if (ds >= 0) H5Dclose(ds);
-    if (sp >= 0) H5Sclose(sp);
-    H5Pclose(lcpl);
+    st = ds < 0 ? -1 : H5Dwrite(ds, mtype, H5S_ALL, H5S_ALL, H5P_DEFAULT, data);
+    if (ds >= 0 && H5Dclose(ds) < 0) st = -1;
+    if (sp >= 0 && H5Sclose(sp) < 0) st = -1;
+    if (H5Pclose(lcpl) < 0) st = -1;
     return st < 0 ? fail(file, "write dataset", name) : DM_OK;
 }
 
@@ -44,9 +50,24 @@ dm_status h5_write_f64(hid_t loc, const char *file, const char *name,
     return write_ds(loc, file, name, H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, data, ndim, dims);
 }
 
+htri_t h5_exists(hid_t loc, const char *name) {
+    char buf[1024];
+    if ((size_t)snprintf(buf, sizeof buf, "%s", name) >= sizeof buf) return -1;
+    for (char *p = buf;; p++) {
+        if ((*p != '/' || p == buf) && *p != '\0') continue;
+        char end = *p;
+        *p = '\0';
+        htri_t e = H5Lexists(loc, buf, H5P_DEFAULT);
+        if (e <= 0 || end == '\0') return e;
+        *p = end;
+    }
+}
+
 dm_status h5_shape(hid_t loc, const char *file, const char *name, int *ndim,
                    hsize_t *dims, H5T_class_t *cls, size_t *tsize) {
-    if (H5Lexists(loc, name, H5P_DEFAULT) <= 0) {
+    htri_t e = h5_exists(loc, name);
+    if (e < 0) return fail(file, "look up", name);
+    if (e == 0) {
         dm_error("%s: dataset '%s' is missing", file, name);
         return DM_EIO;
     }
@@ -54,19 +75,19 @@ dm_status h5_shape(hid_t loc, const char *file, const char *name, int *ndim,
     if (ds < 0) return fail(file, "open dataset", name);
     hid_t sp = H5Dget_space(ds), ty = H5Dget_type(ds);
     int nd = sp < 0 ? -1 : H5Sget_simple_extent_ndims(sp);
-    dm_status st = DM_OK;
-    if (nd < 0 || nd > 4 || ty < 0) {
-        st = fail(file, "read the shape of", name);
-    } else {
-        *ndim = nd;
-        H5Sget_simple_extent_dims(sp, dims, NULL);
-        *cls = H5Tget_class(ty);
-        *tsize = H5Tget_size(ty);
-    }
-    if (ty >= 0) H5Tclose(ty);
-    if (sp >= 0) H5Sclose(sp);
-    H5Dclose(ds);
-    return st;
+    H5T_class_t c = ty < 0 ? H5T_NO_CLASS : H5Tget_class(ty);
+    size_t ts = ty < 0 ? 0 : H5Tget_size(ty);
+    /* dims has room for 4: ask for the extent only once nd is known. */
+    int ok = nd >= 0 && nd <= 4 && c != H5T_NO_CLASS && ts > 0 &&
+             H5Sget_simple_extent_dims(sp, dims, NULL) >= 0;
+    if (ty >= 0 && H5Tclose(ty) < 0) ok = 0;
+    if (sp >= 0 && H5Sclose(sp) < 0) ok = 0;
+    if (H5Dclose(ds) < 0) ok = 0;
+    if (!ok) return fail(file, "read the shape of", name);
+    *ndim = nd;
+    *cls = c;
+    *tsize = ts;
+    return DM_OK;
 }
 
 dm_status h5_read_any(hid_t loc, const char *file, const char *name,
@@ -74,7 +95,7 @@ dm_status h5_read_any(hid_t loc, const char *file, const char *name,
     hid_t ds = H5Dopen2(loc, name, H5P_DEFAULT);
     if (ds < 0) return fail(file, "open dataset", name);
     herr_t st = H5Dread(ds, memtype, H5S_ALL, H5S_ALL, H5P_DEFAULT, data);
-    H5Dclose(ds);
+    if (H5Dclose(ds) < 0) st = -1;
     return st < 0 ? fail(file, "read dataset", name) : DM_OK;
 }
 
@@ -108,12 +129,14 @@ dm_status h5_read_f32(hid_t loc, const char *file, const char *name,
 
 static dm_status write_attr(hid_t loc, const char *file, const char *name,
                             hid_t ftype, hid_t mtype, const void *v, hsize_t n) {
-    if (H5Aexists(loc, name) > 0) H5Adelete(loc, name);
+    htri_t old = H5Aexists(loc, name);
+    if (old < 0 || (old > 0 && H5Adelete(loc, name) < 0))
+        return fail(file, "write attribute", name);
     hid_t sp = n ? H5Screate_simple(1, &n, NULL) : H5Screate(H5S_SCALAR);
     hid_t a = sp < 0 ? -1 : H5Acreate2(loc, name, ftype, sp, H5P_DEFAULT, H5P_DEFAULT);
     herr_t st = a < 0 ? -1 : H5Awrite(a, mtype, v);
-    if (a >= 0) H5Aclose(a);
-    if (sp >= 0) H5Sclose(sp);
+    if (a >= 0 && H5Aclose(a) < 0) st = -1;
+    if (sp >= 0 && H5Sclose(sp) < 0) st = -1;
     return st < 0 ? fail(file, "write attribute", name) : DM_OK;
 }
 
@@ -132,15 +155,24 @@ dm_status h5_attr_f64v(hid_t loc, const char *file, const char *name,
                       (hsize_t)n);
 }
 
+/* A variable-length string type of character set cset (-1 on failure). */
+static hid_t vlen_str_type(H5T_cset_t cset) {
+    hid_t ty = H5Tcopy(H5T_C_S1);
+    if (ty < 0) return -1;
+    if (H5Tset_size(ty, H5T_VARIABLE) < 0 || H5Tset_cset(ty, cset) < 0) {
+        H5Tclose(ty); /* after a failure: its result changes nothing */
+        return -1;
+    }
+    return ty;
+}
+
 dm_status h5_attr_str(hid_t loc, const char *file, const char *name,
                       const char *v) {
     /* Variable-length UTF-8 string: what h5py reads back as str. */
-    hid_t ty = H5Tcopy(H5T_C_S1);
+    hid_t ty = vlen_str_type(H5T_CSET_UTF8);
     if (ty < 0) return fail(file, "create a string type for", name);
-    H5Tset_size(ty, H5T_VARIABLE);
-    H5Tset_cset(ty, H5T_CSET_UTF8);
     dm_status st = write_attr(loc, file, name, ty, ty, &v, 0);
-    H5Tclose(ty);
+    if (H5Tclose(ty) < 0 && st == DM_OK) st = fail(file, "write attribute", name);
     return st;
 }
 
@@ -152,7 +184,7 @@ static dm_status read_attr(hid_t loc, const char *file, const char *name,
     }
     hid_t a = H5Aopen(loc, name, H5P_DEFAULT);
     herr_t st = a < 0 ? -1 : H5Aread(a, mtype, v);
-    if (a >= 0) H5Aclose(a);
+    if (a >= 0 && H5Aclose(a) < 0) st = -1;
     return st < 0 ? fail(file, "read attribute", name) : DM_OK;
 }
 
@@ -166,6 +198,20 @@ dm_status h5_get_f64(hid_t loc, const char *file, const char *name, double *v) {
     return read_attr(loc, file, name, H5T_NATIVE_DOUBLE, v);
 }
 
+/* Attribute a, of file type ft, as a string into buf. 0 on failure. */
+static int read_str(hid_t a, hid_t ft, char *buf, size_t bufsize) {
+    if (H5Tget_class(ft) != H5T_STRING || H5Tis_variable_str(ft) <= 0) return 0;
+    H5T_cset_t cset = H5Tget_cset(ft);
+    hid_t ty = cset < 0 ? -1 : vlen_str_type(cset);
+    if (ty < 0) return 0;
+    char *s = NULL;
+    int ok = H5Aread(a, ty, &s) >= 0 && s != NULL;
+    if (ok) snprintf(buf, bufsize, "%s", s);
+    if (s && H5free_memory(s) < 0) ok = 0;
+    if (H5Tclose(ty) < 0) ok = 0;
+    return ok;
+}
+
 dm_status h5_get_str(hid_t loc, const char *file, const char *name, char *buf,
                      size_t bufsize) {
     if (H5Aexists(loc, name) <= 0) {
@@ -174,25 +220,19 @@ dm_status h5_get_str(hid_t loc, const char *file, const char *name, char *buf,
     }
     hid_t a = H5Aopen(loc, name, H5P_DEFAULT);
     hid_t ft = a < 0 ? -1 : H5Aget_type(a);
-    dm_status st = DM_OK;
-    if (ft < 0 || H5Tget_class(ft) != H5T_STRING || !H5Tis_variable_str(ft)) {
-        st = fail(file, "read string attribute", name);
-    } else {
-        hid_t ty = H5Tcopy(H5T_C_S1);
-        H5Tset_size(ty, H5T_VARIABLE);
-        H5Tset_cset(ty, H5Tget_cset(ft));
-        char *s = NULL;
-        if (H5Aread(a, ty, &s) < 0 || s == NULL) {
-            st = fail(file, "read string attribute", name);
-        } else {
-            snprintf(buf, bufsize, "%s", s);
-            H5free_memory(s);
-        }
-        H5Tclose(ty);
-    }
-    if (ft >= 0) H5Tclose(ft);
-    if (a >= 0) H5Aclose(a);
-    return st;
+    int ok = ft >= 0 && read_str(a, ft, buf, bufsize);
+    if (ft >= 0 && H5Tclose(ft) < 0) ok = 0;
+    if (a >= 0 && H5Aclose(a) < 0) ok = 0;
+    return ok ? DM_OK : fail(file, "read string attribute", name);
+}
+
+dm_status h5_close_file(hid_t f, const char *file, const char *what,
+                        dm_status st) {
+    /* After a failure the first error is the one reported: the result of
+     * the close changes nothing. */
+    if (H5Fclose(f) >= 0 || st != DM_OK) return st;
+    dm_error("%s: cannot close %s", file, what);
+    return DM_EIO;
 }
 
 dm_status fs_sync_file(const char *path) {

@@ -7,31 +7,60 @@
 
 #include "diffmpi/h5util.h"
 
+/* One line per dataset: its path, element type and shape. A negative
+ * return stops H5Ovisit2, which then fails. */
 static herr_t visit(hid_t obj, const char *name, const H5O_info_t *info,
                     void *data) {
     (void)data;
     if (info->type != H5O_TYPE_DATASET) return 0;
     hid_t ds = H5Dopen2(obj, name, H5P_DEFAULT);
-    if (ds < 0) return 0;
+    if (ds < 0) return -1;
     hid_t sp = H5Dget_space(ds), ty = H5Dget_type(ds);
-    hsize_t dims[8];
-    int nd = H5Sget_simple_extent_ndims(sp);
-    if (nd > 8) nd = 8;
-    H5Sget_simple_extent_dims(sp, dims, NULL);
-    const char *kind = H5Tget_class(ty) == H5T_FLOAT ? "float" : "int";
-    printf("  /%-40s %s%zu [", name, kind, 8 * H5Tget_size(ty));
-    for (int i = 0; i < nd; i++) printf("%s%llu", i ? "," : "", (unsigned long long)dims[i]);
-    printf("]\n");
-    H5Tclose(ty);
-    H5Sclose(sp);
-    H5Dclose(ds);
-    return 0;
+    hsize_t dims[H5S_MAX_RANK];
+    int nd = sp < 0 ? -1 : H5Sget_simple_extent_ndims(sp);
+    H5T_class_t cls = ty < 0 ? H5T_NO_CLASS : H5Tget_class(ty);
+    size_t tsize = ty < 0 ? 0 : H5Tget_size(ty);
+    int ok = nd >= 0 && cls != H5T_NO_CLASS && tsize > 0 &&
+             H5Sget_simple_extent_dims(sp, dims, NULL) >= 0;
+    if (ok) {
+        printf("  /%-40s %s%zu [", name, cls == H5T_FLOAT ? "float" : "int", 8 * tsize);
+        for (int i = 0; i < nd; i++) printf("%s%llu", i ? "," : "", (unsigned long long)dims[i]);
+        printf("]\n");
+    }
+    if (ty >= 0 && H5Tclose(ty) < 0) ok = 0;
+    if (sp >= 0 && H5Sclose(sp) < 0) ok = 0;
+    if (H5Dclose(ds) < 0) ok = 0;
+    return ok ? 0 : -1;
 }
+
+/* Attributes are optional here: one that is absent (or whose presence
+ * cannot be told) is not printed. */
+static int has_attr(hid_t f, const char *name) { return H5Aexists(f, name) > 0; }
 
 static void print_attr_i(hid_t f, const char *path, const char *name) {
     int64_t v;
-    if (H5Aexists(f, name) > 0 && h5_get_i64(f, path, name, &v) == DM_OK)
+    if (has_attr(f, name) && h5_get_i64(f, path, name, &v) == DM_OK)
         printf("%s: %lld\n", name, (long long)v);
+}
+
+static dm_status describe(hid_t f, const char *path) {
+    char fmt[64] = "";
+    if (has_attr(f, "format")) h5_get_str(f, path, "format", fmt, sizeof fmt);
+    printf("%s: %s\n", path, fmt[0] ? fmt : "HDF5 file");
+    const char *ints[] = {"format_version", "step", "epoch", "batch_in_epoch", "adam_step", "hidden"};
+    for (size_t i = 0; i < sizeof ints / sizeof *ints; i++) print_attr_i(f, path, ints[i]);
+    double lr;
+    if (has_attr(f, "lr") && h5_get_f64(f, path, "lr", &lr) == DM_OK) printf("lr: %.9g\n", lr);
+    char cfg[8192];
+    if (has_attr(f, "config") && h5_get_str(f, path, "config", cfg, sizeof cfg) == DM_OK)
+        printf("config:\n%s", cfg);
+    printf("datasets:\n");
+    if (H5Ovisit2(f, H5_INDEX_NAME, H5_ITER_NATIVE, visit, NULL, H5O_INFO_BASIC) < 0) {
+        fflush(stdout);
+        dm_error("%s: cannot read the list of datasets (damaged file?)", path);
+        return DM_EIO;
+    }
+    return DM_OK;
 }
 
 dm_status inspect_file(const char *path) {
@@ -50,18 +79,5 @@ dm_status inspect_file(const char *path) {
         dm_error("%s: cannot open HDF5 file (damaged, or open for writing without SWMR?)", path);
         return DM_EIO;
     }
-    char fmt[64] = "";
-    if (H5Aexists(f, "format") > 0) h5_get_str(f, path, "format", fmt, sizeof fmt);
-    printf("%s: %s\n", path, fmt[0] ? fmt : "HDF5 file");
-    const char *ints[] = {"format_version", "step", "epoch", "batch_in_epoch", "adam_step", "hidden"};
-    for (size_t i = 0; i < sizeof ints / sizeof *ints; i++) print_attr_i(f, path, ints[i]);
-    double lr;
-    if (H5Aexists(f, "lr") > 0 && h5_get_f64(f, path, "lr", &lr) == DM_OK) printf("lr: %.9g\n", lr);
-    static char cfg[8192];
-    if (H5Aexists(f, "config") > 0 && h5_get_str(f, path, "config", cfg, sizeof cfg) == DM_OK)
-        printf("config:\n%s", cfg);
-    printf("datasets:\n");
-    H5Ovisit2(f, H5_INDEX_NAME, H5_ITER_NATIVE, visit, NULL, H5O_INFO_BASIC);
-    H5Fclose(f);
-    return DM_OK;
+    return h5_close_file(f, path, "file", describe(f, path));
 }

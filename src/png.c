@@ -102,6 +102,18 @@ static dm_status write_stream(FILE *fp, png_err *e, png_bytep row,
     return DM_OK;
 }
 
+/* The stream is complete in fp: flush and fsync it (so the final name never
+ * points at data still in flight), close it (checked: the last write) and
+ * rename tmp to path. fp is closed either way; returns 0 or the errno of
+ * the first failure. */
+static int close_renamed(FILE *fp, const char *tmp, const char *path) {
+    int err = 0;
+    if (fflush(fp) != 0 || fsync(fileno(fp)) != 0) err = errno;
+    if (fclose(fp) != 0 && !err) err = errno;
+    if (!err && rename(tmp, path) != 0) err = errno;
+    return err;
+}
+
 dm_status png_write_grid(const char *path, const float *images, int rows,
                          int cols, int h, int w, int pad) {
     DM_CHECK(path && images, "png_write_grid: NULL argument");
@@ -130,13 +142,11 @@ dm_status png_write_grid(const char *path, const float *images, int rows,
     dm_status st = write_stream(fp, &e, row, images, rows, cols, h, w, pad,
                                 (int)width, (int)height);
     free(row);
-    /* fflush + fsync before the rename, so the final name never points at
-     * data still in flight; then fclose, the last write, is checked too. */
     int err = e.err;
-    if (st == DM_OK && (fflush(fp) != 0 || fsync(fileno(fp)) != 0))
-        err = errno;
-    if (fclose(fp) != 0 && st == DM_OK && !err) err = errno;
-    if (st == DM_OK && !err && rename(tmp, path) != 0) err = errno;
+    if (st == DM_OK)
+        err = close_renamed(fp, tmp, path);
+    else
+        fclose(fp); /* after a failure: its result changes nothing */
     if (st != DM_OK || err) {
         dm_error("%s: cannot write PNG: %s", path,
                  err ? strerror(err) : e.msg);

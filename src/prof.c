@@ -2,19 +2,12 @@
 #include "diffmpi/prof.h"
 
 #include <string.h>
-#include <time.h>
 
 int prof_on = 0;
 double prof_total[PROF_NPHASES];
 
 void prof_enable(int on) { prof_on = on; }
 void prof_reset(void) { memset(prof_total, 0, sizeof prof_total); }
-
-double prof_now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 const char *prof_name(prof_phase p) {
     static const char *names[PROF_NPHASES] = {

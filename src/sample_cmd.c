@@ -18,6 +18,38 @@
 
 #define MAX_FRAMES 101
 
+static dm_status write_body(hid_t f, const sample_args *a, const dm_config *c,
+                            const sampler_request *q, const float *img,
+                            const int32_t *labels, const float *traj,
+                            const float *traj_t) {
+    hsize_t d3[3] = {(hsize_t)q->n, DM_IMG, DM_IMG}, n1 = (hsize_t)q->n;
+    DM_TRY(h5_write_f32(f, a->out, "/images", img, 3, d3));
+    DM_TRY(h5_write_i32(f, a->out, "/labels", labels, 1, &n1));
+    if (traj) {
+        hsize_t d4[4] = {(hsize_t)q->frames, (hsize_t)q->n, DM_IMG, DM_IMG};
+        hsize_t nf = (hsize_t)q->frames;
+        DM_TRY(h5_write_f32(f, a->out, "/trajectory", traj, 4, d4));
+        DM_TRY(h5_write_f32(f, a->out, "/trajectory_t", traj_t, 1, &nf));
+    }
+    DM_TRY(h5_attr_f64(f, a->out, "guidance", q->guidance));
+    DM_TRY(h5_attr_i64(f, a->out, "steps", q->steps));
+    DM_TRY(h5_attr_u64(f, a->out, "seed", q->seed));
+    DM_TRY(h5_attr_str(f, a->out, "objective", config_objective_name(c->objective)));
+    return h5_attr_str(f, a->out, "checkpoint", a->checkpoint);
+}
+
+/* Close f, the temporary tmp, after writes that ended with st; rename it to
+ * out. */
+static dm_status close_renamed(hid_t f, const char *tmp, const char *out,
+                               dm_status st) {
+    DM_TRY(h5_close_file(f, out, "output file (disk full?)", st));
+    if (rename(tmp, out) != 0) {
+        dm_error("%s: cannot rename into place: %s", out, strerror(errno));
+        return DM_EIO;
+    }
+    return DM_OK;
+}
+
 static dm_status write_file(const sample_args *a, const dm_config *c,
                             const sampler_request *q, const float *img,
                             const int32_t *labels, const float *traj,
@@ -29,30 +61,30 @@ static dm_status write_file(const sample_args *a, const dm_config *c,
         dm_error("%s: cannot create output file (does its directory exist?)", a->out);
         return DM_EIO;
     }
-    hsize_t d3[3] = {(hsize_t)q->n, DM_IMG, DM_IMG}, n1 = (hsize_t)q->n;
-    dm_status st = h5_write_f32(f, a->out, "/images", img, 3, d3);
-    if (st == DM_OK) st = h5_write_i32(f, a->out, "/labels", labels, 1, &n1);
-    if (st == DM_OK && traj) {
-        hsize_t d4[4] = {(hsize_t)q->frames, (hsize_t)q->n, DM_IMG, DM_IMG};
-        hsize_t nf = (hsize_t)q->frames;
-        st = h5_write_f32(f, a->out, "/trajectory", traj, 4, d4);
-        if (st == DM_OK) st = h5_write_f32(f, a->out, "/trajectory_t", traj_t, 1, &nf);
-    }
-    if (st == DM_OK) st = h5_attr_f64(f, a->out, "guidance", q->guidance);
-    if (st == DM_OK) st = h5_attr_i64(f, a->out, "steps", q->steps);
-    if (st == DM_OK) st = h5_attr_u64(f, a->out, "seed", q->seed);
-    if (st == DM_OK) st = h5_attr_str(f, a->out, "objective", config_objective_name(c->objective));
-    if (st == DM_OK) st = h5_attr_str(f, a->out, "checkpoint", a->checkpoint);
-    if (H5Fclose(f) < 0 && st == DM_OK) {
-        dm_error("%s: cannot close output file (disk full?)", a->out);
-        st = DM_EIO;
-    }
-    if (st == DM_OK && rename(tmp, a->out) != 0) {
-        dm_error("%s: cannot rename into place: %s", a->out, strerror(errno));
-        st = DM_EIO;
-    }
+    dm_status st = close_renamed(f, tmp, a->out,
+                                 write_body(f, a, c, q, img, labels, traj, traj_t));
     if (st != DM_OK) unlink(tmp);
     return st;
+}
+
+/* Rank 0: the HDF5 file, then the PNG grid beside it. */
+static dm_status write_outputs(const sample_args *a, const dm_config *c,
+                               const sampler_request *q, const float *img,
+                               const int32_t *labels, const float *traj,
+                               const float *traj_t) {
+    DM_TRY(write_file(a, c, q, img, labels, traj, traj_t));
+    char png[4200];
+    snprintf(png, sizeof png, "%s.png", a->out);
+    /* The grid is rows of 10; a short last row is padded black. */
+    int cols = q->n < 10 ? q->n : 10;
+    int rows = (q->n + cols - 1) / cols;
+    float *grid = dm_calloc((size_t)rows * cols * DM_PIX, sizeof(float));
+    memcpy(grid, img, sizeof(float) * (size_t)q->n * DM_PIX);
+    dm_status st = png_write_grid(png, grid, rows, cols, DM_IMG, DM_IMG, 2);
+    free(grid);
+    DM_TRY(st);
+    printf("wrote %s and %s\n", a->out, png);
+    return DM_OK;
 }
 
 /* Checks that need the checkpoint's configuration; identical on every rank. */
@@ -74,22 +106,25 @@ static dm_status resolve(const sample_args *a, const dm_config *c, sampler_reque
     return DM_OK;
 }
 
+/* Configuration, request and model from the checkpoint (every rank). */
+static dm_status load(const sample_args *a, dm_config *c, sampler_request *q, unet *u) {
+    DM_TRY(ckpt_read_config(a->checkpoint, c));
+    DM_TRY(resolve(a, c, q));
+    unet_shape sh = diffusion_shape(c, sampler_model_rows(c), 1, 1);
+    unet_init(u, &sh);
+    return ckpt_read(a->checkpoint, u, NULL, NULL, NULL);
+}
+
 int sample_run(const sample_args *a) {
     int rank;
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     h5_quiet();
     dm_config c;
-    dm_set_quiet(rank != 0);
-    dm_status st = ckpt_read_config(a->checkpoint, &c);
     sampler_request q = {0};
-    if (st == DM_OK) st = resolve(a, &c, &q);
     unet u;
     memset(&u, 0, sizeof u);
-    if (st == DM_OK) {
-        unet_shape sh = diffusion_shape(&c, sampler_model_rows(&c), 1, 1);
-        unet_init(&u, &sh);
-        st = ckpt_read(a->checkpoint, &u, NULL, NULL, NULL);
-    }
+    dm_set_quiet(rank != 0);
+    dm_status st = load(a, &c, &q, &u);
     dm_set_quiet(0);
     int v = (int)st, w = 0;
     MPI_Allreduce(&v, &w, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
@@ -115,19 +150,7 @@ int sample_run(const sample_args *a) {
     if (rank == 0) {
         printf("sampled %d images (%d steps, guidance %g, seed %llu) in %.2f s\n", q.n,
                q.steps, q.guidance, (unsigned long long)q.seed, secs);
-        st = write_file(a, &c, &q, img, labels, traj, traj_t);
-        char png[4200];
-        snprintf(png, sizeof png, "%s.png", a->out);
-        int cols = q.n < 10 ? q.n : 10;
-        if (st == DM_OK) {
-            /* The grid is rows of 10; a short last row is padded black. */
-            int rows = (q.n + cols - 1) / cols;
-            float *grid = dm_calloc((size_t)rows * cols * DM_PIX, sizeof(float));
-            memcpy(grid, img, sizeof(float) * (size_t)q.n * DM_PIX);
-            st = png_write_grid(png, grid, rows, cols, DM_IMG, DM_IMG, 2);
-            free(grid);
-        }
-        if (st == DM_OK) printf("wrote %s and %s\n", a->out, png);
+        st = write_outputs(a, &c, &q, img, labels, traj, traj_t);
     }
     v = (int)st;
     MPI_Bcast(&v, 1, MPI_INT, 0, MPI_COMM_WORLD);

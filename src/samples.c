@@ -44,44 +44,76 @@ static hid_t open_copy(const char *out, char *tmp, size_t size) {
     return f;
 }
 
+/* Close the copy f (after its writes ended with st), sync it and rename it
+ * over samples.h5; the temporary is removed when anything failed. */
+static dm_status commit_renamed(hid_t f, const char *path, const char *tmp,
+                                dm_status st) {
+    st = h5_close_file(f, tmp, "samples file (disk full?)", st);
+    fault_point("samples");
+    DM_TRY(st);
+    DM_TRY(fs_sync_file(tmp));
+    if (rename(tmp, path) != 0) {
+        dm_error("%s: cannot rename into place: %s", path, strerror(errno));
+        return DM_EIO;
+    }
+    return DM_OK;
+}
+
 static dm_status commit_copy(hid_t f, const char *out, const char *tmp,
                              dm_status st) {
     char path[4200];
     snprintf(path, sizeof path, "%s/samples.h5", out);
-    if (H5Fclose(f) < 0 && st == DM_OK) {
-        dm_error("%s: cannot close samples file (disk full?)", tmp);
-        st = DM_EIO;
-    }
-    fault_point("samples");
-    if (st == DM_OK) st = fs_sync_file(tmp);
-    if (st == DM_OK && rename(tmp, path) != 0) {
-        dm_error("%s: cannot rename into place: %s", path, strerror(errno));
-        st = DM_EIO;
-    }
+    st = commit_renamed(f, path, tmp, st);
     if (st != DM_OK) unlink(tmp);
     return st;
+}
+
+/* The attributes every group carries. */
+static dm_status group_attrs(hid_t g, const char *file, const dm_config *c) {
+    double idx[SAMPLES_K];
+    for (int i = 0; i < SAMPLES_K; i++) idx[i] = i;
+    char cfg[8192];
+    config_to_string(c, cfg, sizeof cfg);
+    DM_TRY(h5_attr_f64v(g, file, "sigmas", dm_sigmas, DM_NSIGMAS));
+    DM_TRY(h5_attr_f64v(g, file, "test_indices", idx, SAMPLES_K));
+    return h5_attr_str(g, file, "config", cfg);
+}
+
+/* Create group `name` (replacing an old one, intermediate groups created);
+ * -1 on failure. */
+static hid_t create_group(hid_t f, const char *name) {
+    htri_t old = h5_exists(f, name);
+    if (old < 0 || (old > 0 && H5Ldelete(f, name, H5P_DEFAULT) < 0)) return -1;
+    hid_t lcpl = H5Pcreate(H5P_LINK_CREATE);
+    if (lcpl < 0) return -1;
+    hid_t g = H5Pset_create_intermediate_group(lcpl, 1) < 0
+                  ? -1
+                  : H5Gcreate2(f, name, lcpl, H5P_DEFAULT, H5P_DEFAULT);
+    if (H5Pclose(lcpl) < 0 && g >= 0) {
+        H5Gclose(g); /* after a failure: its result changes nothing */
+        g = -1;
+    }
+    return g;
+}
+
+/* Close group g of file (after its writes ended with st). */
+static dm_status close_group(hid_t g, const char *file, const char *name,
+                             dm_status st) {
+    if (H5Gclose(g) >= 0 || st != DM_OK) return st;
+    dm_error("%s: cannot close group %s", file, name);
+    return DM_EIO;
 }
 
 /* Create (replacing) group `name` with the common attributes. */
 static hid_t new_group(hid_t f, const char *file, const char *name,
                        const dm_config *c) {
-    if (H5Lexists(f, name, H5P_DEFAULT) > 0) H5Ldelete(f, name, H5P_DEFAULT);
-    hid_t lcpl = H5Pcreate(H5P_LINK_CREATE);
-    H5Pset_create_intermediate_group(lcpl, 1);
-    hid_t g = H5Gcreate2(f, name, lcpl, H5P_DEFAULT, H5P_DEFAULT);
-    H5Pclose(lcpl);
+    hid_t g = create_group(f, name);
     if (g < 0) {
         dm_error("%s: cannot create group %s", file, name);
         return -1;
     }
-    double idx[SAMPLES_K];
-    for (int i = 0; i < SAMPLES_K; i++) idx[i] = i;
-    char cfg[8192];
-    config_to_string(c, cfg, sizeof cfg);
-    if (h5_attr_f64v(g, file, "sigmas", dm_sigmas, DM_NSIGMAS) != DM_OK ||
-        h5_attr_f64v(g, file, "test_indices", idx, SAMPLES_K) != DM_OK ||
-        h5_attr_str(g, file, "config", cfg) != DM_OK) {
-        H5Gclose(g);
+    if (group_attrs(g, file, c) != DM_OK) {
+        H5Gclose(g); /* after a failure: its result changes nothing */
         return -1;
     }
     return g;
@@ -94,9 +126,17 @@ static dm_status png(const char *out, const char *name, const float *img,
     return png_write_grid(path, img, rows, cols, DM_IMG, DM_IMG, 2);
 }
 
-dm_status samples_noising(const char *out, const dm_config *c,
-                          const dm_dataset *test) {
-    static float img[DM_NSIGMAS * SAMPLES_K * DM_PIX];
+/* img: [DM_NSIGMAS][SAMPLES_K][784]. */
+static dm_status write_noising(hid_t f, const char *tmp, const dm_config *c,
+                               const float *img) {
+    hid_t g = new_group(f, tmp, "/noising", c);
+    if (g < 0) return DM_EIO;
+    hsize_t dims[4] = {DM_NSIGMAS, SAMPLES_K, DM_IMG, DM_IMG};
+    return close_group(g, tmp, "/noising", h5_write_f32(g, tmp, "images", img, 4, dims));
+}
+
+static dm_status noising(const char *out, const dm_config *c,
+                         const dm_dataset *test, float *img) {
     for (int s = 0; s < DM_NSIGMAS; s++)
         for (int i = 0; i < SAMPLES_K; i++)
             diffusion_noisy_at(c, img + (long)(s * SAMPLES_K + i) * DM_PIX,
@@ -104,19 +144,39 @@ dm_status samples_noising(const char *out, const dm_config *c,
     char tmp[4300];
     hid_t f = open_copy(out, tmp, sizeof tmp);
     if (f < 0) return DM_EIO;
-    hid_t g = new_group(f, tmp, "/noising", c);
-    hsize_t dims[4] = {DM_NSIGMAS, SAMPLES_K, DM_IMG, DM_IMG};
-    dm_status st = g < 0 ? DM_EIO : h5_write_f32(g, tmp, "images", img, 4, dims);
-    if (g >= 0) H5Gclose(g);
-    st = commit_copy(f, out, tmp, st);
-    if (st == DM_OK) st = png(out, "noising.png", img, DM_NSIGMAS, SAMPLES_K);
+    DM_TRY(commit_copy(f, out, tmp, write_noising(f, tmp, c, img)));
+    return png(out, "noising.png", img, DM_NSIGMAS, SAMPLES_K);
+}
+
+dm_status samples_noising(const char *out, const dm_config *c,
+                          const dm_dataset *test) {
+    float *img = dm_malloc(sizeof(float) * DM_NSIGMAS * SAMPLES_K * DM_PIX);
+    dm_status st = noising(out, c, test, img);
+    free(img);
     return st;
 }
 
-dm_status samples_epoch(const char *out, unet *u, const dm_config *c,
-                        const dm_dataset *test, int epoch, int rank) {
-    if (rank != 0) return DM_OK;
-    static float img[3 * SAMPLES_K * DM_PIX];
+/* img = [clean | noisy | denoised], each [SAMPLES_K][784]. */
+static dm_status denoise_body(hid_t g, const char *tmp, int epoch, const float *img) {
+    hsize_t dims[3] = {SAMPLES_K, DM_IMG, DM_IMG};
+    DM_TRY(h5_attr_i64(g, tmp, "epoch", epoch));
+    DM_TRY(h5_attr_f64(g, tmp, "sigma", dm_sigmas[SIGMA_IDX_HALF]));
+    DM_TRY(h5_write_f32(g, tmp, "clean", img, 3, dims));
+    DM_TRY(h5_write_f32(g, tmp, "noisy", img + SAMPLES_K * DM_PIX, 3, dims));
+    return h5_write_f32(g, tmp, "denoised", img + 2 * SAMPLES_K * DM_PIX, 3, dims);
+}
+
+static dm_status write_denoise(hid_t f, const char *tmp, const dm_config *c,
+                               int epoch, const float *img) {
+    char name[64];
+    snprintf(name, sizeof name, "/denoise/epoch_%04d", epoch);
+    hid_t g = new_group(f, tmp, name, c);
+    if (g < 0) return DM_EIO;
+    return close_group(g, tmp, name, denoise_body(g, tmp, epoch, img));
+}
+
+static dm_status denoise(const char *out, unet *u, const dm_config *c,
+                         const dm_dataset *test, int epoch, float *img) {
     float *clean = img, *noisy = img + SAMPLES_K * DM_PIX,
           *den = img + 2 * SAMPLES_K * DM_PIX;
     memcpy(clean, test->images, sizeof(float) * SAMPLES_K * DM_PIX);
@@ -127,26 +187,38 @@ dm_status samples_epoch(const char *out, unet *u, const dm_config *c,
     char tmp[4300], name[64];
     hid_t f = open_copy(out, tmp, sizeof tmp);
     if (f < 0) return DM_EIO;
-    snprintf(name, sizeof name, "/denoise/epoch_%04d", epoch);
-    hid_t g = new_group(f, tmp, name, c);
-    hsize_t dims[3] = {SAMPLES_K, DM_IMG, DM_IMG};
-    dm_status st = g < 0 ? DM_EIO : h5_attr_i64(g, tmp, "epoch", epoch);
-    if (st == DM_OK) st = h5_attr_f64(g, tmp, "sigma", dm_sigmas[SIGMA_IDX_HALF]);
-    if (st == DM_OK) st = h5_write_f32(g, tmp, "clean", clean, 3, dims);
-    if (st == DM_OK) st = h5_write_f32(g, tmp, "noisy", noisy, 3, dims);
-    if (st == DM_OK) st = h5_write_f32(g, tmp, "denoised", den, 3, dims);
-    if (g >= 0) H5Gclose(g);
-    st = commit_copy(f, out, tmp, st);
+    DM_TRY(commit_copy(f, out, tmp, write_denoise(f, tmp, c, epoch, img)));
     snprintf(name, sizeof name, "denoise-epoch-%d.png", epoch);
-    if (st == DM_OK) st = png(out, name, img, 3, SAMPLES_K);
+    return png(out, name, img, 3, SAMPLES_K);
+}
+
+dm_status samples_epoch(const char *out, unet *u, const dm_config *c,
+                        const dm_dataset *test, int epoch, int rank) {
+    if (rank != 0) return DM_OK;
+    float *img = dm_malloc(sizeof(float) * 3 * SAMPLES_K * DM_PIX);
+    dm_status st = denoise(out, u, c, test, epoch, img);
+    free(img);
     return st;
 }
 
-dm_status samples_ood(const char *out, unet *u, const dm_config *c,
-                      const dm_dataset *test, const double *test_mse,
-                      int rank) {
-    if (rank != 0) return DM_OK;
-    static float img[2 * DM_NSIGMAS * DM_PIX];
+/* img = [noisy | denoised], each [DM_NSIGMAS][784]. */
+static dm_status ood_body(hid_t g, const char *tmp, const float *img,
+                          const double *test_mse) {
+    hsize_t dims[3] = {DM_NSIGMAS, DM_IMG, DM_IMG}, n = DM_NSIGMAS;
+    DM_TRY(h5_write_f32(g, tmp, "noisy", img, 3, dims));
+    DM_TRY(h5_write_f32(g, tmp, "denoised", img + DM_NSIGMAS * DM_PIX, 3, dims));
+    return h5_write_f64(g, tmp, "test_mse", test_mse, 1, &n);
+}
+
+static dm_status write_ood(hid_t f, const char *tmp, const dm_config *c,
+                           const float *img, const double *test_mse) {
+    hid_t g = new_group(f, tmp, "/ood", c);
+    if (g < 0) return DM_EIO;
+    return close_group(g, tmp, "/ood", ood_body(g, tmp, img, test_mse));
+}
+
+static dm_status ood(const char *out, unet *u, const dm_config *c,
+                     const dm_dataset *test, const double *test_mse, float *img) {
     float *noisy = img, *den = img + DM_NSIGMAS * DM_PIX;
     for (int s = 0; s < DM_NSIGMAS; s++)
         diffusion_noisy_at(c, noisy + (long)s * DM_PIX, test->images, dm_sigmas[s], s, 0);
@@ -154,14 +226,17 @@ dm_status samples_ood(const char *out, unet *u, const dm_config *c,
     char tmp[4300];
     hid_t f = open_copy(out, tmp, sizeof tmp);
     if (f < 0) return DM_EIO;
-    hid_t g = new_group(f, tmp, "/ood", c);
-    hsize_t dims[3] = {DM_NSIGMAS, DM_IMG, DM_IMG}, n = DM_NSIGMAS;
-    dm_status st = g < 0 ? DM_EIO : h5_write_f32(g, tmp, "noisy", noisy, 3, dims);
-    if (st == DM_OK) st = h5_write_f32(g, tmp, "denoised", den, 3, dims);
-    if (st == DM_OK) st = h5_write_f64(g, tmp, "test_mse", test_mse, 1, &n);
-    if (g >= 0) H5Gclose(g);
-    st = commit_copy(f, out, tmp, st);
-    if (st == DM_OK) st = png(out, "ood.png", img, 2, DM_NSIGMAS);
+    DM_TRY(commit_copy(f, out, tmp, write_ood(f, tmp, c, img, test_mse)));
+    return png(out, "ood.png", img, 2, DM_NSIGMAS);
+}
+
+dm_status samples_ood(const char *out, unet *u, const dm_config *c,
+                      const dm_dataset *test, const double *test_mse,
+                      int rank) {
+    if (rank != 0) return DM_OK;
+    float *img = dm_malloc(sizeof(float) * 2 * DM_NSIGMAS * DM_PIX);
+    dm_status st = ood(out, u, c, test, test_mse, img);
+    free(img);
     return st;
 }
 
@@ -170,7 +245,7 @@ dm_status samples_ood(const char *out, unet *u, const dm_config *c,
 static void batch_vis(unet *net, const dm_config *c, const ddpm_schedule *s,
                       const dm_dataset *train, float *img, float *t) {
     enum { K = 8 };
-    static float target[K * DM_PIX], out[K * DM_PIX];
+    float *target = dm_malloc(sizeof(float) * 2 * K * DM_PIX), *out = target + K * DM_PIX;
     int32_t labels[K];
     float *x0 = img, *xt = img + K * DM_PIX, *est = img + 2 * K * DM_PIX;
     memcpy(x0, train->images, sizeof(float) * K * DM_PIX);
@@ -183,6 +258,7 @@ static void batch_vis(unet *net, const dm_config *c, const ddpm_schedule *s,
     for (int i = 0; i < K; i++)
         diffusion_x0_hat(c, s, est + i * DM_PIX, xt + i * DM_PIX, out + i * DM_PIX, t[i],
                          DM_PIX);
+    free(target);
 }
 
 /* 40 samples as 4 rows x 10 columns; class models: column = digit. */
@@ -194,44 +270,78 @@ static void sample_grid(float *grid, const float *img, int class_model) {
     }
 }
 
-static dm_status write_diffusion(const char *out, const dm_config *c, int epoch,
-                                 const float *img, const int32_t *labels, int steps,
-                                 const float *vis, const float *vt, const float *traj,
-                                 const float *traj_t) {
+/* What one epoch of a diffusion model adds to samples.h5 (rank 0). */
+typedef struct {
+    int epoch, steps;
+    const float *img;        /* [SAMPLES_N][784] samples */
+    const int32_t *labels;   /* [SAMPLES_N] */
+    const float *vis, *vt;   /* batch_vis: [x0 | xt | x0_hat] [3][8][784], t [8] */
+    const float *traj;       /* [SAMPLES_FRAMES][SAMPLES_N][784] or NULL */
+    const float *traj_t;     /* [SAMPLES_FRAMES] */
+} diffusion_epoch;
+
+static dm_status samples_body(hid_t g, const char *tmp, const dm_config *c,
+                              const diffusion_epoch *e) {
+    hsize_t d3[3] = {SAMPLES_N, DM_IMG, DM_IMG}, n1 = SAMPLES_N;
+    DM_TRY(h5_write_f32(g, tmp, "images", e->img, 3, d3));
+    DM_TRY(h5_write_i32(g, tmp, "labels", e->labels, 1, &n1));
+    DM_TRY(h5_attr_i64(g, tmp, "epoch", e->epoch));
+    DM_TRY(h5_attr_f64(g, tmp, "guidance", c->guidance));
+    DM_TRY(h5_attr_i64(g, tmp, "steps", e->steps));
+    DM_TRY(h5_attr_u64(g, tmp, "seed", c->seed));
+    return h5_attr_str(g, tmp, "objective", config_objective_name(c->objective));
+}
+
+static dm_status batch_vis_body(hid_t g, const char *tmp, const diffusion_epoch *e) {
+    hsize_t v3[3] = {8, DM_IMG, DM_IMG}, v1 = 8;
+    DM_TRY(h5_write_f32(g, tmp, "x0", e->vis, 3, v3));
+    DM_TRY(h5_write_f32(g, tmp, "xt", e->vis + 8 * DM_PIX, 3, v3));
+    DM_TRY(h5_write_f32(g, tmp, "x0_hat", e->vis + 16 * DM_PIX, 3, v3));
+    DM_TRY(h5_write_f32(g, tmp, "t", e->vt, 1, &v1));
+    return h5_attr_i64(g, tmp, "epoch", e->epoch);
+}
+
+static dm_status trajectory_body(hid_t g, const char *tmp, const diffusion_epoch *e) {
+    hsize_t t4[4] = {SAMPLES_FRAMES, SAMPLES_N, DM_IMG, DM_IMG}, t1 = SAMPLES_FRAMES;
+    DM_TRY(h5_write_f32(g, tmp, "images", e->traj, 4, t4));
+    DM_TRY(h5_write_f32(g, tmp, "t", e->traj_t, 1, &t1));
+    return h5_attr_i64(g, tmp, "epoch", e->epoch);
+}
+
+static dm_status write_diffusion(hid_t f, const char *tmp, const dm_config *c,
+                                 const diffusion_epoch *e) {
+    char name[64];
+    snprintf(name, sizeof name, "/samples/epoch_%04d", e->epoch);
+    hid_t g = new_group(f, tmp, name, c);
+    if (g < 0) return DM_EIO;
+    DM_TRY(close_group(g, tmp, name, samples_body(g, tmp, c, e)));
+    snprintf(name, sizeof name, "/batch_vis/epoch_%04d", e->epoch);
+    g = new_group(f, tmp, name, c);
+    if (g < 0) return DM_EIO;
+    DM_TRY(close_group(g, tmp, name, batch_vis_body(g, tmp, e)));
+    if (!e->traj) return DM_OK;
+    g = new_group(f, tmp, "/trajectory", c);
+    if (g < 0) return DM_EIO;
+    return close_group(g, tmp, "/trajectory", trajectory_body(g, tmp, e));
+}
+
+/* Rank 0: write the epoch's groups, then its two PNGs. */
+static dm_status diffusion_outputs(const char *out, unet *net, const dm_config *c,
+                                   const ddpm_schedule *s, const dm_dataset *train,
+                                   diffusion_epoch *e, float *vis, float *grid) {
+    float vt[8];
+    batch_vis(net, c, s, train, vis, vt);
+    e->vis = vis;
+    e->vt = vt;
     char tmp[4300], name[64];
     hid_t f = open_copy(out, tmp, sizeof tmp);
     if (f < 0) return DM_EIO;
-    snprintf(name, sizeof name, "/samples/epoch_%04d", epoch);
-    hid_t g = new_group(f, tmp, name, c);
-    hsize_t d3[3] = {SAMPLES_N, DM_IMG, DM_IMG}, n1 = SAMPLES_N;
-    dm_status st = g < 0 ? DM_EIO : h5_write_f32(g, tmp, "images", img, 3, d3);
-    if (st == DM_OK) st = h5_write_i32(g, tmp, "labels", labels, 1, &n1);
-    if (st == DM_OK) st = h5_attr_i64(g, tmp, "epoch", epoch);
-    if (st == DM_OK) st = h5_attr_f64(g, tmp, "guidance", c->guidance);
-    if (st == DM_OK) st = h5_attr_i64(g, tmp, "steps", steps);
-    if (st == DM_OK) st = h5_attr_u64(g, tmp, "seed", c->seed);
-    if (st == DM_OK) st = h5_attr_str(g, tmp, "objective", config_objective_name(c->objective));
-    if (g >= 0) H5Gclose(g);
-    snprintf(name, sizeof name, "/batch_vis/epoch_%04d", epoch);
-    g = st == DM_OK ? new_group(f, tmp, name, c) : -1;
-    hsize_t v3[3] = {8, DM_IMG, DM_IMG}, v1 = 8;
-    if (g < 0) st = DM_EIO;
-    if (st == DM_OK) st = h5_write_f32(g, tmp, "x0", vis, 3, v3);
-    if (st == DM_OK) st = h5_write_f32(g, tmp, "xt", vis + 8 * DM_PIX, 3, v3);
-    if (st == DM_OK) st = h5_write_f32(g, tmp, "x0_hat", vis + 16 * DM_PIX, 3, v3);
-    if (st == DM_OK) st = h5_write_f32(g, tmp, "t", vt, 1, &v1);
-    if (st == DM_OK) st = h5_attr_i64(g, tmp, "epoch", epoch);
-    if (g >= 0) H5Gclose(g);
-    if (st == DM_OK && traj) {
-        g = new_group(f, tmp, "/trajectory", c);
-        hsize_t t4[4] = {SAMPLES_FRAMES, SAMPLES_N, DM_IMG, DM_IMG}, t1 = SAMPLES_FRAMES;
-        if (g < 0) st = DM_EIO;
-        if (st == DM_OK) st = h5_write_f32(g, tmp, "images", traj, 4, t4);
-        if (st == DM_OK) st = h5_write_f32(g, tmp, "t", traj_t, 1, &t1);
-        if (st == DM_OK) st = h5_attr_i64(g, tmp, "epoch", epoch);
-        if (g >= 0) H5Gclose(g);
-    }
-    return commit_copy(f, out, tmp, st);
+    DM_TRY(commit_copy(f, out, tmp, write_diffusion(f, tmp, c, e)));
+    sample_grid(grid, e->img, c->conditioning == COND_CLASS);
+    snprintf(name, sizeof name, "samples-epoch-%d.png", e->epoch);
+    DM_TRY(png(out, name, grid, 4, 10));
+    snprintf(name, sizeof name, "batch-epoch-%d.png", e->epoch);
+    return png(out, name, vis, 3, 8);
 }
 
 dm_status samples_diffusion(const char *out, unet *net, unet *sampler,
@@ -252,16 +362,13 @@ dm_status samples_diffusion(const char *out, unet *net, unet *sampler,
     sampler_run(sampler, c, &q, img, traj, traj_t);
     dm_status st = DM_OK;
     if (rank == 0) {
-        static float vis[24 * DM_PIX], grid[SAMPLES_N * DM_PIX];
-        float vt[8];
-        batch_vis(net, c, s, train, vis, vt);
-        st = write_diffusion(out, c, epoch, img, labels, steps, vis, vt, traj, traj_t);
-        char name[64];
-        sample_grid(grid, img, class_model);
-        snprintf(name, sizeof name, "samples-epoch-%d.png", epoch);
-        if (st == DM_OK) st = png(out, name, grid, 4, 10);
-        snprintf(name, sizeof name, "batch-epoch-%d.png", epoch);
-        if (st == DM_OK) st = png(out, name, vis, 3, 8);
+        diffusion_epoch e = {.epoch = epoch, .steps = steps, .img = img,
+                             .labels = labels, .traj = traj, .traj_t = traj_t};
+        float *vis = dm_malloc(sizeof(float) * 24 * DM_PIX);
+        float *grid = dm_malloc(sizeof(float) * SAMPLES_N * DM_PIX);
+        st = diffusion_outputs(out, net, c, s, train, &e, vis, grid);
+        free(vis);
+        free(grid);
     }
     free(img);
     free(traj);

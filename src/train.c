@@ -403,7 +403,9 @@ dm_status trainer_setup(dm_trainer *t, const dm_config *cfg, const char *out_dir
 
 void trainer_teardown(dm_trainer *t) {
     watchdog_stop();
-    if (t->rank == 0 && t->out) log_close(&t->log);
+    /* After train_run closed it (checked) this is a no-op; after a failure
+     * its result changes nothing. */
+    if (t->rank == 0 && t->out) (void)log_close(&t->log);
     unet_free(&t->net);
     if (t->sampler.arena) unet_free(&t->sampler);
     dist_free(&t->dist);
@@ -556,6 +558,10 @@ int train_run(const dm_config *cfg, const char *out_dir, const char *resume) {
             fflush(stdout);
         }
         st = loop(&t);
+        /* The log's last rows reach the disk at its close: a failed close
+         * fails the run (teardown's second close is then a no-op). */
+        dm_status closed = t.rank == 0 ? log_close(&t.log) : DM_OK;
+        if (st == DM_OK) st = agree(closed);
         double mine = dm_peak_rss_mib(), peak = 0;
         MPI_Reduce(&mine, &peak, 1, MPI_DOUBLE, MPI_MAX, 0, MPI_COMM_WORLD);
         if (t.rank == 0) printf("peak memory per rank: %.0f MiB (largest rank)\n", peak);

@@ -10,6 +10,7 @@ PIL): run it as tools/figures.py or /usr/bin/python3 tools/figures.py.
 import argparse
 import math
 import os
+import shutil
 import sys
 
 import numpy as np
@@ -40,8 +41,9 @@ figures written (only those whose data exist):
   denoise_epoch_N.png    Part 1: clean / noisy / denoised test digits
   ood.png                Part 1: one digit at each sigma, noisy above denoised,
                          test MSE per sigma in the column titles
-  samples_epoch_N.png    Part 2: the 40 samples of epoch N (class models: one
-                         column per digit)
+  samples-epoch-N.png    Part 2: the 40 samples of epoch N (class models: one
+                         column per digit): RUN_DIR/samples-epoch-N.png, the
+                         grid `diffmpi train` drew, copied byte for byte
   batch_epoch_N.png      Part 2: training batch x0 / x_t / predicted x0
   class_grid.png         Part 2 class models: last epoch's samples, 10 digit
                          columns x 4 rows
@@ -505,6 +507,23 @@ def fig_samples(smp, grp, ep, path, written, default_obj, title=None):
     save(fig, path, written)
 
 
+def copy_samples_grid(run, ep, path, written):
+    """The samples grid of epoch `ep` is drawn once, by `diffmpi train`
+    (src/samples.c), as RUN_DIR/samples-epoch-N.png; the figure set gets a
+    byte-for-byte copy of it, not a second drawing."""
+    src = os.path.join(run, f"samples-epoch-{ep}.png")
+    if not os.path.isfile(src):
+        raise FigError(f"{src}: missing (diffmpi train draws it with "
+                       f"/samples/epoch_{ep:04d})")
+    try:
+        if not (os.path.exists(path) and os.path.samefile(src, path)):
+            shutil.copyfile(src, path)
+    except OSError as exc:
+        raise FigError(f"{path}: cannot write: {exc.strerror or exc}") from None
+    print(path, flush=True)
+    written.append(path)
+
+
 def fig_batch(smp, grp, ep, path, written):
     x0 = read(smp, f"{grp}/x0", ndim=3, tail=(28, 28))
     xt = read(smp, f"{grp}/xt", ndim=3, tail=(28, 28))
@@ -688,9 +707,10 @@ def draw_samples(smp, smp_path, conf, out, written, attempt, max_frames):
     # Part 2
     obj = conf.get("objective")
     epochs = epoch_groups(smp, "samples")
+    run = os.path.dirname(smp_path)
     for ep, grp in epochs:
-        attempt(where(grp), fig_samples, smp, grp, ep,
-                out(f"samples_epoch_{ep}.png"), written, obj)
+        attempt(where(grp), copy_samples_grid, run, ep,
+                out(f"samples-epoch-{ep}.png"), written)
     for ep, grp in epoch_groups(smp, "batch_vis"):
         attempt(where(grp), fig_batch, smp, grp, ep,
                 out(f"batch_epoch_{ep}.png"), written)
@@ -702,14 +722,12 @@ def draw_samples(smp, smp_path, conf, out, written, attempt, max_frames):
 
     if epochs:
         ep, grp = epochs[-1]
-        lab = None
-        try:
-            lab = labels_of(grp)
-        except FigError:
-            pass          # already reported by samples_epoch_N
+        got = []          # stays empty when the labels are unreadable (reported)
+        attempt(where(grp), lambda: got.append(labels_of(grp)))
+        lab = got[0] if got else None
         is_class = conf.get("conditioning") == "class" or (
             lab is not None and lab.size > 0 and np.all((lab >= 0) & (lab <= 9)))
-        if is_class:
+        if is_class and got:
             title = (f"Class-conditioned samples, epoch {ep}: one column per "
                      f"digit\n" + sample_title(smp[grp], ep, obj).split("\n")[1])
             attempt(where(grp), fig_samples, smp, grp, ep, out("class_grid.png"),

@@ -57,4 +57,23 @@ int dm_parse_long(const char *s, long lo, long hi, long *out);
 /* Seconds since an arbitrary fixed point (monotonic clock). */
 double dm_now(void);
 
+/* PETSc's PetscCall: call a function returning dm_status and, when it fails,
+ * return its status from the calling function (the callee has printed the
+ * one line). A function that owns a resource (an open HDF5 file, a
+ * temporary file, a buffer) is split in two: the outer one acquires it,
+ * calls the inner one and releases it whatever happened; the inner one
+ * uses DM_TRY freely.
+ *
+ *   static dm_status write_body(hid_t f, const char *path) {
+ *       DM_TRY(h5_attr_i64(f, path, "step", step));
+ *       DM_TRY(h5_attr_f64(f, path, "lr", lr));
+ *       return h5_attr_str(f, path, "config", cfg);
+ *   }
+ */
+#define DM_TRY(call)                                                          \
+    do {                                                                      \
+        dm_status dm_try_st_ = (call);                                        \
+        if (dm_try_st_ != DM_OK) return dm_try_st_;                           \
+    } while (0)
+
 #endif

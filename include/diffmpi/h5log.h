@@ -37,6 +37,9 @@ dm_status log_step(dm_log *l, int64_t step, int32_t epoch, double loss,
                    double lr, double wall, double images_per_sec);
 dm_status log_eval(dm_log *l, int64_t step, int32_t epoch, double test_mse);
 dm_status log_flush(dm_log *l);
-void log_close(dm_log *l);
+/* Close the log; a failed close (the last rows may not be on disk) prints
+ * one line naming the file and returns DM_EIO. A zeroed or closed dm_log
+ * holds nothing to close. */
+dm_status log_close(dm_log *l);
 
 #endif

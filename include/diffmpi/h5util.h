@@ -7,6 +7,7 @@
  *   h5_write_f32(f, path, "/model/inc/0/weight", w, 4, dims);
  *   h5_read_f32(f, path, "/model/inc/0/weight", w, 4, dims);  // shape/dtype
  *                                                             // checked
+ *   st = h5_close_file(f, path, "checkpoint", st);            // close checked
  */
 #ifndef DIFFMPI_H5UTIL_H
 #define DIFFMPI_H5UTIL_H
@@ -16,6 +17,10 @@
 #include "diffmpi/common.h"
 
 void h5_quiet(void);
+/* Does the link `name` (a path, absolute or relative to loc) exist? Unlike
+ * H5Lexists this is 0, not a failure, when a group on the way is missing.
+ * Returns 1, 0, or negative on an HDF5 error. */
+htri_t h5_exists(hid_t loc, const char *name);
 /* Write a float32 dataset (intermediate groups created). */
 dm_status h5_write_f32(hid_t loc, const char *file, const char *name,
                        const float *data, int ndim, const hsize_t *dims);
@@ -46,6 +51,17 @@ dm_status h5_get_f64(hid_t loc, const char *file, const char *name, double *v);
 /* Read a string attribute into buf (always NUL-terminated). */
 dm_status h5_get_str(hid_t loc, const char *file, const char *name, char *buf,
                      size_t bufsize);
+
+/* Close file f, owned by the caller, after work on it ended with status st.
+ * When st is DM_OK and the close fails (the last buffered writes did not
+ * reach the disk), prints "<file>: cannot close <what>" and returns DM_EIO;
+ * otherwise returns st (after a failure the close's result is ignored).
+ *
+ *   return h5_close_file(f, path, "output file (disk full?)",
+ *                        write_body(f, path));
+ */
+dm_status h5_close_file(hid_t f, const char *file, const char *what,
+                        dm_status st);
 
 /* fsync a file and its directory (durability before rename/delete). */
 dm_status fs_sync_file(const char *path);

@@ -2,7 +2,7 @@
  *
  *   prof_enable(1);
  *   double t = prof_start();  ...work...  prof_add(PROF_GEMM, t);
- *   prof_report(secs);        // read the totals
+ *   prof_total[PROF_GEMM]     // seconds so far; prof_name(p) names phase p
  *
  * When disabled (training, tests) prof_start() returns 0 without reading
  * the clock and prof_add() does nothing, so instrumented kernels cost one
@@ -11,6 +11,8 @@
  */
 #ifndef DIFFMPI_PROF_H
 #define DIFFMPI_PROF_H
+
+#include "diffmpi/common.h"
 
 typedef enum {
     PROF_GEMM,      /* cblas_sgemm */
@@ -27,10 +29,10 @@ extern double prof_total[PROF_NPHASES];
 
 void prof_enable(int on);
 void prof_reset(void);
-double prof_now(void);
-static inline double prof_start(void) { return prof_on ? prof_now() : 0.0; }
+/* The clock is dm_now() (common.h), the one monotonic clock of diffmpi. */
+static inline double prof_start(void) { return prof_on ? dm_now() : 0.0; }
 static inline void prof_add(prof_phase p, double t0) {
-    if (prof_on) prof_total[p] += prof_now() - t0;
+    if (prof_on) prof_total[p] += dm_now() - t0;
 }
 const char *prof_name(prof_phase p);
 

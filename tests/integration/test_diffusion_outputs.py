@@ -106,7 +106,7 @@ figs = os.path.join(base, "figs")
 r = subprocess.run(["/usr/bin/python3", os.path.join(SRC, "tools", "figures.py"), out,
                     "--out", figs, "--sample", path], capture_output=True, text=True)
 check(r.returncode == 0, f"figures.py on a class run ({r.stderr[-300:]})")
-for name in ("loss.png", "samples_epoch_1.png", "samples_epoch_2.png", "batch_epoch_2.png",
+for name in ("loss.png", "samples-epoch-1.png", "samples-epoch-2.png", "batch_epoch_2.png",
              "class_grid.png", "trajectory.gif", "sample_k3.png", "sample_k3.gif"):
     check(os.path.exists(os.path.join(figs, name)), f"figure {name}")
 finish()

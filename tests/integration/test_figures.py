@@ -6,13 +6,15 @@ usage: /usr/bin/python3 test_figures.py PATH/TO/diffmpi SOURCE_DIR
 
 Builds, in a temporary directory, a Part-1 denoiser run (log.h5 and
 samples.h5 with /noising, /denoise, /ood), a Part-2 class-conditioned DDPM run
-(/samples, /batch_vis, /trajectory) and a `diffmpi sample` file with a
-trajectory, all random data in the documented layouts; runs the tool on each
-and checks that every expected figure is written, listed on stdout, and is a
-valid PNG (or animated GIF) of a readable size. Also: --help, a missing run
-directory (exit 2, one stderr line), and damaged inputs (one line naming the
-file or dataset, no traceback). Prints "ok ..." or "FAIL ..." per check and
-exits 1 on any failure.
+(/samples, /batch_vis, /trajectory, and the samples-epoch-N.png grids that
+`diffmpi train` draws) and a `diffmpi sample` file with a trajectory, all
+random data in the documented layouts; runs the tool on each and checks that
+every expected figure is written, listed on stdout, and is a valid PNG (or
+animated GIF) of a readable size, and that the samples grids are the run's
+own PNGs copied byte for byte (one implementation of that grid, the C one),
+not redrawn. Also: --help, a missing run directory (exit 2, one stderr line),
+and damaged inputs (one line naming the file or dataset, no traceback).
+Prints "ok ..." or "FAIL ..." per check and exits 1 on any failure.
 """
 import os
 import shutil
@@ -120,6 +122,18 @@ def make_part2(d):
         g.attrs["epoch"] = 2
         g["images"] = imgs(6, 40)
         g["t"] = np.linspace(1, 0, 6, dtype=np.float32)
+    # What src/samples.c writes beside samples.h5: 4 x 10 digits, 2-pixel gaps.
+    for ep in (1, 2):
+        grid = rng.integers(0, 256, (4 * 28 + 3 * 2, 10 * 28 + 9 * 2), dtype=np.uint8)
+        Image.fromarray(grid, "L").save(os.path.join(d, f"samples-epoch-{ep}.png"))
+
+
+def same_bytes(a, b):
+    try:
+        with open(a, "rb") as fa, open(b, "rb") as fb:
+            return fa.read() == fb.read()
+    except OSError:
+        return False
 
 
 def make_sample_file(path, n=20, frames=5):
@@ -205,12 +219,30 @@ try:
     figs2 = os.path.join(base, "figs2")
     r = run(p2, "--out", figs2, "--sample", sfile)
     check_outputs("part2", r, figs2,
-                  ["loss.png", "samples_epoch_1.png", "samples_epoch_2.png",
+                  ["loss.png", "samples-epoch-1.png", "samples-epoch-2.png",
                    "batch_epoch_1.png", "batch_epoch_2.png", "class_grid.png",
                    "trajectory.gif", "sample_mysamples.png",
                    "sample_mysamples.gif"])
+    for ep in (1, 2):
+        name = f"samples-epoch-{ep}.png"
+        check(same_bytes(os.path.join(p2, name), os.path.join(figs2, name)),
+              f"part2: {name} is the run's own grid, copied byte for byte")
     check(not os.path.exists(os.path.join(p2, "figures")),
           "part2: --out replaces the default RUN_DIR/figures")
+
+    # ---- a samples grid the run did not draw: one line naming it
+    nogrid = os.path.join(base, "nogrid")
+    shutil.copytree(p2, nogrid)
+    os.remove(os.path.join(nogrid, "samples-epoch-2.png"))
+    r = run(nogrid)
+    one_error_line("run without samples-epoch-2.png", r, 1, "samples-epoch-2.png")
+    figs = os.path.join(nogrid, "figures")
+    check(same_bytes(os.path.join(nogrid, "samples-epoch-1.png"),
+                     os.path.join(figs, "samples-epoch-1.png")) and
+          valid_png(os.path.join(figs, "class_grid.png")),
+          "missing grid: the other figures are still drawn")
+    check(not os.path.exists(os.path.join(figs, "samples-epoch-2.png")),
+          "missing grid: nothing drawn in its place")
 
     # ---- damaged inputs: one line naming the file/dataset, others still drawn
     bad = os.path.join(base, "bad")
