@@ -112,6 +112,7 @@ void gn_gelu_backward_stats(float *dz, double *g1, double *g2, const float *da,
  * count elements: dx = invstd * (dxhat - A/count - xhat*B/count). */
 void gn_backward(float *dx, const float *dz, const float *x, const float *mean,
                  const float *invstd, const float *gamma, int C, int N, int HW, int G) {
+    if (!dx) return; /* the layer's input needs no gradient */
     int cg = C / G;
     double count = (double)cg * HW;
     for (int n = 0; n < N; n++)

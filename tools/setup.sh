@@ -15,9 +15,12 @@ fi
 # slurmd slurmctld slurm-client: the Slurm tests run a private instance
 # (tests/integration/slurm.py, auth/none); with no /etc/slurm/slurm.conf the
 # system slurmctld/slurmd do not start (munged may; the tests do not use it).
+# python3-torch python3-scipy: the golden test against PyTorch
+# (tests/golden, tools/diffmpi_torch.py).
 PKGS=(cmake make gcc pkg-config libopenmpi-dev openmpi-bin libopenblas-dev
       libhdf5-dev libpng-dev libinih-dev librandom123-dev
       python3 python3-h5py python3-numpy python3-matplotlib
+      python3-torch python3-scipy
       slurmd slurmctld slurm-client)
 missing=()
 for p in "${PKGS[@]}"; do

@@ -138,7 +138,7 @@ void bn_gelu_backward_stats(float *dz, double *g1, double *g2, const float *da,
  * gn_gelu_forward OVERWRITES a = gelu(gn(x)); gn_gelu_backward_stats
  * OVERWRITES dz = da * gelu'(gn(x)) and this micro-batch's parameter
  * gradients g1 = dbeta = sum dz, g2 = dgamma = sum dz*xhat; gn_backward ADDS
- * the input gradient from dz. */
+ * the input gradient from dz (dx NULL: none). */
 void gn_stats(float *mean, float *invstd, const float *x, int C, int N, int HW, int G,
               float eps);
 void gn_gelu_forward(float *a, const float *x, const float *mean, const float *invstd,

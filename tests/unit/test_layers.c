@@ -594,6 +594,282 @@ static void test_cdf_isa(void) {
 static void test_cdf_isa(void) {}
 #endif
 
+/* ------------------------------------------------------------------------
+ * GroupNorm + GELU (gn_gelu.c), the composition the UNet runs:
+ * gn_stats -> gn_gelu_forward, and backward gn_gelu_backward_stats (dz,
+ * dbeta = g1, dgamma = g2) -> gn_backward (dx ADDED). The reference is
+ * nn.GroupNorm(G, C) then exact GELU, naively in double: statistics per
+ * image and group of C/G consecutive channels over all HW positions, biased
+ * variance, eps = 1e-5 inside the square root, per-channel gamma, beta.
+ * The backward is checked against central differences of that reference,
+ * whose loss L = sum a * R has no float rounding: steps of 1e-5 leave a
+ * truncation error of about 1e-10 * L''' and a rounding error of about
+ * 1e-16 * |L| / 1e-5, both far below the float kernels' own error. So the
+ * tolerances are tight: 1e-6 + 1e-5 |ref| (statistics 1e-7 + 1e-6 |ref|,
+ * dx 2e-6 + 2e-5 |ref|); the largest error measured is 0.23 of its
+ * tolerance (dx at variance about eps), most are below 0.03. */
+struct gn_case {
+    int C, N, HW, G;
+    float mean, sd; /* x of channel c ~ N(mean * (c - C/2), sd * (1 + c/4)) */
+};
+
+enum { GN_MAX_NG = 64 }; /* N * G */
+#define GN_EPS 1e-5
+
+struct gn_ref {
+    struct gn_case c;
+    double *x, *gamma, *beta; /* [C][N][HW], [C], [C] */
+    const float *R;           /* [C][N][HW]: da of L = sum a * R */
+    double *z, *a;            /* [C][N][HW]: GN output, GELU output */
+    double mean[GN_MAX_NG], invstd[GN_MAX_NG]; /* [N][G] */
+};
+
+static double gelu_exact(double z) { return 0.5 * z * erfc(-z / sqrt(2.0)); }
+static double gelu_exact_grad(double z) {
+    return 0.5 * erfc(-z / sqrt(2.0)) + z * exp(-0.5 * z * z) / sqrt(2.0 * 3.14159265358979324);
+}
+
+/* The reference forward; returns L = sum a * R. */
+static double gn_ref_forward(void *v) {
+    struct gn_ref *r = v;
+    const int C = r->c.C, N = r->c.N, HW = r->c.HW, G = r->c.G, cg = C / G;
+    const double count = (double)cg * HW;
+    double L = 0.0;
+    for (int n = 0; n < N; n++)
+        for (int g = 0; g < G; g++) {
+            double m = 0.0, var = 0.0;
+            for (int c = g * cg; c < (g + 1) * cg; c++)
+                for (int i = 0; i < HW; i++) m += r->x[((long)c * N + n) * HW + i];
+            m /= count;
+            for (int c = g * cg; c < (g + 1) * cg; c++)
+                for (int i = 0; i < HW; i++) {
+                    const double d = r->x[((long)c * N + n) * HW + i] - m;
+                    var += d * d;
+                }
+            var /= count; /* biased */
+            const double is = 1.0 / sqrt(var + GN_EPS);
+            r->mean[n * G + g] = m, r->invstd[n * G + g] = is;
+            for (int c = g * cg; c < (g + 1) * cg; c++)
+                for (int i = 0; i < HW; i++) {
+                    const long o = ((long)c * N + n) * HW + i;
+                    r->z[o] = r->gamma[c] * (r->x[o] - m) * is + r->beta[c];
+                    r->a[o] = gelu_exact(r->z[o]);
+                    L += r->a[o] * r->R[o];
+                }
+        }
+    return L;
+}
+
+/* Central differences of f with respect to each double p[i]. */
+static void fd_grad_d(double *g, loss_fn f, void *ctx, double *p, long n, double h) {
+    for (long i = 0; i < n; i++) {
+        const double orig = p[i];
+        p[i] = orig + h;
+        const double lp = f(ctx);
+        p[i] = orig - h;
+        const double lm = f(ctx);
+        p[i] = orig;
+        g[i] = (lp - lm) / (2.0 * h);
+    }
+}
+
+/* The float kernels on x [C][N][HW]: mean, invstd [N][G], a, dz [C][N][HW]
+ * OVERWRITTEN (pre-filled with garbage), g1, g2 [C] OVERWRITTEN, dx ADDED. */
+static void gn_kernels(float *mean, float *invstd, float *a, float *dz, double *g1,
+                       double *g2, float *dx, const float *x, const float *R,
+                       const float *gamma, const float *beta, int C, int N, int HW,
+                       int G) {
+    const long n = (long)C * N * HW;
+    fill(mean, (long)N * G, GARBAGE), fill(invstd, (long)N * G, GARBAGE);
+    fill(a, n, GARBAGE), fill(dz, n, GARBAGE);
+    for (int c = 0; c < C; c++) g1[c] = g2[c] = GARBAGE;
+    gn_stats(mean, invstd, x, C, N, HW, G, 1e-5f);
+    gn_gelu_forward(a, x, mean, invstd, gamma, beta, C, N, HW, G);
+    gn_gelu_backward_stats(dz, g1, g2, R, x, mean, invstd, gamma, beta, C, N, HW, G);
+    gn_backward(dx, dz, x, mean, invstd, gamma, C, N, HW, G);
+}
+
+static int gn_same(const float *p, const float *q, long n) {
+    for (long i = 0; i < n; i++)
+        if (p[i] != q[i]) return 0; /* ==: -0 and +0 agree */
+    return 1;
+}
+
+static void gn_isa_check(const struct gn_case *c, const float *x, const float *R,
+                         const float *mean, const float *invstd, const float *gamma,
+                         const float *beta, const float *a, const float *dz,
+                         const char *tag);
+
+/* Every image alone (N = 1) gives the same bits as inside the batch, and
+ * the sums over images give g1, g2: nothing crosses images. Image n alone
+ * also equals the separate layers fed each channel's group statistics:
+ * bn2d_forward + gelu_forward, gelu_backward, bn2d_backward_stats, bitwise
+ * (the same expressions and the same lane sums). */
+static void gn_images(const struct gn_case *c, const float *x, const float *R,
+                      const float *gamma, const float *beta, const float *mean,
+                      const float *invstd, const float *a, const float *dz,
+                      const double *g1, const double *g2, const float *dx,
+                      const char *tag) {
+    const int C = c->C, N = c->N, HW = c->HW, G = c->G, cg = C / G;
+    const long m = (long)C * HW;
+    float *xs = FALLOC(m), *Rs = FALLOC(m), *as = FALLOC(m), *dzs = FALLOC(m);
+    float *dxs = FALLOC(m), *z = FALLOC(m), *t = FALLOC(m);
+    float ms[GN_MAX_NG], is[GN_MAX_NG], mc[64], ic[64];
+    double h1[64], h2[64], s1[64] = {0}, s2[64] = {0}, b1[64], b2[64];
+    int same_stats = 1, same_a = 1, same_dz = 1, same_dx = 1, sep = 1;
+    for (int n = 0; n < N; n++) {
+        for (int ch = 0; ch < C; ch++) {
+            memcpy(xs + (long)ch * HW, x + ((long)ch * N + n) * HW, sizeof(float) * HW);
+            memcpy(Rs + (long)ch * HW, R + ((long)ch * N + n) * HW, sizeof(float) * HW);
+        }
+        fill(dxs, m, PREFILL);
+        gn_kernels(ms, is, as, dzs, h1, h2, dxs, xs, Rs, gamma, beta, C, 1, HW, G);
+        same_stats &= memcmp(ms, mean + n * G, sizeof(float) * G) == 0 &&
+                      memcmp(is, invstd + n * G, sizeof(float) * G) == 0;
+        for (int ch = 0; ch < C; ch++) {
+            const long o = ((long)ch * N + n) * HW;
+            same_a &= gn_same(as + (long)ch * HW, a + o, HW);
+            same_dz &= gn_same(dzs + (long)ch * HW, dz + o, HW);
+            same_dx &= gn_same(dxs + (long)ch * HW, dx + o, HW);
+            s1[ch] += h1[ch], s2[ch] += h2[ch];
+            mc[ch] = ms[ch / cg], ic[ch] = is[ch / cg];
+        }
+        bn2d_forward(z, xs, mc, ic, gamma, beta, C, HW);
+        gelu_forward(t, z, m);
+        sep &= gn_same(t, as, m);
+        fill(t, m, 0.0f);
+        gelu_backward(t, Rs, z, m);
+        sep &= gn_same(t, dzs, m);
+        bn2d_backward_stats(b1, b2, dzs, xs, mc, ic, C, HW);
+        sep &= memcmp(b1, h1, sizeof(double) * C) == 0 &&
+               memcmp(b2, h2, sizeof(double) * C) == 0;
+    }
+    EXPECT(same_stats && same_a && same_dz && same_dx,
+           "%s: an image alone differs in bits from the same image in the batch "
+           "(stats %d, a %d, dz %d, dx %d)", tag, same_stats, same_a, same_dz, same_dx);
+    for (int ch = 0; ch < C; ch++) {
+        EXPECT_CLOSE(s1[ch], g1[ch], 1e-12, 1e-12, "gn g1 = sum over images");
+        EXPECT_CLOSE(s2[ch], g2[ch], 1e-12, 1e-12, "gn g2 = sum over images");
+    }
+    EXPECT(sep, "%s: image alone != bn2d_forward + gelu_forward, gelu_backward, "
+           "bn2d_backward_stats with the group statistics (bitwise)", tag);
+    gn_isa_check(c, x, R, mean, invstd, gamma, beta, a, dz, tag);
+    free(xs), free(Rs), free(as), free(dzs), free(dxs), free(z), free(t);
+}
+
+static void test_gn_case(struct gn_case c) {
+    const int C = c.C, N = c.N, HW = c.HW, G = c.G;
+    const long n = (long)C * N * HW;
+    float *x = FALLOC(n), *R = FALLOC(n), *a = FALLOC(n), *dz = FALLOC(n), *dx = FALLOC(n);
+    float gamma[64], beta[64], mean[GN_MAX_NG], invstd[GN_MAX_NG], dg[64], db[64];
+    double g1[64], g2[64], *ref = DALLOC(n > GN_MAX_NG ? n : GN_MAX_NG);
+    struct gn_ref r = {c, DALLOC(n), DALLOC(C), DALLOC(C), R, DALLOC(n), DALLOC(n), {0}, {0}};
+    char tag[96], what[160];
+    snprintf(tag, sizeof tag, "gn_gelu C%d N%d HW%d G%d", C, N, HW, G);
+    EXPECT(C <= 64 && N * G <= GN_MAX_NG && C % G == 0, "%s: bad case", tag);
+    for (int ch = 0; ch < C; ch++)
+        randn(x + (long)ch * N * HW, (long)N * HW, c.mean * (ch - C / 2),
+              c.sd * (1.0f + 0.25f * ch));
+    randn(gamma, C, 1.0f, 0.3f), randn(beta, C, 0.0f, 0.5f), randn(R, n, 0.0f, 1.0f);
+    for (long i = 0; i < n; i++) r.x[i] = x[i];
+    for (int ch = 0; ch < C; ch++) r.gamma[ch] = gamma[ch], r.beta[ch] = beta[ch];
+    gn_ref_forward(&r);
+
+    fill(dx, n, PREFILL);
+    gn_kernels(mean, invstd, a, dz, g1, g2, dx, x, R, gamma, beta, C, N, HW, G);
+    snprintf(what, sizeof what, "%s mean", tag);
+    check(what, mean, r.mean, (long)N * G, 1e-7, 1e-6);
+    snprintf(what, sizeof what, "%s invstd (biased var, eps inside)", tag);
+    check(what, invstd, r.invstd, (long)N * G, 1e-7, 1e-6);
+    snprintf(what, sizeof what, "%s forward", tag);
+    check(what, a, r.a, n, 1e-6, 1e-5);
+    for (long i = 0; i < n; i++) ref[i] = R[i] * gelu_exact_grad(r.z[i]);
+    snprintf(what, sizeof what, "%s dz = da * gelu'", tag);
+    check(what, dz, ref, n, 1e-6, 1e-5);
+    for (int ch = 0; ch < C; ch++) dg[ch] = (float)g2[ch], db[ch] = (float)g1[ch];
+    fd_grad_d(ref, gn_ref_forward, &r, r.gamma, C, 1e-5);
+    snprintf(what, sizeof what, "%s dgamma = g2", tag);
+    check(what, dg, ref, C, 1e-6, 1e-5);
+    fd_grad_d(ref, gn_ref_forward, &r, r.beta, C, 1e-5);
+    snprintf(what, sizeof what, "%s dbeta = g1", tag);
+    check(what, db, ref, C, 1e-6, 1e-5);
+    fd_grad_d(ref, gn_ref_forward, &r, r.x, n, 1e-5);
+    snprintf(what, sizeof what, "%s dx (added to %g)", tag, PREFILL);
+    check_sub(what, dx, PREFILL, ref, n, 2e-6, 2e-5);
+    gn_images(&c, x, R, gamma, beta, mean, invstd, a, dz, g1, g2, dx, tag);
+    free(x), free(R), free(a), free(dz), free(dx), free(ref);
+    free(r.x), free(r.gamma), free(r.beta), free(r.z), free(r.a);
+}
+
+static void test_gn(void) {
+    /* HW below, at and not a multiple of the 8 sum lanes; G = 1 (one group,
+     * LayerNorm-like), G = C (InstanceNorm-like) and between; 7x7 planes. */
+    test_gn_case((struct gn_case){4, 2, 5, 2, 0.5f, 1.0f});
+    test_gn_case((struct gn_case){3, 2, 13, 1, 0.5f, 1.0f});
+    test_gn_case((struct gn_case){3, 3, 9, 3, 0.5f, 1.0f});
+    test_gn_case((struct gn_case){6, 2, 16, 3, -0.3f, 0.7f});
+    test_gn_case((struct gn_case){4, 1, 49, 4, 1.0f, 1.5f});
+    test_gn_case((struct gn_case){8, 2, 11, 2, 0.2f, 1.0f});
+    /* Variance about eps: 1/sqrt(var) and 1/sqrt(var + eps) differ by 40 %,
+     * so eps must be 1e-5 and inside the square root. */
+    test_gn_case((struct gn_case){2, 2, 6, 1, 0.0f, 3e-3f});
+}
+
+/* The GN kernels are built three times (DM_VECTOR_CLONES); the loader runs
+ * one. Their per-element expression, z = (x - mean) * (gamma * invstd) +
+ * beta, a = z * Phi(z), dz = da * (Phi(z) + z * phi(z)), is built here for
+ * plain x86-64, AVX2 and AVX-512 and each must give the bits the library
+ * gave (their sums go through the fixed lanes of lanes.h, whose order no
+ * vector width changes). Catches, e.g., an FMA contracted in one build. */
+#if defined(__x86_64__) && defined(__GNUC__)
+#define GN_LOOP(name, attr)                                                     \
+    attr static void name(float *a, float *dz, const float *x, const float *da,  \
+                          float mu, float scale, float b, int n) {              \
+        for (int i = 0; i < n; i++) {                                           \
+            const float z = (x[i] - mu) * scale + b;                            \
+            float cdf, pdf;                                                     \
+            normal_cdf_pdf(z, &cdf, &pdf);                                      \
+            a[i] = z * cdf;                                                     \
+            dz[i] = da[i] * (cdf + z * pdf);                                    \
+        }                                                                       \
+    }
+GN_LOOP(gn_plain, )
+GN_LOOP(gn_avx2, __attribute__((target("avx2"))))
+GN_LOOP(gn_avx512, __attribute__((target("avx512f"))))
+
+static void gn_isa_check(const struct gn_case *c, const float *x, const float *R,
+                         const float *mean, const float *invstd, const float *gamma,
+                         const float *beta, const float *a, const float *dz,
+                         const char *tag) {
+    typedef void (*gn_loop)(float *, float *, const float *, const float *, float, float,
+                            float, int);
+    const gn_loop loops[3] = {gn_plain, gn_avx2, gn_avx512};
+    const char *names[3] = {"plain", "AVX2", "AVX-512"};
+    const int ok[3] = {1, __builtin_cpu_supports("avx2"), __builtin_cpu_supports("avx512f")};
+    const int N = c->N, HW = c->HW, cg = c->C / c->G;
+    float *ta = FALLOC(HW), *tdz = FALLOC(HW);
+    for (int v = 0; v < 3; v++) {
+        int same = 1;
+        for (int ch = 0; ok[v] && ch < c->C; ch++)
+            for (int n = 0; n < N; n++) {
+                const int k = n * c->G + ch / cg;
+                const long o = ((long)ch * N + n) * HW;
+                loops[v](ta, tdz, x + o, R + o, mean[k], gamma[ch] * invstd[k], beta[ch], HW);
+                same &= memcmp(ta, a + o, sizeof(float) * HW) == 0 &&
+                        memcmp(tdz, dz + o, sizeof(float) * HW) == 0;
+            }
+        EXPECT(same, "%s: the %s build of GN's element math differs from the library",
+               tag, names[v]);
+    }
+    free(ta), free(tdz);
+}
+#else
+static void gn_isa_check(const struct gn_case *c, const float *x, const float *R,
+                         const float *mean, const float *invstd, const float *gamma,
+                         const float *beta, const float *a, const float *dz,
+                         const char *tag) {}
+#endif
+
 /* The vectorized normal cdf/pdf over a dense grid against double erfc:
  * libm's erff form is within 6.4e-8 of the exact cdf, ours must be within
  * 2.5e-7 (measured 9.7e-8), and gelu' within 3e-7 (measured 1.6e-7). Non-
@@ -793,6 +1069,7 @@ int main(void) {
     test_bn();
     test_bn_gelu_fused();
     test_bn_running();
+    test_gn();
     test_gelu();
     test_gelu_accuracy();
     test_cdf_isa();

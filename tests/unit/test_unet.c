@@ -1,8 +1,11 @@
 /* test_unet.c: the whole UNet's gradient (train-mode BatchNorm over two
- * micro-batches, the fixed-order gradient tree) against central finite
- * differences of the loss, at tiny width; parameter count against SPEC.md. */
+ * micro-batches or GroupNorm, the fixed-order gradient tree) against
+ * Richardson-extrapolated central finite differences of the loss, at tiny
+ * width, failing on any wrong entry checked; parameter count against
+ * SPEC.md; FLOP counts against hand counts. */
 #include <math.h>
 #include <mpi.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -79,7 +82,138 @@ static void check_param_count(void) {
     }
 }
 
-/* Finite differences on a few entries of every trainable tensor. */
+/* ---- The gradient against finite differences ----------------------------
+ * The network computes in float, so the loss L (summed in double from the
+ * float outputs) carries rounding noise: a function of the parameters that
+ * changes at random when a parameter moves by one ulp, of standard deviation
+ * sigma (measured per model by loss_noise: 2e-9 to 8e-9 here, L 0.2 to 0.6).
+ * For entry i, with h = 4e-2 * max(|p_i|, 1) and s = h at the first level:
+ *   D(t)  = (L(p_i + t) - L(p_i - t)) / (actual float step),
+ *           t = s, s/2, s/4, s/8 (D0 .. D3)
+ *   Qk    = (4 D(k+1) - Dk) / 3, k = 0, 1, 2 (Richardson: the O(t^2) term
+ *           cancels)
+ *   fd    = Q2;  est = max(|Q0 - Q1|, |Q1 - Q2|), its truncation error
+ *           (two differences, because one can be small by chance while the
+ *           steps are still too large for the Taylor series)
+ *   eta   = 4 x the bound on fd's rounding noise (D(t) has sd
+ *           sigma / (sqrt2 t)): (4 sqrt2 sigma / (2 s/8) + sqrt2 sigma /
+ *           (2 s/4)) / 3 = 6 sqrt2 sigma / s; the absolute floor.
+ * g passes when |g - fd| <= 1e-3 |fd| + eta + est (1e-3: float backprop
+ * over thousands of terms, with room).
+ * The step is chosen per entry: where est > 3e-3 |fd| + eta (the loss is
+ * strongly curved in that parameter at that scale: a normalisation group
+ * of small variance, say), the level moves down (s = h/2: D(h/2) ..
+ * D(h/16)), and so on to s = h/8, eta growing as 1/s. An entry that has not
+ * converged even there is ill-conditioned: excluded by that rule, named on
+ * stderr, and at most 5 % of the entries may be. Over 20 seeds of the data
+ * and the initialisation (22840 entries), the worst |g - fd| was 0.47 of
+ * its tolerance and 2 entries were excluded (an unflatten bias under
+ * GroupNorm). The old rule, "at most one entry off by 5 % + 2e-5", passed
+ * a 2 % error in the head's bias gradient, 3 % in FiLM's class-embedding
+ * gradient and 5 % in GroupNorm's dgamma; this check fails all three. */
+#define FD_RTOL 1e-3
+#define FD_NOISE_SIGMAS 4.0
+#define FD_CONVERGED 3e-3
+#define FD_LEVELS 4 /* s = h, h/2, h/4, h/8: steps down to h/64 */
+
+typedef struct {
+    long i;        /* flat parameter index */
+    double fd;     /* Q2 */
+    double est;    /* max(|Q0 - Q1|, |Q1 - Q2|) */
+    double eta;    /* noise floor */
+    int ill;       /* excluded by the rule above */
+} fd_entry;
+
+/* Does g disagree with the finite difference of entry e? */
+static int fd_disagrees(double g, const fd_entry *e) {
+    return fabs(g - e->fd) > FD_RTOL * fabs(e->fd) + e->eta + e->est;
+}
+
+static double loss_at(unet *u, dm_dist *d, long i, float v) {
+    const float keep = u->p[i];
+    u->p[i] = v;
+    const double l = loss_and_grad(u, d, NULL);
+    u->p[i] = keep;
+    return l;
+}
+
+/* sigma: the loss at 16 consecutive floats of one parameter, whose true
+ * change over 15 ulps is linear to ~1e-13; the RMS residual of a straight-
+ * line fit is rounding. The largest over every 7th tensor (the first is
+ * inc/0/weight, which every activation depends on). */
+static double loss_noise(unet *u, dm_dist *d) {
+    double worst = 0.0;
+    for (int q = 0; q < u->nparams_t; q += 7) {
+        const unet_param *p = &u->params[q];
+        if (!p->trainable) continue;
+        double xs[16], ys[16], mx = 0.0, my = 0.0, sxx = 0.0, sxy = 0.0, res = 0.0;
+        float v = u->p[p->offset];
+        for (int k = 0; k < 16; k++, v = nextafterf(v, INFINITY)) {
+            xs[k] = v, ys[k] = loss_at(u, d, p->offset, v);
+            mx += xs[k] / 16, my += ys[k] / 16;
+        }
+        for (int k = 0; k < 16; k++)
+            sxx += (xs[k] - mx) * (xs[k] - mx), sxy += (xs[k] - mx) * (ys[k] - my);
+        for (int k = 0; k < 16; k++) {
+            const double e = ys[k] - my - sxy / sxx * (xs[k] - mx);
+            res += e * e;
+        }
+        if (sqrt(res / 14) > worst) worst = sqrt(res / 14);
+    }
+    return worst;
+}
+
+/* Central difference at step s, over the actual float step. */
+static double central(unet *u, dm_dist *d, long i, float s) {
+    const float keep = u->p[i], vp = keep + s, vm = keep - s;
+    return (loss_at(u, d, i, vp) - loss_at(u, d, i, vm)) / ((double)vp - (double)vm);
+}
+
+static fd_entry fd_estimate(unet *u, dm_dist *d, long i, double sigma) {
+    fd_entry e = {.i = i};
+    const float h = 4e-2f * (fabsf(u->p[i]) > 1 ? fabsf(u->p[i]) : 1);
+    double c[FD_LEVELS + 3];
+    for (int k = 0; k < 3; k++) c[k] = central(u, d, i, h / (float)(1 << k));
+    for (int lev = 0; lev < FD_LEVELS; lev++) {
+        const float s = h / (float)(1 << lev);
+        c[lev + 3] = central(u, d, i, s / 8);
+        double q[3];
+        for (int k = 0; k < 3; k++) q[k] = (4 * c[lev + k + 1] - c[lev + k]) / 3;
+        e.fd = q[2];
+        e.est = fmax(fabs(q[0] - q[1]), fabs(q[1] - q[2]));
+        e.eta = FD_NOISE_SIGMAS * 6 * sqrt(2.0) * sigma / s;
+        e.ill = e.est > FD_CONVERGED * fabs(e.fd) + e.eta;
+        if (!e.ill) break;
+    }
+    return e;
+}
+
+/* "tensor[index]" of flat parameter index i. */
+static const char *entry_name(const unet *u, long i, char *buf, size_t size) {
+    for (int q = 0; q < u->nparams_t; q++) {
+        const unet_param *p = &u->params[q];
+        if (p->trainable && i >= p->offset && i < p->offset + p->size) {
+            snprintf(buf, size, "%s[%ld]", p->name, i - p->offset);
+            return buf;
+        }
+    }
+    snprintf(buf, size, "[%ld]", i);
+    return buf;
+}
+
+/* Entries of g that disagree; the first one in *first. */
+static int count_bad(const float *g, const fd_entry *es, int n, long *first) {
+    int bad = 0;
+    *first = -1;
+    for (int k = 0; k < n; k++)
+        if (!es[k].ill && fd_disagrees(g[es[k].i], &es[k]) && bad++ == 0) *first = es[k].i;
+    return bad;
+}
+
+/* Three distinct entries of every trainable tensor (all of smaller ones)
+ * against finite differences: any disagreement fails. Then the check is
+ * shown to fail: 5 % added to any one entry whose size allows it is caught,
+ * and the whole check run on such a gradient names that entry alone. */
 static void check_gradient(int key, cond_mix mix, dm_norm norm, const char *what) {
     dm_rng r;
     rng_init(&r, 11, 98, (uint64_t)key, 0);
@@ -90,44 +224,73 @@ static void check_gradient(int key, cond_mix mix, dm_norm norm, const char *what
     dm_dist d;
     dist_init(&d, MPI_COMM_WORLD, u.nparams, NMB, 8 * D, 0);
     float *g = calloc((size_t)u.nparams, sizeof(float));
+    fd_entry *es = calloc(3 * UNET_MAX_PARAMS, sizeof(fd_entry));
     loss_and_grad(&u, &d, g);
-    /* Exact GELU and BatchNorm are smooth, so the loss is too. */
-    int checked = 0, bad = 0;
+    const double sigma = loss_noise(&u, &d);
+    int n = 0;
     for (int q = 0; q < u.nparams_t; q++) {
         const unet_param *p = &u.params[q];
         if (!p->trainable) continue;
-        for (int e = 0; e < 3; e++) {
-            long i = p->offset + (long)(rng_below(&r, (uint32_t)p->size));
-            float keep = u.p[i];
-            double fds[2];
-            /* Central differences at h and h/2, combined by Richardson
-             * extrapolation to cancel the O(h^2) curvature term. */
-            for (int k = 0; k < 2; k++) {
-                float h = (k ? 5e-3f : 1e-2f) * (fabsf(keep) > 1 ? fabsf(keep) : 1);
-                u.p[i] = keep + h;
-                double lp = loss_and_grad(&u, &d, NULL);
-                u.p[i] = keep - h;
-                double lm = loss_and_grad(&u, &d, NULL);
-                fds[k] = (lp - lm) / ((double)(keep + h) - (double)(keep - h));
-            }
-            u.p[i] = keep;
-            double fd = (4.0 * fds[1] - fds[0]) / 3.0;
-            double err = fabs(fd - g[i]), tol = 2e-5 + 5e-2 * fabs(fd);
-            checked++;
-            if (err > tol) {
-                bad++;
-                fprintf(stderr, "%s: %s[%ld]: backprop %.6g, finite difference %.6g\n",
-                        what, p->name, i - p->offset, g[i], fd);
-            }
+        long pick[3];
+        for (int e = 0; e < 3 && e < p->size; e++) {
+            int fresh;
+            do {
+                pick[e] = p->size <= 3 ? e : (long)rng_below(&r, (uint32_t)p->size);
+                fresh = 1;
+                for (int k = 0; k < e; k++) fresh &= pick[k] != pick[e];
+            } while (!fresh);
+            es[n++] = fd_estimate(&u, &d, p->offset + pick[e], sigma);
         }
     }
-    /* Float rounding in the loss can spoil one finite difference; more than
-     * that is a real error. */
-    EXPECT(bad <= 1, "%s: %d of %d gradient entries disagree with finite differences",
-           what, bad, checked);
+    int bad = 0, ill = 0, caught = 0, target = -1;
+    double blind = 0.0; /* largest |g| where a 5 % error would pass */
+    for (int k = 0; k < n; k++) {
+        const fd_entry *e = &es[k];
+        const double gi = g[e->i];
+        char name[96];
+        if (e->ill) {
+            ill++;
+            fprintf(stderr, "%s: %s excluded: finite differences %.6g do not converge "
+                    "(est %.3g)\n", what, entry_name(&u, e->i, name, sizeof name), e->fd,
+                    e->est);
+        } else if (fd_disagrees(gi, e)) {
+            bad++;
+            fprintf(stderr, "%s: %s: backprop %.6g, finite difference %.6g (tolerance "
+                    "%.3g)\n", what, entry_name(&u, e->i, name, sizeof name), gi, e->fd,
+                    FD_RTOL * fabs(e->fd) + e->eta + e->est);
+        } else if (fd_disagrees(1.05 * gi, e) && fd_disagrees(0.95 * gi, e)) {
+            caught++;
+            if (target < 0 || fabs(gi) < fabs(g[es[target].i])) target = k;
+        } else if (fabs(gi) > blind) {
+            blind = fabs(gi);
+        }
+    }
+    EXPECT(bad == 0, "%s: %d of %d gradient entries disagree with finite differences",
+           what, bad, n);
+    EXPECT(ill * 20 <= n, "%s: %d of %d entries ill-conditioned, more than 5 %%", what,
+           ill, n);
+    printf("%s: %d entries, sigma_L %.2g, %d disagree, %d excluded; 5 %% off is caught "
+           "in %d (all with |g| > %.2g)\n", what, n, sigma, bad, ill, caught, blind);
+    /* The check has power: most entries would catch 5 %, and on a gradient
+     * with 5 % added to one entry (the smallest such, the hardest) the whole
+     * check reports that entry and no other. */
+    EXPECT(caught * 2 >= n, "%s: a 5 %% error would be caught in only %d of %d entries",
+           what, caught, n);
+    if (target >= 0) {
+        const long ti = es[target].i;
+        const float keep = g[ti];
+        long first;
+        g[ti] = 1.05f * keep;
+        int bad5 = count_bad(g, es, n, &first);
+        g[ti] = keep;
+        EXPECT(bad5 == 1 && first == ti, "%s: 5 %% added to entry %ld (g %.3g) gives %d "
+               "disagreements (first %ld), expected exactly that entry", what, ti, keep,
+               bad5, first);
+    }
     double gnorm = 0;
     for (long i = 0; i < u.nparams; i++) gnorm += (double)g[i] * g[i];
     EXPECT(gnorm > 1e-8, "%s: gradient norm %g", what, gnorm);
+    free(es);
     free(g);
     dist_free(&d);
     unet_free(&u);
