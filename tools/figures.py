@@ -3,9 +3,13 @@
 
 Reads RUN_DIR/log.h5 and RUN_DIR/samples.h5 (either may be absent; the log may
 still be growing under a running job) plus any `diffmpi sample` output files
-named with --sample, draws every figure whose data are present, and prints the
-path of each file it writes.  Needs Debian's python3 (h5py, numpy, matplotlib,
-PIL): run it as tools/figures.py or /usr/bin/python3 tools/figures.py.
+named with --sample, writes every figure whose data are present, and prints the
+path of each file it writes.  A figure that `diffmpi train` already drew into
+RUN_DIR (src/samples.c) has one implementation, the C one: it is copied byte
+for byte under the same name, never redrawn here; this tool draws only what
+training does not (and labelled variants under names saying what they add).
+Needs Debian's python3 (h5py, numpy, matplotlib, PIL): run it as
+tools/figures.py or /usr/bin/python3 tools/figures.py.
 """
 import argparse
 import math
@@ -34,27 +38,38 @@ HOLD_SECONDS = 2   # how long a GIF shows its last frame
 MAX_GRID_PX = 2400  # larger grids are drawn with a smaller upscale factor
 
 EPILOG = """\
-figures written (only those whose data exist):
+figures written (only those whose data exist).  Names with hyphens are the
+PNGs `diffmpi train` drew into RUN_DIR, copied byte for byte (one drawing of
+each figure: the C one; unlabelled grids, 28x28 pixels per digit, grey seams);
+names with underscores are drawn here.
   loss.png               training loss per step (log y, raw and moving average,
                          dotted epoch boundaries) and test MSE per epoch
-  noising.png            Part 1: test digits noised at each sigma (rows)
-  denoise_epoch_N.png    Part 1: clean / noisy / denoised test digits
-  ood.png                Part 1: one digit at each sigma, noisy above denoised,
-                         test MSE per sigma in the column titles
-  samples-epoch-N.png    Part 2: the 40 samples of epoch N (class models: one
-                         column per digit): RUN_DIR/samples-epoch-N.png, the
-                         grid `diffmpi train` drew, copied byte for byte
-  batch_epoch_N.png      Part 2: training batch x0 / x_t / predicted x0
+  noising.png            Part 1, copy: 8 test digits (columns) noised at
+                         σ = 0, 0.2, 0.4, 0.5, 0.6, 0.8, 1.0 (rows, top down)
+  noising_sigmas.png     Part 1: the same images with σ beside each row and
+                         the test-set index above each column
+  denoise-epoch-N.png    Part 1, copy: clean / noisy (σ = 0.5) / denoised
+                         test digits (rows) after epoch N
+  ood.png                Part 1, copy: one test digit at each σ of the list
+                         (columns), noisy row above denoised row
+  ood_mse.png            Part 1: the same images with σ and the test MSE of
+                         the denoiser at that σ above each column
+  samples-epoch-N.png    Part 2, copy: the 40 samples of epoch N, 4 rows x 10
+                         (class models: column k holds the digit k)
+  batch-epoch-N.png      Part 2, copy: 8 training images x0 / x_t / predicted
+                         x0 (rows), one fixed time t per column
   class_grid.png         Part 2 class models: last epoch's samples, 10 digit
-                         columns x 4 rows
+                         columns x 4 rows, with digit labels and the sampling
+                         settings in the title
   trajectory.gif         Part 2: sampling of the last epoch, noise to image
   sample_STEM.png/.gif   for each --sample FILE: its images, and its
                          trajectory when the file has one
 
-exit status: 0 all figures written; 1 some file or dataset could not be read or
-a figure could not be written (one "figures: ..." line each on stderr, the
-other figures are still drawn); 2 usage error, or RUN_DIR missing, unreadable
-or holding neither log.h5 nor samples.h5 (and no --sample given).
+exit status: 0 all figures written; 1 some file or dataset could not be read,
+a PNG that training draws is missing from RUN_DIR, or a figure could not be
+written (one "figures: ..." line each on stderr, the other figures are still
+written); 2 usage error, or RUN_DIR missing, unreadable or holding neither
+log.h5 nor samples.h5 (and no --sample given).
 """
 
 
@@ -430,19 +445,6 @@ def fig_noising(smp, path, written):
     save(fig, path, written)
 
 
-def fig_denoise(smp, grp, ep, path, written):
-    parts = [read(smp, f"{grp}/{k}", ndim=3, tail=(28, 28))
-             for k in ("clean", "noisy", "denoised")]
-    K = min(len(p) for p in parts)
-    cells = np.stack([p[:K] for p in parts])
-    sig = attr(smp[grp], "sigma")
-    sig_s = f"σ = {fmt(sig)}" if sig is not None else "σ = ?"
-    warn_nonfinite(cells, f"{smp.filename}: /{grp}")
-    fig, *_ = grid_figure(cells, f"Denoising test digits after epoch {ep}",
-                          row_labels=["clean", f"noisy\n({sig_s})", "denoised"])
-    save(fig, path, written)
-
-
 def fig_ood(smp, path, written, train_sigma):
     noisy = read(smp, "ood/noisy", ndim=3, tail=(28, 28))
     den = read(smp, "ood/denoised", ndim=3, tail=(28, 28))
@@ -507,14 +509,14 @@ def fig_samples(smp, grp, ep, path, written, default_obj, title=None):
     save(fig, path, written)
 
 
-def copy_samples_grid(run, ep, path, written):
-    """The samples grid of epoch `ep` is drawn once, by `diffmpi train`
-    (src/samples.c), as RUN_DIR/samples-epoch-N.png; the figure set gets a
-    byte-for-byte copy of it, not a second drawing."""
-    src = os.path.join(run, f"samples-epoch-{ep}.png")
+def copy_run_png(run, name, group, path, written):
+    """A figure `diffmpi train` draws (src/samples.c: noising.png,
+    denoise-epoch-N.png, ood.png, samples-epoch-N.png, batch-epoch-N.png,
+    each beside the samples.h5 group `group`) is drawn once, there; the figure
+    set gets a byte-for-byte copy of RUN_DIR/`name`, not a second drawing."""
+    src = os.path.join(run, name)
     if not os.path.isfile(src):
-        raise FigError(f"{src}: missing (diffmpi train draws it with "
-                       f"/samples/epoch_{ep:04d})")
+        raise FigError(f"{src}: missing (diffmpi train draws it with /{group})")
     try:
         if not (os.path.exists(path) and os.path.samefile(src, path)):
             shutil.copyfile(src, path)
@@ -522,21 +524,6 @@ def copy_samples_grid(run, ep, path, written):
         raise FigError(f"{path}: cannot write: {exc.strerror or exc}") from None
     print(path, flush=True)
     written.append(path)
-
-
-def fig_batch(smp, grp, ep, path, written):
-    x0 = read(smp, f"{grp}/x0", ndim=3, tail=(28, 28))
-    xt = read(smp, f"{grp}/xt", ndim=3, tail=(28, 28))
-    xh = read(smp, f"{grp}/x0_hat", ndim=3, tail=(28, 28))
-    t = read(smp, f"{grp}/t", ndim=1)
-    K = min(len(x0), len(xt), len(xh))
-    cells = np.stack([x0[:K], xt[:K], xh[:K]])
-    cols = [f"t = {t[i]:.2f}" if i < len(t) else "" for i in range(K)]
-    warn_nonfinite(cells, f"{smp.filename}: /{grp}")
-    fig, *_ = grid_figure(cells, f"Training batch at epoch {ep}",
-                          row_labels=["x0", "x_t", "predicted x0"],
-                          col_labels=cols)
-    save(fig, path, written)
 
 
 def fig_trajectory(smp, path, written, max_frames, labels_for):
@@ -597,7 +584,9 @@ def main(argv=None):
         description="Draw the figures of a diffmpi run: reads RUN_DIR/log.h5 "
                     "and RUN_DIR/samples.h5 (a log still being written is "
                     "read as an SWMR reader), writes a PNG or GIF for every "
-                    "figure whose data exist, and prints each path written.",
+                    "figure whose data exist (a copy of the PNG `diffmpi "
+                    "train` drew, where it drew one), and prints each path "
+                    "written.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run_dir", metavar="RUN_DIR",
                     help="output directory of `diffmpi train`")
@@ -694,26 +683,27 @@ def draw_samples(smp, smp_path, conf, out, written, attempt, max_frames):
                 break
     where = lambda g: f"{smp_path}: /{g}"   # noqa: E731
 
-    # Part 1
+    # The PNGs diffmpi train drew beside samples.h5, one per group: copied.
+    run = os.path.dirname(smp_path)
+    epochs = epoch_groups(smp, "samples")
+    c_pngs = [("noising.png", "noising")] if "noising" in smp else []
+    c_pngs += [(f"denoise-epoch-{ep}.png", g) for ep, g in epoch_groups(smp, "denoise")]
+    c_pngs += [("ood.png", "ood")] if "ood" in smp else []
+    c_pngs += [(f"samples-epoch-{ep}.png", g) for ep, g in epochs]
+    c_pngs += [(f"batch-epoch-{ep}.png", g) for ep, g in epoch_groups(smp, "batch_vis")]
+    for name, grp in c_pngs:
+        attempt(where(grp), copy_run_png, run, name, grp, out(name), written)
+
+    # Part 1: the sigma sweeps again, labelled (C's grids have no text).
     if "noising" in smp:
-        attempt(where("noising"), fig_noising, smp, out("noising.png"), written)
-    for ep, grp in epoch_groups(smp, "denoise"):
-        attempt(where(grp), fig_denoise, smp, grp, ep,
-                out(f"denoise_epoch_{ep}.png"), written)
+        attempt(where("noising"), fig_noising, smp, out("noising_sigmas.png"),
+                written)
     if "ood" in smp:
-        attempt(where("ood"), fig_ood, smp, out("ood.png"), written,
+        attempt(where("ood"), fig_ood, smp, out("ood_mse.png"), written,
                 conf.get("sigma"))
 
     # Part 2
     obj = conf.get("objective")
-    epochs = epoch_groups(smp, "samples")
-    run = os.path.dirname(smp_path)
-    for ep, grp in epochs:
-        attempt(where(grp), copy_samples_grid, run, ep,
-                out(f"samples-epoch-{ep}.png"), written)
-    for ep, grp in epoch_groups(smp, "batch_vis"):
-        attempt(where(grp), fig_batch, smp, grp, ep,
-                out(f"batch_epoch_{ep}.png"), written)
 
     def labels_of(grp):
         if "labels" not in smp[grp]:

@@ -50,7 +50,8 @@ with h5py.File(os.path.join(out, "samples.h5"), "r") as f:
           "last trajectory frame is the final sample")
     run_samples = f["samples/epoch_0002/images"][()]
     vis = {k: f[f"batch_vis/epoch_0002/{k}"][()] for k in ("xt", "t", "x0_hat")}
-for png in ("samples-epoch-1.png", "samples-epoch-2.png", "batch-epoch-2.png"):
+for png in ("samples-epoch-1.png", "samples-epoch-2.png", "batch-epoch-1.png",
+            "batch-epoch-2.png"):
     check(os.path.exists(os.path.join(out, png)), f"{png} written")
 
 # ---- diffmpi sample ----------------------------------------------------------
@@ -106,7 +107,15 @@ figs = os.path.join(base, "figs")
 r = subprocess.run(["/usr/bin/python3", os.path.join(SRC, "tools", "figures.py"), out,
                     "--out", figs, "--sample", path], capture_output=True, text=True)
 check(r.returncode == 0, f"figures.py on a class run ({r.stderr[-300:]})")
-for name in ("loss.png", "samples-epoch-1.png", "samples-epoch-2.png", "batch_epoch_2.png",
-             "class_grid.png", "trajectory.gif", "sample_k3.png", "sample_k3.gif"):
+for name in ("loss.png", "class_grid.png", "trajectory.gif", "sample_k3.png",
+             "sample_k3.gif"):
     check(os.path.exists(os.path.join(figs, name)), f"figure {name}")
+for name in ("samples-epoch-1.png", "samples-epoch-2.png", "batch-epoch-1.png",
+             "batch-epoch-2.png"):       # drawn by diffmpi train, copied
+    with open(os.path.join(out, name), "rb") as a, open(os.path.join(figs, name), "rb") as b:
+        check(a.read() == b.read(), f"figure {name} is the run's PNG byte for byte")
+check(sorted(os.listdir(figs)) == sorted(
+    ["loss.png", "class_grid.png", "trajectory.gif", "sample_k3.png", "sample_k3.gif",
+     "samples-epoch-1.png", "samples-epoch-2.png", "batch-epoch-1.png",
+     "batch-epoch-2.png"]), f"no other figures ({sorted(os.listdir(figs))})")
 finish()

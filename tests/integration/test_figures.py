@@ -6,14 +6,17 @@ usage: /usr/bin/python3 test_figures.py PATH/TO/diffmpi SOURCE_DIR
 
 Builds, in a temporary directory, a Part-1 denoiser run (log.h5 and
 samples.h5 with /noising, /denoise, /ood), a Part-2 class-conditioned DDPM run
-(/samples, /batch_vis, /trajectory, and the samples-epoch-N.png grids that
-`diffmpi train` draws) and a `diffmpi sample` file with a trajectory, all
-random data in the documented layouts; runs the tool on each and checks that
-every expected figure is written, listed on stdout, and is a valid PNG (or
-animated GIF) of a readable size, and that the samples grids are the run's
-own PNGs copied byte for byte (one implementation of that grid, the C one),
-not redrawn. Also: --help, a missing run directory (exit 2, one stderr line),
-and damaged inputs (one line naming the file or dataset, no traceback).
+(/samples, /batch_vis, /trajectory) and a `diffmpi sample` file with a
+trajectory, all random data in the documented layouts, plus the PNGs that
+`diffmpi train` draws beside samples.h5 (noising.png, denoise-epoch-N.png,
+ood.png, samples-epoch-N.png, batch-epoch-N.png); runs the tool on each and
+checks that every expected figure is written and listed on stdout, that the
+figures the tool draws are valid PNGs (or animated GIFs) of a readable size,
+and that every figure training drew is the run's own PNG copied byte for byte
+under the same name (one implementation of each figure, the C one), not
+redrawn. Also: --help, a missing run directory (exit 2, one stderr line), a
+missing training PNG and damaged inputs (one line naming the file or dataset,
+no traceback, the other figures still written).
 Prints "ok ..." or "FAIL ..." per check and exits 1 on any failure.
 """
 import os
@@ -78,6 +81,13 @@ def write_log(path, conf, epochs=3, steps_per_epoch=20):
         e["test_mse"] = np.array([0.05, 0.03, 0.02][:epochs])
 
 
+def c_png(d, name, rows, cols):
+    """A PNG where src/samples.c puts one: rows x cols digits of 28x28 pixels
+    with 2-pixel seams (random pixels: only its bytes matter here)."""
+    grid = rng.integers(0, 256, (rows * 30 - 2, cols * 30 - 2), dtype=np.uint8)
+    Image.fromarray(grid, "L").save(os.path.join(d, name))
+
+
 def make_part1(d):
     os.makedirs(d)
     conf = config()
@@ -98,6 +108,10 @@ def make_part1(d):
         g["noisy"] = imgs(7)
         g["denoised"] = imgs(7)
         g["test_mse"] = np.linspace(0.01, 0.1, 7)
+    c_png(d, "noising.png", 7, 8)
+    for ep in (1, 3):
+        c_png(d, f"denoise-epoch-{ep}.png", 3, 8)
+    c_png(d, "ood.png", 2, 7)
 
 
 def make_part2(d):
@@ -122,10 +136,9 @@ def make_part2(d):
         g.attrs["epoch"] = 2
         g["images"] = imgs(6, 40)
         g["t"] = np.linspace(1, 0, 6, dtype=np.float32)
-    # What src/samples.c writes beside samples.h5: 4 x 10 digits, 2-pixel gaps.
     for ep in (1, 2):
-        grid = rng.integers(0, 256, (4 * 28 + 3 * 2, 10 * 28 + 9 * 2), dtype=np.uint8)
-        Image.fromarray(grid, "L").save(os.path.join(d, f"samples-epoch-{ep}.png"))
+        c_png(d, f"samples-epoch-{ep}.png", 4, 10)
+        c_png(d, f"batch-epoch-{ep}.png", 3, 8)
 
 
 def same_bytes(a, b):
@@ -166,18 +179,24 @@ def valid_gif(path):
         return False
 
 
-def check_outputs(name, r, figdir, expected, absent=()):
+def check_outputs(name, r, figdir, drawn, run_dir, copied, absent=()):
+    """`drawn`: figures the tool draws; `copied`: PNGs of run_dir it copies."""
     check(r.returncode == 0, f"{name}: exit 0 (rc {r.returncode}: {r.stderr[-300:]})")
     listed = set(r.stdout.split())
-    for fn in expected:
+    for fn in drawn:
         p = os.path.join(figdir, fn)
         good = valid_gif(p) if fn.endswith(".gif") else valid_png(p)
         check(good, f"{name}: {fn} written and valid")
-        check(p in listed, f"{name}: {fn} path printed")
+    for fn in copied:
+        check(same_bytes(os.path.join(run_dir, fn), os.path.join(figdir, fn)),
+              f"{name}: {fn} is the run's own PNG, copied byte for byte")
+    for fn in list(drawn) + list(copied):
+        check(os.path.join(figdir, fn) in listed, f"{name}: {fn} path printed")
     for fn in absent:
         check(not os.path.exists(os.path.join(figdir, fn)),
               f"{name}: no {fn} (its data do not exist)")
-    extra = set(os.listdir(figdir)) - set(expected) if os.path.isdir(figdir) else set()
+    expected = set(drawn) | set(copied)
+    extra = set(os.listdir(figdir)) - expected if os.path.isdir(figdir) else set()
     check(not extra, f"{name}: nothing else written ({sorted(extra)})")
 
 
@@ -196,6 +215,11 @@ try:
     r = run("--help")
     check(r.returncode == 0 and "RUN_DIR" in r.stdout and "--sample" in r.stdout,
           "--help exits 0 and describes the usage")
+    names = ("loss.png", "noising.png", "noising_sigmas.png", "denoise-epoch-N.png",
+             "ood.png", "ood_mse.png", "samples-epoch-N.png", "batch-epoch-N.png",
+             "class_grid.png", "trajectory.gif", "sample_STEM.png/.gif")
+    check(all(n in r.stdout for n in names) and "_epoch_" not in r.stdout,
+          "--help names every figure under the name it is written as")
     r = run(os.path.join(base, "no-such-run"))
     one_error_line("missing run dir", r, 2, "no-such-run")
     os.makedirs(os.path.join(base, "empty"))
@@ -207,9 +231,25 @@ try:
     make_part1(p1)
     r = run(p1)
     check_outputs("part1", r, os.path.join(p1, "figures"),
-                  ["loss.png", "noising.png", "denoise_epoch_1.png",
-                   "denoise_epoch_3.png", "ood.png"],
+                  ["loss.png", "noising_sigmas.png", "ood_mse.png"], p1,
+                  ["noising.png", "denoise-epoch-1.png", "denoise-epoch-3.png",
+                   "ood.png"],
                   absent=["class_grid.png", "trajectory.gif"])
+
+    # ---- a Part-1 PNG the run did not draw: one line naming it
+    nopng = os.path.join(base, "nopng")
+    shutil.copytree(p1, nopng)
+    shutil.rmtree(os.path.join(nopng, "figures"))
+    os.remove(os.path.join(nopng, "denoise-epoch-3.png"))
+    r = run(nopng)
+    one_error_line("run without denoise-epoch-3.png", r, 1, "denoise-epoch-3.png")
+    figs = os.path.join(nopng, "figures")
+    check(not os.path.exists(os.path.join(figs, "denoise-epoch-3.png")),
+          "missing denoise PNG: nothing drawn in its place")
+    check(same_bytes(os.path.join(nopng, "denoise-epoch-1.png"),
+                     os.path.join(figs, "denoise-epoch-1.png")) and
+          valid_png(os.path.join(figs, "ood_mse.png")),
+          "missing denoise PNG: the other figures are still written")
 
     # ---- Part 2, class-conditioned, with a sample file and --out
     p2 = os.path.join(base, "part2")
@@ -219,14 +259,10 @@ try:
     figs2 = os.path.join(base, "figs2")
     r = run(p2, "--out", figs2, "--sample", sfile)
     check_outputs("part2", r, figs2,
-                  ["loss.png", "samples-epoch-1.png", "samples-epoch-2.png",
-                   "batch_epoch_1.png", "batch_epoch_2.png", "class_grid.png",
-                   "trajectory.gif", "sample_mysamples.png",
-                   "sample_mysamples.gif"])
-    for ep in (1, 2):
-        name = f"samples-epoch-{ep}.png"
-        check(same_bytes(os.path.join(p2, name), os.path.join(figs2, name)),
-              f"part2: {name} is the run's own grid, copied byte for byte")
+                  ["loss.png", "class_grid.png", "trajectory.gif",
+                   "sample_mysamples.png", "sample_mysamples.gif"], p2,
+                  ["samples-epoch-1.png", "samples-epoch-2.png",
+                   "batch-epoch-1.png", "batch-epoch-2.png"])
     check(not os.path.exists(os.path.join(p2, "figures")),
           "part2: --out replaces the default RUN_DIR/figures")
 
@@ -253,14 +289,16 @@ try:
         del f["ood/denoised"]
     r = run(bad)
     one_error_line("samples.h5 without /ood/denoised", r, 1, "/ood/denoised")
-    check(valid_png(os.path.join(bad, "figures", "noising.png")),
-          "damaged ood: the other figures are still drawn")
+    check(valid_png(os.path.join(bad, "figures", "noising_sigmas.png")) and
+          same_bytes(os.path.join(bad, "ood.png"),
+                     os.path.join(bad, "figures", "ood.png")),
+          "damaged ood: the other figures are still written")
     shutil.copy(os.path.join(p1, "samples.h5"), os.path.join(bad, "samples.h5"))
     with open(os.path.join(bad, "log.h5"), "w") as fh:
         fh.write("not an HDF5 file\n")
     r = run(bad)
     one_error_line("log.h5 not HDF5", r, 1, "log.h5")
-    check(valid_png(os.path.join(bad, "figures", "ood.png")),
+    check(valid_png(os.path.join(bad, "figures", "ood_mse.png")),
           "damaged log: the samples figures are still drawn")
     r = run(bad, "--sample", os.path.join(base, "absent.h5"))
     one_error_line("missing --sample file", r, 2, "absent.h5")

@@ -1,13 +1,14 @@
 """What rank 0 writes, read back with h5py: checkpoint names, shapes, dtypes
 and attributes; the log; samples and PNGs. `predict` reproduces the denoised
-samples bit for bit, `inspect` describes files, and the loss falls."""
+samples bit for bit, `inspect` describes files, the loss falls, and
+tools/figures.py copies the run's PNGs byte for byte."""
 import os
 import subprocess
 
 import h5py
 import numpy as np
 
-from common import BIN, check, finish, mpirun, tmpdir, train
+from common import BIN, SRC, check, finish, mpirun, tmpdir, train
 
 D = 8
 base = tmpdir()
@@ -93,9 +94,24 @@ with h5py.File(os.path.join(out, "samples.h5"), "r") as f:
     clean = f["denoise/epoch_0002/clean"][()]
     check(((den - clean) ** 2).mean() < ((noisy - clean) ** 2).mean(),
           "denoised images are closer to the clean ones than the noisy ones")
-for png in ("noising.png", "denoise-epoch-1.png", "denoise-epoch-2.png", "ood.png"):
+c_pngs = ("noising.png", "denoise-epoch-1.png", "denoise-epoch-2.png", "ood.png")
+for png in c_pngs:
     with open(os.path.join(out, png), "rb") as fp:
         check(fp.read(8) == b"\x89PNG\r\n\x1a\n", f"{png} is a PNG")
+
+# ---- the figure tool: C's PNGs copied under their names, the rest drawn ----
+r = subprocess.run(["/usr/bin/python3", os.path.join(SRC, "tools", "figures.py"), out],
+                   capture_output=True, text=True)
+check(r.returncode == 0, f"figures.py on a denoiser run ({r.stderr[-300:]})")
+figs = os.path.join(out, "figures")
+for png in c_pngs:
+    with open(os.path.join(out, png), "rb") as a, open(os.path.join(figs, png), "rb") as b:
+        check(a.read() == b.read(), f"figures/{png} is the run's PNG byte for byte")
+drawn = ("loss.png", "noising_sigmas.png", "ood_mse.png")
+for png in drawn:
+    check(os.path.exists(os.path.join(figs, png)), f"figures/{png} drawn")
+check(sorted(os.listdir(figs)) == sorted(c_pngs + drawn),
+      f"no other figures ({sorted(os.listdir(figs))})")
 
 # ---- predict -------------------------------------------------------------
 inp, res = os.path.join(base, "in.h5"), os.path.join(base, "out.h5")
