@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """diffmpi's UNet (../shared/SPEC.md) as a PyTorch nn.Module.
 
-The module tree mirrors diffmpi's parameter names (src/unet.c), so a
+The module tree mirrors diffmpi's parameter names (src/model/unet.c), so a
 diffmpi checkpoint loads into it tensor by tensor: the checkpoint's
 /model/inc/0/bn_weight is this module's state_dict key inc.0.bn_weight
 ('/' becomes '.'), and torch.save / torch.load of the state_dict round-trip.
@@ -54,7 +54,7 @@ MIXES = ("none", "add", "mul", "film")
 
 def mix_of(objective, conditioning):
     """The conditioning mix diffmpi builds for an objective and conditioning
-    (src/diffusion.c diffusion_shape, src/objective.c time_mix)."""
+    (src/model/diffusion.c diffusion_shape, src/model/objective.c time_mix)."""
     if conditioning == "none":
         return "none"
     if conditioning == "class":

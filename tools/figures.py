@@ -5,7 +5,7 @@ Reads RUN_DIR/log.h5 and RUN_DIR/samples.h5 (either may be absent; the log may
 still be growing under a running job) plus any `diffmpi sample` output files
 named with --sample, writes every figure whose data are present, and prints the
 path of each file it writes.  A figure that `diffmpi train` already drew into
-RUN_DIR (src/samples.c) has one implementation, the C one: it is copied byte
+RUN_DIR (src/io/samples.c) has one implementation, the C one: it is copied byte
 for byte under the same name, never redrawn here; this tool draws only what
 training does not (and labelled variants under names saying what they add).
 Needs Debian's python3 (h5py, numpy, matplotlib, PIL): run it as
@@ -510,7 +510,7 @@ def fig_samples(smp, grp, ep, path, written, default_obj, title=None):
 
 
 def copy_run_png(run, name, group, path, written):
-    """A figure `diffmpi train` draws (src/samples.c: noising.png,
+    """A figure `diffmpi train` draws (src/io/samples.c: noising.png,
     denoise-epoch-N.png, ood.png, samples-epoch-N.png, batch-epoch-N.png,
     each beside the samples.h5 group `group`) is drawn once, there; the figure
     set gets a byte-for-byte copy of RUN_DIR/`name`, not a second drawing."""

@@ -77,8 +77,12 @@ read -r -a MPI_LIBS <<<"$(mpicc -showme:link)"
 read -r -a INIH_CFLAGS <<<"$(pkg-config --cflags inih)"
 read -r -a INIH_LIBS <<<"$(pkg-config --libs inih)"
 # src/common.c (dm_error, dm_fatal, dm_malloc) calls MPI only when MPI is
-# initialised, which it never is here; it still needs libmpi to link.
-CORE=("$ROOT/src/common.c" "$ROOT/src/data.c" "$ROOT/src/config.c")
+# initialised, which it never is here; it still needs libmpi to link. The
+# config key table takes the objective and normalisation names from their
+# tables (objective.c, norm.c), which bring their kernels along.
+CORE=("$ROOT/src/common.c" "$ROOT/src/rng.c" "$ROOT/src/io/data.c" "$ROOT/src/io/config.c"
+      "$ROOT/src/model/objective.c" "$ROOT/src/model/norm.c" "$ROOT/src/nn/bn2d.c"
+      "$ROOT/src/nn/bn_gelu.c" "$ROOT/src/nn/gn_gelu.c")
 
 for t in $TARGETS; do
     echo "== building build-fuzz/fuzz_$t"
@@ -90,7 +94,7 @@ done
 # The configuration dictionary: fixed tokens plus every key in the table.
 {
     cat "$ROOT/tests/fuzz/config.dict"
-    grep -o '\.name = "[a-z_0-9]*"' "$ROOT/src/config.c" | sed 's/.*= //'
+    grep -o '\.name = "[a-z_0-9]*"' "$ROOT/src/io/config.c" | sed 's/.*= //'
 } >"$OUT/config.dict"
 
 if [[ -z "${TMPDIR:-}" && -d /dev/shm && -w /dev/shm ]]; then

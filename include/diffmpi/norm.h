@@ -1,6 +1,6 @@
 /* norm.h: the normalisation that follows each hidden convolution, a config
  * axis (`norm = batch|group`). The kinds themselves are rows of the table
- * in src/norm.c (see unet.h, unet_norm_ops): BatchNorm2d over the global
+ * in src/model/norm.c (see unet.h, unet_norm_ops): BatchNorm2d over the global
  * batch, GroupNorm(32 groups) over each image. */
 #ifndef DIFFMPI_NORM_H
 #define DIFFMPI_NORM_H

@@ -1,5 +1,5 @@
 /* fuzz_config.c: libFuzzer target for the configuration parser
- * (src/config.c): config_load_string, config_set, config_validate and the
+ * (src/io/config.c): config_load_string, config_set, config_validate and the
  * config_to_string -> config_load_string round trip.
  *
  * The input, up to its first NUL byte, is INI text. Per input:

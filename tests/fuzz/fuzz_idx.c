@@ -1,4 +1,4 @@
-/* fuzz_idx.c: libFuzzer target for the IDX reader (data_load in src/data.c).
+/* fuzz_idx.c: libFuzzer target for the IDX reader (data_load in src/io/data.c).
  *
  * One input is one pair of IDX files plus the limit to load them with:
  *

@@ -82,7 +82,7 @@ def write_log(path, conf, epochs=3, steps_per_epoch=20):
 
 
 def c_png(d, name, rows, cols):
-    """A PNG where src/samples.c puts one: rows x cols digits of 28x28 pixels
+    """A PNG where src/io/samples.c puts one: rows x cols digits of 28x28 pixels
     with 2-pixel seams (random pixels: only its bytes matter here)."""
     grid = rng.integers(0, 256, (rows * 30 - 2, cols * 30 - 2), dtype=np.uint8)
     Image.fromarray(grid, "L").save(os.path.join(d, name))

@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""One source of truth for the configuration keys (src/config.c's table).
+"""One source of truth for the configuration keys (src/io/config.c's table).
 
 usage: /usr/bin/python3 test_help.py PATH/TO/diffmpi SOURCE_DIR [--update-readme]
 

@@ -565,7 +565,7 @@ static void test_gelu(void) {
  * would depend on the CPU it lands on. Here the same math is built for
  * plain x86-64, AVX2 and AVX-512 and compared bitwise on a dense grid. */
 #if defined(__x86_64__) && defined(__GNUC__)
-#include "../../src/normal.h"
+#include "../../src/nn/normal.h"
 #define CDF_LOOP(name, attr)                                                   \
     attr static void name(float *c, float *d, const float *x, int n) {         \
         for (int i = 0; i < n; i++) normal_cdf_pdf(x[i], &c[i], &d[i]);          \
