@@ -1,18 +1,24 @@
 #!/usr/bin/env bash
-# Run the benchmark cases of docs/performance.md on this machine and print
-# their reports (about 10 minutes on 2 cores; run it on a quiet machine).
+# Run the benchmark cases of docs/performance.md on this machine: first
+# diffmpi against PyTorch (tools/bench_torch.py, the same UNet, fp32 and
+# bf16 autocast, 2 threads) side by side, printed as ratios from this one
+# run; then diffmpi's own cases. About 15 minutes on 2 cores; run it on a
+# quiet machine.
 #
-# usage: tools/perf_table.sh [STEPS]      (timed steps per case, default 3)
+# usage: tools/perf_table.sh [STEPS] [--vs-torch-only]   (timed steps, default 3)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [[ "${1:-}" == "--help" || "${1:-}" == "-h" ]]; then
-    sed -n '2,5p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'
     exit 0
 fi
 steps=${1:-3}
+only_torch=0
+[[ "${2:-}" == "--vs-torch-only" ]] && only_torch=1
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_plm_rsh_agent=false
 export OMPI_MCA_pml=ob1 OPENBLAS_NUM_THREADS=1
 b=build/diffmpi
+[[ -x $b ]] || { echo "perf_table.sh: $b not found (run tools/setup.sh)" >&2; exit 1; }
 run() { # title, ranks, args...
     local title=$1 np=$2
     shift 2
@@ -22,6 +28,38 @@ run() { # title, ranks, args...
     mpirun --bind-to none -np "$np" "$b" bench "$@"
     echo
 }
+rate() { grep -o '[0-9.]* images/s' | head -1 | cut -d' ' -f1; }
+
+echo "=== machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2-)," \
+     "$(nproc) cores; OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-unset}"
+# diffmpi on 2 ranks x 1 thread against PyTorch on 2 threads, same global
+# batch, same model, alternating so that drift hits both alike.
+side_by_side() { # title, diffmpi args, torch args
+    local title=$1 dargs=$2 targs=$3 out d t32 t16
+    out=$(mpirun --bind-to none -np 2 "$b" bench $dargs --steps "$steps"); echo "$out"
+    d=$(rate <<<"$out")
+    out=$(/usr/bin/python3 tools/bench_torch.py $targs --threads 2 --steps "$steps"); echo "$out"
+    t32=$(rate <<<"$out")
+    out=$(/usr/bin/python3 tools/bench_torch.py $targs --threads 2 --steps "$steps" --bf16)
+    echo "$out"
+    t16=$(rate <<<"$out")
+    summary+=$(/usr/bin/python3 -c 'import sys; t, d, a, b = sys.argv[1:]; d, a, b = map(float, (d, a, b))
+print(f"{t:<28} diffmpi fp32 {d:7.2f}, torch fp32 {a:7.2f}, torch bf16 {b:7.2f} images/s; "
+      f"diffmpi/torch fp32 {d / a:.2f}x, diffmpi/torch bf16 {d / b:.2f}x")' "$title" "$d" "$t32" "$t16")$'\n'
+}
+summary=""
+echo "=== diffmpi (2 ranks x 1 thread) against PyTorch (2 threads), same model and batch"
+side_by_side "denoiser D=128 batch 256" "--config jobs/configs/denoise.ini" \
+    "--hidden 128 --batch 256 --mix none"
+side_by_side "class DDPM D=128 batch 128" "--config jobs/configs/class-ddpm.ini" \
+    "--hidden 128 --batch 128 --mix film"
+side_by_side "denoiser D=32 batch 256" "--config jobs/configs/denoise.ini --set hidden=32" \
+    "--hidden 32 --batch 256 --mix none"
+echo "=== side by side, from this run"
+printf '%s' "$summary"
+echo
+(( only_torch )) && exit 0
+
 run "denoiser D=128 batch 256, 2 ranks x 1 thread" 2 --config jobs/configs/denoise.ini --steps "$steps"
 run "denoiser D=128 batch 128, 1 rank x 1 thread (same per-rank batch)" 1 --config jobs/configs/denoise.ini --set batch=128 --steps "$steps"
 run "denoiser D=128 batch 256, 1 rank x 2 threads" 1 --config jobs/configs/denoise.ini --set threads=2 --steps "$steps"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Run the whole test suite: the warnings-as-errors build with every unit and
-# integration test, then the unit tests, the malformed-input battery and the
-# output checks again under AddressSanitizer and UndefinedBehaviorSanitizer.
+# integration test, then the unit tests, the PyTorch golden test, the
+# malformed-input battery and the output checks again under AddressSanitizer
+# and UndefinedBehaviorSanitizer.
 # Expects tools/setup.sh to have run.
 #
 # usage: tools/run_tests.sh
@@ -14,9 +15,9 @@ cmake --build build -j "$(nproc)"
 echo "== tests (build/)"
 (cd build && ctest --output-on-failure -j 2)
 
-echo "== unit tests, bad inputs and outputs under ASan + UBSan (build-asan/)"
+echo "== unit tests, the PyTorch golden test, bad inputs and outputs under ASan + UBSan (build-asan/)"
 cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DDM_WERROR=ON -DDM_SANITIZE=ON >/dev/null
 cmake --build build-asan -j "$(nproc)"
 # Open MPI's own allocations are not ours to judge: leak checking off.
 (cd build-asan && ASAN_OPTIONS=detect_leaks=0 ctest --output-on-failure \
-    -R '^(unit\.|integration\.(bad_inputs|outputs)$)')
+    -R '^(unit\.|golden\.torch$|integration\.(bad_inputs|outputs)$)')
