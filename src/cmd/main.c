@@ -308,6 +308,15 @@ static int cmd_help(int argc, char **argv) {
                        argv[0]);
 }
 
+/* The commands: `diffmpi NAME ARGS...` calls fn(argc, argv) on the ARGS. */
+static const struct {
+    const char *name;
+    int (*fn)(int argc, char **argv);
+} commands[] = {
+    {"help", cmd_help},       {"train", cmd_train},   {"predict", cmd_predict},
+    {"bench", cmd_bench},     {"sample", cmd_sample}, {"inspect", cmd_inspect},
+};
+
 int main(int argc, char **argv) {
     /* A file whose close failed (disk full) stays in HDF5's tables, and the
      * library's own atexit clean-up then crashes on it; every file we write
@@ -316,26 +325,17 @@ int main(int argc, char **argv) {
     MPI_Init(&argc, &argv);
     /* Usage errors are the same on every rank: let rank 0 alone print. */
     dm_set_quiet(!rank0());
-    int code;
+    int code = -1;
     if (argc < 2) {
         /* One line like every other usage error; the usage is on --help. */
         code = usage_error("no command given: expected train, predict, sample, bench or inspect");
     } else if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
         code = print_usage(usage_main, 0);
-    } else if (strcmp(argv[1], "help") == 0) {
-        code = cmd_help(argc - 2, argv + 2);
-    } else if (strcmp(argv[1], "train") == 0) {
-        code = cmd_train(argc - 2, argv + 2);
-    } else if (strcmp(argv[1], "predict") == 0) {
-        code = cmd_predict(argc - 2, argv + 2);
-    } else if (strcmp(argv[1], "bench") == 0) {
-        code = cmd_bench(argc - 2, argv + 2);
-    } else if (strcmp(argv[1], "sample") == 0) {
-        code = cmd_sample(argc - 2, argv + 2);
-    } else if (strcmp(argv[1], "inspect") == 0) {
-        code = cmd_inspect(argc - 2, argv + 2);
     } else {
-        code = usage_error("unknown command '%s'", argv[1]);
+        for (size_t i = 0; i < sizeof commands / sizeof commands[0] && code < 0; i++)
+            if (strcmp(argv[1], commands[i].name) == 0)
+                code = commands[i].fn(argc - 2, argv + 2);
+        if (code < 0) code = usage_error("unknown command '%s'", argv[1]);
     }
     fflush(stdout);
     MPI_Finalize();

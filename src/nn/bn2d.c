@@ -19,18 +19,8 @@
 DM_VECTOR_CLONES
 void bn2d_stats(double *s1, double *s2, const float *x, int C, int M) {
     for (int c = 0; c < C; c++) {
-        const float *xc = x + (long)c * M;
         double a[LANES] = {0}, q[LANES] = {0};
-        int i = 0;
-        for (; i + LANES <= M; i += LANES)
-            for (int l = 0; l < LANES; l++) {
-                a[l] += xc[i + l];
-                q[l] += (double)xc[i + l] * xc[i + l];
-            }
-        for (; i < M; i++) {
-            a[i % LANES] += xc[i];
-            q[i % LANES] += (double)xc[i] * xc[i];
-        }
+        lanes_add_x_x2(a, q, x + (long)c * M, M);
         s1[c] = lanes_total(a);
         s2[c] = lanes_total(q);
     }

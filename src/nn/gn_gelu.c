@@ -18,23 +18,6 @@
 #include "lanes.h"
 #include "normal.h"
 
-/* Sum and sum of squares of n floats (lane order). */
-static void sums(double *s1, double *s2, const float *x, long n) {
-    double a[LANES] = {0}, q[LANES] = {0};
-    long i = 0;
-    for (; i + LANES <= n; i += LANES)
-        for (int l = 0; l < LANES; l++) {
-            a[l] += x[i + l];
-            q[l] += (double)x[i + l] * x[i + l];
-        }
-    for (; i < n; i++) {
-        a[i % LANES] += x[i];
-        q[i % LANES] += (double)x[i] * x[i];
-    }
-    *s1 += lanes_total(a);
-    *s2 += lanes_total(q);
-}
-
 /* x [C][N][HW]; mean, invstd [N][G] OVERWRITTEN. */
 void gn_stats(float *mean, float *invstd, const float *x, int C, int N, int HW, int G,
               float eps) {
@@ -43,8 +26,12 @@ void gn_stats(float *mean, float *invstd, const float *x, int C, int N, int HW, 
     for (int n = 0; n < N; n++)
         for (int g = 0; g < G; g++) {
             double s1 = 0, s2 = 0;
-            for (int c = g * cg; c < (g + 1) * cg; c++)
-                sums(&s1, &s2, x + ((long)c * N + n) * HW, HW);
+            for (int c = g * cg; c < (g + 1) * cg; c++) {
+                double a[LANES] = {0}, q[LANES] = {0};
+                lanes_add_x_x2(a, q, x + ((long)c * N + n) * HW, HW);
+                s1 += lanes_total(a);
+                s2 += lanes_total(q);
+            }
             double mu = s1 / count, var = s2 / count - mu * mu;
             if (var < 0) var = 0;
             mean[n * G + g] = (float)mu;

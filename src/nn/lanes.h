@@ -12,6 +12,20 @@ static inline double lanes_total(const double *l) {
     return ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
 }
 
+/* Sums of x and x^2 over n elements: a[lane] += x, q[lane] += x*x. */
+static inline void lanes_add_x_x2(double *a, double *q, const float *x, long n) {
+    long i = 0;
+    for (; i + LANES <= n; i += LANES)
+        for (int l = 0; l < LANES; l++) {
+            a[l] += x[i + l];
+            q[l] += (double)x[i + l] * x[i + l];
+        }
+    for (; i < n; i++) {
+        a[i % LANES] += x[i];
+        q[i % LANES] += (double)x[i] * x[i];
+    }
+}
+
 /* BatchNorm's backward sums over elements [i0, i1) (i0 a multiple of
  * LANES): a[lane] += dy, b[lane] += dy * xhat, xhat = (x - mu) * is. */
 static inline void lanes_add_dy_xhat(double *a, double *b, const float *dy,
