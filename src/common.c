@@ -60,6 +60,16 @@ int dm_parse_long(const char *s, long lo, long hi, long *out) {
     return 1;
 }
 
+double dm_peak_rss_mib(void) {
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    double kib = 0;
+    while (f && fgets(line, sizeof line, f))
+        if (sscanf(line, "VmHWM: %lf", &kib) == 1) break;
+    if (f) fclose(f);
+    return kib / 1024.0;
+}
+
 double dm_now(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);

@@ -54,6 +54,9 @@ void *dm_calloc(size_t count, size_t size);
  * Returns 1 and sets *out, or 0 and leaves *out alone. */
 int dm_parse_long(const char *s, long lo, long hi, long *out);
 
+/* Peak resident set size of this process in MiB (VmHWM), 0 if unknown. */
+double dm_peak_rss_mib(void);
+
 /* Seconds since an arbitrary fixed point (monotonic clock). */
 double dm_now(void);
 

@@ -25,7 +25,7 @@
 #include "diffmpi/norm.h"
 #include "diffmpi/objective.h"
 
-typedef enum { COND_NONE, COND_TIME, COND_CLASS } dm_conditioning;
+typedef enum { CONDITIONING_NONE, CONDITIONING_TIME, CONDITIONING_CLASS } dm_conditioning;
 typedef enum { LR_NONE, LR_EXP } dm_lr_decay;
 typedef enum { BN_GLOBAL, BN_RANK } dm_bn_sync;
 

@@ -1,8 +1,9 @@
 /* diffusion.h: examples and estimates for any objective of the table in
  * objective.h, keyed so that they never depend on the rank count.
  *
- * Every random number is keyed by (seed, step, position in the global
- * batch), so examples never depend on which rank builds them.
+ * Every random number of a training example is keyed by (seed, step,
+ * position in the global batch), of an evaluation example by (seed,
+ * purpose, image), so examples never depend on which rank builds them.
  */
 #ifndef DIFFMPI_DIFFUSION_H
 #define DIFFMPI_DIFFUSION_H

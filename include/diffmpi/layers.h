@@ -23,9 +23,9 @@
  * x86-64) and the loader picks the best the CPU has. The build is ISO C
  * (-std=c11), so GCC contracts no a*b+c into an FMA and every kernel is
  * elementwise or sums in a fixed order: all three give bitwise the same
- * results, and mixed clusters stay reproducible. Clang (the fuzzers' build)
- * compiles them once: its clones do not link under the sanitizers. */
-#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__)
+ * results, and mixed clusters stay reproducible. DM_NO_CLONES builds them
+ * once (tools/fuzz.sh: clang's clones do not link under libFuzzer). */
+#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(DM_NO_CLONES)
 #define DM_VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #define DM_VECTOR_CLONES

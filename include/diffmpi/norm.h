@@ -7,6 +7,9 @@
 
 typedef enum { NORM_BATCH, NORM_GROUP, NORM_COUNT } dm_norm;
 
+/* BatchNorm's running-statistics momentum (PyTorch's default). */
+#define NORM_BN_MOMENTUM 0.1f
+
 /* Name of normalisation i ("batch", "group"), NULL past the last. */
 const char *norm_name(int i);
 

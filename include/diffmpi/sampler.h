@@ -8,7 +8,7 @@
  * an image never depends on its chunk's neighbours or on the rank count.
  * Class models use classifier-free guidance: each chunk runs one forward of
  * 2*chunk images, the conditional half then the unconditional (label -1)
- * half. The model runs in evaluation mode (BatchNorm running statistics).
+ * half. The model runs in evaluation mode (BatchNorm: running statistics).
  *
  *   sampler_request q = {.n = 40, .labels = lab, .guidance = 5, .steps = 300,
  *                        .seed = 0, .frames = 0};

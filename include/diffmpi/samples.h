@@ -13,7 +13,8 @@
  *       training images, noised at 8 fixed times, and the model's estimate
  *   /trajectory/images [F,40,28,28], t [F]: the last epoch's sampling
  * Every group carries the sigmas and the test indices as attributes. All
- * evaluation uses the BatchNorm running statistics (eval mode).
+ * evaluation runs the network in evaluation mode (BatchNorm: its running
+ * statistics; GroupNorm: the same per-image statistics as in training).
  */
 #ifndef DIFFMPI_SAMPLES_H
 #define DIFFMPI_SAMPLES_H
@@ -24,6 +25,10 @@
 #include "diffmpi/unet.h"
 
 #define SAMPLES_K 8 /* test digits 0..K-1 in the figures */
+
+/* The sigmas of the noising figure and the out-of-distribution sweep. */
+#define DM_NSIGMAS 7
+extern const double dm_sigmas[DM_NSIGMAS];
 
 dm_status samples_noising(const char *out, const dm_config *c,
                           const dm_dataset *test);

@@ -54,19 +54,25 @@ dm_status trainer_setup(dm_trainer *t, const dm_config *c, const char *out_dir,
 /* One optimizer step of the current global batch (collective): *loss the
  * batch loss, *images its size. */
 dm_status trainer_step(dm_trainer *t, double *loss, int *images);
+/* OPENBLAS_CORETYPE overrides OpenBLAS's own choice of kernels; an AVX2
+ * kernel set on a CPU with AVX-512 can cost half the GEMM speed
+ * (docs/performance.md). Returns 1 and a one-line note in buf when that is
+ * the case, else 0. train and bench print it with their set-up lines. */
+int blas_core_note(char *buf, size_t size);
+
+/* Forward, loss and backward of one global batch of B images (collective):
+ * this rank's nloc micro-batches (n[j] images each) are in net's input slots
+ * and conditioning inputs, their targets in target [nloc][m*784]. The
+ * reduced gradient lands in grads [nparams]; sse [nloc] is scratch; the
+ * batch's mean squared error is returned, the same on every rank. bn_n:
+ * the images BatchNorm's statistics count (B, or this rank's with
+ * bn_sync = rank). The step trainer_step takes and the golden test checks
+ * against PyTorch. */
+double train_batch(unet *net, dm_dist *dist, float *grads, double *sse, const float *target,
+                   int nloc, const int *n, int B, long bn_n, float bn_momentum);
 /* The sampling model takes the training model's weights and BatchNorm
  * statistics (before every sampling phase). */
 void trainer_sync_sampler(dm_trainer *t);
 void trainer_teardown(dm_trainer *t);
-
-/* Peak resident set size of this process in MiB (VmHWM), 0 if unknown. */
-double dm_peak_rss_mib(void);
-
-/* predict: rank 0 reads IN (/x [N,1,28,28] float32), writes OUT (/y). */
-int predict_run(const char *ckpt, const char *in_path, const char *out_path);
-
-/* The sigmas of the noising figure and the out-of-distribution sweep. */
-#define DM_NSIGMAS 7
-extern const double dm_sigmas[DM_NSIGMAS];
 
 #endif

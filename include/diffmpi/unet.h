@@ -8,15 +8,19 @@
  * running statistics live in a second flat array (buffers).
  *
  * The network is a table of units (conv or transposed conv, optionally
- * followed by BatchNorm and GELU). Forward and backward walk the table layer
- * by layer over all micro-batches this rank owns, because BatchNorm needs the
- * statistics of the whole global batch before any micro-batch can continue.
+ * followed by a normalisation, a row of unet_norm_ops, and GELU). Forward
+ * and backward walk the table layer by layer over all micro-batches this
+ * rank owns, because BatchNorm needs the statistics of the whole global
+ * batch before any micro-batch can continue.
  *
  *   unet u;
- *   unet_init(&u, D, max_local_microbatches, micro_batch);
- *   unet_init_params(&u, seed);              // PyTorch default init
- *   unet_forward(&u, ctx, nmb_local, sizes); // activations kept for backward
- *   unet_backward(&u, ctx, ...);
+ *   unet_shape sh = {.D = 128, .mix = COND_MIX_FILM, .norm = NORM_BATCH,
+ *                    .m = micro_batch, .max_mb = local_microbatches};
+ *   unet_init(&u, &sh);
+ *   unet_init_params(&u, seed);               // PyTorch default init
+ *   unet_forward(&u, 1, nmb, sizes, global_n, dist_combine, &dist, 0.1f);
+ *   unet_backward(&u, nmb, sizes, global_n, dist_combine, &dist,
+ *                 dist_leaf_dst, dist_leaf_done);
  *   unet_free(&u);
  */
 #ifndef DIFFMPI_UNET_H
@@ -36,8 +40,6 @@
 
 typedef enum { UNIT_CONV, UNIT_CONVT, UNIT_POOL } unet_unit_kind;
 
-struct unet;
-struct unet_unit;
 
 /* One named tensor view into params (trainable) or buffers (BN running). */
 typedef struct {

@@ -68,14 +68,15 @@ static void bench_layers(const unet *u, double images) {
            (unet_train_flops(u) - unet_forward_flops(u)) / 1e9, images);
 }
 
-/* Timed training steps (or sampler steps): wall seconds. */
+/* Timed training steps (or sampler steps): wall seconds, or -1 when a
+ * training step failed (its message is printed; every rank agrees). */
 static double bench_timed(dm_trainer *t, int steps, int sample, int warm) {
     const dm_config *c = &t->cfg;
     double loss;
     int B;
     int32_t labels[SAMPLES_N];
     for (int i = 0; i < SAMPLES_N; i++)
-        labels[i] = c->conditioning == COND_CLASS ? i / 4 : -1;
+        labels[i] = c->conditioning == CONDITIONING_CLASS ? i / 4 : -1;
     sampler_request q = {.n = SAMPLES_N, .labels = labels, .guidance = (float)c->guidance,
                          .steps = steps, .seed = c->seed};
     float *img = dm_calloc((size_t)SAMPLES_N * DM_PIX, sizeof(float));
@@ -89,7 +90,11 @@ static double bench_timed(dm_trainer *t, int steps, int sample, int warm) {
     } else {
         for (int s = 0; s < steps; s++) {
             if (t->st.batch_in_epoch == t->steps_per_epoch) t->st.batch_in_epoch = 0;
-            if (trainer_step(t, &loss, &B) != DM_OK) break;
+            if (trainer_step(t, &loss, &B) != DM_OK) {
+                prof_enable(0);
+                free(img);
+                return -1;
+            }
         }
     }
     MPI_Barrier(MPI_COMM_WORLD);
@@ -109,7 +114,7 @@ static void bench_report(const dm_trainer *t, int steps, int sample, double secs
     long sent[2] = {t->dist.sent_early, t->dist.sent_late}, sent_all[2] = {0, 0};
     MPI_Reduce(sent, sent_all, 2, MPI_LONG, MPI_SUM, 0, MPI_COMM_WORLD);
     if (t->rank != 0) return;
-    int rows = sample && c->conditioning == COND_CLASS && c->guidance != 1.0 ? 2 : 1;
+    int rows = sample && c->conditioning == CONDITIONING_CLASS && c->guidance != 1.0 ? 2 : 1;
     double work = sample ? (double)steps * SAMPLES_N * rows * unet_forward_flops(&t->net)
                          : (double)steps * c->batch * unet_train_flops(&t->net);
     double gflops = work / secs / 1e9;
@@ -163,6 +168,8 @@ int bench_run(const dm_config *cfg, int steps, int sample, int verbose) {
         cpu_name(cpu, sizeof cpu);
         printf("diffmpi bench: %d rank(s) x %d thread(s); %s\n", t.size, cfg->threads, cpu);
         printf("OpenBLAS %s, core %s\n", openblas_get_config(), openblas_get_corename());
+        char note[512];
+        if (blas_core_note(note, sizeof note)) printf("%s\n", note);
         printf("model: objective=%s conditioning=%s D=%d, batch %d, micro_batch %d; "
                "%.3f GFLOP per training image\n",
                config_objective_name(cfg->objective),
@@ -179,8 +186,12 @@ int bench_run(const dm_config *cfg, int steps, int sample, int verbose) {
     double rate = sgemm_rate(D, group * DM_PIX, 9 * D, 1.5), sum = 0;
     MPI_Allreduce(&rate, &sum, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
     double per = sum / t.size;
-    bench_timed(&t, sample ? 1 : 2, sample, 1);
-    double secs = bench_timed(&t, steps, sample, 0);
+    double secs = bench_timed(&t, sample ? 1 : 2, sample, 1);
+    if (secs >= 0) secs = bench_timed(&t, steps, sample, 0);
+    if (secs < 0) {
+        trainer_teardown(&t);
+        return DM_EXIT_RUNTIME;
+    }
     bench_report(&t, steps, sample, secs, per, sum);
     trainer_teardown(&t);
     return DM_EXIT_OK;

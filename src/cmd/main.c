@@ -13,6 +13,7 @@
 #include "diffmpi/common.h"
 #include "diffmpi/config.h"
 #include "diffmpi/inspect.h"
+#include "diffmpi/predict.h"
 #include "diffmpi/sample_cmd.h"
 #include "diffmpi/train.h"
 
@@ -47,7 +48,7 @@ static const char *usage_predict =
     "usage: diffmpi predict --checkpoint FILE --input IN.h5 --output OUT.h5\n"
     "\n"
     "  IN.h5 holds /x [N,1,28,28] float32; OUT.h5 receives /y [N,1,28,28],\n"
-    "  the network's output in evaluation mode (BatchNorm running statistics).\n";
+    "  the network's output in evaluation mode (BatchNorm: running statistics).\n";
 
 static const char *usage_sample =
     "usage: diffmpi sample --checkpoint FILE --out OUT.h5 [--n N] [--class K|all]\n"

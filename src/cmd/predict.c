@@ -11,7 +11,7 @@
 #include "diffmpi/diffusion.h"
 #include "diffmpi/data.h"
 #include "diffmpi/h5util.h"
-#include "diffmpi/train.h"
+#include "diffmpi/predict.h"
 #include "diffmpi/unet.h"
 
 /* Optional 1-D dataset of n values (float32 /t or int32 /c). */
@@ -39,7 +39,7 @@ static dm_status read_cond_from(hid_t f, const char *path, const dm_config *c, i
             dm_error("%s: /t[%d] = %g is outside [0, 1]", path, i, t[i]);
             return DM_EIO;
         }
-    if (c->conditioning != COND_CLASS) return DM_OK;
+    if (c->conditioning != CONDITIONING_CLASS) return DM_OK;
     DM_TRY(read_vec(f, path, "/c", n, H5T_INTEGER, lab));
     for (int i = 0; i < n; i++)
         if (lab[i] < -1 || lab[i] > 9) {
@@ -139,7 +139,7 @@ static dm_status run_model(unet *u, const char *ckpt, const char *out, predict_b
 static dm_status predict_into(const char *ckpt, const dm_config *c, const char *in,
                               const char *out, predict_bufs *b) {
     DM_TRY(read_input(in, &b->x, &b->n));
-    if (c->conditioning != COND_NONE) {
+    if (c->conditioning != CONDITIONING_NONE) {
         b->t = dm_calloc((size_t)b->n, sizeof(float));
         b->lab = dm_calloc((size_t)b->n, sizeof(int32_t));
         for (int i = 0; i < b->n; i++) b->lab[i] = -1;

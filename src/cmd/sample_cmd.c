@@ -94,7 +94,7 @@ static dm_status resolve(const sample_args *a, const dm_config *c, sampler_reque
                  a->checkpoint, config_objective_name(c->objective));
         return DM_EUSAGE;
     }
-    if (a->class_label != SAMPLE_CLASS_NONE && c->conditioning != COND_CLASS) {
+    if (a->class_label != SAMPLE_CLASS_NONE && c->conditioning != CONDITIONING_CLASS) {
         dm_error("--class: %s is not a class-conditioned model", a->checkpoint);
         return DM_EUSAGE;
     }
@@ -136,7 +136,7 @@ int sample_run(const sample_args *a) {
     /* "all": digits in equal runs, 0,0,0,0,1,1,... for 40 images - the
      * order of the samples a training run draws. */
     for (int i = 0; i < q.n; i++)
-        labels[i] = c.conditioning != COND_CLASS ? -1
+        labels[i] = c.conditioning != CONDITIONING_CLASS ? -1
                     : a->class_label >= 0        ? a->class_label
                                                  : (int32_t)((long)i * 10 / q.n);
     q.labels = labels;

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 #include "diffmpi/adam.h"
@@ -27,10 +28,7 @@
 #include "diffmpi/unet.h"
 #include "diffmpi/watchdog.h"
 
-const double dm_sigmas[DM_NSIGMAS] = {0.0, 0.2, 0.4, 0.5, 0.6, 0.8, 1.0};
-
 #define EVAL_SIGMA 0.5
-#define BN_MOMENTUM 0.1f
 
 /* Set by SIGTERM/SIGUSR1; acted upon at the next step boundary. */
 static volatile sig_atomic_t stop_signal = 0;
@@ -86,6 +84,28 @@ static int all_finite(const float *x, long n) {
     return acc == 0.0f;
 }
 
+double train_batch(unet *net, dm_dist *dist, float *grads, double *sse, const float *target,
+                   int nloc, const int *n, int B, long bn_n, float bn_momentum) {
+    unet_zero_grad(net, nloc);
+    unet_forward(net, 1, nloc, n, bn_n, dist_combine, dist, bn_momentum);
+    fault_point("forward");
+    const unet_buf *out = &net->act[net->out_buf];
+    float scale = 1.0f / ((float)B * DM_PIX);
+    double t0 = prof_start();
+    for (int j = 0; j < nloc; j++)
+        sse[j] = mse_forward_backward(out->grad + (long)j * out->mb_stride,
+                                      unet_slot(net, net->out_buf, j),
+                                      target + (long)j * net->m * DM_PIX,
+                                      (long)n[j] * DM_PIX, scale);
+    prof_add(PROF_ELEM, t0);
+    unet_backward(net, nloc, n, bn_n, dist_combine, dist, dist_leaf_dst, dist_leaf_done);
+    fault_point("backward");
+    dist_reduce_grads(dist, grads);
+    double total = 0;
+    dist_sum_mb(dist, &total, sse, 1, 0);
+    return total / ((double)B * DM_PIX);
+}
+
 dm_status trainer_step(dm_trainer *t, double *loss_out, int *bsize) {
     const dm_config *c = &t->cfg;
     int m = c->micro_batch;
@@ -114,26 +134,8 @@ dm_status trainer_step(dm_trainer *t, double *loss_out, int *bsize) {
         }
     }
     long bn_n = c->bn_sync == BN_RANK ? local_images : B;
-    unet_zero_grad(&t->net, nloc);
-    unet_forward(&t->net, 1, nloc, t->n, bn_n, dist_combine, &t->dist, BN_MOMENTUM);
-    fault_point("forward");
-    float scale = 1.0f / ((float)B * DM_PIX);
-    double t0 = prof_start();
-    for (int j = 0; j < nloc; j++) {
-        long cnt = (long)t->n[j] * DM_PIX;
-        t->sse[j] = mse_forward_backward(t->net.act[t->net.out_buf].grad +
-                                             (long)j * t->net.act[t->net.out_buf].mb_stride,
-                                         unet_slot(&t->net, t->net.out_buf, j),
-                                         t->target + (long)j * m * DM_PIX, cnt, scale);
-    }
-    prof_add(PROF_ELEM, t0);
-    unet_backward(&t->net, nloc, t->n, bn_n, dist_combine, &t->dist, dist_leaf_dst,
-                  dist_leaf_done);
-    fault_point("backward");
-    dist_reduce_grads(&t->dist, t->grads);
-    double sse = 0;
-    dist_sum_mb(&t->dist, &sse, t->sse, 1, 0);
-    double loss = sse / ((double)B * DM_PIX);
+    double loss = train_batch(&t->net, &t->dist, t->grads, t->sse, t->target, nloc, t->n,
+                              B, bn_n, NORM_BN_MOMENTUM);
     *loss_out = loss;
     *bsize = B;
     if (test_nan_step >= 0 && t->st.step == test_nan_step) t->grads[t->net.nparams / 2] = NAN;
@@ -144,14 +146,15 @@ dm_status trainer_step(dm_trainer *t, double *loss_out, int *bsize) {
                                                       ? NULL : "gradient";
     if (what) {
         if (t->rank == 0)
-            dm_error("non-finite %s at step %lld (epoch %lld); stopping, the last "
-                     "checkpoint in %s/checkpoints is kept", what,
-                     (long long)t->st.step + 1, (long long)t->st.epoch + 1, t->out);
+            dm_error("non-finite %s at step %lld (epoch %lld); stopping%s%s%s", what,
+                     (long long)t->st.step + 1, (long long)t->st.epoch + 1,
+                     t->out ? ", the last checkpoint in " : "", t->out ? t->out : "",
+                     t->out ? "/checkpoints is kept" : "");
         return DM_ENUM;
     }
     fault_point("adam");
     t->st.adam_t++;
-    t0 = prof_start();
+    double t0 = prof_start();
     adam_step(t->net.p, t->grads, t->m, t->v, t->net.nparams, t->st.lr, t->st.adam_t);
     prof_add(PROF_OPTIM, t0);
     fault_point("after_step");
@@ -192,7 +195,7 @@ static double train_test_mse(dm_trainer *t, double sigma, int sigma_idx) {
             }
             if (t->net.nemb)
                 unet_set_cond(&t->net, 0, i, tin,
-                              c->conditioning == COND_CLASS ? t->test.labels[img] : -1);
+                              c->conditioning == CONDITIONING_CLASS ? t->test.labels[img] : -1);
         }
         unet_forward(&t->net, 0, 1, &k, k, NULL, NULL, 0.0f);
         const float *y = unet_slot(&t->net, t->net.out_buf, 0);
@@ -281,18 +284,28 @@ static dm_status resolve_resume(dm_trainer *t, const char *resume, char *path,
 }
 
 /* The stored model must be the model of this run. */
+/* The settings that define the network a checkpoint holds, as text. */
+static void model_text(const dm_config *c, char *buf, size_t size) {
+    int n = snprintf(buf, size, "hidden=%d objective=%s conditioning=%s norm=%s", c->hidden,
+                     config_objective_name(c->objective),
+                     config_conditioning_name(c->conditioning), norm_name((int)c->norm));
+    if (c->norm == NORM_GROUP && n >= 0 && (size_t)n < size)
+        snprintf(buf + n, size - (size_t)n, " norm_groups=%d", c->norm_groups);
+}
+
 static dm_status check_compatible(const dm_config *c, const char *path) {
     dm_config k;
     dm_status st = ckpt_read_config(path, &k);
     if (st != DM_OK) return st;
-    if (k.hidden != c->hidden || k.objective != c->objective ||
-        k.conditioning != c->conditioning) {
-        dm_error("%s: checkpoint is a different model (hidden=%d objective=%s "
-                 "conditioning=%s; this run: hidden=%d objective=%s conditioning=%s)",
-                 path, k.hidden, config_objective_name(k.objective),
-                 config_conditioning_name(k.conditioning), c->hidden,
-                 config_objective_name(c->objective),
-                 config_conditioning_name(c->conditioning));
+    /* The same network: what diffusion_shape builds from each, and the
+     * objective its output means. */
+    unet_shape a = diffusion_shape(&k, 1, 0, 1), b = diffusion_shape(c, 1, 0, 1);
+    if (k.objective != c->objective || a.D != b.D || a.mix != b.mix || a.norm != b.norm ||
+        (a.norm == NORM_GROUP && a.groups != b.groups)) {
+        char stored[160], mine[160];
+        model_text(&k, stored, sizeof stored);
+        model_text(c, mine, sizeof mine);
+        dm_error("%s: checkpoint is a different model (%s; this run: %s)", path, stored, mine);
         return DM_EIO;
     }
     if (k.batch != c->batch || k.micro_batch != c->micro_batch || k.seed != c->seed ||
@@ -314,6 +327,18 @@ static void synthetic_data(dm_dataset *d, int n, uint64_t seed) {
     d->labels = dm_malloc((size_t)n);
     for (long i = 0; i < (long)n * DM_PIX; i++) d->images[i] = rng_uniform(&r);
     for (int i = 0; i < n; i++) d->labels[i] = (uint8_t)rng_below(&r, 10);
+}
+
+int blas_core_note(char *buf, size_t size) {
+    static const char *const avx512_cores[] = {"SkylakeX", "Cooperlake", "SapphireRapids"};
+    const char *forced = getenv("OPENBLAS_CORETYPE"), *core = openblas_get_corename();
+    if (!forced || !__builtin_cpu_supports("avx512f")) return 0;
+    for (size_t i = 0; i < sizeof avx512_cores / sizeof avx512_cores[0]; i++)
+        if (strcasecmp(core, avx512_cores[i]) == 0) return 0;
+    snprintf(buf, size, "note: OPENBLAS_CORETYPE=%s makes OpenBLAS run its %s kernels, "
+             "without AVX-512, on this AVX-512 CPU, which can halve the GEMM speed "
+             "(docs/performance.md): compare diffmpi bench with it unset", forced, core);
+    return 1;
 }
 
 dm_status trainer_setup(dm_trainer *t, const dm_config *cfg, const char *out_dir,
@@ -517,15 +542,6 @@ void trainer_sync_sampler(dm_trainer *t) {
     memcpy(t->sampler.bufs, t->net.bufs, sizeof(float) * (size_t)t->net.nbuffers);
 }
 
-double dm_peak_rss_mib(void) {
-    FILE *f = fopen("/proc/self/status", "r");
-    char line[256];
-    double kib = 0;
-    while (f && fgets(line, sizeof line, f))
-        if (sscanf(line, "VmHWM: %lf", &kib) == 1) break;
-    if (f) fclose(f);
-    return kib / 1024.0;
-}
 
 int train_run(const dm_config *cfg, const char *out_dir, const char *resume) {
     int rank;
@@ -555,6 +571,8 @@ int train_run(const dm_config *cfg, const char *out_dir, const char *resume) {
             printf("model: D=%d, %ld parameters; %ld steps per epoch, %d micro-batches "
                    "of %d per full batch\n", cfg->hidden, t.net.nparams,
                    t.steps_per_epoch, t.nmb_full, cfg->micro_batch);
+            char note[512];
+            if (blas_core_note(note, sizeof note)) printf("%s\n", note);
             fflush(stdout);
         }
         st = loop(&t);

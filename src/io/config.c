@@ -756,13 +756,13 @@ dm_status config_validate(const dm_config *c) {
         return DM_EUSAGE;
     }
     int unconditional = !objective_get(c->objective)->diffusion;
-    if (unconditional && c->conditioning != COND_NONE) {
+    if (unconditional && c->conditioning != CONDITIONING_NONE) {
         dm_error("invalid configuration: objective = %s needs conditioning = "
                  "none (got %s)", config_objective_name(c->objective),
                  config_conditioning_name(c->conditioning));
         return DM_EUSAGE;
     }
-    if (!unconditional && c->conditioning == COND_NONE) {
+    if (!unconditional && c->conditioning == CONDITIONING_NONE) {
         dm_error("invalid configuration: objective = %s needs conditioning = "
                  "time or class (got none)",
                  config_objective_name(c->objective));

@@ -12,7 +12,8 @@
 #include "diffmpi/h5util.h"
 #include "diffmpi/png.h"
 #include "diffmpi/sampler.h"
-#include "diffmpi/train.h"
+
+const double dm_sigmas[DM_NSIGMAS] = {0.0, 0.2, 0.4, 0.5, 0.6, 0.8, 1.0};
 
 #define SIGMA_IDX_HALF 3 /* dm_sigmas[3] == 0.5 */
 
@@ -252,7 +253,7 @@ static void batch_vis(unet *net, const dm_config *c, const ddpm_schedule *s,
     for (int i = 0; i < K; i++) {
         diffusion_example_at(c, s, xt + i * DM_PIX, target + i * DM_PIX, &t[i],
                              x0 + i * DM_PIX, (i + 0.5) / K, 2000, i);
-        labels[i] = c->conditioning == COND_CLASS ? train->labels[i] : -1;
+        labels[i] = c->conditioning == CONDITIONING_CLASS ? train->labels[i] : -1;
     }
     unet_predict(net, out, xt, t, labels, K);
     for (int i = 0; i < K; i++)
@@ -337,7 +338,7 @@ static dm_status diffusion_outputs(const char *out, unet *net, const dm_config *
     hid_t f = open_copy(out, tmp, sizeof tmp);
     if (f < 0) return DM_EIO;
     DM_TRY(commit_copy(f, out, tmp, write_diffusion(f, tmp, c, e)));
-    sample_grid(grid, e->img, c->conditioning == COND_CLASS);
+    sample_grid(grid, e->img, c->conditioning == CONDITIONING_CLASS);
     snprintf(name, sizeof name, "samples-epoch-%d.png", e->epoch);
     DM_TRY(png(out, name, grid, 4, 10));
     snprintf(name, sizeof name, "batch-epoch-%d.png", e->epoch);
@@ -347,7 +348,7 @@ static dm_status diffusion_outputs(const char *out, unet *net, const dm_config *
 dm_status samples_diffusion(const char *out, unet *net, unet *sampler,
                             const dm_config *c, const ddpm_schedule *s,
                             const dm_dataset *train, int epoch, int rank) {
-    int class_model = c->conditioning == COND_CLASS, last = epoch == c->epochs;
+    int class_model = c->conditioning == CONDITIONING_CLASS, last = epoch == c->epochs;
     int steps = diffusion_steps(c);
     int32_t labels[SAMPLES_N];
     for (int i = 0; i < SAMPLES_N; i++) labels[i] = class_model ? i / 4 : -1;

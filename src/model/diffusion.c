@@ -8,8 +8,8 @@
 unet_shape diffusion_shape(const dm_config *c, int m, int max_mb, int inference) {
     unet_shape sh = {0};
     sh.D = c->hidden;
-    sh.mix = c->conditioning == COND_CLASS ? COND_MIX_FILM
-             : c->conditioning == COND_TIME ? objective_get(c->objective)->time_mix
+    sh.mix = c->conditioning == CONDITIONING_CLASS ? COND_MIX_FILM
+             : c->conditioning == CONDITIONING_TIME ? objective_get(c->objective)->time_mix
                                             : COND_MIX_NONE;
     sh.norm = c->norm;
     sh.groups = c->norm_groups;
@@ -40,7 +40,7 @@ void diffusion_example(const dm_config *c, const ddpm_schedule *s, float *z,
     }
     o->make(s, c->sigma, z, target, t, x, tq, &noise);
     *label = -1;
-    if (c->conditioning == COND_CLASS) {
+    if (c->conditioning == CONDITIONING_CLASS) {
         rng_init(&r, c->seed, DM_STREAM_DROP, (uint64_t)step, (uint32_t)pos);
         *label = rng_uniform(&r) < c->p_uncond ? -1 : x_label;
     }
@@ -62,7 +62,7 @@ void diffusion_x0_hat(const dm_config *c, const ddpm_schedule *s, float *x0,
 int diffusion_steps(const dm_config *c) {
     const dm_objective_def *o = objective_get(c->objective);
     if (c->sample_steps) return c->sample_steps;
-    return c->conditioning == COND_CLASS ? o->steps_class : o->steps_time;
+    return c->conditioning == CONDITIONING_CLASS ? o->steps_class : o->steps_time;
 }
 
 void guidance_combine(float *out, const float *ec, const float *eu, float g, long n) {

@@ -15,7 +15,7 @@
 int sampler_chunk(const dm_config *c) { return c->sample_chunk; }
 
 int sampler_model_rows(const dm_config *c) {
-    return c->conditioning == COND_CLASS ? 2 * c->sample_chunk : c->sample_chunk;
+    return c->conditioning == CONDITIONING_CLASS ? 2 * c->sample_chunk : c->sample_chunk;
 }
 
 /* Network output for k images x (and their labels), guided for class

@@ -35,10 +35,11 @@
 #include "diffmpi/h5util.h"
 #include "diffmpi/layers.h"
 #include "diffmpi/rng.h"
+#include "diffmpi/train.h"
 #include "diffmpi/unet.h"
 
 enum { PIX = 784, STEPS = 3, MAX_B = 64, MAX_STEPS = 16 };
-#define MOMENTUM 0.1f /* train.c's BN_MOMENTUM, PyTorch's default */
+#define MOMENTUM NORM_BN_MOMENTUM /* the trainer's, PyTorch's default */
 
 /* Shared by every case: width 4, an odd batch of 5 in micro-batches of 2, 2
  * and 1 (the last one short), Adam at lr 1e-3. */
@@ -306,7 +307,7 @@ static void compare_zero(int k, const char *name, const float *got, const float 
     failures++;
 }
 
-/* One model on one rank, stepped as train.c's train_step does. */
+/* One model on one rank, stepped by train.c's train_batch and adam_step. */
 typedef struct {
     unet u;
     dm_dist d;
@@ -327,21 +328,15 @@ static double train_step(golden_run *r, float momentum) {
         for (int i = 0; u->nemb && i < r->n[j]; i++)
             unet_set_cond(u, j, i, b->t[j * u->m + i], b->labels[j * u->m + i]);
     }
-    unet_zero_grad(u, r->nmb);
-    unet_forward(u, 1, r->nmb, r->n, b->n, dist_combine, &r->d, momentum);
-    float scale = 1.0f / ((float)b->n * PIX);
-    double sse[MAX_B], total = 0;
-    for (int j = 0; j < r->nmb; j++) {
-        long off = (long)j * u->m * PIX, cnt = (long)r->n[j] * PIX;
-        const float *y = unet_slot(u, u->out_buf, j);
-        sse[j] = mse_forward_backward(u->act[u->out_buf].grad + j * u->act[u->out_buf].mb_stride,
-                                      y, b->target + off, cnt, scale);
-        memcpy(r->y + off, y, sizeof(float) * (size_t)cnt);
-    }
-    unet_backward(u, r->nmb, r->n, b->n, dist_combine, &r->d, dist_leaf_dst, dist_leaf_done);
-    dist_reduce_grads(&r->d, r->grads);
-    dist_sum_mb(&r->d, &total, sse, 1, 0);
-    return total / ((double)b->n * PIX);
+    /* The trainer's own step (train.c), on every micro-batch of the batch:
+     * this test runs on one rank, so the global batch is local. */
+    double sse[MAX_B];
+    double loss = train_batch(u, &r->d, r->grads, sse, b->target, r->nmb, r->n, b->n, b->n,
+                              momentum);
+    for (int j = 0; j < r->nmb; j++)
+        memcpy(r->y + (long)j * u->m * PIX, unet_slot(u, u->out_buf, j),
+               sizeof(float) * (size_t)r->n[j] * PIX);
+    return loss;
 }
 
 /* Build the model of checkpoint ck for batch b; 0 on success. */

@@ -34,10 +34,14 @@ def finish():
     sys.exit(1 if n else 0)
 
 
-def mpirun(nprocs, args, env_extra=None, timeout=600):
+def mpirun(nprocs, args, env_extra=None, timeout=600, mpi_args=()):
     env = dict(os.environ)
-    env.update(env_extra or {})
-    cmd = ["mpirun", "--oversubscribe", "-np", str(nprocs), BIN] + args
+    for k, v in (env_extra or {}).items():  # None: unset
+        if v is None:
+            env.pop(k, None)
+        else:
+            env[k] = v
+    cmd = ["mpirun", "--oversubscribe"] + list(mpi_args) + ["-np", str(nprocs), BIN] + args
     return subprocess.run(cmd, env=env, capture_output=True, text=True,
                           timeout=timeout)
 

@@ -508,6 +508,8 @@ def checkpoint_cases(b, data_dir, good_run):
     b.expect_ok("predict.good_control", predict(good))
     b.expect_fail("ckpt.resume_other_hidden", resume(good, ["hidden=8"]), 1,
                   [good, "hidden=4", "hidden=8"])
+    b.expect_fail("ckpt.resume_other_norm", resume(good, ["norm=group", "norm_groups=2"]),
+                  1, [good, "norm=batch", "norm=group norm_groups=2"])
     b.expect_fail("ckpt.resume_other_objective", resume(bad["other_objective"]),
                   1, [bad["other_objective"], "pure_noise"])
     b.expect_fail("ckpt.resume_missing_file",

@@ -43,6 +43,21 @@ check("projected: 40 images with 300 steps" in r.stdout, "projects the full samp
 r = mpirun(1, ["bench"] + TINY + ["--sample"])
 check(r.returncode == 2 and "--sample needs a diffusion model" in r.stderr,
       "bench --sample on a denoiser is a usage error")
+# OPENBLAS_CORETYPE forcing AVX2 kernels on an AVX-512 CPU is named in one
+# note beside the OpenBLAS line; OpenBLAS's own choice, or an AVX-512 kernel
+# set, is not. Nothing goes to stderr, which is for errors.
+avx512 = " avx512f " in open("/proc/cpuinfo").read().replace("\n", " ")
+for core, warned in (("Haswell", avx512), ("SkylakeX", False), (None, False)):
+    env = {"OPENBLAS_CORETYPE": core}
+    args = ["-x", "OPENBLAS_CORETYPE"] if core else []
+    r = mpirun(2, ["bench"] + TINY + ["--steps", "1"], env_extra=env, mpi_args=args)
+    lines = [l for l in r.stdout.splitlines() if "OPENBLAS_CORETYPE" in l]
+    check(r.returncode == 0 and len(lines) == (1 if warned else 0) and not r.stderr.strip(),
+          f"OPENBLAS_CORETYPE={core}: {'one note' if warned else 'no note'} "
+          f"(avx512 {avx512}: {lines}; stderr {r.stderr[-200:]!r})")
+if not avx512:
+    print("note: no AVX-512 on this CPU, so the Haswell case expects no note")
+
 r = mpirun(1, ["bench", "--steps", "0"])
 check(r.returncode == 2 and "--steps" in r.stderr, "bench --steps 0 is a usage error")
 finish()

@@ -85,7 +85,7 @@ static void test_defaults(void) {
     memset(&c, 0x5a, sizeof c);
     config_defaults(&c);
     EXPECT(c.objective == OBJ_DENOISE, "objective");
-    EXPECT(c.conditioning == COND_NONE, "conditioning");
+    EXPECT(c.conditioning == CONDITIONING_NONE, "conditioning");
     EXPECT(c.hidden == 128 && c.epochs == 5 && c.batch == 256 &&
                c.micro_batch == 32,
            "hidden/epochs/batch/micro_batch");
@@ -122,7 +122,7 @@ static void test_defaults(void) {
            "defaults text:\n%s", text);
     EXPECT(strcmp(config_objective_name(OBJ_PURE_NOISE), "pure_noise") == 0,
            "objective name");
-    EXPECT(strcmp(config_conditioning_name(COND_CLASS), "class") == 0,
+    EXPECT(strcmp(config_conditioning_name(CONDITIONING_CLASS), "class") == 0,
            "conditioning name");
 }
 
@@ -220,7 +220,7 @@ static void test_file_every_key(void) {
     dm_status st = load_text(&c, text, err, sizeof err);
     EXPECT(st == DM_OK, "every key: status %d: %s", (int)st, err);
     EXPECT(err[0] == '\0', "every key: unexpected output '%s'", err);
-    EXPECT(c.objective == OBJ_FLOW && c.conditioning == COND_CLASS,
+    EXPECT(c.objective == OBJ_FLOW && c.conditioning == CONDITIONING_CLASS,
            "objective/conditioning");
     EXPECT(c.hidden == 64, "hidden (indented, inline comment) = %d",
            c.hidden);
@@ -405,7 +405,7 @@ static void test_set(void) {
                c.objective == OBJ_DDPM,
            "objective");
     EXPECT(config_set(&c, "conditioning=time") == DM_OK &&
-               c.conditioning == COND_TIME,
+               c.conditioning == CONDITIONING_TIME,
            "conditioning");
     EXPECT(config_validate(&c) == DM_OK, "after --set: validate");
 
@@ -435,7 +435,7 @@ static void test_round_trip(void) {
     dm_config a, b;
     config_defaults(&a);
     a.objective = OBJ_FLOW;
-    a.conditioning = COND_CLASS;
+    a.conditioning = CONDITIONING_CLASS;
     a.hidden = 4096;
     a.epochs = 100000;
     a.batch = 1000;
@@ -532,12 +532,12 @@ static void test_validate(void) {
         dm_conditioning k;
         int ok;
     } combos[] = {
-        {OBJ_DENOISE, COND_NONE, 1},  {OBJ_DENOISE, COND_TIME, 0},
-        {OBJ_DENOISE, COND_CLASS, 0}, {OBJ_PURE_NOISE, COND_NONE, 1},
-        {OBJ_PURE_NOISE, COND_TIME, 0}, {OBJ_DDPM, COND_NONE, 0},
-        {OBJ_DDPM, COND_TIME, 1},     {OBJ_DDPM, COND_CLASS, 1},
-        {OBJ_FLOW, COND_NONE, 0},     {OBJ_FLOW, COND_TIME, 1},
-        {OBJ_FLOW, COND_CLASS, 1},
+        {OBJ_DENOISE, CONDITIONING_NONE, 1},  {OBJ_DENOISE, CONDITIONING_TIME, 0},
+        {OBJ_DENOISE, CONDITIONING_CLASS, 0}, {OBJ_PURE_NOISE, CONDITIONING_NONE, 1},
+        {OBJ_PURE_NOISE, CONDITIONING_TIME, 0}, {OBJ_DDPM, CONDITIONING_NONE, 0},
+        {OBJ_DDPM, CONDITIONING_TIME, 1},     {OBJ_DDPM, CONDITIONING_CLASS, 1},
+        {OBJ_FLOW, CONDITIONING_NONE, 0},     {OBJ_FLOW, CONDITIONING_TIME, 1},
+        {OBJ_FLOW, CONDITIONING_CLASS, 1},
     };
     for (size_t i = 0; i < sizeof combos / sizeof combos[0]; i++) {
         config_defaults(&c);

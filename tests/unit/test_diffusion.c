@@ -75,7 +75,7 @@ static void test_examples(void) {
     float t;
     int label, dropped = 0, seen[DDPM_T] = {0};
     c.objective = OBJ_DDPM;
-    c.conditioning = COND_CLASS;
+    c.conditioning = CONDITIONING_CLASS;
     for (int pos = 0; pos < 2000; pos++) {
         diffusion_example(&c, &s, z, tg, &t, &label, x, 7, 3, pos);
         int ti = (int)lroundf(t * DDPM_T);
@@ -104,7 +104,7 @@ static void test_examples(void) {
     EXPECT(memcmp(z, z2, sizeof z) != 0, "another step, another example");
 
     c.objective = OBJ_FLOW;
-    c.conditioning = COND_TIME;
+    c.conditioning = CONDITIONING_TIME;
     diffusion_example(&c, &s, z, tg, &t, &label, x, 7, 3, 5);
     EXPECT(t >= 0 && t < 1 && label == -1, "flow: t in [0,1), no label for time models");
     diffusion_x0_hat(&c, &s, est, z, tg, t, DM_PIX);
@@ -112,7 +112,7 @@ static void test_examples(void) {
     for (int k = 0; k < DM_PIX; k++) err = fmax(err, fabs(est[k] - x[k]));
     EXPECT(err < 1e-5, "flow: x_t + (1-t) u = x (err %g)", err);
     EXPECT(diffusion_steps(&c) == 50, "flow time model samples with 50 steps");
-    c.conditioning = COND_CLASS;
+    c.conditioning = CONDITIONING_CLASS;
     EXPECT(diffusion_steps(&c) == 300, "flow class model samples with 300 steps");
     c.objective = OBJ_DDPM;
     EXPECT(diffusion_steps(&c) == 300, "DDPM samples with 300 steps");
