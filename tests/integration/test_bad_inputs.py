@@ -510,6 +510,14 @@ def checkpoint_cases(b, data_dir, good_run):
                   [good, "hidden=4", "hidden=8"])
     b.expect_fail("ckpt.resume_other_norm", resume(good, ["norm=group", "norm_groups=2"]),
                   1, [good, "norm=batch", "norm=group norm_groups=2"])
+    # Other GroupNorm groups: the same tensor shapes, a different network.
+    gn_run = os.path.join(os.path.dirname(good_run), "good-gn")
+    if b.expect_ok("setup.tiny_training_group_norm",
+                   ["train", "--out", gn_run] + tiny + sets(["norm=group", "norm_groups=2"])):
+        gn = os.path.join(gn_run, "checkpoints", "ckpt-4.h5")
+        b.expect_fail("ckpt.resume_other_norm_groups",
+                      resume(gn, ["norm=group", "norm_groups=4"]), 1,
+                      [gn, "norm_groups=2", "norm_groups=4"])
     b.expect_fail("ckpt.resume_other_objective", resume(bad["other_objective"]),
                   1, [bad["other_objective"], "pure_noise"])
     b.expect_fail("ckpt.resume_missing_file",
