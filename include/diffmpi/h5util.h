@@ -66,6 +66,9 @@ dm_status h5_close_file(hid_t f, const char *file, const char *what,
 /* fsync a file and its directory (durability before rename/delete). */
 dm_status fs_sync_file(const char *path);
 dm_status fs_sync_dir_of(const char *path);
+/* A finished temporary file into place: fsync tmp, rename it to path (one
+ * line naming path on failure). The caller removes tmp when this fails. */
+dm_status fs_commit_tmp(const char *tmp, const char *path);
 /* mkdir -p */
 dm_status fs_mkdirs(const char *path);
 

@@ -4,7 +4,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-#include <errno.h>
 #include <mpi.h>
 
 #include "diffmpi/ckpt.h"
@@ -93,17 +92,13 @@ static dm_status read_input(const char *path, float **x, int *n) {
     return h5_close_file(f, path, "input file", read_x(f, path, x, n));
 }
 
-/* Write /y into f (the temporary tmp), close it and rename it to path. */
+/* Write /y into f (the temporary tmp), close, sync and rename it to path. */
 static dm_status write_renamed(hid_t f, const char *path, const char *tmp,
                                const float *y, int n) {
     hsize_t d[4] = {(hsize_t)n, 1, DM_IMG, DM_IMG};
     dm_status st = h5_write_f32(f, tmp, "/y", y, 4, d);
     DM_TRY(h5_close_file(f, tmp, "output file (disk full?)", st));
-    if (rename(tmp, path) != 0) {
-        dm_error("%s: cannot rename output into place: %s", path, strerror(errno));
-        return DM_EIO;
-    }
-    return DM_OK;
+    return fs_commit_tmp(tmp, path);
 }
 
 static dm_status write_output(const char *path, const float *y, int n) {

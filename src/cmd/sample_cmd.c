@@ -1,7 +1,6 @@
 /* sample_cmd.c: `diffmpi sample` - draw images from a diffusion checkpoint,
  * spread over the ranks (see sampler.h); rank 0 writes an HDF5 file and a
  * PNG grid beside it. */
-#include <errno.h>
 #include <mpi.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -38,16 +37,12 @@ static dm_status write_body(hid_t f, const sample_args *a, const dm_config *c,
     return h5_attr_str(f, a->out, "checkpoint", a->checkpoint);
 }
 
-/* Close f, the temporary tmp, after writes that ended with st; rename it to
- * out. */
+/* Close f, the temporary tmp, after writes that ended with st; sync it and
+ * rename it to out. */
 static dm_status close_renamed(hid_t f, const char *tmp, const char *out,
                                dm_status st) {
     DM_TRY(h5_close_file(f, out, "output file (disk full?)", st));
-    if (rename(tmp, out) != 0) {
-        dm_error("%s: cannot rename into place: %s", out, strerror(errno));
-        return DM_EIO;
-    }
-    return DM_OK;
+    return fs_commit_tmp(tmp, out);
 }
 
 static dm_status write_file(const sample_args *a, const dm_config *c,

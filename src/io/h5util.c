@@ -246,6 +246,15 @@ dm_status fs_sync_file(const char *path) {
     return DM_OK;
 }
 
+dm_status fs_commit_tmp(const char *tmp, const char *path) {
+    DM_TRY(fs_sync_file(tmp));
+    if (rename(tmp, path) != 0) {
+        dm_error("%s: cannot rename into place: %s", path, strerror(errno));
+        return DM_EIO;
+    }
+    return DM_OK;
+}
+
 dm_status fs_sync_dir_of(const char *path) {
     char tmp[4096];
     snprintf(tmp, sizeof tmp, "%s", path);

@@ -1,7 +1,6 @@
 /* samples.c: figure data in samples.h5 and PNG grids (see samples.h). */
 #include "diffmpi/samples.h"
 
-#include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -52,12 +51,7 @@ static dm_status commit_renamed(hid_t f, const char *path, const char *tmp,
     st = h5_close_file(f, tmp, "samples file (disk full?)", st);
     fault_point("samples");
     DM_TRY(st);
-    DM_TRY(fs_sync_file(tmp));
-    if (rename(tmp, path) != 0) {
-        dm_error("%s: cannot rename into place: %s", path, strerror(errno));
-        return DM_EIO;
-    }
-    return DM_OK;
+    return fs_commit_tmp(tmp, path);
 }
 
 static dm_status commit_copy(hid_t f, const char *out, const char *tmp,
