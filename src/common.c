@@ -51,6 +51,19 @@ void *dm_calloc(size_t count, size_t size) {
     return p;
 }
 
+int dm_exit_code(dm_status st) {
+    if (st == DM_OK) return DM_EXIT_OK;
+    if (st == DM_EUSAGE) return DM_EXIT_USAGE;
+    if (st == DM_ESTOP) return DM_EXIT_SIGNAL;
+    return DM_EXIT_RUNTIME;
+}
+
+dm_status dm_agree(dm_status st) {
+    int v = (int)st, w = 0;
+    MPI_Allreduce(&v, &w, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+    return (dm_status)w;
+}
+
 int dm_parse_long(const char *s, long lo, long hi, long *out) {
     char *end;
     errno = 0;

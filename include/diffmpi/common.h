@@ -30,6 +30,13 @@ enum {
     DM_EXIT_SIGNAL = 3,   /* SIGTERM/SIGUSR1: checkpoint written, resume later */
 };
 
+/* The exit code of a status: DM_OK 0, DM_EUSAGE 2, DM_ESTOP 3, else 1. */
+int dm_exit_code(dm_status st);
+
+/* Every rank of MPI_COMM_WORLD agrees on a status: the worst (largest)
+ * one wins. Collective. */
+dm_status dm_agree(dm_status st);
+
 /* Print "diffmpi: <message>\n" on stderr as one write (printf format). */
 void dm_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 

@@ -160,7 +160,7 @@ int bench_run(const dm_config *cfg, int steps, int sample, int verbose) {
     }
     if (st != DM_OK) {
         trainer_teardown(&t);
-        return st == DM_EUSAGE ? DM_EXIT_USAGE : DM_EXIT_RUNTIME;
+        return dm_exit_code(st);
     }
     if (sample) trainer_sync_sampler(&t);
     if (t.rank == 0) {

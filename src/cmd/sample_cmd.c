@@ -121,11 +121,10 @@ int sample_run(const sample_args *a) {
     dm_set_quiet(rank != 0);
     dm_status st = load(a, &c, &q, &u);
     dm_set_quiet(0);
-    int v = (int)st, w = 0;
-    MPI_Allreduce(&v, &w, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
-    if (w != DM_OK) {
+    st = dm_agree(st);
+    if (st != DM_OK) {
         if (u.arena) unet_free(&u);
-        return w == DM_EUSAGE ? DM_EXIT_USAGE : DM_EXIT_RUNTIME;
+        return dm_exit_code(st);
     }
     int32_t *labels = dm_calloc((size_t)q.n, sizeof(int32_t));
     /* "all": digits in equal runs, 0,0,0,0,1,1,... for 40 images - the
@@ -147,7 +146,8 @@ int sample_run(const sample_args *a) {
                q.steps, q.guidance, (unsigned long long)q.seed, secs);
         st = write_outputs(a, &c, &q, img, labels, traj, traj_t);
     }
-    v = (int)st;
+    /* Only rank 0 wrote: its status is the job's. */
+    int v = (int)st;
     MPI_Bcast(&v, 1, MPI_INT, 0, MPI_COMM_WORLD);
     free(labels), free(img), free(traj);
     unet_free(&u);

@@ -34,15 +34,6 @@
 static volatile sig_atomic_t stop_signal = 0;
 static void on_signal(int sig) { stop_signal = sig; }
 
-
-
-/* All ranks agree on a status: the worst (largest) one wins. */
-static dm_status agree(dm_status st) {
-    int v = (int)st, w = 0;
-    MPI_Allreduce(&v, &w, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
-    return (dm_status)w;
-}
-
 /* Ends a read that every rank does of the same files (data, checkpoint),
  * begun with dm_set_quiet(rank != 0): their messages would be identical, so
  * only rank 0's is printed. If rank 0 read `what` where another rank could
@@ -51,19 +42,13 @@ static dm_status agree_read(const dm_trainer *t, dm_status st, const char *what)
     dm_set_quiet(0);
     int bad = st != DM_OK ? t->rank : t->size, first = t->size;
     MPI_Allreduce(&bad, &first, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
-    dm_status all = agree(st);
+    dm_status all = dm_agree(st);
     if (t->rank == 0 && st == DM_OK && all != DM_OK)
         dm_error("%s: readable on rank 0 but not on rank %d (is it on a file system "
                  "that every node sees?)", what, first);
     return all;
 }
 
-static int exit_code(dm_status st) {
-    if (st == DM_OK) return DM_EXIT_OK;
-    if (st == DM_EUSAGE) return DM_EXIT_USAGE;
-    if (st == DM_ESTOP) return DM_EXIT_SIGNAL;
-    return DM_EXIT_RUNTIME;
-}
 
 
 static void load_permutation(dm_trainer *t, int64_t epoch) {
@@ -221,7 +206,7 @@ static dm_status save(dm_trainer *t) {
         if (st == DM_OK)
             st = ckpt_write(t->out, &t->net, t->m, t->v, &t->st, &t->cfg, t->cfg.keep);
     }
-    return agree(st);
+    return dm_agree(st);
 }
 
 /* ---- progress ---------------------------------------------------------------- */
@@ -267,7 +252,7 @@ static dm_status prepare_out(dm_trainer *t, const char *resume) {
             st = DM_EUSAGE;
         }
     }
-    return agree(st);
+    return dm_agree(st);
 }
 
 /* Rank 0 resolves the checkpoint path and broadcasts it. */
@@ -278,7 +263,7 @@ static dm_status resolve_resume(dm_trainer *t, const char *resume, char *path,
         if (strcmp(resume, "auto") == 0) st = ckpt_find_latest(t->out, path, size);
         else snprintf(path, size, "%s", resume);
     }
-    st = agree(st);
+    st = dm_agree(st);
     MPI_Bcast(path, (int)size, MPI_CHAR, 0, MPI_COMM_WORLD);
     return st;
 }
@@ -420,9 +405,9 @@ dm_status trainer_setup(dm_trainer *t, const dm_config *cfg, const char *out_dir
     }
     if (t->rank == 0 && !synthetic)
         st = log_open(&t->log, t->out, c, EVAL_SIGMA, resume ? t->st.step : -1);
-    st = agree(st);
+    st = dm_agree(st);
     if (st == DM_OK && !synthetic)
-        st = agree(watchdog_start(t->out, t->rank, t->size, c->watchdog));
+        st = dm_agree(watchdog_start(t->out, t->rank, t->size, c->watchdog));
     return st;
 }
 
@@ -457,7 +442,7 @@ static dm_status epoch_end(dm_trainer *t) {
         fflush(stdout);
         st = log_eval(&t->log, t->st.step, epoch, mse);
     }
-    st = agree(st);
+    st = dm_agree(st);
     int diffusion = objective_get(c->objective)->diffusion;
     if (st == DM_OK && diffusion && config_sample_epoch(c, epoch)) {
         trainer_sync_sampler(t);
@@ -471,7 +456,7 @@ static dm_status epoch_end(dm_trainer *t) {
         for (int s = 0; s < DM_NSIGMAS; s++) mses[s] = train_test_mse(t, dm_sigmas[s], s);
         st = samples_ood(t->out, &t->net, c, &t->test, mses, t->rank);
     }
-    st = agree(st);
+    st = dm_agree(st);
     t->st.epoch++;
     t->st.batch_in_epoch = 0;
     if (c->lr_decay == LR_EXP) t->st.lr *= pow(0.1, 1.0 / c->epochs);
@@ -489,7 +474,7 @@ static dm_status loop(dm_trainer *t) {
     dm_status st = DM_OK;
     if (t->rank == 0 && t->st.step == 0 && !objective_get(c->objective)->diffusion)
         st = samples_noising(t->out, c, &t->test);
-    st = agree(st);
+    st = dm_agree(st);
     while (st == DM_OK && t->st.epoch < c->epochs) {
         if (loaded_epoch != t->st.epoch) {
             load_permutation(t, t->st.epoch);
@@ -509,7 +494,7 @@ static dm_status loop(dm_trainer *t) {
         int sig = stop_signal, any = 0;
         if (test_stop_step > 0 && t->st.step == test_stop_step) sig = SIGUSR1;
         MPI_Allreduce(&sig, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
-        st = agree(st);
+        st = dm_agree(st);
         if (st != DM_OK) break;
         int saved = 0;
         if (t->st.batch_in_epoch == t->steps_per_epoch) {
@@ -579,11 +564,11 @@ int train_run(const dm_config *cfg, const char *out_dir, const char *resume) {
         /* The log's last rows reach the disk at its close: a failed close
          * fails the run (teardown's second close is then a no-op). */
         dm_status closed = t.rank == 0 ? log_close(&t.log) : DM_OK;
-        if (st == DM_OK) st = agree(closed);
+        if (st == DM_OK) st = dm_agree(closed);
         double mine = dm_peak_rss_mib(), peak = 0;
         MPI_Reduce(&mine, &peak, 1, MPI_DOUBLE, MPI_MAX, 0, MPI_COMM_WORLD);
         if (t.rank == 0) printf("peak memory per rank: %.0f MiB (largest rank)\n", peak);
     }
     trainer_teardown(&t);
-    return exit_code(st);
+    return dm_exit_code(st);
 }
