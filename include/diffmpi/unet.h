@@ -102,7 +102,7 @@ typedef struct {
 /* What to build. mix: COND_MIX_NONE (no conditioning), ADD or MUL (time
  * only: t1, t2), FILM (time and class: t1, t2, c1, c2). norm: what follows
  * every hidden convolution (groups: GroupNorm's group count, which must
- * divide D; 0 means 32). */
+ * divide D; config key norm_groups). */
 typedef struct {
     int D;
     cond_mix mix;

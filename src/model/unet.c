@@ -249,8 +249,8 @@ void unet_init(unet *u, const unet_shape *sh) {
     u->inference = sh->inference;
     u->mix = sh->mix;
     u->norm = sh->norm;
-    u->groups = sh->groups > 0 ? sh->groups : 32;
-    DM_CHECK(sh->norm != NORM_GROUP || sh->D % u->groups == 0,
+    u->groups = sh->groups;
+    DM_CHECK(sh->norm != NORM_GROUP || (u->groups > 0 && sh->D % u->groups == 0),
              "GroupNorm: %d groups do not divide D = %d", u->groups, sh->D);
     u->nemb = sh->mix == COND_MIX_NONE ? 0 : sh->mix == COND_MIX_FILM ? 2 : 1;
     build(u);
