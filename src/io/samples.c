@@ -31,16 +31,31 @@ static dm_status copy_file(const char *src, const char *dst) {
     return st;
 }
 
-/* Open a writable copy of samples.h5 (or a new file) under a temp name. */
+/* Open a writable copy of samples.h5 (or a new file) under a temp name.
+ * An existing samples.h5 that cannot be copied or read is left as it is
+ * and the update fails: a new file renamed over it would lose the figures
+ * of every earlier epoch. */
 static hid_t open_copy(const char *out, char *tmp, size_t size) {
     char path[4200];
     snprintf(path, sizeof path, "%s/samples.h5", out);
     snprintf(tmp, size, "%s/.samples.h5.tmp", out);
-    hid_t f = -1;
-    if (access(path, F_OK) == 0 && copy_file(path, tmp) == DM_OK)
-        f = H5Fopen(tmp, H5F_ACC_RDWR, H5P_DEFAULT);
-    if (f < 0) f = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
-    if (f < 0) dm_error("%s: cannot create samples file", tmp);
+    if (access(path, F_OK) != 0) {
+        hid_t f = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+        if (f < 0) dm_error("%s: cannot create samples file", tmp);
+        return f;
+    }
+    if (copy_file(path, tmp) != DM_OK) {
+        dm_error("%s: cannot copy it to %s to add this epoch's figures (disk full?); "
+                 "it is left as it is", path, tmp);
+        unlink(tmp);
+        return -1;
+    }
+    hid_t f = H5Fopen(tmp, H5F_ACC_RDWR, H5P_DEFAULT);
+    if (f < 0) {
+        dm_error("%s: not a readable HDF5 file, so this epoch's figures cannot be added "
+                 "to it; it is left as it is: move it aside to start a new one", path);
+        unlink(tmp);
+    }
     return f;
 }
 

@@ -518,6 +518,24 @@ def checkpoint_cases(b, data_dir, good_run):
         b.expect_fail("ckpt.resume_other_norm_groups",
                       resume(gn, ["norm=group", "norm_groups=4"]), 1,
                       [gn, "norm_groups=2", "norm_groups=4"])
+    # A samples.h5 that is no longer HDF5: the run stops at its next figure
+    # with one line and leaves the file as it is (a new file renamed over it
+    # would lose every earlier epoch's figures).
+    sd = os.path.join(os.path.dirname(good_run), "samples-damaged")
+    b.env["DIFFMPI_TEST_STOP_AT_STEP"] = "2"
+    code, _, err = b.execute(["train", "--out", sd] + tiny)
+    del b.env["DIFFMPI_TEST_STOP_AT_STEP"]
+    b.report("setup.stopped_at_step_2",
+             None if code == 3 else "exit %d, expected 3: %s" % (code, err[-300:]))
+    damaged = b"not an HDF5 file " * 64
+    with open(os.path.join(sd, "samples.h5"), "wb") as f:
+        f.write(damaged)
+    b.expect_fail("samples.damaged_file_left_alone",
+                  ["train", "--out", sd] + tiny + ["--resume", "auto"], 1,
+                  [os.path.join(sd, "samples.h5"), "move it aside"])
+    with open(os.path.join(sd, "samples.h5"), "rb") as f:
+        kept = f.read() == damaged
+    b.report("samples.damaged_file_unchanged", None if kept else "samples.h5 was replaced")
     b.expect_fail("ckpt.resume_other_objective", resume(bad["other_objective"]),
                   1, [bad["other_objective"], "pure_noise"])
     b.expect_fail("ckpt.resume_missing_file",
