@@ -145,21 +145,15 @@ static const cli_option *find_option(const cli_option *opts, const char *name) {
     return NULL;
 }
 
-/* The command line of train and bench: the options in opts, --config FILE
- * and --set KEY=VALUE (repeatable) in any order. Then the configuration:
- * the defaults, the --config file, every --set in command-line order and the
- * cross-key checks. A --config file that cannot be read is a usage error.
+/* argv against the option tables opts and more (NULL or a second table):
+ * flags set, values stored or parsed, then the required options checked.
  * Returns DM_EXIT_OK, or DM_EXIT_USAGE after one error line. */
-static int config_command(const char *cmd, int argc, char **argv,
-                          const cli_option *opts, dm_config *c) {
-    const char *cfg = NULL, *set = NULL; /* each --set: applied in order below */
-    const cli_option config_opts[] = {{"--config", .text = &cfg},
-                                      {"--set", .text = &set},
-                                      {NULL}};
+static int parse_options(const char *cmd, int argc, char **argv, const cli_option *opts,
+                         const cli_option *more) {
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i], *v;
         const cli_option *o = find_option(opts, a);
-        if (!o) o = find_option(config_opts, a);
+        if (!o && more) o = find_option(more, a);
         if (!o) return usage_error("%s: unknown argument '%s'", cmd, a);
         if (o->flag) {
             *o->flag = 1;
@@ -173,6 +167,22 @@ static int config_command(const char *cmd, int argc, char **argv,
     }
     for (const cli_option *o = opts; o->name; o++)
         if (o->missing && !*o->text) return usage_error("%s", o->missing);
+    return DM_EXIT_OK;
+}
+
+/* The command line of train and bench: the options in opts, --config FILE
+ * and --set KEY=VALUE (repeatable) in any order. Then the configuration:
+ * the defaults, the --config file, every --set in command-line order and the
+ * cross-key checks. A --config file that cannot be read is a usage error.
+ * Returns DM_EXIT_OK, or DM_EXIT_USAGE after one error line. */
+static int config_command(const char *cmd, int argc, char **argv,
+                          const cli_option *opts, dm_config *c) {
+    const char *cfg = NULL, *set = NULL; /* each --set: applied in order below */
+    const cli_option config_opts[] = {{"--config", .text = &cfg},
+                                      {"--set", .text = &set},
+                                      {NULL}};
+    int code = parse_options(cmd, argc, argv, opts, config_opts);
+    if (code != DM_EXIT_OK) return code;
     config_defaults(c);
     dm_status st = cfg ? config_load_file(c, cfg) : DM_OK;
     /* The same walk again, now known to be well formed. */
@@ -220,19 +230,13 @@ static int cmd_bench(int argc, char **argv) {
 static int cmd_predict(int argc, char **argv) {
     if (wants_help(argc, argv)) return print_usage(usage_predict, 0);
     const char *ck = NULL, *in = NULL, *out = NULL;
-    for (int i = 0; i < argc; i++) {
-        const char *a = argv[i], *v;
-        const char **dst = strcmp(a, "--checkpoint") == 0 ? &ck
-                           : strcmp(a, "--input") == 0    ? &in
-                           : strcmp(a, "--output") == 0   ? &out
-                                                          : NULL;
-        if (!dst) return usage_error("predict: unknown argument '%s'", a);
-        if (!(v = value(argc, argv, &i)) || !*v)
-            return usage_error("option %s needs a value", a);
-        *dst = v;
-    }
-    if (!ck || !in || !out)
-        return usage_error("predict: --checkpoint, --input and --output are required");
+    static const char required[] = "predict: --checkpoint, --input and --output are required";
+    const cli_option opts[] = {{"--checkpoint", .text = &ck, .missing = required},
+                               {"--input", .text = &in, .missing = required},
+                               {"--output", .text = &out, .missing = required},
+                               {NULL}};
+    int code = parse_options("predict", argc, argv, opts, NULL);
+    if (code != DM_EXIT_OK) return code;
     dm_set_quiet(0);
     return predict_run(ck, in, out);
 }
