@@ -11,7 +11,7 @@ void prof_reset(void) { memset(prof_total, 0, sizeof prof_total); }
 
 const char *prof_name(prof_phase p) {
     static const char *names[PROF_NPHASES] = {
-        "GEMM", "im2col/col2im", "BN/GELU/elementwise", "optimizer",
+        "GEMM", "bf16 rounding", "im2col/col2im", "BN/GELU/elementwise", "optimizer",
         "communication", "waiting"};
     return p < PROF_NPHASES ? names[p] : "?";
 }

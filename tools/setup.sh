@@ -17,8 +17,9 @@ fi
 # system slurmctld/slurmd do not start (munged may; the tests do not use it).
 # python3-torch python3-scipy: the golden test against PyTorch
 # (tests/golden, tools/diffmpi_torch.py).
+# libdnnl-dev: oneDNN 2.6, the onednn engine and precision = bf16 (gemm.h).
 PKGS=(cmake make gcc pkg-config libopenmpi-dev openmpi-bin libopenblas-dev
-      libhdf5-dev libpng-dev libinih-dev librandom123-dev
+      libhdf5-dev libpng-dev libinih-dev librandom123-dev libdnnl-dev
       python3 python3-h5py python3-numpy python3-matplotlib
       python3-torch python3-scipy
       slurmd slurmctld slurm-client)

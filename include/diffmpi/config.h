@@ -22,6 +22,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include "diffmpi/common.h"
+#include "diffmpi/engine.h"
 #include "diffmpi/norm.h"
 #include "diffmpi/objective.h"
 
@@ -50,6 +51,8 @@ typedef struct {
     int checkpoint_every;       /* checkpoint_every >= 0 steps, 0 = epochs */
     int keep;                   /* keep >= 1 checkpoints */
     int threads;                /* threads >= 1 OpenBLAS threads per rank */
+    dm_precision precision;     /* precision = fp32|bf16 of the convolutions */
+    dm_engine engine;           /* engine = auto|openblas|onednn */
     dm_bn_sync bn_sync;         /* bn_sync = global|rank */
     double log_every;           /* log_every > 0: seconds between progress
                                    lines when stdout is not a terminal */

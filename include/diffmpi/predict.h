@@ -5,6 +5,7 @@
 #ifndef DIFFMPI_PREDICT_H
 #define DIFFMPI_PREDICT_H
 
-int predict_run(const char *ckpt, const char *in_path, const char *out_path);
+/* precision: dm_precision of the convolutions, < 0: the run's. */
+int predict_run(const char *ckpt, const char *in_path, const char *out_path, int precision);
 
 #endif

@@ -15,7 +15,8 @@
 #include "diffmpi/common.h"
 
 typedef enum {
-    PROF_GEMM,      /* cblas_sgemm */
+    PROF_GEMM,      /* matrix products (gemm.h) */
+    PROF_CAST,      /* rounding GEMM operands to bf16 */
     PROF_IM2COL,    /* im2col / col2im copies */
     PROF_ELEM,      /* BatchNorm, GELU, pooling, conditioning, loss */
     PROF_OPTIM,     /* Adam */

@@ -18,6 +18,7 @@ typedef struct {
     uint64_t seed;          /* --seed */
     int has_seed;
     int trajectory;         /* --trajectory: keep up to 101 frames */
+    int precision;          /* --precision: dm_precision, < 0: the run's */
 } sample_args;
 
 /* Returns the exit code; collective. */

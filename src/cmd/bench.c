@@ -1,6 +1,6 @@
 /* bench.c: `diffmpi bench` (see bench.h): the trainer of train.h on
- * synthetic data, timed per phase against an sgemm peak measured in the
- * same run. */
+ * synthetic data, timed per phase against a GEMM peak measured in the same
+ * run on the run's engine and precision. */
 #include "diffmpi/bench.h"
 
 #include <cblas.h>
@@ -9,29 +9,29 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "diffmpi/gemm.h"
 #include "diffmpi/layers.h"
 #include "diffmpi/prof.h"
 #include "diffmpi/sampler.h"
 #include "diffmpi/samples.h"
 #include "diffmpi/train.h"
 
-/* Every rank runs the same conv-shaped sgemm for `secs` at the same time:
- * the machine's own peak for this job's ranks x threads. Returns this
- * rank's GFLOP/s. */
-static double sgemm_rate(int M, int N, int K, double secs) {
+/* Every rank runs the same conv-shaped product for `secs` at the same time,
+ * on the run's engine and precision (dm_gemm): the machine's own peak for
+ * this job's ranks x threads. Returns this rank's GFLOP/s. */
+static double gemm_rate(int M, int N, int K, double secs) {
     float *a = dm_calloc((size_t)M * K, sizeof(float)), *b = dm_calloc((size_t)K * N, sizeof(float));
     float *c = dm_calloc((size_t)M * N, sizeof(float));
     for (long i = 0; i < (long)M * K; i++) a[i] = (float)(i % 7) * 0.01f;
     for (long i = 0; i < (long)K * N; i++) b[i] = (float)(i % 5) * 0.01f;
     /* A [M x K] times B [K x N] into C [M x N], no transposes: the shape of
      * a convolution's forward GEMM (weights x im2col columns). */
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, N, K, 1.0f, a, K, b, N, 0.0f, c, N);
+    dm_gemm(CblasNoTrans, CblasNoTrans, M, N, K, a, K, b, N, 0.0f, c, N);
     MPI_Barrier(MPI_COMM_WORLD);
     double t0 = dm_now(), t;
     long calls = 0;
     do {
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, N, K, 1.0f, a, K, b, N, 0.0f,
-                    c, N);
+        dm_gemm(CblasNoTrans, CblasNoTrans, M, N, K, a, K, b, N, 0.0f, c, N);
         calls++;
     } while ((t = dm_now() - t0) < secs);
     free(a), free(b), free(c);
@@ -132,7 +132,7 @@ static void bench_report(const dm_trainer *t, int steps, int sample, double secs
         printf("training: %d steps of %d images in %.*f s: %.2f images/s\n", steps, c->batch,
                dec, secs, steps * (double)c->batch / secs);
     }
-    printf("  %.1f GFLOP/s (analytic GEMM FLOPs), %.1f %% of the measured sgemm peak "
+    printf("  %.1f GFLOP/s (analytic GEMM FLOPs), %.1f %% of the measured GEMM peak "
            "(%.1f GFLOP/s = %d rank(s) x %.1f)\n",
            gflops, 100.0 * gflops / peak_sum, peak_sum, t->size, peak_rank);
     double acc = 0;
@@ -168,6 +168,7 @@ int bench_run(const dm_config *cfg, int steps, int sample, int verbose) {
         cpu_name(cpu, sizeof cpu);
         printf("diffmpi bench: %d rank(s) x %d thread(s); %s\n", t.size, cfg->threads, cpu);
         printf("OpenBLAS %s, core %s\n", openblas_get_config(), openblas_get_corename());
+        printf("convolution products: %s\n", gemm_describe());
         char note[512];
         if (blas_core_note(note, sizeof note)) printf("%s\n", note);
         printf("model: objective=%s conditioning=%s D=%d, batch %d, micro_batch %d; "
@@ -183,7 +184,7 @@ int bench_run(const dm_config *cfg, int steps, int sample, int verbose) {
      * matrix stays in cache: the best shape the step has. */
     int D = cfg->hidden, m = cfg->micro_batch;
     int group = conv_group(m, 9L * D * DM_PIX);
-    double rate = sgemm_rate(D, group * DM_PIX, 9 * D, 1.5), sum = 0;
+    double rate = gemm_rate(D, group * DM_PIX, 9 * D, 1.5), sum = 0;
     MPI_Allreduce(&rate, &sum, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
     double per = sum / t.size;
     double secs = bench_timed(&t, sample ? 1 : 2, sample, 1);

@@ -12,6 +12,7 @@
 #include "diffmpi/bench.h"
 #include "diffmpi/common.h"
 #include "diffmpi/config.h"
+#include "diffmpi/engine.h"
 #include "diffmpi/inspect.h"
 #include "diffmpi/predict.h"
 #include "diffmpi/sample_cmd.h"
@@ -46,13 +47,17 @@ static const char *usage_train =
 
 static const char *usage_predict =
     "usage: diffmpi predict --checkpoint FILE --input IN.h5 --output OUT.h5\n"
+    "                       [--precision fp32|bf16]\n"
     "\n"
     "  IN.h5 holds /x [N,1,28,28] float32; OUT.h5 receives /y [N,1,28,28],\n"
-    "  the network's output in evaluation mode (BatchNorm: running statistics).\n";
+    "  the network's output in evaluation mode (BatchNorm: running statistics).\n"
+    "  --precision P  of the convolutions (default: the run's; see the\n"
+    "                 precision key in diffmpi train --help)\n";
 
 static const char *usage_sample =
     "usage: diffmpi sample --checkpoint FILE --out OUT.h5 [--n N] [--class K|all]\n"
     "                      [--guidance G] [--steps S] [--seed S] [--trajectory]\n"
+    "                      [--precision fp32|bf16]\n"
     "\n"
     "  --n N          images to draw (default 40)\n"
     "  --class K|all  class models: digit K for every image, or 'all' (equal\n"
@@ -62,6 +67,8 @@ static const char *usage_sample =
     "                 300 flow with class, or the run's sample_steps)\n"
     "  --seed S       noise seed (default: the run's seed)\n"
     "  --trajectory   also store intermediate images (/trajectory [F,N,28,28])\n"
+    "  --precision P  of the convolutions (default: the run's; bf16 needs\n"
+    "                 AVX512-BF16 or AMX)\n"
     "OUT.h5 gets /images [N,28,28] and /labels [N]; OUT.h5.png a grid. Under\n"
     "mpirun the images are spread over the ranks; the result does not depend\n"
     "on their number.\n";
@@ -71,7 +78,7 @@ static const char *usage_bench =
     "                     [--sample] [--verbose]\n"
     "\n"
     "  Measures the configured model on synthetic data (no files written):\n"
-    "  every rank first runs a conv-shaped sgemm at the same time (the\n"
+    "  every rank first runs a conv-shaped GEMM at the same time (the\n"
     "  machine's own peak), then a warm-up and N timed training steps\n"
     "  (default 5), or with --sample N sampler steps of 40 images. Rank 0\n"
     "  prints images/s, GFLOP/s (analytic GEMM FLOPs), the share of the peak,\n"
@@ -120,6 +127,16 @@ static int wants_help(int argc, char **argv) {
     for (int i = 0; i < argc; i++)
         if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) return 1;
     return 0;
+}
+
+/* --precision fp32|bf16 of sample and predict. */
+static int parse_precision(const char *v, int *out) {
+    for (int p = 0; gemm_precision_name(p); p++)
+        if (strcmp(v, gemm_precision_name(p)) == 0) {
+            *out = p;
+            return DM_EXIT_OK;
+        }
+    return usage_error("--precision: expected fp32 or bf16, got '%s'", v);
 }
 
 /* Value of option argv[*i]; NULL (and an error) when it is missing. */
@@ -229,21 +246,24 @@ static int cmd_bench(int argc, char **argv) {
 
 static int cmd_predict(int argc, char **argv) {
     if (wants_help(argc, argv)) return print_usage(usage_predict, 0);
-    const char *ck = NULL, *in = NULL, *out = NULL;
+    const char *ck = NULL, *in = NULL, *out = NULL, *prec = NULL;
     static const char required[] = "predict: --checkpoint, --input and --output are required";
     const cli_option opts[] = {{"--checkpoint", .text = &ck, .missing = required},
                                {"--input", .text = &in, .missing = required},
                                {"--output", .text = &out, .missing = required},
+                               {"--precision", .text = &prec},
                                {NULL}};
     int code = parse_options("predict", argc, argv, opts, NULL);
     if (code != DM_EXIT_OK) return code;
+    int p = -1;
+    if (prec && (code = parse_precision(prec, &p)) != DM_EXIT_OK) return code;
     dm_set_quiet(0);
-    return predict_run(ck, in, out);
+    return predict_run(ck, in, out, p);
 }
 
 static int cmd_sample(int argc, char **argv) {
     if (wants_help(argc, argv)) return print_usage(usage_sample, 0);
-    sample_args a = {.n = 40, .class_label = SAMPLE_CLASS_NONE, .guidance = -1};
+    sample_args a = {.n = 40, .class_label = SAMPLE_CLASS_NONE, .guidance = -1, .precision = -1};
     for (int i = 0; i < argc; i++) {
         const char *o = argv[i], *v;
         long lv;
@@ -257,6 +277,10 @@ static int cmd_sample(int argc, char **argv) {
         else if (strcmp(o, "--out") == 0) a.out = v;
         else if (strcmp(o, "--n") == 0 && dm_parse_long(v, 1, 100000, &lv)) a.n = (int)lv;
         else if (strcmp(o, "--steps") == 0 && dm_parse_long(v, 1, 100000, &lv)) a.steps = (int)lv;
+        else if (strcmp(o, "--precision") == 0) {
+            int code = parse_precision(v, &a.precision);
+            if (code != DM_EXIT_OK) return code;
+        }
         else if (strcmp(o, "--class") == 0 && strcmp(v, "all") == 0) a.class_label = SAMPLE_CLASS_ALL;
         else if (strcmp(o, "--class") == 0 && dm_parse_long(v, 0, 9, &lv)) a.class_label = (int)lv;
         else if (strcmp(o, "--seed") == 0 && v[0] != '-' && dm_parse_long(v, 0, LONG_MAX, &lv)) {

@@ -9,6 +9,7 @@
 #include "diffmpi/ckpt.h"
 #include "diffmpi/diffusion.h"
 #include "diffmpi/data.h"
+#include "diffmpi/gemm.h"
 #include "diffmpi/h5util.h"
 #include "diffmpi/predict.h"
 #include "diffmpi/unet.h"
@@ -148,20 +149,24 @@ static dm_status predict_into(const char *ckpt, const dm_config *c, const char *
     return st;
 }
 
-static dm_status predict_rank0(const char *ckpt, const char *in, const char *out) {
+static dm_status predict_rank0(const char *ckpt, const char *in, const char *out,
+                               int precision) {
     dm_config c;
     DM_TRY(ckpt_read_config(ckpt, &c));
+    if (precision >= 0) c.precision = (dm_precision)precision;
+    DM_TRY(gemm_setup(c.engine, c.precision, c.threads));
     predict_bufs b = {0};
     dm_status st = predict_into(ckpt, &c, in, out, &b);
     free(b.x), free(b.y), free(b.t), free(b.lab);
     return st;
 }
 
-int predict_run(const char *ckpt, const char *in_path, const char *out_path) {
+int predict_run(const char *ckpt, const char *in_path, const char *out_path, int precision) {
     int rank = 0;
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     h5_quiet();
-    int st = rank == 0 ? (int)predict_rank0(ckpt, in_path, out_path) : 0;
+    int st = rank == 0 ? (int)predict_rank0(ckpt, in_path, out_path, precision) : 0;
+    gemm_teardown();
     MPI_Bcast(&st, 1, MPI_INT, 0, MPI_COMM_WORLD);
-    return st == DM_OK ? DM_EXIT_OK : DM_EXIT_RUNTIME;
+    return dm_exit_code((dm_status)st);
 }

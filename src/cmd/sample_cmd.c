@@ -10,6 +10,7 @@
 #include "diffmpi/ckpt.h"
 #include "diffmpi/data.h"
 #include "diffmpi/diffusion.h"
+#include "diffmpi/gemm.h"
 #include "diffmpi/h5util.h"
 #include "diffmpi/png.h"
 #include "diffmpi/sample_cmd.h"
@@ -104,6 +105,8 @@ static dm_status resolve(const sample_args *a, const dm_config *c, sampler_reque
 /* Configuration, request and model from the checkpoint (every rank). */
 static dm_status load(const sample_args *a, dm_config *c, sampler_request *q, unet *u) {
     DM_TRY(ckpt_read_config(a->checkpoint, c));
+    if (a->precision >= 0) c->precision = (dm_precision)a->precision;
+    DM_TRY(gemm_setup(c->engine, c->precision, c->threads));
     DM_TRY(resolve(a, c, q));
     unet_shape sh = diffusion_shape(c, sampler_model_rows(c), 1, 1);
     unet_init(u, &sh);
@@ -124,6 +127,7 @@ int sample_run(const sample_args *a) {
     st = dm_agree(st);
     if (st != DM_OK) {
         if (u.arena) unet_free(&u);
+        gemm_teardown();
         return dm_exit_code(st);
     }
     int32_t *labels = dm_calloc((size_t)q.n, sizeof(int32_t));
@@ -142,8 +146,8 @@ int sample_run(const sample_args *a) {
     sampler_run(&u, &c, &q, img, traj, traj_t);
     double secs = MPI_Wtime() - t0;
     if (rank == 0) {
-        printf("sampled %d images (%d steps, guidance %g, seed %llu) in %.2f s\n", q.n,
-               q.steps, q.guidance, (unsigned long long)q.seed, secs);
+        printf("sampled %d images (%d steps, guidance %g, seed %llu, %s) in %.2f s\n", q.n,
+               q.steps, q.guidance, (unsigned long long)q.seed, gemm_describe(), secs);
         st = write_outputs(a, &c, &q, img, labels, traj, traj_t);
     }
     /* Only rank 0 wrote: its status is the job's. */
@@ -151,5 +155,6 @@ int sample_run(const sample_args *a) {
     MPI_Bcast(&v, 1, MPI_INT, 0, MPI_COMM_WORLD);
     free(labels), free(img), free(traj);
     unet_free(&u);
+    gemm_teardown();
     return v == DM_OK ? DM_EXIT_OK : DM_EXIT_RUNTIME;
 }

@@ -17,6 +17,7 @@
 #include "diffmpi/data.h"
 #include "diffmpi/diffusion.h"
 #include "diffmpi/fault.h"
+#include "diffmpi/gemm.h"
 #include "diffmpi/dist.h"
 #include "diffmpi/h5log.h"
 #include "diffmpi/h5util.h"
@@ -317,7 +318,8 @@ static void synthetic_data(dm_dataset *d, int n, uint64_t seed) {
 int blas_core_note(char *buf, size_t size) {
     static const char *const avx512_cores[] = {"SkylakeX", "Cooperlake", "SapphireRapids"};
     const char *forced = getenv("OPENBLAS_CORETYPE"), *core = openblas_get_corename();
-    if (!forced || !__builtin_cpu_supports("avx512f")) return 0;
+    if (!forced || !__builtin_cpu_supports("avx512f") || gemm_engine_now() != DM_ENGINE_OPENBLAS)
+        return 0;
     for (size_t i = 0; i < sizeof avx512_cores / sizeof avx512_cores[0]; i++)
         if (strcasecmp(core, avx512_cores[i]) == 0) return 0;
     snprintf(buf, size, "note: OPENBLAS_CORETYPE=%s makes OpenBLAS run its %s kernels, "
@@ -337,8 +339,11 @@ dm_status trainer_setup(dm_trainer *t, const dm_config *cfg, const char *out_dir
     /* Under mpirun a rank's stdout is a pty even when the job's output goes
      * to a file, so only a run without mpirun redraws one line. */
     t->tty = isatty(STDOUT_FILENO) && !getenv("OMPI_COMM_WORLD_SIZE");
-    openblas_set_num_threads(cfg->threads);
     const dm_config *c = &t->cfg;
+    dm_set_quiet(t->rank != 0);
+    dm_status gst = dm_agree(gemm_setup(c->engine, c->precision, c->threads));
+    dm_set_quiet(0);
+    if (gst != DM_OK) return gst;
     int synthetic = out_dir == NULL;
     int m = c->micro_batch;
     t->nmb_full = (c->batch + m - 1) / m;
@@ -423,6 +428,7 @@ void trainer_teardown(dm_trainer *t) {
     data_free(&t->test);
     free(t->grads), free(t->m), free(t->v), free(t->perm), free(t->target);
     free(t->sse), free(t->items), free(t->n);
+    gemm_teardown();
 }
 
 /* ---- the loop -------------------------------------------------------------------- */
@@ -556,6 +562,7 @@ int train_run(const dm_config *cfg, const char *out_dir, const char *resume) {
             printf("model: D=%d, %ld parameters; %ld steps per epoch, %d micro-batches "
                    "of %d per full batch\n", cfg->hidden, t.net.nparams,
                    t.steps_per_epoch, t.nmb_full, cfg->micro_batch);
+            printf("convolution products: %s\n", gemm_describe());
             char note[512];
             if (blas_core_note(note, sizeof note)) printf("%s\n", note);
             fflush(stdout);

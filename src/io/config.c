@@ -69,6 +69,8 @@ _Static_assert(sizeof(dm_norm) == sizeof(int), "enum size");
 _Static_assert(sizeof(dm_conditioning) == sizeof(int), "enum size");
 _Static_assert(sizeof(dm_lr_decay) == sizeof(int), "enum size");
 _Static_assert(sizeof(dm_bn_sync) == sizeof(int), "enum size");
+_Static_assert(sizeof(dm_precision) == sizeof(int), "enum size");
+_Static_assert(sizeof(dm_engine) == sizeof(int), "enum size");
 _Static_assert(MAX_PATH_CHARS < (int)sizeof(((dm_config *)0)->data_dir),
                "data_dir buffer");
 
@@ -140,7 +142,17 @@ static const config_key keys[] = {
      .help = "checkpoints kept; older ones are deleted once a new one is on "
              "disk"},
     {.name = "threads", .kind = KEY_INT, .offset = OFF(threads), .lo = 1,
-     .hi = 256, .def = "1", .help = "OpenBLAS threads per rank"},
+     .hi = 256, .def = "1", .help = "OpenBLAS and oneDNN threads per rank"},
+    {.name = "precision", .kind = KEY_ENUM, .offset = OFF(precision),
+     .name_of = gemm_precision_name, .def = "fp32",
+     .help = "fp32, or bf16: convolution operands rounded to bfloat16, "
+             "products accumulated in fp32; weights, Adam, normalisation, "
+             "loss and checkpoints stay fp32 (needs AVX512-BF16 or AMX)"},
+    {.name = "engine", .kind = KEY_ENUM, .offset = OFF(engine),
+     .name_of = gemm_engine_name, .def = "auto",
+     .help = "what runs the convolutions' matrix products: onednn "
+             "(oneDNN's matmul, kernels chosen from the CPU), openblas "
+             "(cblas_sgemm, fp32 only), or auto (onednn where built)"},
     {.name = "bn_sync", .kind = KEY_ENUM, .offset = OFF(bn_sync),
      .names = bn_sync_names, .def = "global",
      .help = "global: BatchNorm statistics over the global batch (results "

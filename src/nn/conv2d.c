@@ -208,7 +208,7 @@ void conv2d_forward(float *out, const float *in, const float *w, const float *b,
         /* A = w (Cout x K), B = col (K x Pc), C = the group's columns of out
          * (Cout x Pc, row stride P). No transposes: w's [Cout][Cin][k][k] is
          * already Cout x K row-major. beta = 0 overwrites out. */
-        dm_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Cout, Pc, K, 1.0f, w,
+        dm_gemm(CblasNoTrans, CblasNoTrans, Cout, Pc, K, w,
                  K, col, Pc, 0.0f, out + (long)n0 * HWo, (int)P);
     }
     if (!b) return;
@@ -259,8 +259,7 @@ void conv2d_backward(float *din, float *dw, float *db, const float *dout,
          * dout (Cout x Pc, row stride P), NoTrans; B must be Pc x K but col
          * is stored K x Pc, hence Trans; C = dw (Cout x K); beta = 0 for the
          * first group, then 1. */
-        dm_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Cout, K, Pc, 1.0f,
-                 dout + (long)n0 * HWo, (int)P, col, Pc, n0 ? 1.0f : 0.0f, dw, K);
+        dm_gemm(CblasNoTrans, CblasTrans, Cout, K, Pc, dout + (long)n0 * HWo, (int)P, col, Pc, n0 ? 1.0f : 0.0f, dw, K);
     }
     if (db) conv_bias_grad(db, dout, Cout, P);
     if (!din) return;
@@ -284,8 +283,7 @@ void conv2d_backward(float *din, float *dw, float *db, const float *dout,
             /* din += wf x col: A = wf (Cin x Kd), B = col (Kd x Pc), C = the
              * group's columns of din (row stride Pin), beta = 1 because
              * input gradients accumulate. */
-            dm_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Cin, Pc, Kd, 1.0f,
-                     wf, Kd, col, Pc, 1.0f, din + (long)n0 * HW, (int)Pin);
+            dm_gemm(CblasNoTrans, CblasNoTrans, Cin, Pc, Kd, wf, Kd, col, Pc, 1.0f, din + (long)n0 * HW, (int)Pin);
         }
         return;
     }
@@ -294,7 +292,7 @@ void conv2d_backward(float *din, float *dw, float *db, const float *dout,
         /* dcol = w^T x dout over the group. A must be K x Cout but w is
          * stored Cout x K, hence Trans; B = the group's columns of dout
          * (Cout x Pc, row stride P); C = col (K x Pc), beta = 0. */
-        dm_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, Pc, Cout, 1.0f, w, K,
+        dm_gemm(CblasTrans, CblasNoTrans, K, Pc, Cout, w, K,
                  dout + (long)n0 * HWo, (int)P, 0.0f, col, Pc);
         col2im_part(din, col, N, n0, n1, Cin, H, W, k, s, p);
     }

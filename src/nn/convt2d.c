@@ -34,7 +34,7 @@ void convt2d_forward(float *out, const float *in, const float *w,
         /* col = w^T x in over the group. A must be K x Cin but w
          * [Cin][Cout][k][k] is stored Cin x K, hence Trans; B = the group's
          * columns of in (Cin x Pc, row stride P); C = col (K x Pc), beta 0. */
-        dm_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, Pc, Cin, 1.0f, w, K,
+        dm_gemm(CblasTrans, CblasNoTrans, K, Pc, Cin, w, K,
                  in + (long)n0 * HW, (int)P, 0.0f, col, Pc);
         col2im_part(out, col, N, n0, n1, Cout, Ho, Wo, k, s, p);
     }
@@ -56,12 +56,11 @@ void convt2d_backward(float *din, float *dw, float *db, const float *dout,
         /* dw (+)= in x dcol^T. A = the group's columns of in (Cin x Pc, row
          * stride P), NoTrans; B must be Pc x K but dcol is stored K x Pc,
          * hence Trans; C = dw (Cin x K); beta 0 for the first group. */
-        dm_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Cin, K, Pc, 1.0f,
-                 in + (long)n0 * HW, (int)P, col, Pc, n0 ? 1.0f : 0.0f, dw, K);
+        dm_gemm(CblasNoTrans, CblasTrans, Cin, K, Pc, in + (long)n0 * HW, (int)P, col, Pc, n0 ? 1.0f : 0.0f, dw, K);
         /* din += w x dcol. A = w (Cin x K), NoTrans; B = dcol (K x Pc);
          * C = the group's columns of din, beta = 1 (gradients accumulate). */
         if (din)
-            dm_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Cin, Pc, K, 1.0f, w,
+            dm_gemm(CblasNoTrans, CblasNoTrans, Cin, Pc, K, w,
                      K, col, Pc, 1.0f, din + (long)n0 * HW, (int)P);
     }
     if (db) conv_bias_grad(db, dout, Cout, plane);

@@ -49,6 +49,9 @@ ref="$src/tests/golden/golden_ref.py"
 
 echo "== diffmpi against PyTorch"
 "$bin" check "$work" || { echo "golden: FAILED: diffmpi differs from PyTorch" >&2; exit 1; }
+# The same step with the products on OpenBLAS (the default is oneDNN).
+DM_GOLDEN_ENGINE=openblas "$bin" check "$work" ||
+    { echo "golden: FAILED on engine openblas: diffmpi differs from PyTorch" >&2; exit 1; }
 
 # must_fail WHAT PATTERN ARGS...: test_golden check ARGS must exit 1 and
 # name PATTERN in a mismatch line.

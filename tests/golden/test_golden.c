@@ -31,6 +31,7 @@
 #include "diffmpi/ckpt.h"
 #include "diffmpi/config.h"
 #include "diffmpi/diffusion.h"
+#include "diffmpi/gemm.h"
 #include "diffmpi/dist.h"
 #include "diffmpi/h5util.h"
 #include "diffmpi/layers.h"
@@ -73,7 +74,7 @@ enum { NCASES = sizeof cases / sizeof cases[0] };
  *   grad_n                1e-3: the gradients of steps 2 and 3, at weights
  *                         that already differ by the updates of the
  *                         ill-conditioned entries (see compare_updates);
- *                         observed <= 1.1e-4
+ *                         observed <= 1.1e-4 (OpenBLAS), 2.5e-4 (oneDNN)
  *   zero-grad             1e-4 of the unit's weight gradient: the gradient of
  *                         a conv bias followed by BatchNorm is 0 in exact
  *                         arithmetic, rounding noise on both sides;
@@ -83,10 +84,14 @@ enum { NCASES = sizeof cases / sizeof cases[0] };
  *                         weight in [1,2) is 1.2e-4 of one update of lr
  *                         (observed: exactly that); no bias correction,
  *                         beta1 0.85, beta2 0.99 or eps 3e-8 give >= 1.7e-3
- *   update                1e-3 on entries whose gradient is >= COND_FRAC of
- *                         the tensor's largest at every step: the gradient's
- *                         error (<= 1e-5 of that largest) is then <= 1e-3 of
- *                         the entry; observed <= 2.5e-4
+ *   update                3e-3 on entries whose gradient is >= COND_FRAC of
+ *                         the tensor's largest at every step: step 1's
+ *                         gradient error (<= 1e-5 of that largest) is then
+ *                         <= 1e-3 of the entry, but steps 2-3 start from
+ *                         weights moved by the ill-conditioned entries and
+ *                         carry up to 2.5e-4 (grad_n); observed <= 2.5e-4
+ *                         with OpenBLAS's products, 1.4e-3 with oneDNN's
+ *                         (one entry of unflatten/weight, plain case)
  *   drift                 1: the biases that follow the noise stay within
  *                         Adam's bound on the update; observed <= 0.86
  *   bn_end                1e-4: statistics of three forwards whose weights
@@ -111,7 +116,7 @@ static const struct {
 } quantities[Q_COUNT] = {
     [Q_Y] = {"y", 1e-5},          [Q_LOSS] = {"loss", 1e-5},     [Q_GRAD] = {"grad", 1e-4},
     [Q_GRAD_N] = {"grad_n", 1e-3}, [Q_ZERO] = {"zero-grad", 1e-4}, [Q_BN1] = {"bn1", 1e-5},
-    [Q_YEVAL] = {"y_eval", 1e-5}, [Q_ADAM] = {"adam", 5e-4},     [Q_UPDATE] = {"update", 1e-3},
+    [Q_YEVAL] = {"y_eval", 1e-5}, [Q_ADAM] = {"adam", 5e-4},     [Q_UPDATE] = {"update", 3e-3},
     [Q_DRIFT] = {"drift", 1.0},   [Q_BN_END] = {"bn_end", 1e-4},
 };
 
@@ -638,6 +643,13 @@ static int usage(void) {
 int main(int argc, char **argv) {
     MPI_Init(&argc, &argv);
     h5_quiet();
+    /* The products on the default engine, as train runs them (oneDNN where
+     * built); DM_GOLDEN_ENGINE=openblas checks the other. */
+    const char *eng = getenv("DM_GOLDEN_ENGINE");
+    if (gemm_setup(eng && strcmp(eng, "openblas") == 0 ? DM_ENGINE_OPENBLAS : DM_ENGINE_AUTO,
+                   DM_FP32, 1) != DM_OK)
+        return 1;
+    fprintf(stderr, "test_golden: products on %s\n", gemm_describe());
     int rc;
     if (argc == 3 && strcmp(argv[1], "init") == 0) {
         rc = cmd_init(argv[2]);

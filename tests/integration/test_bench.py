@@ -10,23 +10,27 @@ r = mpirun(2, ["bench"] + TINY + ["--steps", "3", "--verbose"])
 out = r.stdout
 check(r.returncode == 0, f"bench exits 0 ({r.stderr[-300:]})")
 check("OpenBLAS" in out and "core" in out, "reports the OpenBLAS build and core")
+m = re.search(r"^convolution products: (openblas|onednn) (fp32|bf16) \((\w+)\)$", out, re.M)
+check(m is not None and m.group(2) == "fp32",
+      f"names the engine, precision and kernel family ({m and m.group(0)})")
 check("inc/1" in out and "total" in out, "--verbose prints the per-layer FLOP table")
 m = re.search(r"training: 3 steps of 16 images in ([\d.]+) s: ([\d.]+) images/s", out)
 check(m is not None, "images/s line")
 if m:
     check(abs(48 / float(m.group(1)) - float(m.group(2))) < 0.02 * float(m.group(2)),
           "images/s = images / seconds")
-m = re.search(r"([\d.]+) GFLOP/s \(analytic GEMM FLOPs\), ([\d.]+) % of the measured sgemm "
+m = re.search(r"([\d.]+) GFLOP/s \(analytic GEMM FLOPs\), ([\d.]+) % of the measured GEMM "
               r"peak \(([\d.]+) GFLOP/s = 2 rank\(s\) x ([\d.]+)\)", out)
 check(m is not None, "GFLOP/s and share of the peak")
 if m:
     g, share, peak, per = map(float, m.groups())
     check(abs(100 * g / peak - share) < 0.2, "share = GFLOP/s / peak")
     check(abs(2 * per - peak) < 0.01 * peak + 0.1, "peak = ranks x per-rank rate")
-phases = dict(re.findall(r"^\s+(GEMM|im2col/col2im|BN/GELU/elementwise|optimizer|"
+phases = dict(re.findall(r"^\s+(GEMM|bf16 rounding|im2col/col2im|BN/GELU/elementwise|optimizer|"
                          r"communication|waiting|other \(unaccounted\))\s+([-\d.]+) s", out,
                          re.M))
-check(len(phases) == 7, f"seven phase lines ({sorted(phases)})")
+check(len(phases) == 8, f"eight phase lines ({sorted(phases)})")
+check(float(phases.get("bf16 rounding", 1)) == 0, "no bf16 rounding in fp32")
 check(float(phases.get("GEMM", 0)) > 0, "GEMM time measured")
 check(re.search(r"peak memory per rank: \d+ MiB", out) is not None, "peak memory line")
 m = re.search(r"gradient segments sent while backward ran: (\d+) of (\d+)", out)
@@ -44,16 +48,20 @@ r = mpirun(1, ["bench"] + TINY + ["--sample"])
 check(r.returncode == 2 and "--sample needs a diffusion model" in r.stderr,
       "bench --sample on a denoiser is a usage error")
 # OPENBLAS_CORETYPE forcing AVX2 kernels on an AVX-512 CPU is named in one
-# note beside the OpenBLAS line; OpenBLAS's own choice, or an AVX-512 kernel
-# set, is not. Nothing goes to stderr, which is for errors.
+# note beside the OpenBLAS line when OpenBLAS runs the convolutions
+# (engine = openblas); OpenBLAS's own choice, an AVX-512 kernel set, or the
+# oneDNN engine (which ignores it) is not. Nothing goes to stderr, which is
+# for errors.
 avx512 = " avx512f " in open("/proc/cpuinfo").read().replace("\n", " ")
-for core, warned in (("Haswell", avx512), ("SkylakeX", False), (None, False)):
+for core, engine, warned in (("Haswell", "openblas", avx512), ("SkylakeX", "openblas", False),
+                             (None, "openblas", False), ("Haswell", "onednn", False)):
     env = {"OPENBLAS_CORETYPE": core}
     args = ["-x", "OPENBLAS_CORETYPE"] if core else []
-    r = mpirun(2, ["bench"] + TINY + ["--steps", "1"], env_extra=env, mpi_args=args)
+    r = mpirun(2, ["bench"] + TINY + ["--steps", "1", "--set", "engine=" + engine],
+               env_extra=env, mpi_args=args)
     lines = [l for l in r.stdout.splitlines() if "OPENBLAS_CORETYPE" in l]
     check(r.returncode == 0 and len(lines) == (1 if warned else 0) and not r.stderr.strip(),
-          f"OPENBLAS_CORETYPE={core}: {'one note' if warned else 'no note'} "
+          f"OPENBLAS_CORETYPE={core}, engine {engine}: {'one note' if warned else 'no note'} "
           f"(avx512 {avx512}: {lines}; stderr {r.stderr[-200:]!r})")
 if not avx512:
     print("note: no AVX-512 on this CPU, so the Haswell case expects no note")

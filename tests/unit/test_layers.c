@@ -7,6 +7,7 @@
  *    PREFILL, which must survive), NULL for optional outputs.
  * Every array comparison also requires max |ref| > 25 * atol, so that a 5 %
  * error in the largest entry cannot hide under the absolute tolerance. */
+#include "diffmpi/gemm.h"
 #include "diffmpi/layers.h"
 #include "diffmpi/rng.h"
 #include "test_util.h"
@@ -1050,6 +1051,12 @@ static void test_init(void) {
 int main(void) {
     rng_init(&trng, 20240601, DM_STREAM_EVAL, 99, 0);
     test_conv();
+#ifdef DM_HAVE_ONEDNN
+    /* the convolutions again with their products on oneDNN (fp32) */
+    EXPECT(gemm_setup(DM_ENGINE_ONEDNN, DM_FP32, 1) == DM_OK, "oneDNN fp32 engine");
+    test_conv();
+    gemm_teardown();
+#endif
     /* both im2col paths for the 'same' convolutions: plane and per row */
     for (int plane = 1; plane >= 0; plane--) {
         im2col_plane_copy = plane;

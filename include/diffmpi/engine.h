@@ -1,0 +1,14 @@
+/* engine.h: the two run-wide choices of how the convolutions' products are
+ * computed (config keys `precision` and `engine`; see gemm.h). */
+#ifndef DIFFMPI_ENGINE_H
+#define DIFFMPI_ENGINE_H
+
+typedef enum { DM_FP32, DM_BF16 } dm_precision;
+typedef enum { DM_ENGINE_AUTO, DM_ENGINE_OPENBLAS, DM_ENGINE_ONEDNN } dm_engine;
+
+/* The names the config keys take ("fp32", "bf16"; "auto", "openblas",
+ * "onednn"); NULL past the last value. */
+const char *gemm_precision_name(int p);
+const char *gemm_engine_name(int e);
+
+#endif

@@ -1,0 +1,145 @@
+"""precision = bf16 and the GEMM engines, end to end.
+
+Where the CPU has bf16 units (AVX512-BF16 or AMX):
+ - a class-conditioned DDPM run in bf16 is bitwise identical on 1, 2, 3 and
+   4 ranks (log, checkpoints, samples), and stopped on 2 ranks then resumed
+   on 3 it ends bitwise equal to the uninterrupted run;
+ - its checkpoint is float32 and says precision = bf16; its losses differ
+   from the fp32 run's (the comparison can fail) but stay close to them;
+ - sample and predict take --precision and give bf16 results close to fp32.
+On every CPU, bf16 is refused (exit 2, one line, nothing written) when oneDNN
+may not use the bf16 units (ONEDNN_MAX_CPU_ISA=AVX512_CORE), and with
+engine = openblas. engine = openblas and engine = onednn give fp32 runs that
+differ in bits (different kernels) but not in substance."""
+import os
+import subprocess
+
+import h5py
+import numpy as np
+
+from common import BIN, check, compare_h5, finish, mpirun, tmpdir, train
+
+base = tmpdir()
+MODEL = ["objective=ddpm", "conditioning=class", "sample_steps=8", "sample_epochs=1"]
+NO_BF16 = {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE"}
+NO_BF16_ARGS = ["-x", "ONEDNN_MAX_CPU_ISA"]
+
+
+def losses(out):
+    with h5py.File(os.path.join(out, "log.h5"), "r") as f:
+        return f["train/loss"][()]
+
+
+# The refusal, on every CPU.
+out = os.path.join(base, "refused")
+r = mpirun(2, ["train", "--out", out, "--set", "precision=bf16", "--set", "hidden=8"],
+           env_extra=NO_BF16, mpi_args=NO_BF16_ARGS)
+lines = [l for l in r.stderr.splitlines() if l.startswith("diffmpi:")]
+check(r.returncode == 2 and len(lines) == 1 and "AVX512-BF16" in lines[0]
+      and "precision = fp32" in lines[0],
+      f"bf16 without bf16 units: exit 2 and one line ({r.returncode}, {lines})")
+check(not os.path.exists(out), "nothing written by the refused run")
+r = mpirun(1, ["bench", "--set", "precision=bf16", "--set", "engine=openblas"])
+check(r.returncode == 2 and "engine = onednn" in r.stderr,
+      f"bf16 on engine = openblas: exit 2 naming onednn ({r.stderr[-200:]})")
+
+# fp32 on both engines: other bits, same substance.
+fp = {}
+for engine in ("openblas", "onednn"):
+    out = os.path.join(base, f"fp32-{engine}")
+    r = train(2, out, MODEL + ["engine=" + engine])
+    check(r.returncode == 0, f"fp32 on {engine} exits 0 ({r.stderr[-300:]})")
+    check(f"convolution products: {engine} fp32" in r.stdout, f"the run names engine {engine}")
+    fp[engine] = out
+a, b = losses(fp["openblas"]), losses(fp["onednn"])
+check(not np.array_equal(a, b) and np.max(np.abs(a - b) / np.abs(a)) < 1e-3,
+      f"openblas and onednn fp32 losses differ only in rounding (max rel "
+      f"{np.max(np.abs(a - b) / np.abs(a)):.2e})")
+
+# Does this CPU run bf16?
+probe = mpirun(1, ["bench", "--set", "precision=bf16", "--set", "hidden=8", "--set", "batch=4",
+                   "--set", "micro_batch=4", "--steps", "1"])
+if probe.returncode != 0:
+    check(probe.returncode == 2 and "AVX512-BF16" in probe.stderr,
+          f"no bf16 units here: refused with the reason ({probe.stderr[-200:]})")
+    print("note: this CPU has no bf16 units; the bf16 runs are not tested here")
+    finish()
+
+runs = {}
+for p in (1, 2, 3, 4):
+    out = os.path.join(base, f"bf16-p{p}")
+    r = train(p, out, MODEL + ["precision=bf16"])
+    check(r.returncode == 0, f"bf16 P={p} exits 0 ({r.stderr[-300:]})")
+    runs[p] = out
+check("convolution products: onednn bf16" in r.stdout, "the run names onednn bf16")
+for p in (2, 3, 4):
+    for f in ("log.h5", "checkpoints/ckpt-25.h5", "checkpoints/ckpt-44.h5", "samples.h5"):
+        bad = compare_h5(os.path.join(runs[1], f), os.path.join(runs[p], f))
+        check(not bad, f"bf16 P={p} {f} bitwise equal to P=1 ({bad[:5]})")
+
+out = os.path.join(base, "bf16-stop")
+r = train(2, out, MODEL + ["precision=bf16"], env_extra={"DIFFMPI_TEST_STOP_AT_STEP": "9"})
+check(r.returncode == 3, f"bf16 run stops at step 9 (rc {r.returncode})")
+r = train(3, out, MODEL + ["precision=bf16"], resume="auto")
+check(r.returncode == 0, f"bf16 run resumes on 3 ranks ({r.stderr[-300:]})")
+for f in ("checkpoints/ckpt-44.h5", "log.h5", "samples.h5"):
+    bad = compare_h5(os.path.join(runs[1], f), os.path.join(out, f))
+    check(not bad, f"bf16 stop@9 P=2 -> P=3: {f} bitwise equal ({bad[:4]})")
+
+ck = os.path.join(runs[1], "checkpoints", "ckpt-44.h5")
+with h5py.File(ck, "r") as f:
+    cfg = f.attrs["config"]
+    cfg = cfg.decode() if isinstance(cfg, bytes) else cfg
+    dtypes = set()
+    f.visititems(lambda n, o: dtypes.add(str(o.dtype))
+                 if isinstance(o, h5py.Dataset) and n.startswith("model/") else None)
+check("precision = bf16" in cfg, "the checkpoint's configuration says precision = bf16")
+check(dtypes == {"float32"}, f"bf16 checkpoint weights are float32 ({dtypes})")
+
+a, b = losses(fp["onednn"]), losses(runs[1])
+rel = np.abs(a - b) / np.abs(a)
+check(not np.array_equal(a, b), "bf16 losses differ from fp32 (the operands are rounded)")
+check(np.mean(rel) < 0.05 and abs(a[-10:].mean() - b[-10:].mean()) < 0.05 * a[-10:].mean(),
+      f"bf16 losses follow fp32 (mean rel diff {np.mean(rel):.3f}, last 10 "
+      f"{a[-10:].mean():.4f} / {b[-10:].mean():.4f})")
+
+# sample --precision: bf16 images close to fp32 ones, and different.
+imgs = {}
+for prec in ("fp32", "bf16"):
+    o = os.path.join(base, f"s-{prec}.h5")
+    r = mpirun(2, ["sample", "--checkpoint", ck, "--out", o, "--n", "8", "--steps", "8",
+                   "--precision", prec])
+    check(r.returncode == 0 and f"onednn {prec}" in r.stdout,
+          f"sample --precision {prec} ({r.stdout[-200:]} {r.stderr[-200:]})")
+    with h5py.File(o, "r") as f:
+        imgs[prec] = f["images"][()]
+d = np.abs(imgs["fp32"] - imgs["bf16"])
+check(0 < d.max() and d.mean() < 0.05, f"bf16 samples near fp32 (mean |diff| {d.mean():.4f})")
+r = mpirun(1, ["sample", "--checkpoint", ck, "--out", os.path.join(base, "x.h5"),
+               "--precision", "fp16"])
+check(r.returncode == 2 and "--precision" in r.stderr, "sample --precision fp16: usage error")
+r = mpirun(1, ["sample", "--checkpoint", ck, "--out", os.path.join(base, "y.h5"),
+               "--precision", "bf16"], env_extra=NO_BF16, mpi_args=NO_BF16_ARGS)
+check(r.returncode == 2 and "AVX512-BF16" in r.stderr and not os.path.exists(
+    os.path.join(base, "y.h5")), "sample --precision bf16 without units: exit 2, no file")
+
+# predict --precision on the same inputs.
+inp = os.path.join(base, "in.h5")
+rng = np.random.default_rng(0)
+with h5py.File(inp, "w") as f:
+    f["x"] = rng.standard_normal((6, 1, 28, 28)).astype(np.float32)
+    f["t"] = np.linspace(0.1, 0.9, 6).astype(np.float32)
+    f["c"] = np.arange(6).astype(np.int32)
+ys = {}
+for prec in ("fp32", "bf16"):
+    o = os.path.join(base, f"p-{prec}.h5")
+    r = mpirun(1, ["predict", "--checkpoint", ck, "--input", inp, "--output", o,
+                   "--precision", prec])
+    check(r.returncode == 0, f"predict --precision {prec} ({r.stderr[-200:]})")
+    with h5py.File(o, "r") as f:
+        ys[prec] = f["y"][()]
+d = np.abs(ys["fp32"] - ys["bf16"])
+scale = np.abs(ys["fp32"]).mean()
+check(0 < d.max() and d.mean() < 0.05 * scale,
+      f"predict bf16 near fp32 (mean |diff| {d.mean():.4f} of mean |y| {scale:.4f})")
+finish()
