@@ -5,6 +5,8 @@
 
 typedef enum { DM_FP32, DM_BF16 } dm_precision;
 typedef enum { DM_ENGINE_AUTO, DM_ENGINE_OPENBLAS, DM_ENGINE_ONEDNN } dm_engine;
+/* Element types of GEMM operands: float, or bfloat16 bits (unsigned short). */
+typedef enum { DM_T_F32, DM_T_BF16 } dm_dtype;
 
 /* The names the config keys take ("fp32", "bf16"; "auto", "openblas",
  * "onednn"); NULL past the last value. */

@@ -53,6 +53,15 @@ void dm_gemm(enum CBLAS_TRANSPOSE ta, enum CBLAS_TRANSPOSE tb, int M, int N, int
              const float *A, int lda, const float *B, int ldb, float beta, float *C,
              int ldc);
 
+/* The type a layer should build a large operand in (a column matrix) so
+ * that the engine need not convert it: DM_T_BF16 in bf16 precision. */
+dm_dtype gemm_operand_type(void);
+/* dm_gemm with operands of either type (at, bt); a float operand is rounded
+ * to bf16 in bf16 precision, a bf16 operand needs bf16 precision. */
+void dm_gemm_typed(enum CBLAS_TRANSPOSE ta, enum CBLAS_TRANSPOSE tb, int M, int N, int K,
+                   const void *A, dm_dtype at, int lda, const void *B, dm_dtype bt, int ldb,
+                   float beta, float *C, int ldc);
+
 /* bfloat16 bits of f, rounded to nearest even (NaN stays NaN). */
 static inline unsigned short dm_bf16_bits(float f) {
     union { float f; unsigned u; } v = {f};
@@ -60,6 +69,9 @@ static inline unsigned short dm_bf16_bits(float f) {
     v.u += 0x7fffu + ((v.u >> 16) & 1u);
     return (unsigned short)(v.u >> 16);
 }
+
+/* dst[i] = dm_bf16_bits(src[i]) for n elements (vectorised). */
+void dm_round_bf16(unsigned short *dst, const float *src, long n);
 
 /* fp32 cblas_sgemm, for the Linear layers. */
 static inline void dm_sgemm(enum CBLAS_ORDER order, enum CBLAS_TRANSPOSE ta,

@@ -207,7 +207,7 @@ static size_t layout(unet *u, char *base) {
             c = conv2d_scratch_floats(m, un->cin, un->hin, un->hin, un->cout, un->k, un->s,
                                       un->p);
         else if (un->kind == UNIT_CONVT)
-            c = convt2d_col_floats(m, un->cout, un->hin, un->hin, un->k);
+            c = convt2d_col_floats(m, un->cout, un->hin, un->hin, un->k, un->s, un->p);
         if (c > u->col_floats) u->col_floats = c;
         long sf = un->norm ? un->norm->stat_floats(u, un->cout) : 0;
         un->mean = take(base, &used, sizeof(float) * (size_t)sf);

@@ -57,38 +57,6 @@ int conv_group(int N, long floats_per_image) {
 #define DM_PLAIN_LOOPS
 #endif
 
-/* One image's plane of column row (ki, kj) for stride 1 and Wo == W (the
- * 'same' 3x3 convolutions and their input gradients): the row is then the
- * input plane shifted by d = (ki-p)*W + (kj-p), so it is one long copy
- * plus zeroing the padding rows and edge columns, instead of a short copy
- * per output row (AVX-512: 0.052 against 0.079 ms per image of a 3x3
- * D=128 layer; with SSE the per-row loop is faster, so plane_copy_pays
- * picks this only on AVX-512 CPUs). */
-DM_PLAIN_LOOPS DM_VECTOR_CLONES
-static void im2col_plane_s1(float *restrict dst, const float *restrict plane,
-                            int H, int W, int ki, int kj, int p, int lo, int hi) {
-    const int Ho = H, Wo = W; /* stride 1 and 2p = k-1: the plane keeps its size */
-    int rlo = p - ki, rhi = H + p - ki;
-    if (rlo < 0) rlo = 0;
-    if (rhi > Ho) rhi = Ho;
-    if (rhi < rlo) rhi = rlo;
-    for (long j = 0; j < (long)rlo * Wo; j++) dst[j] = 0.0f;
-    for (long j = (long)rhi * Wo; j < (long)Ho * Wo; j++) dst[j] = 0.0f;
-    if (rhi == rlo) return;
-    const long d = (long)(ki - p) * W + (kj - p), end = (long)H * W;
-    long a = (long)rlo * Wo, b = (long)rhi * Wo;
-    /* Indices clipped here lie in the edge columns zeroed below. */
-    if (a + d < 0) a = -d;
-    if (b + d > end) b = end - d;
-    for (long j = a; j < b; j++) dst[j] = plane[j + d];
-    if (lo == 0 && hi == Wo) return;
-    for (int r = rlo; r < rhi; r++) {
-        float *row = dst + (long)r * Wo;
-        for (int ow = 0; ow < lo; ow++) row[ow] = 0.0f;
-        for (int ow = hi; ow < Wo; ow++) row[ow] = 0.0f;
-    }
-}
-
 int im2col_plane_copy = -1;
 
 /* Is the plane copy above the faster one on this CPU? */
@@ -101,50 +69,35 @@ static int plane_copy_pays(void) {
 #endif
 }
 
-/* Images [n0, n1) of im [C][N][H][W] -> col [C*k*k][(n1-n0)*Ho*Wo]
- * (overwritten). */
-DM_PLAIN_LOOPS
-static void im2col_copy(float *restrict col, const float *restrict im, int N,
-                        int n0, int n1, int C, int H, int W, int k, int s,
-                        int p) {
-    const int Ho = conv_out(H, k, s, p), Wo = conv_out(W, k, s, p);
-    const long P = (long)(n1 - n0) * Ho * Wo;
-    for (int c = 0; c < C; c++)
-        for (int ki = 0; ki < k; ki++)
-            for (int kj = 0; kj < k; kj++) {
-                float *row = col + ((long)(c * k + ki) * k + kj) * P;
-                int lo, hi;
-                valid_cols(&lo, &hi, W, Wo, kj, s, p);
-                if (s == 1 && Wo == W && Ho == H && plane_copy_pays()) {
-                    for (int n = n0; n < n1; n++)
-                        im2col_plane_s1(row + (long)(n - n0) * Ho * Wo,
-                                        im + ((long)c * N + n) * H * W, H, W, ki,
-                                        kj, p, lo, hi);
-                    continue;
-                }
-                for (int n = n0; n < n1; n++)
-                    for (int oh = 0; oh < Ho; oh++) {
-                        float *restrict dst = row + ((long)(n - n0) * Ho + oh) * Wo;
-                        const int ih = oh * s - p + ki;
-                        if (ih < 0 || ih >= H) {
-                            for (int ow = 0; ow < Wo; ow++) dst[ow] = 0.0f;
-                            continue;
-                        }
-                        /* src[ow * s + off] is the tap of output column ow. */
-                        const float *restrict src =
-                            im + (((long)c * N + n) * H + ih) * W;
-                        const int off = kj - p;
-                        for (int ow = 0; ow < lo; ow++) dst[ow] = 0.0f;
-                        if (s == 1)
-                            for (int ow = lo; ow < hi; ow++) dst[ow] = src[ow + off];
-                        else
-                            for (int ow = lo; ow < hi; ow++) dst[ow] = src[ow * s + off];
-                        for (int ow = hi; ow < Wo; ow++) dst[ow] = 0.0f;
-                    }
-            }
+/* f32_channel and bf16_channel: the column rows of one channel. */
+#define IM2COL_T float
+#define IM2COL_NAME(n) f32_##n
+#include "im2col_impl.h"
+
+#define IM2COL_T unsigned short
+#define IM2COL_NAME(n) bf16_##n
+#include "im2col_impl.h"
+
+/* Images [n0, n1) of im [C][N][H][W] -> col [C*k*k][(n1-n0)*Ho*Wo] of
+ * element type t (overwritten); bf16 rounds each channel's planes into
+ * stage first. */
+static void im2col_copy(void *col, dm_dtype t, unsigned short *stage, const float *im, int N,
+                        int n0, int n1, int C, int H, int W, int k, int s, int p) {
+    const int g = n1 - n0;
+    const long rows = (long)k * k * g * conv_out(H, k, s, p) * conv_out(W, k, s, p);
+    const long plane = (long)H * W;
+    for (int c = 0; c < C; c++) {
+        const float *im_c = im + ((long)c * N + n0) * plane;
+        if (t == DM_T_BF16) {
+            dm_round_bf16(stage, im_c, g * plane);
+            bf16_channel((unsigned short *)col + c * rows, stage, g, H, W, k, s, p);
+        } else {
+            f32_channel((float *)col + c * rows, im_c, g, H, W, k, s, p);
+        }
+    }
 }
 
-/* The adjoint of im2col_copy: col [C*k*k][(n1-n0)*Ho*Wo] is ADDED into
+/* The adjoint of im2col_copy (float columns): col [C*k*k][(n1-n0)*Ho*Wo] is ADDED into
  * images [n0, n1) of im [C][N][H][W];
  * taps that fall in the padding are dropped. */
 static void col2im_add(float *im, const float *col, int N, int n0, int n1,
@@ -170,11 +123,20 @@ static void col2im_add(float *im, const float *col, int N, int n0, int n1,
 }
 
 /* Public entry points, timed as the im2col phase by `diffmpi bench`. */
+void im2col_part_typed(void *col, dm_dtype t, unsigned short *stage, const float *im, int N,
+                       int n0, int n1, int C, int H, int W, int k, int s, int p) {
+    double t0 = prof_start();
+    im2col_copy(col, t, stage, im, N, n0, n1, C, H, W, k, s, p);
+    prof_add(PROF_IM2COL, t0);
+}
+
 void im2col_part(float *col, const float *im, int N, int n0, int n1, int C,
                  int H, int W, int k, int s, int p) {
-    double t0 = prof_start();
-    im2col_copy(col, im, N, n0, n1, C, H, W, k, s, p);
-    prof_add(PROF_IM2COL, t0);
+    im2col_part_typed(col, DM_T_F32, NULL, im, N, n0, n1, C, H, W, k, s, p);
+}
+
+long im2col_stage_floats(int g, int H, int W) {
+    return ((long)g * H * W + 1) / 2;
 }
 
 void col2im_part(float *im, const float *col, int N, int n0, int n1, int C,
@@ -194,6 +156,36 @@ void col2im(float *im, const float *col, int N, int C, int H, int W, int k,
     col2im_part(im, col, N, 0, N, C, H, W, k, s, p);
 }
 
+/* Can the input gradient be computed as a convolution (see below)? */
+static int din_as_conv(int k, int s, int p) {
+    return s == 1 && p <= k - 1;
+}
+
+/* The scratch: [column matrices (and the flipped weights of the input
+ * gradient)][bf16 staging of one channel's planes]; stage_at is where the
+ * staging starts. */
+static long stage_at(int N, int Cin, int H, int W, int Cout, int k, int s, int p) {
+    const long K = (long)Cin * k * k, HWo = (long)conv_out(H, k, s, p) * conv_out(W, k, s, p);
+    long need = K * conv_group(N, K * HWo) * HWo;
+    if (din_as_conv(k, s, p)) {
+        const long Kd = (long)Cout * k * k, HW = (long)H * W;
+        long alt = Kd * conv_group(N, Kd * HW) * HW + (long)Cin * Cout * k * k;
+        if (alt > need) need = alt;
+    }
+    return need;
+}
+
+long conv2d_scratch_floats(int N, int Cin, int H, int W, int Cout, int k,
+                           int s, int p) {
+    const int Ho = conv_out(H, k, s, p), Wo = conv_out(W, k, s, p);
+    long stage = im2col_stage_floats(conv_group(N, (long)Cin * k * k * Ho * Wo), H, W);
+    if (din_as_conv(k, s, p)) {
+        long d = im2col_stage_floats(conv_group(N, (long)Cout * k * k * H * W), Ho, Wo);
+        if (d > stage) stage = d;
+    }
+    return stage_at(N, Cin, H, W, Cout, k, s, p) + stage;
+}
+
 /* in [Cin][N][H][W], w [Cout][Cin][k][k], b [Cout] or NULL,
  * out [Cout][N][Ho][Wo] (overwritten), col scratch (conv2d_scratch_floats). */
 void conv2d_forward(float *out, const float *in, const float *w, const float *b,
@@ -202,14 +194,16 @@ void conv2d_forward(float *out, const float *in, const float *w, const float *b,
     const int K = Cin * k * k, HWo = conv_out(H, k, s, p) * conv_out(W, k, s, p);
     const long P = (long)N * HWo;
     const int g = conv_group(N, (long)K * HWo);
+    const dm_dtype ct = gemm_operand_type(); /* col in what the product takes */
+    unsigned short *stage = (unsigned short *)(col + stage_at(N, Cin, H, W, Cout, k, s, p));
     for (int n0 = 0; n0 < N; n0 += g) {
         const int n1 = N - n0 < g ? N : n0 + g, Pc = (n1 - n0) * HWo;
-        im2col_part(col, in, N, n0, n1, Cin, H, W, k, s, p);
+        im2col_part_typed(col, ct, stage, in, N, n0, n1, Cin, H, W, k, s, p);
         /* A = w (Cout x K), B = col (K x Pc), C = the group's columns of out
          * (Cout x Pc, row stride P). No transposes: w's [Cout][Cin][k][k] is
          * already Cout x K row-major. beta = 0 overwrites out. */
-        dm_gemm(CblasNoTrans, CblasNoTrans, Cout, Pc, K, w,
-                 K, col, Pc, 0.0f, out + (long)n0 * HWo, (int)P);
+        dm_gemm_typed(CblasNoTrans, CblasNoTrans, Cout, Pc, K, w, DM_T_F32, K, col, ct, Pc,
+                      0.0f, out + (long)n0 * HWo, (int)P);
     }
     if (!b) return;
     for (int co = 0; co < Cout; co++)
@@ -224,23 +218,6 @@ void conv_bias_grad(float *db, const float *dout, int C, long plane) {
     }
 }
 
-/* Can the input gradient be computed as a convolution (see below)? */
-static int din_as_conv(int k, int s, int p) {
-    return s == 1 && p <= k - 1;
-}
-
-long conv2d_scratch_floats(int N, int Cin, int H, int W, int Cout, int k,
-                           int s, int p) {
-    const long K = (long)Cin * k * k, HWo = (long)conv_out(H, k, s, p) * conv_out(W, k, s, p);
-    long need = K * conv_group(N, K * HWo) * HWo;
-    if (din_as_conv(k, s, p)) {
-        const long Kd = (long)Cout * k * k, HW = (long)H * W;
-        long alt = Kd * conv_group(N, Kd * HW) * HW + (long)Cin * Cout * k * k;
-        if (alt > need) need = alt;
-    }
-    return need;
-}
-
 /* dout [Cout][N][Ho][Wo]; in, w as in forward.
  * dw [Cout][Cin][k][k], db [Cout] (or NULL) OVERWRITTEN; din [Cin][N][H][W]
  * ADDED (or NULL). col (conv2d_scratch_floats) first holds im2col(in), then
@@ -252,14 +229,17 @@ void conv2d_backward(float *din, float *dw, float *db, const float *dout,
     const int K = Cin * k * k, HWo = Ho * Wo, HW = H * W;
     const long P = (long)N * HWo, Pin = (long)N * HW;
     const int g = conv_group(N, (long)K * HWo);
+    const dm_dtype ct = gemm_operand_type();
+    unsigned short *stage = (unsigned short *)(col + stage_at(N, Cin, H, W, Cout, k, s, p));
     for (int n0 = 0; n0 < N; n0 += g) {
         const int n1 = N - n0 < g ? N : n0 + g, Pc = (n1 - n0) * HWo;
-        im2col_part(col, in, N, n0, n1, Cin, H, W, k, s, p);
+        im2col_part_typed(col, ct, stage, in, N, n0, n1, Cin, H, W, k, s, p);
         /* dw (+)= dout x col^T over the group. A = the group's columns of
          * dout (Cout x Pc, row stride P), NoTrans; B must be Pc x K but col
          * is stored K x Pc, hence Trans; C = dw (Cout x K); beta = 0 for the
          * first group, then 1. */
-        dm_gemm(CblasNoTrans, CblasTrans, Cout, K, Pc, dout + (long)n0 * HWo, (int)P, col, Pc, n0 ? 1.0f : 0.0f, dw, K);
+        dm_gemm_typed(CblasNoTrans, CblasTrans, Cout, K, Pc, dout + (long)n0 * HWo, DM_T_F32,
+                      (int)P, col, ct, Pc, n0 ? 1.0f : 0.0f, dw, K);
     }
     if (db) conv_bias_grad(db, dout, Cout, P);
     if (!din) return;
@@ -279,11 +259,12 @@ void conv2d_backward(float *din, float *dw, float *db, const float *dout,
                         w[((long)co * Cin + ci) * k * k + (k * k - 1 - a)];
         for (int n0 = 0; n0 < N; n0 += gd) {
             const int n1 = N - n0 < gd ? N : n0 + gd, Pc = (n1 - n0) * HW;
-            im2col_part(col, dout, N, n0, n1, Cout, Ho, Wo, k, 1, k - 1 - p);
+            im2col_part_typed(col, ct, stage, dout, N, n0, n1, Cout, Ho, Wo, k, 1, k - 1 - p);
             /* din += wf x col: A = wf (Cin x Kd), B = col (Kd x Pc), C = the
              * group's columns of din (row stride Pin), beta = 1 because
              * input gradients accumulate. */
-            dm_gemm(CblasNoTrans, CblasNoTrans, Cin, Pc, Kd, wf, Kd, col, Pc, 1.0f, din + (long)n0 * HW, (int)Pin);
+            dm_gemm_typed(CblasNoTrans, CblasNoTrans, Cin, Pc, Kd, wf, DM_T_F32, Kd, col, ct, Pc,
+                          1.0f, din + (long)n0 * HW, (int)Pin);
         }
         return;
     }
@@ -292,8 +273,8 @@ void conv2d_backward(float *din, float *dw, float *db, const float *dout,
         /* dcol = w^T x dout over the group. A must be K x Cout but w is
          * stored Cout x K, hence Trans; B = the group's columns of dout
          * (Cout x Pc, row stride P); C = col (K x Pc), beta = 0. */
-        dm_gemm(CblasTrans, CblasNoTrans, K, Pc, Cout, w, K,
-                 dout + (long)n0 * HWo, (int)P, 0.0f, col, Pc);
+        dm_gemm(CblasTrans, CblasNoTrans, K, Pc, Cout, w, K, dout + (long)n0 * HWo, (int)P,
+                0.0f, col, Pc);
         col2im_part(din, col, N, n0, n1, Cin, H, W, k, s, p);
     }
 }

@@ -10,9 +10,17 @@
 
 #include "diffmpi/gemm.h"
 
-long convt2d_col_floats(int N, int Cout, int H, int W, int k) {
+/* The scratch: [column matrix of a group][bf16 staging of one channel's
+ * planes of dout for im2col]. */
+static long stage_at(int N, int Cout, int H, int W, int k) {
     const long K = (long)Cout * k * k, HW = (long)H * W;
     return K * conv_group(N, K * HW) * HW;
+}
+
+long convt2d_col_floats(int N, int Cout, int H, int W, int k, int s, int p) {
+    const long K = (long)Cout * k * k, HW = (long)H * W;
+    const int Ho = (H - 1) * s - 2 * p + k, Wo = (W - 1) * s - 2 * p + k;
+    return stage_at(N, Cout, H, W, k) + im2col_stage_floats(conv_group(N, K * HW), Ho, Wo);
 }
 
 /* in [Cin][N][H][W], w [Cin][Cout][k][k], b [Cout] or NULL,
@@ -34,8 +42,8 @@ void convt2d_forward(float *out, const float *in, const float *w,
         /* col = w^T x in over the group. A must be K x Cin but w
          * [Cin][Cout][k][k] is stored Cin x K, hence Trans; B = the group's
          * columns of in (Cin x Pc, row stride P); C = col (K x Pc), beta 0. */
-        dm_gemm(CblasTrans, CblasNoTrans, K, Pc, Cin, w, K,
-                 in + (long)n0 * HW, (int)P, 0.0f, col, Pc);
+        dm_gemm(CblasTrans, CblasNoTrans, K, Pc, Cin, w, K, in + (long)n0 * HW, (int)P, 0.0f,
+                col, Pc);
         col2im_part(out, col, N, n0, n1, Cout, Ho, Wo, k, s, p);
     }
 }
@@ -50,18 +58,21 @@ void convt2d_backward(float *din, float *dw, float *db, const float *dout,
     const int K = Cout * k * k, HW = H * W;
     const long P = (long)N * HW, plane = (long)N * Ho * Wo;
     const int g = conv_group(N, (long)K * HW);
+    const dm_dtype ct = gemm_operand_type(); /* dcol in what the products take */
+    unsigned short *stage = (unsigned short *)(col + stage_at(N, Cout, H, W, k));
     for (int n0 = 0; n0 < N; n0 += g) {
         const int n1 = N - n0 < g ? N : n0 + g, Pc = (n1 - n0) * HW;
-        im2col_part(col, dout, N, n0, n1, Cout, Ho, Wo, k, s, p);
+        im2col_part_typed(col, ct, stage, dout, N, n0, n1, Cout, Ho, Wo, k, s, p);
         /* dw (+)= in x dcol^T. A = the group's columns of in (Cin x Pc, row
          * stride P), NoTrans; B must be Pc x K but dcol is stored K x Pc,
          * hence Trans; C = dw (Cin x K); beta 0 for the first group. */
-        dm_gemm(CblasNoTrans, CblasTrans, Cin, K, Pc, in + (long)n0 * HW, (int)P, col, Pc, n0 ? 1.0f : 0.0f, dw, K);
+        dm_gemm_typed(CblasNoTrans, CblasTrans, Cin, K, Pc, in + (long)n0 * HW, DM_T_F32, (int)P,
+                      col, ct, Pc, n0 ? 1.0f : 0.0f, dw, K);
         /* din += w x dcol. A = w (Cin x K), NoTrans; B = dcol (K x Pc);
          * C = the group's columns of din, beta = 1 (gradients accumulate). */
         if (din)
-            dm_gemm(CblasNoTrans, CblasNoTrans, Cin, Pc, K, w,
-                     K, col, Pc, 1.0f, din + (long)n0 * HW, (int)P);
+            dm_gemm_typed(CblasNoTrans, CblasNoTrans, Cin, Pc, K, w, DM_T_F32, K, col, ct, Pc,
+                          1.0f, din + (long)n0 * HW, (int)P);
     }
     if (db) conv_bias_grad(db, dout, Cout, plane);
 }

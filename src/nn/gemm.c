@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "diffmpi/layers.h" /* DM_VECTOR_CLONES */
 #include "gemm_engine.h"
 
 /* ---- OpenBLAS ---------------------------------------------------------- */
@@ -28,8 +29,9 @@ static dm_status openblas_setup(dm_precision p, int threads) {
 static void openblas_teardown(void) {}
 
 static void openblas_gemm(enum CBLAS_TRANSPOSE ta, enum CBLAS_TRANSPOSE tb, int M, int N,
-                          int K, const float *A, int lda, const float *B, int ldb,
-                          float beta, float *C, int ldc) {
+                          int K, const void *A, dm_dtype at, int lda, const void *B,
+                          dm_dtype bt, int ldb, float beta, float *C, int ldc) {
+    DM_CHECK(at == DM_T_F32 && bt == DM_T_F32, "openblas: bf16 operand");
     double t0 = prof_start();
     cblas_sgemm(CblasRowMajor, ta, tb, M, N, K, 1.0f, A, lda, B, ldb, beta, C, ldc);
     prof_add(PROF_GEMM, t0);
@@ -103,9 +105,24 @@ const char *gemm_describe(void) {
 dm_engine gemm_engine_now(void) { return now.engine; }
 dm_precision gemm_precision_now(void) { return now.prec; }
 
+DM_VECTOR_CLONES
+void dm_round_bf16(unsigned short *restrict dst, const float *restrict src, long n) {
+    for (long i = 0; i < n; i++) dst[i] = dm_bf16_bits(src[i]);
+}
+
+dm_dtype gemm_operand_type(void) { return now.prec == DM_BF16 ? DM_T_BF16 : DM_T_F32; }
+
+void dm_gemm_typed(enum CBLAS_TRANSPOSE ta, enum CBLAS_TRANSPOSE tb, int M, int N, int K,
+                   const void *A, dm_dtype at, int lda, const void *B, dm_dtype bt, int ldb,
+                   float beta, float *C, int ldc) {
+    DM_CHECK(beta == 0.0f || beta == 1.0f, "dm_gemm: beta %g is neither 0 nor 1", beta);
+    DM_CHECK(now.prec == DM_BF16 || (at == DM_T_F32 && bt == DM_T_F32),
+             "dm_gemm: bf16 operand in fp32 precision");
+    now.ops->gemm(ta, tb, M, N, K, A, at, lda, B, bt, ldb, beta, C, ldc);
+}
+
 void dm_gemm(enum CBLAS_TRANSPOSE ta, enum CBLAS_TRANSPOSE tb, int M, int N, int K,
              const float *A, int lda, const float *B, int ldb, float beta, float *C,
              int ldc) {
-    DM_CHECK(beta == 0.0f || beta == 1.0f, "dm_gemm: beta %g is neither 0 nor 1", beta);
-    now.ops->gemm(ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc);
+    dm_gemm_typed(ta, tb, M, N, K, A, DM_T_F32, lda, B, DM_T_F32, ldb, beta, C, ldc);
 }

@@ -12,8 +12,8 @@ typedef struct {
     dm_status (*setup)(dm_precision p, int threads);
     void (*teardown)(void);
     void (*gemm)(enum CBLAS_TRANSPOSE ta, enum CBLAS_TRANSPOSE tb, int M, int N, int K,
-                 const float *A, int lda, const float *B, int ldb, float beta, float *C,
-                 int ldc);
+                 const void *A, dm_dtype at, int lda, const void *B, dm_dtype bt, int ldb,
+                 float beta, float *C, int ldc);
     const char *(*isa)(void); /* the kernel family it runs on this CPU */
 } gemm_engine_ops;
 

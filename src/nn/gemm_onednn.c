@@ -19,7 +19,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "diffmpi/layers.h" /* DM_VECTOR_CLONES */
 
 #ifdef DM_HAVE_ONEDNN
 #include <omp.h>
@@ -164,14 +163,12 @@ static void create(mm_entry *e, int M, int N, int K, int ta, int tb, int lda, in
 }
 
 /* rows x cols of src (leading dimension ld) into dense bf16 dst. */
-DM_VECTOR_CLONES
-static void round_bf16(unsigned short *restrict dst, const float *restrict src, int rows,
-                       int cols, int ld) {
-    for (int r = 0; r < rows; r++) {
-        const float *s = src + (long)r * ld;
-        unsigned short *d = dst + (long)r * cols;
-        for (int i = 0; i < cols; i++) d[i] = dm_bf16_bits(s[i]);
+static void round_bf16(unsigned short *dst, const float *src, int rows, int cols, int ld) {
+    if (ld == cols) {
+        dm_round_bf16(dst, src, (long)rows * cols);
+        return;
     }
+    for (int r = 0; r < rows; r++) dm_round_bf16(dst + (long)r * cols, src + (long)r * ld, cols);
 }
 
 static unsigned short *grow(unsigned short **buf, size_t *have, size_t need) {
@@ -184,19 +181,24 @@ static unsigned short *grow(unsigned short **buf, size_t *have, size_t need) {
 }
 
 static void onednn_gemm(enum CBLAS_TRANSPOSE ta_, enum CBLAS_TRANSPOSE tb_, int M, int N,
-                        int K, const float *A, int lda, const float *B, int ldb, float beta,
-                        float *C, int ldc) {
+                        int K, const void *A, dm_dtype at, int lda, const void *B, dm_dtype bt,
+                        int ldb, float beta, float *C, int ldc) {
     const int ta = ta_ == CblasTrans, tb = tb_ == CblasTrans;
     const void *a = A, *b = B;
-    if (st.prec == DM_BF16) {
+    if (st.prec == DM_BF16 && (at == DM_T_F32 || bt == DM_T_F32)) {
         double t0 = prof_start();
         /* Stored shapes: A is M x K (K x M if ta), B K x N (N x K if tb). */
         int ar = ta ? K : M, ac = ta ? M : K, br = tb ? N : K, bc = tb ? K : N;
-        unsigned short *ha = grow(&st.bfa, &st.bfa_n, (size_t)ar * ac);
-        unsigned short *hb = grow(&st.bfb, &st.bfb_n, (size_t)br * bc);
-        round_bf16(ha, A, ar, ac, lda);
-        round_bf16(hb, B, br, bc, ldb);
-        a = ha, b = hb, lda = ac, ldb = bc;
+        if (at == DM_T_F32) {
+            unsigned short *h = grow(&st.bfa, &st.bfa_n, (size_t)ar * ac);
+            round_bf16(h, A, ar, ac, lda);
+            a = h, lda = ac;
+        }
+        if (bt == DM_T_F32) {
+            unsigned short *h = grow(&st.bfb, &st.bfb_n, (size_t)br * bc);
+            round_bf16(h, B, br, bc, ldb);
+            b = h, ldb = bc;
+        }
         prof_add(PROF_CAST, t0);
     }
     double t0 = prof_start();
@@ -228,8 +230,8 @@ static dm_status onednn_setup(dm_precision p, int threads) {
 }
 static void onednn_teardown(void) {}
 static void onednn_gemm(enum CBLAS_TRANSPOSE ta, enum CBLAS_TRANSPOSE tb, int M, int N,
-                        int K, const float *A, int lda, const float *B, int ldb, float beta,
-                        float *C, int ldc) {
+                        int K, const void *A, dm_dtype at, int lda, const void *B, dm_dtype bt,
+                        int ldb, float beta, float *C, int ldc) {
     DM_CHECK(0, "oneDNN is not in this build");
 }
 static const char *onednn_isa(void) { return "none"; }

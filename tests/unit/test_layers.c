@@ -239,7 +239,7 @@ static void test_conv_case(struct conv_case c) {
     const long nw = (long)c.Cin * c.Cout * c.k * c.k;
     const long nout = (long)c.Cout * c.N * Ho * Wo;
     const long ncol =
-        c.transposed ? convt2d_col_floats(c.N, c.Cout, c.H, c.W, c.k)
+        c.transposed ? convt2d_col_floats(c.N, c.Cout, c.H, c.W, c.k, c.s, c.p)
                      : conv2d_scratch_floats(c.N, c.Cin, c.H, c.W, c.Cout, c.k, c.s, c.p);
     float *R = FALLOC(nout);
     struct conv_ctx x = {
@@ -260,6 +260,55 @@ static void test_conv_case(struct conv_case c) {
 }
 
 static void test_conv_cases(void);
+
+/* max|a - b| / max|b| */
+static double rel_max(const float *a, const float *b, long n) {
+    double d = 0, m = 0;
+    for (long i = 0; i < n; i++) {
+        if (fabs(a[i] - b[i]) > d) d = fabs(a[i] - b[i]);
+        if (fabs(b[i]) > m) m = fabs(b[i]);
+    }
+    return d / (m + 1e-30);
+}
+
+/* bf16 products against fp32 ones for one case (forward, dw, db, din):
+ * within bf16's rounding (2e-2 of the largest entry) and not equal (the
+ * operands were rounded). The scratch is exactly the size the layer asks
+ * for, so a staging buffer past its end shows up under ASan. */
+static void test_conv_case_bf16(struct conv_case c) {
+    int Ho, Wo;
+    conv_out_hw(&c, &Ho, &Wo);
+    const long nin = (long)c.Cin * c.N * c.H * c.W, nw = (long)c.Cin * c.Cout * c.k * c.k;
+    const long nout = (long)c.Cout * c.N * Ho * Wo;
+    const long ncol =
+        c.transposed ? convt2d_col_floats(c.N, c.Cout, c.H, c.W, c.k, c.s, c.p)
+                     : conv2d_scratch_floats(c.N, c.Cin, c.H, c.W, c.Cout, c.k, c.s, c.p);
+    float *R = FALLOC(nout);
+    struct conv_ctx x = {c, FALLOC(nin), FALLOC(nw), FALLOC(c.Cout), FALLOC(ncol), FALLOC(nout),
+                         R, nout};
+    randn(x.in, nin, 0.0f, 1.0f), randn(x.w, nw, 0.0f, 0.5f);
+    randn(x.b, c.Cout, 0.0f, 0.5f), randn(R, nout, 0.0f, 1.0f);
+    float *r[2][4];
+    const long sz[4] = {nout, nw, c.Cout, nin};
+    for (int bf = 0; bf < 2; bf++) {
+        EXPECT(gemm_setup(DM_ENGINE_ONEDNN, bf ? DM_BF16 : DM_FP32, 1) == DM_OK, "engine");
+        for (int q = 0; q < 4; q++) r[bf][q] = FALLOC(sz[q]);
+        run_forward(&x, x.b);
+        memcpy(r[bf][0], x.out, sizeof(float) * (size_t)nout);
+        fill(r[bf][3], nin, 0.0f);
+        run_backward(&x, r[bf][3], r[bf][1], r[bf][2], R);
+    }
+    static const char *const names[4] = {"out", "dw", "db", "din"};
+    for (int q = 0; q < 4; q++) {
+        double e = rel_max(r[1][q], r[0][q], sz[q]);
+        EXPECT(e < 2e-2 && (q == 2 || e > 0),
+               "%s N%d Cin%d %dx%d Cout%d k%d s%d p%d bf16 %s: %.3g of the largest",
+               c.transposed ? "convt2d" : "conv2d", c.N, c.Cin, c.H, c.W, c.Cout, c.k, c.s,
+               c.p, names[q], e);
+        free(r[0][q]), free(r[1][q]);
+    }
+    free(x.in), free(x.w), free(x.b), free(x.col), free(x.out), free(R);
+}
 
 /* Every case with the default image groups (the tiny cases fit in one)
  * and with one image per group, so that the group loops, the accumulated
@@ -315,7 +364,16 @@ static void test_im2col_naive(int N, int C, int H, int W, int k, int s, int p) {
                             bad += col[j] != want;
                         }
     EXPECT(bad == 0, "im2col %dx%d k%d s%d p%d: %ld wrong entries", H, W, k, s, p, bad);
-    free(im), free(col);
+    /* The bf16 columns are the float columns rounded, bit for bit. */
+    unsigned short *col16 = malloc(sizeof *col16 * (size_t)ncol);
+    unsigned short *stage = malloc(sizeof(float) * (size_t)im2col_stage_floats(N, H, W));
+    for (long j = 0; j < ncol; j++) col16[j] = 0xdead;
+    im2col_part_typed(col16, DM_T_BF16, stage, im, N, 0, N, C, H, W, k, s, p);
+    bad = 0;
+    for (long j = 0; j < ncol; j++) bad += col16[j] != dm_bf16_bits(col[j]);
+    EXPECT(bad == 0, "bf16 im2col %dx%d k%d s%d p%d: %ld entries not the rounded float",
+           H, W, k, s, p, bad);
+    free(im), free(col), free(col16), free(stage);
 }
 
 /* im2col and col2im are adjoint: <im2col(x), y> = <x, col2im(y)>; col2im
@@ -1055,6 +1113,21 @@ int main(void) {
     /* the convolutions again with their products on oneDNN (fp32) */
     EXPECT(gemm_setup(DM_ENGINE_ONEDNN, DM_FP32, 1) == DM_OK, "oneDNN fp32 engine");
     test_conv();
+    gemm_teardown();
+    /* bf16 where the CPU runs it (test_gemm checks the refusal elsewhere) */
+    if (gemm_setup(DM_ENGINE_ONEDNN, DM_BF16, 1) == DM_OK) {
+        test_conv_case_bf16((struct conv_case){3, 5, 7, 6, 6, 3, 1, 1, 0});
+        test_conv_case_bf16((struct conv_case){3, 5, 7, 7, 6, 3, 2, 1, 0});
+        test_conv_case_bf16((struct conv_case){2, 6, 3, 4, 5, 4, 2, 1, 1});
+        test_conv_case_bf16((struct conv_case){2, 6, 1, 1, 4, 7, 7, 0, 1});
+        long keep = conv_group_floats;
+        conv_group_floats = 1; /* one image per group: strided operands */
+        test_conv_case_bf16((struct conv_case){3, 5, 7, 6, 6, 3, 1, 1, 0});
+        test_conv_case_bf16((struct conv_case){2, 6, 3, 4, 5, 4, 2, 1, 1});
+        conv_group_floats = keep;
+    } else {
+        printf("bf16 convolutions not tested: no bf16 units here\n");
+    }
     gemm_teardown();
 #endif
     /* both im2col paths for the 'same' convolutions: plane and per row */
