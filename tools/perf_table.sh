@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Run the benchmark cases of docs/performance.md on this machine: first
-# diffmpi against PyTorch (tools/bench_torch.py, the same UNet, fp32 and
-# bf16 autocast, 2 threads) side by side, printed as ratios from this one
-# run; then diffmpi's own cases. About 15 minutes on 2 cores; run it on a
+# diffmpi (fp32 on OpenBLAS and on oneDNN, bf16 on oneDNN) against PyTorch
+# (tools/bench_torch.py, the same UNet, fp32 and bf16 autocast, 2 threads)
+# side by side, printed as ratios from this one run; then diffmpi's own
+# cases. About 15 minutes on 2 cores; run it on a
 # quiet machine.
 #
 # usage: tools/perf_table.sh [STEPS] [--vs-torch-only]   (timed steps, default 3)
@@ -33,19 +34,36 @@ rate() { grep -o '[0-9.]* images/s' | head -1 | cut -d' ' -f1; }
 echo "=== machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2-)," \
      "$(nproc) cores; OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-unset}"
 # diffmpi on 2 ranks x 1 thread against PyTorch on 2 threads, same global
-# batch, same model, alternating so that drift hits both alike.
+# batch, same model, one after the other so that drift hits all alike:
+# diffmpi fp32 on OpenBLAS (with this environment's OPENBLAS_CORETYPE), fp32
+# and bf16 on oneDNN (bf16 where the CPU has the units), PyTorch fp32 and
+# bf16 autocast.
 side_by_side() { # title, diffmpi args, torch args
-    local title=$1 dargs=$2 targs=$3 out d t32 t16
-    out=$(mpirun --bind-to none -np 2 "$b" bench $dargs --steps "$steps"); echo "$out"
-    d=$(rate <<<"$out")
+    local title=$1 dargs=$2 targs=$3 out blas d d16 t32 t16
+    out=$(mpirun --bind-to none -np 2 "$b" bench $dargs --set engine=openblas --steps "$steps")
+    echo "$out"; blas=$(rate <<<"$out")
+    out=$(mpirun --bind-to none -np 2 "$b" bench $dargs --set engine=onednn --steps "$steps")
+    echo "$out"; d=$(rate <<<"$out")
+    if out=$(mpirun --bind-to none -np 2 "$b" bench $dargs --set precision=bf16 \
+             --steps "$steps" 2>&1); then
+        echo "$out"; d16=$(rate <<<"$out")
+    else
+        echo "$out" | grep -m1 'diffmpi:' || true; d16=0
+    fi
     out=$(/usr/bin/python3 tools/bench_torch.py $targs --threads 2 --steps "$steps"); echo "$out"
     t32=$(rate <<<"$out")
     out=$(/usr/bin/python3 tools/bench_torch.py $targs --threads 2 --steps "$steps" --bf16)
     echo "$out"
     t16=$(rate <<<"$out")
-    summary+=$(/usr/bin/python3 -c 'import sys; t, d, a, b = sys.argv[1:]; d, a, b = map(float, (d, a, b))
-print(f"{t:<28} diffmpi fp32 {d:7.2f}, torch fp32 {a:7.2f}, torch bf16 {b:7.2f} images/s; "
-      f"diffmpi/torch fp32 {d / a:.2f}x, diffmpi/torch bf16 {d / b:.2f}x")' "$title" "$d" "$t32" "$t16")$'\n'
+    summary+=$(/usr/bin/python3 -c 'import sys
+t, blas, d, d16, a, b = sys.argv[1:]
+blas, d, d16, a, b = map(float, (blas, d, d16, a, b))
+pad = " " * 28
+bf = (f"diffmpi bf16 {d16:7.2f}; " if d16 else "diffmpi bf16     n/a; ")
+r16 = (f", bf16/torch bf16 {d16 / b:.2f}x, bf16/own fp32 {d16 / d:.2f}x" if d16 else "")
+print(f"{t:<28} images/s: openblas fp32 {blas:7.2f}, onednn fp32 {d:7.2f}, {bf}"
+      f"torch fp32 {a:7.2f}, torch bf16 {b:7.2f}\n{pad} ratios: fp32/torch fp32 "
+      f"{d / a:.2f}x (openblas {blas / a:.2f}x){r16}")' "$title" "$blas" "$d" "$d16" "$t32" "$t16")$'\n'
 }
 summary=""
 echo "=== diffmpi (2 ranks x 1 thread) against PyTorch (2 threads), same model and batch"
@@ -71,3 +89,7 @@ for m in 8 16 32 64; do
     run "denoiser D=128 batch 64, micro_batch $m, 1 rank" 1 --config jobs/configs/denoise.ini --set batch=64 --set micro_batch=$m --steps "$steps"
 done
 run "sampling: 40 CFG images at D=128, 30 of 300 steps, 2 ranks" 2 --config jobs/configs/class-ddpm.ini --sample --steps 30
+run "sampling in bf16: 40 CFG images at D=128, 30 of 300 steps, 2 ranks" 2 --config jobs/configs/class-ddpm.ini --set precision=bf16 --sample --steps 30 || true
+run "denoiser D=128 batch 256 in bf16, 2 ranks" 2 --config jobs/configs/denoise.ini --set precision=bf16 --steps "$steps" || true
+run "denoiser D=32 batch 256 in bf16, 2 ranks" 2 --config jobs/configs/denoise.ini --set hidden=32 --set precision=bf16 --steps "$steps" || true
+run "denoiser D=64 batch 256 in bf16, 2 ranks" 2 --config jobs/configs/denoise.ini --set hidden=64 --set precision=bf16 --steps "$steps" || true

@@ -297,10 +297,10 @@ static dm_status check_compatible(const dm_config *c, const char *path) {
     if (k.batch != c->batch || k.micro_batch != c->micro_batch || k.seed != c->seed ||
         k.sigma != c->sigma || k.train_limit != c->train_limit ||
         k.bn_sync != c->bn_sync || k.epochs != c->epochs || k.lr != c->lr ||
-        k.lr_decay != c->lr_decay)
+        k.lr_decay != c->lr_decay || k.precision != c->precision || k.engine != c->engine)
         dm_error("warning: %s was trained with other settings (batch, micro_batch, "
-                 "seed, sigma, lr, epochs, ...); the resumed run will not match an "
-                 "uninterrupted one", path);
+                 "seed, sigma, lr, epochs, precision, engine, ...); the resumed run will "
+                 "not match an uninterrupted one", path);
     return DM_OK;
 }
 
