@@ -7,9 +7,17 @@
  * `format` = "diffmpi-checkpoint" and `format_version`.
  *
  * A checkpoint is written to a hidden temporary name, closed, fsynced and
- * renamed, then its directory is fsynced; only then are checkpoints beyond
- * `keep` deleted (oldest first). So a file named ckpt-<step>.h5 is always
- * complete, whatever moment the job dies at.
+ * renamed, then its directory is fsynced and the file read back whole and
+ * verified; only then are checkpoints beyond `keep` deleted (oldest
+ * first). So a file named ckpt-<step>.h5 is always complete, whatever
+ * moment the job dies at, and a damaged write never costs the last intact
+ * checkpoint.
+ *
+ * Checksums (format version 2): every dataset carries HDF5's Fletcher32
+ * (h5util.h), verified on every read; the training-state attributes and
+ * the configuration text carry `state_crc32` (zlib's CRC-32 of their
+ * values as text), verified on every open. Version 1 files (no checksums)
+ * still load, with one warning.
  */
 #ifndef DIFFMPI_CKPT_H
 #define DIFFMPI_CKPT_H
@@ -20,7 +28,8 @@
 #include "diffmpi/unet.h"
 
 #define CKPT_FORMAT "diffmpi-checkpoint"
-#define CKPT_VERSION 1
+#define CKPT_VERSION 2
+#define CKPT_VERSION_UNCHECKED 1 /* before checksums: read with a warning */
 
 typedef struct {
     int64_t step;           /* optimizer steps done */
@@ -37,13 +46,18 @@ dm_status ckpt_write(const char *out_dir, const unet *u, const float *m,
 dm_status ckpt_read_config(const char *path, dm_config *c);
 /* Load weights, BN statistics and (when m, v are non-NULL) Adam state and
  * training state. The model u must have been built with the checkpoint's
- * width; every dataset's presence, shape and dtype is checked. */
+ * width; every dataset's presence, shape and dtype is checked, and every
+ * checksum of the file (also of tensors not loaded) is verified first. */
 dm_status ckpt_read(const char *path, unet *u, float *m, float *v,
                     dm_train_state *s);
-/* Newest ckpt-<step>.h5 in <out>/checkpoints that opens as a diffmpi
- * checkpoint; DM_EIO (with a message) when there is none. Damaged newer
- * files are reported on stderr and skipped. */
+/* Newest ckpt-<step>.h5 in <out>/checkpoints that verifies (ckpt_verify);
+ * DM_EIO (with a message) when there is none. Damaged newer files are
+ * named on stderr and skipped. */
 dm_status ckpt_find_latest(const char *out_dir, char *path, size_t size);
+/* Read every dataset of a checkpoint and check every checksum, and the
+ * state's: *checked = the checksums verified. One line naming the damaged
+ * tensor (or the state) and DM_EIO otherwise. */
+dm_status ckpt_verify(const char *path, long *checked);
 /* Delete temporary files left by a checkpoint write that was killed. */
 void ckpt_remove_stale(const char *out_dir);
 /* Does <out>/checkpoints hold any ckpt-*.h5? */

@@ -21,6 +21,20 @@ void h5_quiet(void);
  * H5Lexists this is 0, not a failure, when a group on the way is missing.
  * Returns 1, 0, or negative on an HDF5 error. */
 htri_t h5_exists(hid_t loc, const char *name);
+/* Every dataset written here is one chunk (split only beyond 2 GiB) with
+ * HDF5's Fletcher32 checksum, which HDF5 verifies on every read, ours and
+ * h5py's alike; a read whose checksum fails is reported as "dataset X is
+ * damaged (checksum mismatch)". h5_checksums = 0 writes plain contiguous
+ * datasets (the cost measurement of docs/design.md; old-file tests). */
+extern int h5_checksums;
+/* Chunk and checksum settings for a new dataset of these dims on dcpl
+ * (nothing for empty or scalar datasets, or with h5_checksums = 0). */
+herr_t h5_set_checksum(hid_t dcpl, int ndim, const hsize_t *dims);
+/* Read every dataset of file f whole, so that each checksum is verified:
+ * *checked datasets carry one, *unprotected do not. One line naming the
+ * first damaged dataset and DM_EIO when one fails. */
+dm_status h5_verify_all(hid_t f, const char *file, long *checked, long *unprotected);
+
 /* Write a float32 dataset (intermediate groups created). */
 dm_status h5_write_f32(hid_t loc, const char *file, const char *name,
                        const float *data, int ndim, const hsize_t *dims);

@@ -5,6 +5,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "diffmpi/ckpt.h"
 #include "diffmpi/h5util.h"
 
 /* One line per dataset: its path, element type and shape. A negative
@@ -63,6 +64,30 @@ static dm_status describe(hid_t f, const char *path) {
     return DM_OK;
 }
 
+/* Every checksum of the file: a checkpoint's through ckpt_verify (its
+ * datasets and its training state), any other file's datasets. */
+static dm_status verify(hid_t f, const char *path, int checkpoint) {
+    long sums = 0, plain = 0;
+    fflush(stdout);
+    if (checkpoint) DM_TRY(ckpt_verify(path, &sums));
+    else DM_TRY(h5_verify_all(f, path, &sums, &plain));
+    if (checkpoint && sums == 0) {
+        printf("checksums: none (written before checksums); every dataset reads\n");
+        return DM_OK;
+    }
+    printf("checksums: all %ld checksums good", sums);
+    if (plain) printf("; %ld dataset(s) without a checksum (written before checksums)", plain);
+    printf("\n");
+    return DM_OK;
+}
+
+static dm_status describe_and_verify(hid_t f, const char *path) {
+    DM_TRY(describe(f, path));
+    char fmt[64] = "";
+    if (has_attr(f, "format")) h5_get_str(f, path, "format", fmt, sizeof fmt);
+    return verify(f, path, strcmp(fmt, CKPT_FORMAT) == 0);
+}
+
 dm_status inspect_file(const char *path) {
     h5_quiet();
     if (access(path, R_OK) != 0) {
@@ -79,5 +104,5 @@ dm_status inspect_file(const char *path) {
         dm_error("%s: cannot open HDF5 file (damaged, or open for writing without SWMR?)", path);
         return DM_EIO;
     }
-    return h5_close_file(f, path, "file", describe(f, path));
+    return h5_close_file(f, path, "file", describe_and_verify(f, path));
 }

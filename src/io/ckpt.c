@@ -10,6 +10,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <zlib.h>
+
 #include "diffmpi/fault.h"
 #include "diffmpi/h5util.h"
 
@@ -52,6 +54,37 @@ static dm_status write_tensors(hid_t f, const char *path, const unet *u,
     return DM_OK;
 }
 
+/* The root attributes that say what a checkpoint is and where training
+ * stands, as one text; state_crc32 is its CRC-32 (zlib). Read back from
+ * the file both when writing and when checking, so the two texts are made
+ * by the same code from the same stored values. */
+static dm_status state_crc(hid_t f, const char *path, int64_t *crc) {
+    static const char *const ints[] = {"format_version", "step", "epoch", "batch_in_epoch",
+                                       "adam_step", "hidden"};
+    static const char *const strs[] = {"format", "objective", "conditioning", "config"};
+    char text[8192 + 512], buf[8192];
+    size_t n = 0;
+    for (size_t i = 0; i < sizeof ints / sizeof *ints; i++) {
+        int64_t x;
+        DM_TRY(h5_get_i64(f, path, ints[i], &x));
+        n += (size_t)snprintf(text + n, sizeof text - n, "%s=%lld\n", ints[i], (long long)x);
+    }
+    double lr;
+    uint64_t seed;
+    DM_TRY(h5_get_f64(f, path, "lr", &lr));
+    DM_TRY(h5_get_u64(f, path, "seed", &seed));
+    n += (size_t)snprintf(text + n, sizeof text - n, "lr=%a\nseed=%llu\n", lr,
+                          (unsigned long long)seed);
+    uLong sum = crc32(0L, (const Bytef *)text, (uInt)n);
+    for (size_t i = 0; i < sizeof strs / sizeof *strs; i++) {
+        DM_TRY(h5_get_str(f, path, strs[i], buf, sizeof buf));
+        sum = crc32(sum, (const Bytef *)strs[i], (uInt)strlen(strs[i]));
+        sum = crc32(sum, (const Bytef *)buf, (uInt)strlen(buf) + 1);
+    }
+    *crc = (int64_t)sum;
+    return DM_OK;
+}
+
 static dm_status write_body(hid_t f, const char *path, const unet *u,
                             const float *m, const float *v,
                             const dm_train_state *s, const dm_config *c) {
@@ -70,7 +103,10 @@ static dm_status write_body(hid_t f, const char *path, const unet *u,
     DM_TRY(h5_attr_str(f, path, "objective", config_objective_name(c->objective)));
     DM_TRY(h5_attr_str(f, path, "conditioning",
                        config_conditioning_name(c->conditioning)));
-    return h5_attr_str(f, path, "config", cfg);
+    DM_TRY(h5_attr_str(f, path, "config", cfg));
+    int64_t crc;
+    DM_TRY(state_crc(f, path, &crc));
+    return h5_attr_i64(f, path, "state_crc32", crc);
 }
 
 static int parse_step(const char *fname, long *step) {
@@ -141,6 +177,22 @@ static dm_status prune(const char *dir, int keep, long newest) {
     return st;
 }
 
+/* Tests: DIFFMPI_TEST_CKPT_DAMAGE=STEP flips one byte in the middle of
+ * ckpt-STEP.h5 after it is renamed, as a bad disk or copy would, so that
+ * the read-back check before pruning has something to find. */
+static void fault_damage(const char *fin, int64_t step) {
+    const char *s = getenv("DIFFMPI_TEST_CKPT_DAMAGE");
+    if (!s || atoll(s) != step) return;
+    FILE *fp = fopen(fin, "r+b");
+    if (!fp) return;
+    if (fseek(fp, 0, SEEK_END) == 0) {
+        long mid = ftell(fp) / 2;
+        int c = fseek(fp, mid, SEEK_SET) == 0 ? fgetc(fp) : EOF;
+        if (c != EOF && fseek(fp, mid, SEEK_SET) == 0) fputc(c ^ 0x10, fp);
+    }
+    fclose(fp);
+}
+
 /* Write the checkpoint under tmp and rename it to fin; the caller removes
  * tmp when this fails. Quiet: the caller prints the one line. */
 static dm_status write_renamed(const char *tmp, const char *fin, const unet *u,
@@ -180,13 +232,26 @@ dm_status ckpt_write(const char *out_dir, const unet *u, const float *m,
         return st;
     }
     fault_point("ckpt_renamed");
+    fault_damage(fin, s->step);
     st = fs_sync_dir_of(fin);
-    fault_point("ckpt_prune");
     DM_TRY(st);
+    /* Read back before pruning: a write that came out damaged must not
+     * cost the last intact checkpoint. */
+    long checked;
+    if (ckpt_verify(fin, &checked) != DM_OK) {
+        dm_error("%s: the checkpoint just written does not read back intact; the previous "
+                 "checkpoints are kept", fin);
+        return DM_EIO;
+    }
+    fault_point("ckpt_prune");
     return prune(dir, keep, s->step);
 }
 
-/* The format attributes of an open checkpoint. */
+/* The last file warned about having no checksums: one warning per file,
+ * however often a command opens it. */
+static char warned_unchecked[4200];
+
+/* The format attributes of an open checkpoint, and its state checksum. */
 static dm_status check_format(hid_t f, const char *path) {
     char fmt[64];
     int64_t ver;
@@ -196,9 +261,24 @@ static dm_status check_format(hid_t f, const char *path) {
         return DM_EIO;
     }
     DM_TRY(h5_get_i64(f, path, "format_version", &ver));
+    if (ver == CKPT_VERSION_UNCHECKED) {
+        if (strcmp(warned_unchecked, path) != 0)
+            dm_error("warning: %s was written without checksums (format version 1); it "
+                     "loads, but damage to it cannot be detected", path);
+        snprintf(warned_unchecked, sizeof warned_unchecked, "%s", path);
+        return DM_OK;
+    }
     if (ver != CKPT_VERSION) {
         dm_error("%s: unsupported checkpoint format version %lld (this build "
-                 "reads %d)", path, (long long)ver, CKPT_VERSION);
+                 "reads %d and %d)", path, (long long)ver, CKPT_VERSION_UNCHECKED,
+                 CKPT_VERSION);
+        return DM_EIO;
+    }
+    int64_t stored, crc;
+    DM_TRY(h5_get_i64(f, path, "state_crc32", &stored));
+    DM_TRY(state_crc(f, path, &crc));
+    if (crc != stored) {
+        dm_error("%s: the training state attributes are damaged (checksum mismatch)", path);
         return DM_EIO;
     }
     return DM_OK;
@@ -284,32 +364,59 @@ static dm_status read_body(hid_t f, const char *path, unet *u, float *m, float *
     return s ? read_state(f, path, s) : DM_OK;
 }
 
+/* Every checksum first, also of what this read does not load (Adam's
+ * state for predict and sample): a checkpoint damaged anywhere is named as
+ * such by every command that opens it. */
+static dm_status verify_then_read(hid_t f, const char *path, unet *u, float *m, float *v,
+                                  dm_train_state *s) {
+    long sums, plain;
+    DM_TRY(h5_verify_all(f, path, &sums, &plain));
+    return read_body(f, path, u, m, v, s);
+}
+
 dm_status ckpt_read(const char *path, unet *u, float *m, float *v,
                     dm_train_state *s) {
     hid_t f = open_ckpt(path);
     if (f < 0) return DM_EIO;
-    return h5_close_file(f, path, "checkpoint", read_body(f, path, u, m, v, s));
+    return h5_close_file(f, path, "checkpoint", verify_then_read(f, path, u, m, v, s));
 }
 
-/* The newest of the n checkpoints steps[] in dir that opens, into path. */
+dm_status ckpt_verify(const char *path, long *checked) {
+    hid_t f = open_ckpt(path);
+    if (f < 0) return DM_EIO;
+    int64_t ver = 0;
+    long sums = 0, plain = 0;
+    dm_status st = h5_get_i64(f, path, "format_version", &ver);
+    if (st == DM_OK) st = h5_verify_all(f, path, &sums, &plain);
+    if (st == DM_OK && ver == CKPT_VERSION && plain > 0) {
+        dm_error("%s: %ld dataset(s) without a checksum in a checksummed checkpoint "
+                 "(replaced by another writer?)", path, plain);
+        st = DM_EIO;
+    }
+    DM_TRY(h5_close_file(f, path, "checkpoint", st));
+    *checked = sums + (ver == CKPT_VERSION);
+    return DM_OK;
+}
+
+/* The newest of the n checkpoints steps[] in dir that verifies, into path;
+ * each damaged newer one is named (its own line says what is damaged). */
 static dm_status find_latest(const char *dir, const long *steps, int n,
                              char *path, size_t size) {
-    /* Probe quietly: one line for the outcome, not one per damaged file. */
     for (int i = n - 1; i >= 0; i--) {
         snprintf(path, size, "%s/ckpt-%ld.h5", dir, steps[i]);
-        dm_set_quiet(1);
-        hid_t f = open_ckpt(path);
-        dm_set_quiet(0);
-        if (f < 0) continue;
-        DM_TRY(h5_close_file(f, path, "checkpoint", DM_OK));
+        long checked;
+        if (ckpt_verify(path, &checked) != DM_OK) {
+            dm_error("warning: %s is damaged (above); trying the next older checkpoint",
+                     path);
+            continue;
+        }
         if (i < n - 1)
-            dm_error("warning: skipped %d newer checkpoint(s) that do not open "
-                     "(damaged); resuming from %s", n - 1 - i, path);
+            dm_error("warning: skipped %d newer damaged checkpoint(s); resuming from %s",
+                     n - 1 - i, path);
         return DM_OK;
     }
     if (n > 0)
-        dm_error("%s: none of the %d checkpoints opens as a diffmpi checkpoint "
-                 "(damaged?); nothing to resume from", dir, n);
+        dm_error("%s: none of the %d checkpoints is intact; nothing to resume from", dir, n);
     else
         dm_error("%s: no checkpoint to resume from (--resume auto)", dir);
     return DM_EIO;

@@ -56,7 +56,9 @@ static dm_status create_cols(dm_log *l, const char *group, const col *cols,
     hsize_t zero = 0, unlim = H5S_UNLIMITED, chunk = 1024;
     hid_t sp = H5Screate_simple(1, &zero, &unlim);
     hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
-    int ok = sp >= 0 && dcpl >= 0 && H5Pset_chunk(dcpl, 1, &chunk) >= 0;
+    /* Chunked to grow; Fletcher32 on each chunk, as every dataset (h5util.h). */
+    int ok = sp >= 0 && dcpl >= 0 && H5Pset_chunk(dcpl, 1, &chunk) >= 0 &&
+             (!h5_checksums || H5Pset_fletcher32(dcpl) >= 0);
     dm_status st = create_datasets(l, g, group, cols, n, ds, sp, dcpl, ok);
     ok = 1;
     if (dcpl >= 0 && H5Pclose(dcpl) < 0) ok = 0;

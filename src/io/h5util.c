@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <libgen.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -19,6 +20,26 @@ static dm_status fail(const char *file, const char *what, const char *name) {
     return DM_EIO;
 }
 
+int h5_checksums = 1;
+
+herr_t h5_set_checksum(hid_t dcpl, int ndim, const hsize_t *dims) {
+    if (!h5_checksums || ndim < 1) return 0;
+    hsize_t chunk[H5S_MAX_RANK];
+    for (int i = 0; i < ndim; i++) {
+        if (dims[i] == 0) return 0; /* nothing to protect */
+        chunk[i] = dims[i];
+    }
+    /* One chunk per dataset: the checksum covers it whole. HDF5 caps a
+     * chunk at 4 GiB; split the leading dimension beyond that. */
+    hsize_t bytes = 8;
+    for (int i = 1; i < ndim; i++) bytes *= chunk[i];
+    hsize_t lead = ((hsize_t)1 << 31) / (bytes ? bytes : 1);
+    if (lead < 1) return 0;
+    if (chunk[0] > lead) chunk[0] = lead;
+    if (H5Pset_chunk(dcpl, ndim, chunk) < 0) return -1;
+    return H5Pset_fletcher32(dcpl);
+}
+
 /* HDF5 objects below are closed on every path. A close is checked like any
  * other call: a dataset or attribute whose close fails may not be on disk,
  * so the write it belongs to has failed. */
@@ -27,12 +48,15 @@ static dm_status write_ds(hid_t loc, const char *file, const char *name,
                           const hsize_t *dims) {
     hid_t lcpl = H5Pcreate(H5P_LINK_CREATE);
     if (lcpl < 0) return fail(file, "create link property list for", name);
-    herr_t st = H5Pset_create_intermediate_group(lcpl, 1);
+    hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
+    herr_t st = dcpl < 0 ? -1 : H5Pset_create_intermediate_group(lcpl, 1);
+    if (st >= 0) st = h5_set_checksum(dcpl, ndim, dims);
     hid_t sp = st < 0 ? -1 : H5Screate_simple(ndim, dims, NULL);
-    hid_t ds = sp < 0 ? -1 : H5Dcreate2(loc, name, ftype, sp, lcpl, H5P_DEFAULT, H5P_DEFAULT);
+    hid_t ds = sp < 0 ? -1 : H5Dcreate2(loc, name, ftype, sp, lcpl, dcpl, H5P_DEFAULT);
     st = ds < 0 ? -1 : H5Dwrite(ds, mtype, H5S_ALL, H5S_ALL, H5P_DEFAULT, data);
     if (ds >= 0 && H5Dclose(ds) < 0) st = -1;
     if (sp >= 0 && H5Sclose(sp) < 0) st = -1;
+    if (dcpl >= 0 && H5Pclose(dcpl) < 0) st = -1;
     if (H5Pclose(lcpl) < 0) st = -1;
     return st < 0 ? fail(file, "write dataset", name) : DM_OK;
 }
@@ -90,13 +114,97 @@ dm_status h5_shape(hid_t loc, const char *file, const char *name, int *ndim,
     return DM_OK;
 }
 
+/* Does dataset ds carry a Fletcher32 checksum? 1, 0, or -1 on an error. */
+static int has_checksum(hid_t ds) {
+    hid_t dcpl = H5Dget_create_plist(ds);
+    if (dcpl < 0) return -1;
+    unsigned flags;
+    size_t nelmts = 0;
+    char fname[32];
+    unsigned config;
+    herr_t got = H5Pget_filter_by_id2(dcpl, H5Z_FILTER_FLETCHER32, &flags, &nelmts, NULL,
+                                      sizeof fname, fname, &config);
+    H5Pclose(dcpl); /* a read-only query: its result changes nothing */
+    return got >= 0;
+}
+
+/* A failed read: was it the checksum? Read again with checking off; if
+ * that works, the data are there but not what was written. */
+static dm_status read_failed(hid_t ds, const char *file, const char *name, hid_t memtype,
+                             void *data) {
+    int sum = has_checksum(ds);
+    hid_t dxpl = sum > 0 ? H5Pcreate(H5P_DATASET_XFER) : -1;
+    int readable = dxpl >= 0 && H5Pset_edc_check(dxpl, H5Z_DISABLE_EDC) >= 0 &&
+                   H5Dread(ds, memtype, H5S_ALL, H5S_ALL, dxpl, data) >= 0;
+    if (dxpl >= 0) H5Pclose(dxpl); /* after a failure: changes nothing */
+    if (readable) {
+        dm_error("%s: dataset '%s' is damaged (checksum mismatch)", file, name);
+        return DM_EIO;
+    }
+    dm_error("%s: cannot read dataset '%s' (damaged file?)", file, name);
+    return DM_EIO;
+}
+
 dm_status h5_read_any(hid_t loc, const char *file, const char *name,
                       hid_t memtype, void *data) {
     hid_t ds = H5Dopen2(loc, name, H5P_DEFAULT);
     if (ds < 0) return fail(file, "open dataset", name);
-    herr_t st = H5Dread(ds, memtype, H5S_ALL, H5S_ALL, H5P_DEFAULT, data);
-    if (H5Dclose(ds) < 0) st = -1;
-    return st < 0 ? fail(file, "read dataset", name) : DM_OK;
+    dm_status st = DM_OK;
+    if (H5Dread(ds, memtype, H5S_ALL, H5S_ALL, H5P_DEFAULT, data) < 0)
+        st = read_failed(ds, file, name, memtype, data);
+    if (H5Dclose(ds) < 0 && st == DM_OK) st = fail(file, "close dataset", name);
+    return st;
+}
+
+typedef struct {
+    const char *file;
+    long checked, unprotected;
+    dm_status st;
+} verify_ctx;
+
+/* Read one dataset whole (the read checks its checksum). */
+static herr_t verify_one(hid_t obj, const char *name, const H5O_info_t *info, void *data) {
+    verify_ctx *v = data;
+    if (info->type != H5O_TYPE_DATASET) return 0;
+    hid_t ds = H5Dopen2(obj, name, H5P_DEFAULT);
+    if (ds < 0) {
+        v->st = fail(v->file, "open dataset", name);
+        return -1;
+    }
+    hid_t ty = H5Dget_type(ds), sp = H5Dget_space(ds);
+    hssize_t n = sp < 0 ? -1 : H5Sget_simple_extent_npoints(sp);
+    if (sp >= 0) H5Sclose(sp); /* read-only: closing changes nothing */
+    size_t ts = ty < 0 ? 0 : H5Tget_size(ty);
+    int sum = has_checksum(ds);
+    if (ty < 0 || n < 0 || ts == 0 || sum < 0) {
+        v->st = fail(v->file, "read the type and shape of", name);
+    } else {
+        void *buf = dm_malloc((size_t)n * ts + 1);
+        if (H5Dread(ds, ty, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf) < 0) {
+            char full[512];
+            snprintf(full, sizeof full, "/%s", name);
+            v->st = read_failed(ds, v->file, full, ty, buf);
+        }
+        free(buf);
+        if (sum) v->checked++;
+        else v->unprotected++;
+    }
+    if (ty >= 0) H5Tclose(ty); /* read-only objects: closing changes nothing */
+    H5Dclose(ds);
+    return v->st == DM_OK ? 0 : -1;
+}
+
+dm_status h5_verify_all(hid_t f, const char *file, long *checked, long *unprotected) {
+    verify_ctx v = {file, 0, 0, DM_OK};
+    herr_t r = H5Ovisit2(f, H5_INDEX_NAME, H5_ITER_NATIVE, verify_one, &v, H5O_INFO_BASIC);
+    if (v.st != DM_OK) return v.st;
+    if (r < 0) {
+        dm_error("%s: cannot walk the datasets (damaged file?)", file);
+        return DM_EIO;
+    }
+    *checked = v.checked;
+    *unprotected = v.unprotected;
+    return DM_OK;
 }
 
 dm_status h5_read_f32(hid_t loc, const char *file, const char *name,

@@ -45,7 +45,12 @@ with h5py.File(os.path.join(out, "checkpoints", "ckpt-44.h5"), "r") as f:
     check(f["model/head/bias"].shape == (1,), "/model/head/bias [1]")
     check("bn_weight" not in f["model/head"], "head has no BatchNorm")
     a = f.attrs
-    check(a["format"] == "diffmpi-checkpoint" and a["format_version"] == 1, "format attrs")
+    check(a["format"] == "diffmpi-checkpoint" and a["format_version"] == 2, "format attrs")
+    check("state_crc32" in a, "training state checksum attr")
+    plain = []
+    f.visititems(lambda n, o: plain.append(n)
+                 if isinstance(o, h5py.Dataset) and not o.fletcher32 else None)
+    check(not plain, f"every checkpoint dataset has HDF5's Fletcher32 checksum ({plain[:3]})")
     check(a["step"] == 44 and a["epoch"] == 2 and a["batch_in_epoch"] == 0 and
           a["adam_step"] == 44, "training state attrs")
     check(a["seed"] == 0 and abs(a["lr"] - 1e-3) < 1e-15, "seed and lr attrs")
@@ -54,6 +59,12 @@ with h5py.File(os.path.join(out, "checkpoints", "ckpt-44.h5"), "r") as f:
     check(np.all(rv > 0) and not np.allclose(rv, 1), "running variance was updated")
 
 # ---- log ------------------------------------------------------------------
+for name in ("log.h5", "samples.h5"):
+    with h5py.File(os.path.join(out, name), "r") as f:
+        plain = []
+        f.visititems(lambda n, o: plain.append(n)
+                     if isinstance(o, h5py.Dataset) and o.size and not o.fletcher32 else None)
+        check(not plain, f"{name}: every non-empty dataset has a Fletcher32 checksum ({plain[:3]})")
 with h5py.File(os.path.join(out, "log.h5"), "r") as f:
     t = f["train"]
     types = {"step": np.int64, "epoch": np.int32, "loss": np.float64,
