@@ -1,0 +1,151 @@
+"""Several hosts, for real: 2 and 3 "hosts" made by this test as network and
+UTS namespaces (own hostname, own address in 198.18.0.0/24, which exists
+only inside them, joined by a bridge in a fourth namespace), mpirun
+launching into them through a launcher agent that enters the namespace,
+Open MPI on TCP only (`btl tcp,self`). A run over 2 and over 3 hosts is
+bitwise identical to the one-host run (log, checkpoints, samples), rank 0's
+host writes the outputs, every host reads the data from the same directory,
+and a run stopped on 3 hosts resumes on 2 hosts bitwise.
+
+Everything the test makes (namespaces, links, the agent script) is removed
+at the end, also after a failure. Traffic is a D=8 model (about 40 KB of
+gradient per step) over a few dozen steps; each mpirun has a time limit.
+Where namespaces cannot be made (not root, no iproute2), the test says so
+and is skipped (exit code 77)."""
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import time
+
+from common import BIN, TINY, check, compare_h5, finish, tmpdir, train
+
+SKIP = 77
+tag = f"dm{os.getpid() % 100000}"
+HOSTS = [("hostA", f"{tag}A", "198.18.0.1"), ("hostB", f"{tag}B", "198.18.0.2"),
+         ("hostC", f"{tag}C", "198.18.0.3")]
+SWITCH = f"{tag}S"
+base = tmpdir()
+made = []
+
+
+def sh(*args, check_rc=True):
+    r = subprocess.run(list(args), capture_output=True, text=True, timeout=30)
+    if check_rc and r.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)}: {r.stderr.strip()}")
+    return r
+
+
+def setup():
+    sh("ip", "netns", "add", SWITCH)
+    made.append(SWITCH)
+    sh("ip", "-n", SWITCH, "link", "add", "br0", "type", "bridge")
+    sh("ip", "-n", SWITCH, "link", "set", "br0", "up")
+    for i, (name, ns, addr) in enumerate(HOSTS):
+        sh("ip", "netns", "add", ns)
+        made.append(ns)
+        sh("ip", "link", "add", "eth0", "netns", ns, "type", "veth", "peer", "name",
+           f"p{i}", "netns", SWITCH)
+        sh("ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", "eth0")
+        for dev in ("eth0", "lo"):
+            sh("ip", "-n", ns, "link", "set", dev, "up")
+        sh("ip", "-n", SWITCH, "link", "set", f"p{i}", "master", "br0")
+        sh("ip", "-n", SWITCH, "link", "set", f"p{i}", "up")
+    # The launcher agent: "AGENT HOST COMMAND..." runs COMMAND on HOST, that
+    # is inside its namespace, under its hostname.
+    agent = os.path.join(base, "nsrsh")
+    cases = "".join(f"  {a}) ns={ns}; name={n} ;;\n" for n, ns, a in HOSTS)
+    with open(agent, "w") as f:
+        f.write("#!/bin/sh\nhost=$1; shift\ncase \"$host\" in\n" + cases +
+                "  *) echo \"nsrsh: unknown host $host\" >&2; exit 1 ;;\nesac\n"
+                "exec ip netns exec \"$ns\" unshare --uts sh -c \"hostname $name; $*\"\n")
+    os.chmod(agent, os.stat(agent).st_mode | stat.S_IEXEC)
+    return agent
+
+
+def teardown():
+    for ns in reversed(made):
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
+
+
+def on_hosts(n, args, agent, timeout=300, prog=BIN):
+    """prog (diffmpi) ARGS on the first n hosts, one rank each, mpirun on hostA."""
+    hostfile = os.path.join(base, f"hosts{n}")
+    with open(hostfile, "w") as f:
+        f.writelines(f"{a} slots=1\n" for _, _, a in HOSTS[:n])
+    mpi = ["mpirun", "--hostfile", hostfile, "-np", str(n),
+           "--mca", "plm_rsh_agent", agent, "--mca", "btl", "tcp,self", "--mca", "pml", "ob1",
+           "--mca", "oob_tcp_if_include", "198.18.0.0/24",
+           "--mca", "btl_tcp_if_include", "198.18.0.0/24",
+           "-x", "OPENBLAS_NUM_THREADS"]
+    for k in os.environ:
+        if k.startswith("DIFFMPI_TEST_"):
+            mpi += ["-x", k]
+    mpi += [prog] + args
+    cmd = ["ip", "netns", "exec", HOSTS[0][1], "unshare", "--uts", "sh", "-c",
+           "hostname hostA; exec \"$@\"", "sh"] + mpi
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
+    env.pop("OMPI_MCA_plm_rsh_agent", None)
+    env.pop("OMPI_MCA_rmaps_base_oversubscribe", None)
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def train_args(out, extra=(), resume=None):
+    a = ["train", "--out", out]
+    for kv in list(TINY) + list(extra):
+        a += ["--set", kv]
+    return a + (["--resume", resume] if resume else [])
+
+
+if os.geteuid() != 0 or not shutil.which("ip") or not shutil.which("unshare"):
+    print("skip: network namespaces need root and iproute2 (ip) and util-linux (unshare)")
+    sys.exit(SKIP)
+try:
+    agent = setup()
+except (RuntimeError, OSError, subprocess.SubprocessError) as e:
+    teardown()
+    print(f"skip: cannot make network namespaces here: {e}")
+    sys.exit(SKIP)
+
+try:
+    model = ["objective=ddpm", "conditioning=class", "sample_steps=4", "sample_epochs=1"]
+    ref = os.path.join(base, "one-host")
+    r = train(1, ref, model)
+    check(r.returncode == 0, f"one-host reference run ({r.stderr[-200:]})")
+
+    r = on_hosts(3, [], agent, timeout=60, prog="hostname")
+    check(sorted(r.stdout.split()) == ["hostA", "hostB", "hostC"],
+          f"one rank on each of hostA, hostB, hostC ({r.stdout.split()} {r.stderr[-200:]})")
+    r = on_hosts(3, ["bench", "--set", "hidden=8", "--set", "batch=12", "--set",
+                     "micro_batch=4", "--steps", "1", "--verbose"], agent, timeout=120)
+    check(r.returncode == 0, f"a 3-host job starts ({r.stderr[-300:]})")
+    for n in (2, 3):
+        out = os.path.join(base, f"run-{n}-hosts")
+        t0 = time.time()
+        r = on_hosts(n, train_args(out, model), agent)
+        errs = [l for l in r.stderr.splitlines() if "diffmpi" in l]
+        check(r.returncode == 0, f"{n} hosts: run exits 0 in {time.time() - t0:.0f} s "
+              f"({errs[:3]} {r.stderr[-300:]})")
+        if r.returncode != 0:
+            continue
+        for f in ("log.h5", "checkpoints/ckpt-25.h5", "checkpoints/ckpt-44.h5", "samples.h5"):
+            bad = compare_h5(os.path.join(ref, f), os.path.join(out, f))
+            check(not bad, f"{n} hosts: {f} bitwise equal to the one-host run ({bad[:4]})")
+
+    # Stopped on 3 hosts, resumed on 2, from the same (shared) directory.
+    out = os.path.join(base, "stop3-resume2")
+    os.environ["DIFFMPI_TEST_STOP_AT_STEP"] = "17"
+    r = on_hosts(3, train_args(out, model), agent)
+    del os.environ["DIFFMPI_TEST_STOP_AT_STEP"]
+    check(r.returncode == 3, f"3 hosts: stopped at step 17 (rc {r.returncode})")
+    r = on_hosts(2, train_args(out, model, resume="auto"), agent)
+    check(r.returncode == 0, f"resumed on 2 hosts ({r.stderr[-300:]})")
+    for f in [] if r.returncode else ("checkpoints/ckpt-44.h5", "log.h5", "samples.h5"):
+        bad = compare_h5(os.path.join(ref, f), os.path.join(out, f))
+        check(not bad, f"3 hosts -> 2 hosts: {f} bitwise equal ({bad[:4]})")
+finally:
+    teardown()
+    left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    check(tag not in left, "every namespace the test made is gone")
+finish()
