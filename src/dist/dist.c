@@ -7,6 +7,7 @@
 #include "diffmpi/common.h"
 #include "diffmpi/fault.h"
 #include "diffmpi/prof.h"
+#include "diffmpi/watchdog.h"
 
 void dist_range(int nmb, int size, int r, int *lo, int *hi) {
     *lo = (int)((long)r * nmb / size);
@@ -235,7 +236,9 @@ void dist_combine(void *ctx, double *out, int C, const double *local, int nloc) 
     DM_CHECK(nloc == d->hi - d->lo, "combine: %d local micro-batches, expected %d",
              nloc, d->hi - d->lo);
     fault_point("bn");
+    const char *prev = watchdog_enter("batchnorm-statistics-allgather");
     dist_sum_mb(d, out, local, 2 * C, d->rank_local_bn);
+    watchdog_leave(prev);
 }
 
 float *dist_leaf_dst(void *ctx, int j) {
@@ -335,6 +338,7 @@ void dist_reduce_grads(dm_dist *d, float *grads) {
     long off, len;
     slice_of(d, d->rank, &off, &len);
     sync_point(d);
+    const char *prev = watchdog_enter("gradient-reduction");
     double t0 = prof_start();
     post_recvs(d);
     /* Segments whose leaves never all came (a rank without micro-batches
@@ -354,7 +358,10 @@ void dist_reduce_grads(dm_dist *d, float *grads) {
     }
     memcpy(grads + off, d->ptr[d->root], (size_t)len * sizeof(float));
     prof_add(PROF_ELEM, t0);
-    if (d->size == 1) return;
+    if (d->size == 1) {
+        watchdog_leave(prev);
+        return;
+    }
     for (int r = 0; r < d->size; r++) {
         long so, sl;
         slice_of(d, r, &so, &sl);
@@ -366,4 +373,5 @@ void dist_reduce_grads(dm_dist *d, float *grads) {
     MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, grads, d->counts,
                    d->displs, MPI_FLOAT, d->comm);
     prof_add(PROF_COMM, t0);
+    watchdog_leave(prev);
 }

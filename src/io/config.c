@@ -177,9 +177,10 @@ static const config_key keys[] = {
      .help = "diffusion models sample 40 images after these epochs (and "
              "always after the last)"},
     {.name = "watchdog", .kind = KEY_REAL, .offset = OFF(watchdog), .lo = 0,
-     .hi = 1e7, .def = "900",
+     .hi = 1e7, .def = "300",
      .help = "seconds without progress after which the job ends, naming the "
-             "rank that stopped answering (0 = off)"},
+             "rank that stopped answering or cannot be reached over the "
+             "network (0 = off)"},
     {.name = "sample_chunk", .kind = KEY_INT, .offset = OFF(sample_chunk),
      .lo = 1, .hi = 4096, .def = "4",
      .help = "images per sampler forward (x2 with guidance), the unit spread "

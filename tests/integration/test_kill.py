@@ -31,9 +31,18 @@ POINTS = [
     ("ckpt_mid", 22, 0), ("bn", 43, 1), ("reduce", 43, 0), ("ckpt_renamed", 44, 0),
 ]
 if os.environ.get("DIFFMPI_FULL_CAMPAIGN"):
-    names = sorted({p for p, _, _ in POINTS} - {"eval", "epoch_end", "log_eval", "samples"})
-    POINTS += [(p, s, r) for p, s, r in itertools.product(names, (6, 27, 41), (0, 1))]
-    POINTS += [(p, 44, r) for p in ("eval", "epoch_end", "log_eval", "samples") for r in (0, 1)]
+    # Every point at three steps on every rank that passes it: rank 0 alone
+    # writes checkpoints, the log and the samples, and the checkpoint points
+    # fire only at checkpoint steps (every 5, and the epoch end).
+    ENDS = {"eval", "epoch_end", "log_eval", "samples"}
+    RANK0 = {"log", "log_flush", "log_eval", "samples"}
+    names = sorted({p for p, _, _ in POINTS} - ENDS)
+    for p in names:
+        ckpt = p.startswith("ckpt_")
+        ranks = (0,) if ckpt or p in RANK0 else (0, 1)
+        POINTS += [(p, s, r) for s, r in itertools.product((5, 25, 40) if ckpt else (6, 27, 41),
+                                                          ranks)]
+    POINTS += [(p, 44, r) for p in sorted(ENDS) for r in ((0,) if p in RANK0 else (0, 1))]
 
 base = tmpdir()
 ref = os.path.join(base, "ref")

@@ -5,7 +5,11 @@ launching into them through a launcher agent that enters the namespace,
 Open MPI on TCP only (`btl tcp,self`). A run over 2 and over 3 hosts is
 bitwise identical to the one-host run (log, checkpoints, samples), rank 0's
 host writes the outputs, every host reads the data from the same directory,
-and a run stopped on 3 hosts resumes on 2 hosts bitwise.
+a run stopped on 3 hosts resumes on 2 hosts bitwise, and losing a host
+mid-run (its link taken down) ends the whole job within the watchdog's
+time plus a few seconds, with one line naming the rank, host and
+collective, after which --resume auto on the remaining host finishes
+bitwise identical to an uninterrupted run.
 
 Everything the test makes (namespaces, links, the agent script) is removed
 at the end, also after a failure. Traffic is a D=8 model (about 40 KB of
@@ -144,6 +148,63 @@ try:
     for f in [] if r.returncode else ("checkpoints/ckpt-44.h5", "log.h5", "samples.h5"):
         bad = compare_h5(os.path.join(ref, f), os.path.join(out, f))
         check(not bad, f"3 hosts -> 2 hosts: {f} bitwise equal ({bad[:4]})")
+
+    # Losing a host mid-run: hostB's link goes down. The watchdog (10 s here)
+    # sees every heartbeat fresh, probes over TCP, names rank 1 on hostB and
+    # the collective, and the whole job, mpirun and hostB's orted included,
+    # ends; the checkpoints on disk are intact, and --resume auto on the
+    # remaining host finishes as the uninterrupted run did.
+    long_model = model + ["epochs=4"]
+    ref4 = os.path.join(base, "one-host-4")
+    r = train(1, ref4, long_model)
+    check(r.returncode == 0, "one-host reference of the longer run")
+    out = os.path.join(base, "lose-host")
+    hostfile = os.path.join(base, "hosts2")
+    args = train_args(out, long_model + ["watchdog=10"])
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", DIFFMPI_TEST_CKPT_DELAY="0.2")
+    env.pop("OMPI_MCA_plm_rsh_agent", None)
+    env.pop("OMPI_MCA_rmaps_base_oversubscribe", None)
+    mpi = ["mpirun", "--hostfile", hostfile, "-np", "2", "--mca", "plm_rsh_agent", agent,
+           "--mca", "btl", "tcp,self", "--mca", "pml", "ob1",
+           "--mca", "oob_tcp_if_include", "198.18.0.0/24",
+           "--mca", "btl_tcp_if_include", "198.18.0.0/24",
+           "-x", "OPENBLAS_NUM_THREADS", "-x", "DIFFMPI_TEST_CKPT_DELAY", BIN] + args
+    p = subprocess.Popen(["ip", "netns", "exec", HOSTS[0][1], "unshare", "--uts", "sh", "-c",
+                          "hostname hostA; exec \"$@\"", "sh"] + mpi, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ck10 = os.path.join(out, "checkpoints", "ckpt-10.h5")
+    t0 = time.time()
+    while not os.path.exists(ck10) and p.poll() is None and time.time() - t0 < 120:
+        time.sleep(0.05)
+    sh("ip", "-n", HOSTS[1][1], "link", "set", "eth0", "down")
+    t_cut = time.time()
+    try:
+        so, se = p.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        so, se = p.communicate()
+    took = time.time() - t_cut
+    lines = [l for l in se.splitlines() if l.startswith("diffmpi:")]
+    check(p.returncode != 0 and took < 10 + 20,
+          f"the job, mpirun included, ends {took:.0f} s after hostB is cut (watchdog 10 s)")
+    check(len(lines) == 1 and "rank 1 on hostB" in lines[0] and "198.18.0.2" in lines[0]
+          and ("gradient-reduction" in lines[0] or "batchnorm" in lines[0]),
+          f"one line naming rank 1 on hostB and the collective ({lines})")
+    time.sleep(1)
+    left = sh("ip", "netns", "pids", HOSTS[1][1]).stdout.split()
+    check(not left, f"nothing is left running on hostB ({left})")
+    sh("ip", "-n", HOSTS[1][1], "link", "set", "eth0", "up")
+    r = subprocess.run([BIN, "inspect", max(
+        (os.path.join(out, "checkpoints", f) for f in os.listdir(os.path.join(out, "checkpoints"))
+         if f.startswith("ckpt-")), key=lambda q: int(q.rsplit("-", 1)[1][:-3]))],
+        capture_output=True, text=True, timeout=60)
+    check(r.returncode == 0 and "checksums good" in r.stdout,
+          "the newest checkpoint on disk is intact")
+    r = on_hosts(1, train_args(out, long_model + ["watchdog=10"], resume="auto"), agent)
+    check(r.returncode == 0, f"--resume auto on the remaining host ({r.stderr[-300:]})")
+    for f in [] if r.returncode else ("checkpoints/ckpt-88.h5", "log.h5", "samples.h5"):
+        bad = compare_h5(os.path.join(ref4, f), os.path.join(out, f))
+        check(not bad, f"after losing hostB and resuming: {f} bitwise equal ({bad[:4]})")
 finally:
     teardown()
     left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout

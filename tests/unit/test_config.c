@@ -101,7 +101,7 @@ static void test_defaults(void) {
     EXPECT(c.norm == NORM_BATCH && c.norm_groups == 32, "norm/norm_groups");
     EXPECT(c.precision == DM_FP32 && c.engine == DM_ENGINE_AUTO, "precision/engine");
     EXPECT(c.guidance == 5.0 && c.sample_steps == 0 && c.sample_chunk == 4 &&
-               c.watchdog == 900.0 &&
+               c.watchdog == 300.0 &&
                strcmp(c.sample_epochs, "1,5,10,15,20") == 0,
            "guidance/sample_steps/sample_chunk/watchdog/sample_epochs");
     EXPECT(config_validate(&c) == DM_OK, "defaults must validate");
@@ -119,7 +119,7 @@ static void test_defaults(void) {
                   "keep = 3\nthreads = 1\nprecision = fp32\nengine = auto\n"
                   "bn_sync = global\nlog_every = 10\n"
                   "p_uncond = 0.1\nguidance = 5\nsample_steps = 0\n"
-                  "sample_epochs = 1,5,10,15,20\nwatchdog = 900\n"
+                  "sample_epochs = 1,5,10,15,20\nwatchdog = 300\n"
                   "sample_chunk = 4\n") == 0,
            "defaults text:\n%s", text);
     EXPECT(strcmp(config_objective_name(OBJ_PURE_NOISE), "pure_noise") == 0,
