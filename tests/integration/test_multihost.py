@@ -5,7 +5,9 @@ launching into them through a launcher agent that enters the namespace,
 Open MPI on TCP only (`btl tcp,self`). A run over 2 and over 3 hosts is
 bitwise identical to the one-host run (log, checkpoints, samples), rank 0's
 host writes the outputs, every host reads the data from the same directory,
-a run stopped on 3 hosts resumes on 2 hosts bitwise, and losing a host
+a run stopped on 3 hosts resumes on 2 hosts bitwise, a Slurm job over two
+nodes (`srun -N 2 --mpi=pmix`, a private slurmctld and a slurmd per
+namespace) is bitwise equal too, and losing a host
 mid-run (its link taken down) ends the whole job within the watchdog's
 time plus a few seconds, with one line naming the rank, host and
 collective, after which --resume auto on the remaining host finishes
@@ -21,9 +23,11 @@ import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 
 from common import BIN, TINY, check, compare_h5, finish, tmpdir, train
+from slurm import _instance_processes, _kill_all
 
 SKIP = 77
 tag = f"dm{os.getpid() % 100000}"
@@ -102,6 +106,102 @@ def train_args(out, extra=(), resume=None):
     return a + (["--resume", resume] if resume else [])
 
 
+def slurm_two_nodes(ref, model):
+    """A private Slurm with two nodes, hostA and hostB: slurmctld and one
+    slurmd per namespace (nsenter keeps the machine's /sys/fs/cgroup, which
+    `ip netns exec` would hide; each slurmd gets its own mount namespace
+    with a private TmpFS, where PMIx makes per-step directories whose names
+    would collide on a shared one). A `srun -N 2 --mpi=pmix` run must be
+    bitwise equal to the one-host run."""
+    d = tempfile.mkdtemp(prefix="diffmpi-slurm2-")
+    conf = os.path.join(d, "slurm.conf")
+    for sub in ("state", "log", "tmp", "tmp-hostA", "tmp-hostB"):
+        os.makedirs(os.path.join(d, sub))
+    nodes = "".join(f"NodeName={n} NodeAddr={a} CPUs=1 RealMemory=1 State=UNKNOWN\n"
+                    for n, _, a in HOSTS[:2])
+    with open(conf, "w") as f:
+        f.write(f"""ClusterName=diffmpimh
+SlurmctldHost=hostA({HOSTS[0][2]})
+SlurmctldPort=6817
+SlurmdPort=6818
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/none
+CredType=cred/none
+StateSaveLocation={d}/state
+SlurmdSpoolDir={d}/spool-%n
+TmpFS={d}/tmp
+SlurmctldPidFile={d}/slurmctld.pid
+SlurmdPidFile={d}/slurmd-%n.pid
+SlurmctldLogFile={d}/log/slurmctld.log
+SlurmdLogFile={d}/log/slurmd-%n.log
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+MpiDefault=pmix
+SlurmdParameters=config_overrides
+ReturnToService=2
+MailProg=/bin/true
+InactiveLimit=0
+KillWait=5
+MinJobAge=4
+{nodes}PartitionName=mh Nodes=hostA,hostB Default=YES MaxTime=INFINITE State=UP
+""")
+    env = dict(os.environ, SLURM_CONF=conf, OPENBLAS_NUM_THREADS="1", OMPI_MCA_btl="tcp,self",
+               OMPI_MCA_pml="ob1", OMPI_MCA_btl_tcp_if_include="198.18.0.0/24",
+               OMPI_MCA_oob_tcp_if_include="198.18.0.0/24")
+    env.pop("OMPI_MCA_plm_rsh_agent", None)
+    net = [f"--net=/run/netns/{ns}" for _, ns, _ in HOSTS]
+    daemons = []
+    try:
+        log = open(os.path.join(d, "log", "daemons.stderr"), "w")
+        daemons.append(subprocess.Popen(
+            ["nsenter", net[0], "unshare", "--uts", "sh", "-c",
+             f"hostname hostA; exec slurmctld -D -c -f {conf}"],
+            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+        for (name, _, _), n in zip(HOSTS[:2], net):
+            daemons.append(subprocess.Popen(
+                ["nsenter", n, "unshare", "--uts", "--mount", "sh", "-c",
+                 f"hostname {name}; mount --bind {d}/tmp-{name} {d}/tmp; "
+                 f"exec slurmd -D -N {name} -f {conf}"],
+                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+        t0, state = time.time(), ""
+        while time.time() - t0 < 60 and state != "idle idle":
+            time.sleep(0.3)
+            r = subprocess.run(["nsenter", net[0], "sinfo", "-h", "-N", "-o", "%t"], env=env,
+                               capture_output=True, text=True, timeout=20)
+            state = " ".join(r.stdout.split())
+        check(state == "idle idle", f"Slurm: two slurmd nodes in two namespaces ({state!r})")
+        if state != "idle idle":
+            return
+        out = os.path.join(base, "slurm-2-nodes")
+        r = subprocess.run(["nsenter", net[0], "srun", "-N", "2", "--ntasks-per-node=1",
+                            "--mpi=pmix", "hostname"], env=env, capture_output=True,
+                           text=True, timeout=60)
+        check(sorted(r.stdout.split()) == ["hostA", "hostB"],
+              f"srun -N 2 puts one task on each host ({r.stdout.split()} {r.stderr[-200:]})")
+        r = subprocess.run(["nsenter", net[0], "srun", "-N", "2", "--ntasks-per-node=1",
+                            "--mpi=pmix", BIN] + train_args(out, model), env=env,
+                           capture_output=True, text=True, timeout=300)
+        check(r.returncode == 0, f"srun -N 2 --mpi=pmix train exits 0 ({r.stderr[-300:]})")
+        for f in [] if r.returncode else ("log.h5", "checkpoints/ckpt-44.h5", "samples.h5"):
+            bad = compare_h5(os.path.join(ref, f), os.path.join(out, f))
+            check(not bad, f"Slurm, 2 nodes: {f} bitwise equal to the one-host run ({bad[:4]})")
+    finally:
+        subprocess.run(["nsenter", net[0], "scontrol", "shutdown"], env=env,
+                       capture_output=True, timeout=30)
+        for p in daemons:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+        _kill_all(lambda: _instance_processes(d, [p.pid for p in daemons if p.poll() is None]))
+        shutil.rmtree(d, ignore_errors=True)
+
+
 if os.geteuid() != 0 or not shutil.which("ip") or not shutil.which("unshare"):
     print("skip: network namespaces need root and iproute2 (ip) and util-linux (unshare)")
     sys.exit(SKIP)
@@ -148,6 +248,8 @@ try:
     for f in [] if r.returncode else ("checkpoints/ckpt-44.h5", "log.h5", "samples.h5"):
         bad = compare_h5(os.path.join(ref, f), os.path.join(out, f))
         check(not bad, f"3 hosts -> 2 hosts: {f} bitwise equal ({bad[:4]})")
+
+    slurm_two_nodes(ref, model)
 
     # Losing a host mid-run: hostB's link goes down. The watchdog (10 s here)
     # sees every heartbeat fresh, probes over TCP, names rank 1 on hostB and
