@@ -314,12 +314,17 @@ def damaged_checkpoints(good, d):
             raise RuntimeError("stored config lacks 'objective = denoise'")
         f.attrs["config"] = new
         f.attrs["objective"] = "pure_noise"
+    # Edits behind the state checksum (restamped) reach the checks behind it.
+    from common import restamp_state  # after main() has checked argv
+    restamp_state(paths["other_objective"])
     with h5py.File(copy("fixed_length_config"), "r+") as f:
         f.attrs["config"] = np.bytes_(f.attrs["config"].encode())
     with h5py.File(copy("negative_step"), "r+") as f:
         f.attrs["step"] = np.int64(-4)
+    restamp_state(paths["negative_step"])
     with h5py.File(copy("bad_stored_config"), "r+") as f:
         f.attrs["config"] = f.attrs["config"] + "colour = blue\n"
+    restamp_state(paths["bad_stored_config"])
     return paths
 
 

@@ -17,7 +17,7 @@ import shutil
 import h5py
 import numpy as np
 
-from common import check, compare_h5, finish, mpirun, tmpdir, train
+from common import check, compare_h5, finish, mpirun, restamp_state, tmpdir, train
 
 base = tmpdir()
 ref = os.path.join(base, "ref")
@@ -68,6 +68,16 @@ check(r.returncode == 0 and f"all {len(ndatasets) + 1} checksums good" in r.stdo
 r = mpirun(1, ["predict", "--checkpoint", ck, "--input", inp, "--output",
                os.path.join(base, "y-intact.h5")])
 check(r.returncode == 0, f"predict on the intact checkpoint ({r.stderr[-200:]})")
+
+# The tests' copy of the state text (common.restamp_state) agrees with the
+# C side: restamping an intact checkpoint changes nothing.
+p = os.path.join(base, "restamped.h5")
+shutil.copy(ck, p)
+with h5py.File(ck, "r") as f:
+    before = int(f.attrs["state_crc32"])
+restamp_state(p)
+with h5py.File(p, "r") as f:
+    check(int(f.attrs["state_crc32"]) == before, "restamp_state computes the C side's CRC")
 
 # One byte flipped inside each kind of tensor.
 for kind, name in (("weight", "model/down1/1/weight"), ("bn", "model/inc/1/bn_running_mean"),

@@ -51,7 +51,7 @@ took = time.time() - stopped_at
 lines = [l for l in se.splitlines() if l.startswith("diffmpi:")]
 check(p.returncode == 1, f"job ends with exit code 1 (rc {p.returncode})")
 check(len(lines) == 1 and re.search(r"watchdog: no progress for 6 s in step \d+; not answering: "
-                                     r"rank 2 \(", lines[0]) is not None,
+                                     r"rank 2 on \S+ \(", lines[0]) is not None,
       f"one line naming rank 2 and the step ({lines})")
 check(took < 40, f"ended {took:.0f} s after the rank stopped (timeout 6 s)")
 r = train(2, out, ["watchdog=6"], resume="auto")
