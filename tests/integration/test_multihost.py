@@ -77,8 +77,9 @@ def teardown():
         subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
 
 
-def on_hosts(n, args, agent, timeout=300, prog=BIN):
-    """prog (diffmpi) ARGS on the first n hosts, one rank each, mpirun on hostA."""
+def launch_cmd(n, args, agent, prog=BIN):
+    """The command that runs prog ARGS on the first n hosts, one rank each,
+    mpirun on hostA, and its environment."""
     hostfile = os.path.join(base, f"hosts{n}")
     with open(hostfile, "w") as f:
         f.writelines(f"{a} slots=1\n" for _, _, a in HOSTS[:n])
@@ -96,6 +97,11 @@ def on_hosts(n, args, agent, timeout=300, prog=BIN):
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
     env.pop("OMPI_MCA_plm_rsh_agent", None)
     env.pop("OMPI_MCA_rmaps_base_oversubscribe", None)
+    return cmd, env
+
+
+def on_hosts(n, args, agent, timeout=300, prog=BIN):
+    cmd, env = launch_cmd(n, args, agent, prog)
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -261,19 +267,11 @@ try:
     r = train(1, ref4, long_model)
     check(r.returncode == 0, "one-host reference of the longer run")
     out = os.path.join(base, "lose-host")
-    hostfile = os.path.join(base, "hosts2")
-    args = train_args(out, long_model + ["watchdog=10"])
-    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", DIFFMPI_TEST_CKPT_DELAY="0.2")
-    env.pop("OMPI_MCA_plm_rsh_agent", None)
-    env.pop("OMPI_MCA_rmaps_base_oversubscribe", None)
-    mpi = ["mpirun", "--hostfile", hostfile, "-np", "2", "--mca", "plm_rsh_agent", agent,
-           "--mca", "btl", "tcp,self", "--mca", "pml", "ob1",
-           "--mca", "oob_tcp_if_include", "198.18.0.0/24",
-           "--mca", "btl_tcp_if_include", "198.18.0.0/24",
-           "-x", "OPENBLAS_NUM_THREADS", "-x", "DIFFMPI_TEST_CKPT_DELAY", BIN] + args
-    p = subprocess.Popen(["ip", "netns", "exec", HOSTS[0][1], "unshare", "--uts", "sh", "-c",
-                          "hostname hostA; exec \"$@\"", "sh"] + mpi, env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    os.environ["DIFFMPI_TEST_CKPT_DELAY"] = "0.2"  # more steps between cut and end
+    cmd, env = launch_cmd(2, train_args(out, long_model + ["watchdog=10"]), agent)
+    del os.environ["DIFFMPI_TEST_CKPT_DELAY"]
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
     ck10 = os.path.join(out, "checkpoints", "ckpt-10.h5")
     t0 = time.time()
     while not os.path.exists(ck10) and p.poll() is None and time.time() - t0 < 120:
