@@ -19,6 +19,8 @@
 #ifndef DIFFMPI_LAYERS_H
 #define DIFFMPI_LAYERS_H
 
+#include <stdint.h>
+
 #include "diffmpi/engine.h"
 
 /* The elementwise kernels are compiled three times (AVX-512 as x86-64-v4,
@@ -188,6 +190,14 @@ void linear_backward(float *din, float *dw, float *db, const float *dout,
  * where scale = 1 / (elements in the whole global batch). */
 double mse_forward_backward(float *dy, const float *y, const float *t, long n,
                             float scale);
+
+/* ---- Softmax cross-entropy over class logits (xent.c) ---------------------
+ * logits, dlogits [K][N] (class-major, like the activations), labels [N].
+ * Returns sum -log softmax[label] in double (PyTorch's CrossEntropyLoss
+ * times N); dlogits = scale * (softmax - onehot) OVERWRITTEN; *correct (or
+ * NULL) = images whose first largest logit is their label. */
+double xent_forward_backward(float *dlogits, int *correct, const float *logits,
+                             const int32_t *labels, int K, int N, float scale);
 
 /* ---- PyTorch default initialisation --------------------------------------
  * kaiming_uniform(a=sqrt(5)) => U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight

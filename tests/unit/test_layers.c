@@ -1081,6 +1081,62 @@ static void test_mse(void) {
     check("mse dy vs finite differences", dy, ref, n, 1e-5, 1e-2);
 }
 
+struct xent_ctx {
+    float *logits, *dl;
+    const int32_t *labels;
+    int K, N;
+    float scale;
+};
+
+static double xent_loss(void *v) {
+    struct xent_ctx *x = v;
+    return x->scale * xent_forward_backward(x->dl, NULL, x->logits, x->labels, x->K, x->N,
+                                            x->scale);
+}
+
+/* Softmax cross-entropy: the value against a direct double computation
+ * (also with logits near 80, whose exp overflows float), the gradient
+ * against softmax - onehot and against finite differences, and the
+ * accuracy count (with a tie, broken towards the first class). */
+static void test_xent(void) {
+    enum { K = 10, N = 7 };
+    float logits[K * N], dl[K * N], scratch[K * N];
+    const int32_t labels[N] = {3, 0, 9, 9, 5, 1, 3};
+    double ref[K * N];
+    const float scale = 1.0f / (3 * N);
+    for (int shift = 0; shift <= 80; shift += 80) {
+        randn(logits, K * N, (float)shift, 2.0f);
+        /* image 1: its label clearly largest; image 2: a tie broken first */
+        logits[0 * N + 1] = (float)shift + 20.0f;
+        logits[4 * N + 2] = logits[9 * N + 2] = (float)shift + 20.0f;
+        double sum = 0.0;
+        int want = 0;
+        for (int n = 0; n < N; n++) {
+            double z = 0.0, mx = -1e30;
+            int arg = 0;
+            for (int k = 0; k < K; k++)
+                if (logits[k * N + n] > mx) mx = logits[k * N + n], arg = k;
+            for (int k = 0; k < K; k++) z += exp((double)logits[k * N + n] - mx);
+            sum += log(z) + mx - logits[labels[n] * N + n];
+            want += arg == labels[n];
+            for (int k = 0; k < K; k++)
+                ref[k * N + n] = scale * (exp(logits[k * N + n] - mx) / z - (k == labels[n]));
+        }
+        int correct = -1;
+        fill(dl, K * N, GARBAGE);
+        double got = xent_forward_backward(dl, &correct, logits, labels, K, N, scale);
+        EXPECT(isfinite(got), "xent finite at logits near %d", shift);
+        EXPECT_CLOSE(got, sum, 0.0, 1e-9, "xent value");
+        EXPECT(correct == want && correct >= 1, "xent correct %d, expected %d", correct, want);
+        check("xent dlogits = scale (softmax - onehot)", dl, ref, K * N, 1e-7, 1e-5);
+        if (shift == 0) {
+            struct xent_ctx x = {logits, scratch, labels, K, N, scale};
+            fd_grad(ref, xent_loss, &x, logits, K * N, 1e-2f);
+            check("xent dlogits vs finite differences", dl, ref, K * N, 1e-5, 1e-2);
+        }
+    }
+}
+
 static void test_init(void) {
     enum { n = 10000 };
     static float w[n], w2[n];
@@ -1156,6 +1212,7 @@ int main(void) {
     test_avgpool();
     test_linear();
     test_mse();
+    test_xent();
     test_init();
     return test_finish("test_layers");
 }
