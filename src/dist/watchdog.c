@@ -160,15 +160,12 @@ static int silent_ranks(char *buf, size_t size, double stale, int *first_alive) 
     for (int r = 0; r < wd.size; r++) {
         heartbeat h;
         read_heartbeat(r, &h);
-        long long step = h.step;
-        double alive = h.alive;
-        const char *phase = h.phase;
-        if (now - alive > stale) {
+        if (now - h.alive > stale) {
             n++;
             pos += (size_t)snprintf(buf + pos, pos < size ? size - pos : 0,
                                     "%srank %d on %s (silent for %.0f s, last in step %lld, %s)",
                                     n > 1 ? ", " : "", r, h.host,
-                                    alive > 0 ? now - alive : -1.0, step + 1, phase);
+                                    h.alive > 0 ? now - h.alive : -1.0, h.step + 1, h.phase);
         } else if (*first_alive < 0) {
             *first_alive = r;
         }
@@ -184,10 +181,9 @@ static int unreachable_ranks(char *buf, size_t size) {
     int nfd = 0, n = 0;
     size_t pos = 0;
     buf[0] = '\0';
-    struct pollfd *pf = calloc(MAXP, sizeof *pf);
-    int *owner = calloc(MAXP, sizeof *owner), *ok = calloc((size_t)wd.size, sizeof *ok);
-    heartbeat *hb = calloc((size_t)wd.size, sizeof *hb);
-    if (!pf || !owner || !ok || !hb) goto out;
+    struct pollfd *pf = dm_calloc(MAXP, sizeof *pf);
+    int *owner = dm_calloc(MAXP, sizeof *owner), *ok = dm_calloc((size_t)wd.size, sizeof *ok);
+    heartbeat *hb = dm_calloc((size_t)wd.size, sizeof *hb);
     for (int r = 0; r < wd.size; r++) {
         read_heartbeat(r, &hb[r]);
         if (r == wd.rank || hb[r].port <= 0) {
@@ -238,7 +234,6 @@ static int unreachable_ranks(char *buf, size_t size) {
         pos += (size_t)snprintf(buf + pos, pos < size ? size - pos : 0, "%srank %d on %s (%s)",
                                 n > 1 ? ", " : "", r, hb[r].host, hb[r].addrs);
     }
-out:
     free(pf), free(owner), free(ok), free(hb);
     return n;
 }

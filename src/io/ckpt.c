@@ -364,13 +364,15 @@ static dm_status read_body(hid_t f, const char *path, unet *u, float *m, float *
     return s ? read_state(f, path, s) : DM_OK;
 }
 
-/* Every checksum first, also of what this read does not load (Adam's
- * state for predict and sample): a checkpoint damaged anywhere is named as
- * such by every command that opens it. */
+/* A read that does not load Adam's state (predict, sample) verifies every
+ * checksum first, so that a checkpoint damaged anywhere is named as such by
+ * every command that opens it. One that loads m and v (resume) reads every
+ * dataset of the checkpoint anyway, each read checking its checksum: it is
+ * not read twice. */
 static dm_status verify_then_read(hid_t f, const char *path, unet *u, float *m, float *v,
                                   dm_train_state *s) {
     long sums, plain;
-    DM_TRY(h5_verify_all(f, path, &sums, &plain));
+    if (!m || !v) DM_TRY(h5_verify_all(f, path, &sums, &plain));
     return read_body(f, path, u, m, v, s);
 }
 

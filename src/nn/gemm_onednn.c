@@ -19,7 +19,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-
 #ifdef DM_HAVE_ONEDNN
 #include <omp.h>
 #include <oneapi/dnnl/dnnl.h>
