@@ -11,6 +11,7 @@
 static int quiet_errors = 0;
 
 void dm_set_quiet(int quiet) { quiet_errors = quiet; }
+int dm_quiet(void) { return quiet_errors; }
 
 void dm_error(const char *fmt, ...) {
     if (quiet_errors) return;

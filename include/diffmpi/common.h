@@ -43,6 +43,7 @@ void dm_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* quiet != 0: dm_error prints nothing (ranks other than 0 while parsing the
  * command line, whose errors are identical on every rank). */
 void dm_set_quiet(int quiet);
+int dm_quiet(void);
 
 /* Abort the whole job (MPI_Abort when MPI is up) after printing a message. */
 _Noreturn void dm_fatal(const char *file, int line, const char *fmt, ...)

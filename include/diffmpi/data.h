@@ -20,6 +20,7 @@
 
 #define DM_IMG 28
 #define DM_PIX (DM_IMG * DM_IMG)
+#define DM_CLASSES 10 /* MNIST digits */
 
 typedef struct {
     int32_t n;        /* number of images */

@@ -16,17 +16,19 @@
 /* The model a configuration describes. */
 unet_shape diffusion_shape(const dm_config *c, int m, int max_mb, int inference);
 
-/* One training example: network input z [784], target [784], time input
+/* One training example: network input z [784], target [target_floats of
+ * the objective's row], time input
  * *t (0 for unconditioned models) and class label *label (-1 = none; class
  * models drop the label with probability p_uncond). */
 void diffusion_example(const dm_config *c, const ddpm_schedule *s, float *z,
                        float *target, float *t, int *label, const float *x,
                        int x_label, int64_t step, int pos);
 
-/* The same with a caller-chosen time (tq in [0,1)) and noise keyed by
- * (seed, DM_STREAM_EVAL, purpose, image): evaluation and figures. */
+/* The same with a caller-chosen time (tq in [0,1)), the image's label and
+ * noise keyed by (seed, DM_STREAM_EVAL, purpose, image): evaluation and
+ * figures. */
 void diffusion_example_at(const dm_config *c, const ddpm_schedule *s, float *z,
-                          float *target, float *t, const float *x, double tq,
+                          float *target, float *t, const float *x, int label, double tq,
                           uint64_t purpose, int image);
 
 /* A denoiser's noisy input at a given sigma (z = x + sigma*eps, or eps for

@@ -192,12 +192,14 @@ double mse_forward_backward(float *dy, const float *y, const float *t, long n,
                             float scale);
 
 /* ---- Softmax cross-entropy over class logits (xent.c) ---------------------
- * logits, dlogits [K][N] (class-major, like the activations), labels [N].
- * Returns sum -log softmax[label] in double (PyTorch's CrossEntropyLoss
- * times N); dlogits = scale * (softmax - onehot) OVERWRITTEN; *correct (or
- * NULL) = images whose first largest logit is their label. */
+ * logits, dlogits [K][N] (class-major, like the activations); target [N][K]
+ * class probabilities (one-hot for labels). Returns sum over images of
+ * -sum_k target_k log softmax_k in double (PyTorch's CrossEntropyLoss times
+ * N); dlogits = scale * (softmax * sum_k target_k - target) OVERWRITTEN;
+ * *correct (or NULL) = images whose first largest logit is at their first
+ * largest target. */
 double xent_forward_backward(float *dlogits, int *correct, const float *logits,
-                             const int32_t *labels, int K, int N, float scale);
+                             const float *target, int K, int N, float scale);
 
 /* ---- PyTorch default initialisation --------------------------------------
  * kaiming_uniform(a=sqrt(5)) => U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight

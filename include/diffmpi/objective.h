@@ -8,6 +8,8 @@
  *   ddpm        x_t = sqrt(abar_t) x + sqrt(1-abar_t) eps, t ~ U{0..T-1},
  *               network time t/T         target eps
  *   flow        x_t = (1-t) eps + t x, t ~ U[0,1]     target x - eps
+ *   classify    z = x                    target onehot(label), softmax
+ *               cross-entropy over 10 logits (the judge of `diffmpi score`)
  *
  * A new objective is one row of `objectives` in objective.c plus its
  * functions; the trainer, evaluation, figures, sampler, `sample` and the
@@ -27,6 +29,7 @@ typedef enum {
     OBJ_PURE_NOISE,
     OBJ_DDPM,
     OBJ_FLOW,
+    OBJ_CLASSIFY,
     OBJ_COUNT
 } dm_objective;
 
@@ -39,20 +42,37 @@ typedef struct {
     double beta[DDPM_T], alpha[DDPM_T], abar[DDPM_T];
 } ddpm_schedule;
 
+/* The loss of one micro-batch of n images: out is the network's output slot
+ * (784 floats per image, or [classes][n] logits), target n x target_floats;
+ * writes dout = the gradient of scale * loss and returns the loss summed
+ * over the micro-batch (in double); *correct gets the images classified
+ * right (classifiers; 0 otherwise). */
+typedef double (*dm_loss_fn)(float *dout, int *correct, const float *out,
+                             const float *target, int n, float scale);
+
 typedef struct {
     const char *name;   /* the config value */
     int diffusion;      /* 1: time-conditioned, samples from noise, evaluated
-                           at fixed times; 0: a denoiser, evaluated at sigma */
+                           at fixed times */
+    int denoiser;       /* 1: a denoiser, evaluated at sigma, with the
+                           denoising figures */
+    int classes;        /* > 0: a classifier of that many classes (the
+                           UNet's encoder, pooled, then a 1x1 head) */
+    dm_loss_fn loss;    /* per micro-batch; the step's loss is its sum over
+                           the batch divided by B * loss_per_image */
+    int target_floats;  /* floats of target per image */
+    int loss_per_image; /* terms per image the loss averages over */
     cond_mix time_mix;  /* how t enters a time-only model (ADD or MUL);
                            COND_MIX_NONE: no conditioning allowed */
     /* Training time tq in [0,1) from r; NULL: no time input (tq = 0). */
     double (*draw_time)(dm_rng *r);
-    /* z (network input), target [784] and *t (network time input) from the
-     * clean image x, the time tq and the noise stream. */
+    /* z (network input), target [target_floats] and *t (network time
+     * input) from the clean image x, its label y, the time tq and the noise
+     * stream. */
     void (*make)(const ddpm_schedule *s, double sigma, float *z, float *target,
-                 float *t, const float *x, double tq, dm_rng *noise);
+                 float *t, const float *x, int y, double tq, dm_rng *noise);
     /* x0 [n]: the clean image estimated from input z and output out at
-     * network time t. */
+     * network time t (NULL for classifiers). */
     void (*x0_hat)(const ddpm_schedule *s, float *x0, const float *z, const float *out,
                    float t, long n);
     /* Sampler (diffusion objectives): default steps for time-only and class

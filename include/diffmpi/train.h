@@ -37,6 +37,7 @@ typedef struct {
     unet sampler;       /* inference copy for sampling (diffusion models) */
     float *target;      /* [max_mb][m*784] */
     double *sse;        /* [max(max_mb, eval chunks)] */
+    double *correct;    /* [eval chunks]: test images classified right */
     double *items;      /* gathered per-chunk values */
     int *n;             /* images per local micro-batch */
     double t_start;
@@ -62,14 +63,16 @@ int blas_core_note(char *buf, size_t size);
 
 /* Forward, loss and backward of one global batch of B images (collective):
  * this rank's nloc micro-batches (n[j] images each) are in net's input slots
- * and conditioning inputs, their targets in target [nloc][m*784]. The
+ * and conditioning inputs, their targets in target [nloc][m*target_floats]
+ * (o: the objective's row, whose loss is taken). The
  * reduced gradient lands in grads [nparams]; sse [nloc] is scratch; the
- * batch's mean squared error is returned, the same on every rank. bn_n:
+ * batch's mean loss is returned, the same on every rank. bn_n:
  * the images BatchNorm's statistics count (B, or this rank's with
  * bn_sync = rank). The step trainer_step takes and the golden test checks
  * against PyTorch. */
-double train_batch(unet *net, dm_dist *dist, float *grads, double *sse, const float *target,
-                   int nloc, const int *n, int B, long bn_n, float bn_momentum);
+double train_batch(unet *net, dm_dist *dist, const dm_objective_def *o, float *grads,
+                   double *sse, const float *target, int nloc, const int *n, int B,
+                   long bn_n, float bn_momentum);
 /* The sampling model takes the training model's weights and BatchNorm
  * statistics (before every sampling phase). */
 void trainer_sync_sampler(dm_trainer *t);

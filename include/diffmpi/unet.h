@@ -110,6 +110,8 @@ typedef struct {
     int groups;
     int m, max_mb;      /* micro-batch size and local slots */
     int inference;      /* forward only: no gradients, no backward scratch */
+    int classes;        /* > 0: not the UNet but the classifier of that many
+                           classes built from its encoder (mix must be NONE) */
 } unet_shape;
 
 /* Communication hooks so that unet.c does not depend on the trainer's
@@ -142,6 +144,8 @@ typedef struct unet {
     int nbufs;
     unet_buf act[UNET_MAX_BUFS];
     int in_buf, out_buf;          /* network input z and output y */
+    int classes;                  /* classifier: logits [classes][m] in out_buf */
+    int feat_buf;                 /* classifier: pooled features [2D][m]; else -1 */
     float *scratch_a, *scratch_b; /* [max_mb][scratch_stride] */
     long scratch_stride;          /* largest unit output per micro-batch */
     float *col;                   /* im2col scratch for one micro-batch */
@@ -235,6 +239,10 @@ void unet_backward(unet *u, int nmb, const int *n, long global_n,
  * t [n] and labels [n] (-1 = none) for conditioned models, else NULL. */
 void unet_predict(unet *u, float *y, const float *x, const float *t,
                   const int32_t *labels, int n);
+
+/* Eval-mode forward of a classifier over n images x [n][28][28]: logits
+ * [n][classes] and (if not NULL) the pooled features [n][2D], image-major. */
+void unet_classify(unet *u, float *logits, float *feats, const float *x, int n);
 
 /* Analytic FLOP counts per image (a multiply-add counts 2): the GEMM work
  * of convolutions, transposed convolutions and FCBlocks. Elementwise work

@@ -16,6 +16,7 @@
 #include "diffmpi/inspect.h"
 #include "diffmpi/predict.h"
 #include "diffmpi/sample_cmd.h"
+#include "diffmpi/score_cmd.h"
 #include "diffmpi/train.h"
 
 static const char *usage_main =
@@ -25,6 +26,8 @@ static const char *usage_main =
     "  train     train a model (diffmpi train --help)\n"
     "  predict   run a checkpoint's network on images from an HDF5 file\n"
     "  sample    draw images from a diffusion checkpoint (DDPM or flow)\n"
+    "  score     judge samples with a classifier trained by diffmpi: accuracy,\n"
+    "            Frechet distance of its features, coverage of the digits\n"
     "  bench     measure training or sampling speed against the sgemm peak\n"
     "  inspect   show what a checkpoint, log or samples file holds\n"
     "  help      this text; 'help keys' lists the configuration keys (with\n"
@@ -72,6 +75,30 @@ static const char *usage_sample =
     "OUT.h5 gets /images [N,28,28] and /labels [N]; OUT.h5.png a grid. Under\n"
     "mpirun the images are spread over the ranks; the result does not depend\n"
     "on their number.\n";
+
+static const char *usage_score =
+    "usage: diffmpi score --judge J.h5 --samples S.h5 [--out SCORE.h5] [--features]\n"
+    "                     [--epoch N] [--ref REF.h5 | --data DIR]\n"
+    "                     [--precision fp32|bf16]\n"
+    "\n"
+    "  --judge J.h5    a checkpoint of objective = classify (train one with\n"
+    "                  jobs/configs/judge.ini)\n"
+    "  --samples S.h5  /images [N,28,28] and /labels [N] (-1: no intended digit)\n"
+    "                  as `diffmpi sample` writes them, or a run's samples.h5\n"
+    "                  (every /samples/epoch_NNNN group, or --epoch N's)\n"
+    "  --out SCORE.h5  the figures, the judge's path and CRC-32, the counts\n"
+    "  --features      SCORE.h5 also gets the judge's features and logits of\n"
+    "                  every image (/reference_features, <set>/features, ...)\n"
+    "  --ref REF.h5    reference images (/images) for the Frechet distance;\n"
+    "                  default the MNIST test set in --data DIR (default: the\n"
+    "                  judge's data_dir)\n"
+    "  --precision P   of the judge's convolutions (default: the judge's)\n"
+    "Prints one line per figure: accuracy (share of images with an intended\n"
+    "digit that the judge assigns to it; overall, per digit) and confidence,\n"
+    "frechet_distance (between Gaussian fits of the judge's pooled features of\n"
+    "the samples and of the reference: an FID on this judge, not Inception's),\n"
+    "entropy and histogram of the predicted digits. Under mpirun the images\n"
+    "are spread over the ranks; the figures do not depend on their number.\n";
 
 static const char *usage_bench =
     "usage: diffmpi bench [--config FILE] [--set KEY=VALUE]... [--steps N]\n"
@@ -301,6 +328,31 @@ static int cmd_sample(int argc, char **argv) {
     return sample_run(&a);
 }
 
+static int cmd_score(int argc, char **argv) {
+    if (wants_help(argc, argv)) return print_usage(usage_score, 0);
+    score_args a = {.precision = -1};
+    const char *prec = NULL;
+    long epoch = 0;
+    static const char required[] = "score: --judge and --samples are required";
+    const cli_option opts[] = {{"--judge", .text = &a.judge, .missing = required},
+                               {"--samples", .text = &a.samples, .missing = required},
+                               {"--out", .text = &a.out},
+                               {"--ref", .text = &a.ref},
+                               {"--data", .text = &a.data},
+                               {"--epoch", .number = &epoch, .lo = 1, .hi = 1000000,
+                                .expected = "an epoch number >= 1"},
+                               {"--precision", .text = &prec},
+                               {"--features", .flag = &a.features},
+                               {NULL}};
+    int code = parse_options("score", argc, argv, opts, NULL);
+    if (code != DM_EXIT_OK) return code;
+    if (a.ref && a.data) return usage_error("score: --ref and --data exclude each other");
+    if (prec && (code = parse_precision(prec, &a.precision)) != DM_EXIT_OK) return code;
+    a.epoch = (int)epoch;
+    dm_set_quiet(0);
+    return score_run(&a);
+}
+
 static int cmd_inspect(int argc, char **argv) {
     if (wants_help(argc, argv)) return print_usage(usage_inspect, 0);
     if (argc != 1 || argv[0][0] == '-')
@@ -344,6 +396,7 @@ static const struct {
 } commands[] = {
     {"help", cmd_help},       {"train", cmd_train},   {"predict", cmd_predict},
     {"bench", cmd_bench},     {"sample", cmd_sample}, {"inspect", cmd_inspect},
+    {"score", cmd_score},
 };
 
 int main(int argc, char **argv) {
@@ -357,7 +410,7 @@ int main(int argc, char **argv) {
     int code = -1;
     if (argc < 2) {
         /* One line like every other usage error; the usage is on --help. */
-        code = usage_error("no command given: expected train, predict, sample, bench or inspect");
+        code = usage_error("no command given: expected train, predict, sample, score, bench or inspect");
     } else if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
         code = print_usage(usage_main, 0);
     } else {

@@ -70,30 +70,33 @@ static int all_finite(const float *x, long n) {
     return acc == 0.0f;
 }
 
-double train_batch(unet *net, dm_dist *dist, float *grads, double *sse, const float *target,
-                   int nloc, const int *n, int B, long bn_n, float bn_momentum) {
+double train_batch(unet *net, dm_dist *dist, const dm_objective_def *o, float *grads,
+                   double *sse, const float *target, int nloc, const int *n, int B,
+                   long bn_n, float bn_momentum) {
     unet_zero_grad(net, nloc);
     unet_forward(net, 1, nloc, n, bn_n, dist_combine, dist, bn_momentum);
     fault_point("forward");
     const unet_buf *out = &net->act[net->out_buf];
-    float scale = 1.0f / ((float)B * DM_PIX);
+    float scale = 1.0f / ((float)B * o->loss_per_image);
     double t0 = prof_start();
-    for (int j = 0; j < nloc; j++)
-        sse[j] = mse_forward_backward(out->grad + (long)j * out->mb_stride,
-                                      unet_slot(net, net->out_buf, j),
-                                      target + (long)j * net->m * DM_PIX,
-                                      (long)n[j] * DM_PIX, scale);
+    for (int j = 0; j < nloc; j++) {
+        int correct;
+        sse[j] = o->loss(out->grad + (long)j * out->mb_stride, &correct,
+                         unet_slot(net, net->out_buf, j),
+                         target + (long)j * net->m * o->target_floats, n[j], scale);
+    }
     prof_add(PROF_ELEM, t0);
     unet_backward(net, nloc, n, bn_n, dist_combine, dist, dist_leaf_dst, dist_leaf_done);
     fault_point("backward");
     dist_reduce_grads(dist, grads);
     double total = 0;
     dist_sum_mb(dist, &total, sse, 1, 0);
-    return total / ((double)B * DM_PIX);
+    return total / ((double)B * o->loss_per_image);
 }
 
 dm_status trainer_step(dm_trainer *t, double *loss_out, int *bsize) {
     const dm_config *c = &t->cfg;
+    const dm_objective_def *o = objective_get(c->objective);
     int m = c->micro_batch;
     long start = t->st.batch_in_epoch * (long)c->batch;
     int B = (int)(t->train.n - start < c->batch ? t->train.n - start : c->batch);
@@ -113,15 +116,15 @@ dm_status trainer_step(dm_trainer *t, double *loss_out, int *bsize) {
             int idx = t->perm[start + pos], label;
             float tin;
             diffusion_example(c, &t->sched, z + (long)i * DM_PIX,
-                              t->target + (long)j * m * DM_PIX + (long)i * DM_PIX, &tin,
+                              t->target + ((long)j * m + i) * o->target_floats, &tin,
                               &label, t->train.images + (long)idx * DM_PIX,
                               t->train.labels[idx], t->st.step, pos);
             if (t->net.nemb) unet_set_cond(&t->net, j, i, tin, label);
         }
     }
     long bn_n = c->bn_sync == BN_RANK ? local_images : B;
-    double loss = train_batch(&t->net, &t->dist, t->grads, t->sse, t->target, nloc, t->n,
-                              B, bn_n, NORM_BN_MOMENTUM);
+    double loss = train_batch(&t->net, &t->dist, o, t->grads, t->sse, t->target, nloc,
+                              t->n, B, bn_n, NORM_BN_MOMENTUM);
     *loss_out = loss;
     *bsize = B;
     if (test_nan_step >= 0 && t->st.step == test_nan_step) t->grads[t->net.nparams / 2] = NAN;
@@ -152,14 +155,16 @@ dm_status trainer_step(dm_trainer *t, double *loss_out, int *bsize) {
 
 /* ---- evaluation ------------------------------------------------------------ */
 
-/* Test-set loss, spread over ranks in micro-batch chunks and summed in
- * chunk order (identical on every rank and rank count). Denoisers: MSE
- * against the clean image at `sigma`. Diffusion models: the training
- * objective with a fixed time per test image (a low-discrepancy sequence)
- * and the true label. */
-static double train_test_mse(dm_trainer *t, double sigma, int sigma_idx) {
+/* Test-set loss (and accuracy, for classifiers), spread over ranks in
+ * micro-batch chunks and summed in chunk order (identical on every rank and
+ * rank count). Denoisers: MSE against the clean image at `sigma`. Diffusion
+ * models: the training objective with a fixed time per test image (a
+ * low-discrepancy sequence) and the true label. Classifiers: the
+ * cross-entropy and the share of test images classified right. */
+static double train_test_loss(dm_trainer *t, double sigma, int sigma_idx, double *acc) {
     const dm_config *c = &t->cfg;
-    int m = c->micro_batch, n = t->test.n, diffusion = objective_get(c->objective)->diffusion;
+    const dm_objective_def *o = objective_get(c->objective);
+    int m = c->micro_batch, n = t->test.n;
     int nch = (n + m - 1) / m, lo, hi;
     dist_range(nch, t->size, t->rank, &lo, &hi);
     fault_point("eval");
@@ -168,34 +173,37 @@ static double train_test_mse(dm_trainer *t, double sigma, int sigma_idx) {
         int k = n - ch * m < m ? n - ch * m : m;
         watchdog_beat(t->st.step, "evaluation");
         for (int i = 0; i < k; i++) {
-            int img = ch * m + i;
+            int img = ch * m + i, label = t->test.labels[img];
             const float *x = t->test.images + (long)img * DM_PIX;
-            float *tg = t->target + (long)i * DM_PIX, tin = 0;
-            if (diffusion) {
-                double tq = fmod(0.5 + 0.6180339887498949 * img, 1.0);
-                diffusion_example_at(c, &t->sched, z + (long)i * DM_PIX, tg, &tin, x, tq,
-                                     1000, img);
-            } else {
+            float *tg = t->target + (long)i * o->target_floats, tin = 0;
+            if (o->denoiser) {
                 diffusion_noisy_at(c, z + (long)i * DM_PIX, x, sigma, (uint64_t)sigma_idx, img);
                 memcpy(tg, x, sizeof(float) * DM_PIX);
+            } else {
+                double tq = fmod(0.5 + 0.6180339887498949 * img, 1.0);
+                diffusion_example_at(c, &t->sched, z + (long)i * DM_PIX, tg, &tin, x, label,
+                                     tq, 1000, img);
             }
             if (t->net.nemb)
                 unet_set_cond(&t->net, 0, i, tin,
-                              c->conditioning == CONDITIONING_CLASS ? t->test.labels[img] : -1);
+                              c->conditioning == CONDITIONING_CLASS ? label : -1);
         }
         unet_forward(&t->net, 0, 1, &k, k, NULL, NULL, 0.0f);
-        const float *y = unet_slot(&t->net, t->net.out_buf, 0);
-        double s = 0;
-        for (long i = 0; i < (long)k * DM_PIX; i++) {
-            double d = (double)y[i] - t->target[i];
-            s += d * d;
-        }
-        t->sse[ch - lo] = s;
+        int correct = 0;
+        /* The output gradient slot is free outside a step: the loss's
+         * gradient lands there unused. */
+        t->sse[ch - lo] = o->loss(t->net.act[t->net.out_buf].grad, &correct,
+                                  unet_slot(&t->net, t->net.out_buf, 0), t->target, k, 0.0f);
+        t->correct[ch - lo] = correct;
     }
     dist_gather_items(&t->dist, t->items, t->sse, nch);
     double total = 0;
     for (int ch = 0; ch < nch; ch++) total += t->items[ch];
-    return total / ((double)n * DM_PIX);
+    dist_gather_items(&t->dist, t->items, t->correct, nch);
+    double right = 0;
+    for (int ch = 0; ch < nch; ch++) right += t->items[ch];
+    if (acc) *acc = right / n;
+    return total / ((double)n * o->loss_per_image);
 }
 
 /* ---- checkpoints ----------------------------------------------------------- */
@@ -392,6 +400,7 @@ dm_status trainer_setup(dm_trainer *t, const dm_config *cfg, const char *out_dir
     t->target = dm_calloc((size_t)max_mb * m * DM_PIX, sizeof(float));
     int nch = (t->test.n + m - 1) / m;
     t->sse = dm_calloc((size_t)(nch > max_mb ? nch : max_mb), sizeof(double));
+    t->correct = dm_calloc((size_t)nch, sizeof(double));
     t->items = dm_calloc((size_t)nch, sizeof(double));
     t->n = dm_calloc((size_t)max_mb, sizeof(int));
     t->st.lr = c->lr;
@@ -427,7 +436,7 @@ void trainer_teardown(dm_trainer *t) {
     data_free(&t->train);
     data_free(&t->test);
     free(t->grads), free(t->m), free(t->v), free(t->perm), free(t->target);
-    free(t->sse), free(t->items), free(t->n);
+    free(t->sse), free(t->correct), free(t->items), free(t->n);
     gemm_teardown();
 }
 
@@ -435,33 +444,40 @@ void trainer_teardown(dm_trainer *t) {
 
 static dm_status epoch_end(dm_trainer *t) {
     const dm_config *c = &t->cfg;
+    const dm_objective_def *o = objective_get(c->objective);
     int epoch = (int)t->st.epoch + 1; /* 1-based, just finished */
     fault_point("epoch_end");
-    double mse = train_test_mse(t, EVAL_SIGMA, 3);
-    dm_status st = DM_OK;
+    double acc = NAN, loss = train_test_loss(t, EVAL_SIGMA, 3, &acc);
+    dm_eval_row row = {.step = t->st.step, .epoch = epoch, .test_loss = loss,
+                       .test_mse = o->loss_per_image == DM_PIX ? loss : NAN,
+                       .test_acc = o->classes ? acc : NAN, .sample_acc = NAN,
+                       .sample_fd = NAN};
     if (t->rank == 0) {
-        if (objective_get(c->objective)->diffusion)
-            printf("epoch %d/%d done: test loss = %.6f\n", epoch, c->epochs, mse);
+        if (o->classes)
+            printf("epoch %d/%d done: test loss = %.6f, test accuracy = %.2f%%\n", epoch,
+                   c->epochs, loss, 100.0 * acc);
+        else if (o->diffusion)
+            printf("epoch %d/%d done: test loss = %.6f\n", epoch, c->epochs, loss);
         else
             printf("epoch %d/%d done: test MSE at sigma %.1f = %.6f\n", epoch, c->epochs,
-                   EVAL_SIGMA, mse);
+                   EVAL_SIGMA, loss);
         fflush(stdout);
-        st = log_eval(&t->log, t->st.step, epoch, mse);
     }
-    st = dm_agree(st);
-    int diffusion = objective_get(c->objective)->diffusion;
-    if (st == DM_OK && diffusion && config_sample_epoch(c, epoch)) {
+    dm_status st = DM_OK;
+    if (o->diffusion && config_sample_epoch(c, epoch)) {
         trainer_sync_sampler(t);
         st = samples_diffusion(t->out, &t->net, &t->sampler, c, &t->sched, &t->train,
                                epoch, t->rank);
     }
-    if (st == DM_OK && !diffusion && (epoch == 1 || epoch == c->epochs))
+    if (st == DM_OK && o->denoiser && (epoch == 1 || epoch == c->epochs))
         st = samples_epoch(t->out, &t->net, c, &t->test, epoch, t->rank);
-    if (st == DM_OK && !diffusion && epoch == c->epochs) {
+    if (st == DM_OK && o->denoiser && epoch == c->epochs) {
         double mses[DM_NSIGMAS];
-        for (int s = 0; s < DM_NSIGMAS; s++) mses[s] = train_test_mse(t, dm_sigmas[s], s);
+        for (int s = 0; s < DM_NSIGMAS; s++) mses[s] = train_test_loss(t, dm_sigmas[s], s, NULL);
         st = samples_ood(t->out, &t->net, c, &t->test, mses, t->rank);
     }
+    st = dm_agree(st);
+    if (st == DM_OK && t->rank == 0) st = log_eval(&t->log, &row);
     st = dm_agree(st);
     t->st.epoch++;
     t->st.batch_in_epoch = 0;
@@ -478,7 +494,7 @@ static dm_status loop(dm_trainer *t) {
     const char *env = getenv("DIFFMPI_TEST_STOP_AT_STEP");
     int64_t test_stop_step = env ? atoll(env) : 0;
     dm_status st = DM_OK;
-    if (t->rank == 0 && t->st.step == 0 && !objective_get(c->objective)->diffusion)
+    if (t->rank == 0 && t->st.step == 0 && objective_get(c->objective)->denoiser)
         st = samples_noising(t->out, c, &t->test);
     st = dm_agree(st);
     while (st == DM_OK && t->st.epoch < c->epochs) {

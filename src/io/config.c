@@ -86,12 +86,13 @@ static const config_key keys[] = {
      .name_of = objective_name, .def = "denoise",
      .help = "what is trained: denoise (z = x + sigma eps, target x), "
              "pure_noise (z = eps, target x), ddpm (T = 300, linear betas "
-             "1e-4..0.02, epsilon prediction) or flow (linear noise-to-data "
-             "path, velocity target)"},
+             "1e-4..0.02, epsilon prediction), flow (linear noise-to-data "
+             "path, velocity target) or classify (the judge of diffmpi score: "
+             "the UNet's encoder, pooled, to 10 logits; cross-entropy)"},
     {.name = "conditioning", .kind = KEY_ENUM, .offset = OFF(conditioning),
      .names = conditioning_names, .def = "none",
-     .help = "none for the denoisers; time, or class (time and class), for "
-             "ddpm and flow"},
+     .help = "none for the denoisers and classify; time, or class (time "
+             "and class), for ddpm and flow"},
     {.name = "hidden", .kind = KEY_INT, .offset = OFF(hidden), .lo = 1,
      .hi = 4096, .def = "128", .help = "UNet width D"},
     {.name = "norm", .kind = KEY_ENUM, .offset = OFF(norm),

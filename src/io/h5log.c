@@ -2,6 +2,7 @@
 #include "diffmpi/h5log.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,8 +22,12 @@ static const col train_cols[LOG_TRAIN_COLS] = {
     {"lr", 0, 64}, {"time", 0, 64}, {"images_per_sec", 0, 64},
 };
 static const col eval_cols[LOG_EVAL_COLS] = {
-    {"step", 1, 64}, {"epoch", 1, 32}, {"test_mse", 0, 64},
+    {"step", 1, 64},      {"epoch", 1, 32},      {"test_mse", 0, 64},
+    {"test_loss", 0, 64}, {"test_acc", 0, 64},   {"sample_acc", 0, 64},
+    {"sample_fd", 0, 64},
 };
+/* Columns an older log may lack: copied as NaN. */
+#define LOG_EVAL_REQUIRED 3
 
 static hid_t file_type(const col *c) {
     if (!c->is_int) return H5T_IEEE_F64LE;
@@ -158,22 +163,23 @@ static double *read_col(hid_t f, const char *name, hsize_t *n) {
 static dm_status copy_rows(dm_log *l, hid_t old, const char *g, const col *cols,
                            int ncol, hid_t *ds, hsize_t *rows, int64_t limit,
                            int inclusive) {
-    double *v[LOG_TRAIN_COLS] = {0};
-    hsize_t n = (hsize_t)-1;
+    double *v[LOG_MAX_COLS] = {0};
+    hsize_t n = (hsize_t)-1, len[LOG_MAX_COLS] = {0};
     char name[64];
     for (int i = 0; i < ncol; i++) {
-        hsize_t ni = 0;
         snprintf(name, sizeof name, "%s/%s", g, cols[i].name);
-        v[i] = read_col(old, name, &ni);
-        if (!v[i]) ni = 0;
-        if (ni < n) n = ni;
+        v[i] = read_col(old, name, &len[i]);
+        if (!v[i]) len[i] = 0;
+        /* The eval columns added since the first format may be missing. */
+        int optional = ds == l->eval && i >= LOG_EVAL_REQUIRED;
+        if ((!optional || v[i]) && len[i] < n) n = len[i];
     }
     dm_status st = DM_OK;
     for (hsize_t r = 0; st == DM_OK && r < n; r++) {
         int64_t step = (int64_t)v[0][r];
         if (inclusive ? step > limit : step >= limit) break;
-        double row[LOG_TRAIN_COLS];
-        for (int i = 0; i < ncol; i++) row[i] = v[i][r];
+        double row[LOG_MAX_COLS];
+        for (int i = 0; i < ncol; i++) row[i] = r < len[i] ? v[i][r] : NAN;
         st = append(l, ds, cols, ncol, rows, row);
         if (ds == l->train) l->time_offset = row[4];
     }
@@ -261,8 +267,9 @@ dm_status log_step(dm_log *l, int64_t step, int32_t epoch, double loss,
     return dm_now() - l->last_flush >= 1.0 ? log_flush(l) : DM_OK;
 }
 
-dm_status log_eval(dm_log *l, int64_t step, int32_t epoch, double test_mse) {
-    double row[LOG_EVAL_COLS] = {(double)step, epoch, test_mse};
+dm_status log_eval(dm_log *l, const dm_eval_row *e) {
+    double row[LOG_EVAL_COLS] = {(double)e->step, e->epoch, e->test_mse, e->test_loss,
+                                 e->test_acc, e->sample_acc, e->sample_fd};
     fault_point("log_eval");
     DM_TRY(append(l, l->eval, eval_cols, LOG_EVAL_COLS, &l->erows, row));
     return log_flush(l);

@@ -261,7 +261,7 @@ static void batch_vis(unet *net, const dm_config *c, const ddpm_schedule *s,
     memcpy(x0, train->images, sizeof(float) * K * DM_PIX);
     for (int i = 0; i < K; i++) {
         diffusion_example_at(c, s, xt + i * DM_PIX, target + i * DM_PIX, &t[i],
-                             x0 + i * DM_PIX, (i + 0.5) / K, 2000, i);
+                             x0 + i * DM_PIX, train->labels[i], (i + 0.5) / K, 2000, i);
         labels[i] = c->conditioning == CONDITIONING_CLASS ? train->labels[i] : -1;
     }
     unet_predict(net, out, xt, t, labels, K);

@@ -8,6 +8,7 @@
 unet_shape diffusion_shape(const dm_config *c, int m, int max_mb, int inference) {
     unet_shape sh = {0};
     sh.D = c->hidden;
+    sh.classes = objective_get(c->objective)->classes;
     sh.mix = c->conditioning == CONDITIONING_CLASS ? COND_MIX_FILM
              : c->conditioning == CONDITIONING_TIME ? objective_get(c->objective)->time_mix
                                             : COND_MIX_NONE;
@@ -24,7 +25,7 @@ void diffusion_noisy_at(const dm_config *c, float *z, const float *x, double sig
     dm_rng noise;
     float target[DM_PIX], t;
     rng_init(&noise, c->seed, DM_STREAM_EVAL, purpose, (uint32_t)image);
-    objective_get(c->objective)->make(NULL, sigma, z, target, &t, x, 0.0, &noise);
+    objective_get(c->objective)->make(NULL, sigma, z, target, &t, x, -1, 0.0, &noise);
 }
 
 void diffusion_example(const dm_config *c, const ddpm_schedule *s, float *z,
@@ -38,7 +39,7 @@ void diffusion_example(const dm_config *c, const ddpm_schedule *s, float *z,
         rng_init(&r, c->seed, DM_STREAM_TIME, (uint64_t)step, (uint32_t)pos);
         tq = o->draw_time(&r);
     }
-    o->make(s, c->sigma, z, target, t, x, tq, &noise);
+    o->make(s, c->sigma, z, target, t, x, x_label, tq, &noise);
     *label = -1;
     if (c->conditioning == CONDITIONING_CLASS) {
         rng_init(&r, c->seed, DM_STREAM_DROP, (uint64_t)step, (uint32_t)pos);
@@ -47,11 +48,11 @@ void diffusion_example(const dm_config *c, const ddpm_schedule *s, float *z,
 }
 
 void diffusion_example_at(const dm_config *c, const ddpm_schedule *s, float *z,
-                          float *target, float *t, const float *x, double tq,
+                          float *target, float *t, const float *x, int label, double tq,
                           uint64_t purpose, int image) {
     dm_rng noise;
     rng_init(&noise, c->seed, DM_STREAM_EVAL, purpose, (uint32_t)image);
-    objective_get(c->objective)->make(s, c->sigma, z, target, t, x, tq, &noise);
+    objective_get(c->objective)->make(s, c->sigma, z, target, t, x, label, tq, &noise);
 }
 
 void diffusion_x0_hat(const dm_config *c, const ddpm_schedule *s, float *x0,

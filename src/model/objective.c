@@ -7,18 +7,32 @@
 
 #include "diffmpi/common.h"
 #include "diffmpi/data.h"
+#include "diffmpi/layers.h"
+
+/* ---- losses ------------------------------------------------------------------ */
+
+static double mse_loss(float *dout, int *correct, const float *out, const float *target,
+                       int n, float scale) {
+    *correct = 0;
+    return mse_forward_backward(dout, out, target, (long)n * DM_PIX, scale);
+}
+
+static double xent_loss(float *dout, int *correct, const float *out, const float *target,
+                        int n, float scale) {
+    return xent_forward_backward(dout, correct, out, target, DM_CLASSES, n, scale);
+}
 
 /* ---- denoisers: target x ------------------------------------------------- */
 
 static void denoise_make(const ddpm_schedule *s, double sigma, float *z, float *target,
-                         float *t, const float *x, double tq, dm_rng *noise) {
+                         float *t, const float *x, int y, double tq, dm_rng *noise) {
     for (int k = 0; k < DM_PIX; k++) z[k] = x[k] + (float)sigma * rng_normal(noise);
     memcpy(target, x, sizeof(float) * DM_PIX);
     *t = 0.0f;
 }
 
 static void pure_noise_make(const ddpm_schedule *s, double sigma, float *z, float *target,
-                            float *t, const float *x, double tq, dm_rng *noise) {
+                            float *t, const float *x, int y, double tq, dm_rng *noise) {
     for (int k = 0; k < DM_PIX; k++) z[k] = rng_normal(noise);
     memcpy(target, x, sizeof(float) * DM_PIX);
     *t = 0.0f;
@@ -36,7 +50,7 @@ static double ddpm_draw_time(dm_rng *r) { return (double)rng_below(r, DDPM_T) / 
 static int ddpm_index(const ddpm_schedule *s, int ti) { return ti > s->T - 1 ? s->T - 1 : ti; }
 
 static void ddpm_make(const ddpm_schedule *s, double sigma, float *z, float *target,
-                      float *t, const float *x, double tq, dm_rng *noise) {
+                      float *t, const float *x, int y, double tq, dm_rng *noise) {
     int ti = ddpm_index(s, (int)(tq * s->T));
     float a = (float)sqrt(s->abar[ti]), b = (float)sqrt(1.0 - s->abar[ti]);
     for (int k = 0; k < DM_PIX; k++) {
@@ -69,7 +83,7 @@ static void ddpm_sample_step(const ddpm_schedule *s, int si, int S, float *x,
 static double flow_draw_time(dm_rng *r) { return (double)rng_uniform(r); }
 
 static void flow_make(const ddpm_schedule *s, double sigma, float *z, float *target,
-                      float *t, const float *x, double tq, dm_rng *noise) {
+                      float *t, const float *x, int y, double tq, dm_rng *noise) {
     float tt = (float)tq;
     for (int k = 0; k < DM_PIX; k++) {
         float eps = rng_normal(noise);
@@ -91,21 +105,36 @@ static void flow_sample_step(const ddpm_schedule *s, int si, int S, float *x,
     flow_step(x, out, S, n);
 }
 
+/* ---- classifier: target onehot(label) ----------------------------------------- */
+
+static void classify_make(const ddpm_schedule *s, double sigma, float *z, float *target,
+                          float *t, const float *x, int y, double tq, dm_rng *noise) {
+    memcpy(z, x, sizeof(float) * DM_PIX);
+    for (int k = 0; k < DM_CLASSES; k++) target[k] = k == y ? 1.0f : 0.0f;
+    *t = 0.0f;
+}
+
 /* ---- the table -------------------------------------------------------------- */
 
 static const dm_objective_def objectives[OBJ_COUNT] = {
-    [OBJ_DENOISE] = {.name = "denoise", .make = denoise_make, .x0_hat = identity_x0},
-    [OBJ_PURE_NOISE] = {.name = "pure_noise", .make = pure_noise_make,
+#define MSE .loss = mse_loss, .target_floats = DM_PIX, .loss_per_image = DM_PIX
+    [OBJ_DENOISE] = {.name = "denoise", .denoiser = 1, MSE, .make = denoise_make,
+                     .x0_hat = identity_x0},
+    [OBJ_PURE_NOISE] = {.name = "pure_noise", .denoiser = 1, MSE, .make = pure_noise_make,
                         .x0_hat = identity_x0},
-    [OBJ_DDPM] = {.name = "ddpm", .diffusion = 1, .time_mix = COND_MIX_ADD,
+    [OBJ_DDPM] = {.name = "ddpm", .diffusion = 1, MSE, .time_mix = COND_MIX_ADD,
                   .draw_time = ddpm_draw_time, .make = ddpm_make, .x0_hat = ddpm_x0,
                   .steps_time = DDPM_T, .steps_class = DDPM_T,
                   .sample_time = ddpm_sample_time, .step_noise = 1,
                   .sample_step = ddpm_sample_step},
-    [OBJ_FLOW] = {.name = "flow", .diffusion = 1, .time_mix = COND_MIX_MUL,
+    [OBJ_FLOW] = {.name = "flow", .diffusion = 1, MSE, .time_mix = COND_MIX_MUL,
                   .draw_time = flow_draw_time, .make = flow_make, .x0_hat = flow_x0,
                   .steps_time = 50, .steps_class = 300,
                   .sample_time = flow_sample_time, .sample_step = flow_sample_step},
+    [OBJ_CLASSIFY] = {.name = "classify", .classes = DM_CLASSES, .loss = xent_loss,
+                      .target_floats = DM_CLASSES, .loss_per_image = 1,
+                      .make = classify_make},
+#undef MSE
 };
 
 const dm_objective_def *objective_get(dm_objective o) {

@@ -180,6 +180,36 @@ static void build(unet *u) {
     u->nbuffers = bl.boff;
 }
 
+/* The judge of `diffmpi score` (objective = classify): the UNet's encoder
+ * with the same unit names and shapes, every unit into a private buffer,
+ * the global average pool + GELU (the features the Frechet distance
+ * compares), and a 1x1 convolution to the class logits, [classes][m]. */
+static void build_classifier(unet *u) {
+    builder bl = {u, 0, 0};
+    int D = u->D;
+    u->in_buf = add_buf(u, 1, 28);
+    static const struct {
+        const char *name;
+        int cin, cout, s, hin; /* in D units; 3x3, padding 1 */
+    } enc[] = {{"inc/0", 0, 1, 1, 28},   {"inc/1", 1, 1, 1, 28},   {"down1/0", 1, 1, 2, 28},
+               {"down1/1", 1, 1, 1, 14}, {"down1/2", 1, 1, 1, 14}, {"down2/0", 1, 2, 2, 14},
+               {"down2/1", 2, 2, 1, 7},  {"down2/2", 2, 2, 1, 7}};
+    unet_ref in = ref(u->in_buf, 0);
+    for (size_t q = 0; q < sizeof enc / sizeof enc[0]; q++) {
+        int cin = enc[q].cin ? enc[q].cin * D : 1;
+        int i = add_unit(&bl, enc[q].name, UNIT_CONV, cin, enc[q].cout * D, 3, enc[q].s, 1,
+                         enc[q].hin, in, -1, 0, 1);
+        in = u->units[i].out;
+    }
+    int i = add_unit(&bl, "flatten", UNIT_POOL, 2 * D, 2 * D, 7, 7, 0, 7, in, -1, 0, 0);
+    u->feat_buf = u->units[i].out.buf;
+    i = add_unit(&bl, "head", UNIT_CONV, 2 * D, u->classes, 1, 1, 0, 1, u->units[i].out, -1,
+                 0, 0);
+    u->out_buf = u->units[i].out.buf;
+    u->nparams = bl.poff;
+    u->nbuffers = bl.boff;
+}
+
 /* Hand out 64-byte aligned pieces of one arena; with base == NULL only
  * count, so the same walk sizes the arena and then carves it. */
 static void *take(char *base, size_t *used, size_t bytes) {
@@ -253,7 +283,13 @@ void unet_init(unet *u, const unet_shape *sh) {
     DM_CHECK(sh->norm != NORM_GROUP || (u->groups > 0 && sh->D % u->groups == 0),
              "GroupNorm: %d groups do not divide D = %d", u->groups, sh->D);
     u->nemb = sh->mix == COND_MIX_NONE ? 0 : sh->mix == COND_MIX_FILM ? 2 : 1;
-    build(u);
+    u->classes = sh->classes;
+    u->feat_buf = -1;
+    DM_CHECK(!u->classes || !u->nemb, "a classifier takes no conditioning");
+    if (u->classes)
+        build_classifier(u);
+    else
+        build(u);
     u->arena_bytes = layout(u, NULL);
     /* calloc: zero parameters, buffers and activations; aligned_alloc
      * would need an explicit memset of several GB. */
@@ -591,6 +627,7 @@ double unet_train_flops(const unet *u) {
 void unet_predict(unet *u, float *y, const float *x, const float *t,
                   const int32_t *labels, int n) {
     DM_CHECK(u->max_mb >= 1, "unet_predict needs one micro-batch slot");
+    DM_CHECK(!u->classes, "unet_predict on a classifier: use unet_classify");
     for (int i = 0; i < n; i += u->m) {
         int k = n - i < u->m ? n - i : u->m;
         memcpy(unet_slot(u, u->in_buf, 0), x + (long)i * 784,
@@ -600,5 +637,24 @@ void unet_predict(unet *u, float *y, const float *x, const float *t,
         unet_forward(u, 0, 1, &k, k, NULL, NULL, 0.0f);
         memcpy(y + (long)i * 784, unet_slot(u, u->out_buf, 0),
                (size_t)k * 784 * sizeof(float));
+    }
+}
+
+void unet_classify(unet *u, float *logits, float *feats, const float *x, int n) {
+    DM_CHECK(u->max_mb >= 1 && u->classes, "unet_classify needs a classifier with a slot");
+    int K = u->classes, F = u->act[u->feat_buf].chans;
+    for (int i = 0; i < n; i += u->m) {
+        int k = n - i < u->m ? n - i : u->m;
+        memcpy(unet_slot(u, u->in_buf, 0), x + (long)i * 784,
+               (size_t)k * 784 * sizeof(float));
+        unet_forward(u, 0, 1, &k, k, NULL, NULL, 0.0f);
+        /* Class-major [K][k] and [F][k] slots to image-major rows. */
+        const float *lo = unet_slot(u, u->out_buf, 0), *fe = unet_slot(u, u->feat_buf, 0);
+        for (int q = 0; q < k; q++) {
+            for (int c = 0; logits && c < K; c++)
+                logits[(long)(i + q) * K + c] = lo[(long)c * k + q];
+            for (int c = 0; feats && c < F; c++)
+                feats[(long)(i + q) * F + c] = fe[(long)c * k + q];
+        }
     }
 }

@@ -319,6 +319,7 @@ typedef struct {
     float *grads, *m, *v;
     int nmb, n[MAX_B];
     const golden_batch *b;
+    const dm_objective_def *o;
     float y[MAX_B * PIX]; /* the last forward's output, images in order */
     float *hist[MAX_STEPS + 1]; /* parameters after 0, 1, ... steps */
 } golden_run;
@@ -336,8 +337,8 @@ static double train_step(golden_run *r, float momentum) {
     /* The trainer's own step (train.c), on every micro-batch of the batch:
      * this test runs on one rank, so the global batch is local. */
     double sse[MAX_B];
-    double loss = train_batch(u, &r->d, r->grads, sse, b->target, r->nmb, r->n, b->n, b->n,
-                              momentum);
+    double loss = train_batch(u, &r->d, r->o, r->grads, sse, b->target, r->nmb, r->n, b->n,
+                              b->n, momentum);
     for (int j = 0; j < r->nmb; j++)
         memcpy(r->y + (long)j * u->m * PIX, unet_slot(u, u->out_buf, j),
                sizeof(float) * (size_t)r->n[j] * PIX);
@@ -349,6 +350,7 @@ static int run_open(golden_run *r, const char *ck, const golden_batch *b) {
     dm_config c;
     if (ckpt_read_config(ck, &c) != DM_OK) return 1;
     r->b = b;
+    r->o = objective_get(c.objective);
     r->nmb = (b->n + c.micro_batch - 1) / c.micro_batch;
     for (int j = 0; j < r->nmb; j++)
         r->n[j] = b->n - j * c.micro_batch < c.micro_batch ? b->n - j * c.micro_batch

@@ -174,7 +174,7 @@ static void test_key_list(void) {
         EXPECT(found != NULL, "markdown: '%s' missing or out of order", key);
         if (found) m = found + 1;
     }
-    EXPECT(strstr(text, "\n  objective         denoise|pure_noise|ddpm|flow; "
+    EXPECT(strstr(text, "\n  objective         denoise|pure_noise|ddpm|flow|classify; "
                         "default denoise\n") != NULL,
            "objective line:\n%s", text);
     EXPECT(strstr(text, "\n  lr                number > 0; default 1e-4\n"

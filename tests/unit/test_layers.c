@@ -1083,58 +1083,70 @@ static void test_mse(void) {
 
 struct xent_ctx {
     float *logits, *dl;
-    const int32_t *labels;
+    const float *target;
     int K, N;
     float scale;
 };
 
 static double xent_loss(void *v) {
     struct xent_ctx *x = v;
-    return x->scale * xent_forward_backward(x->dl, NULL, x->logits, x->labels, x->K, x->N,
+    return x->scale * xent_forward_backward(x->dl, NULL, x->logits, x->target, x->K, x->N,
                                             x->scale);
 }
 
 /* Softmax cross-entropy: the value against a direct double computation
  * (also with logits near 80, whose exp overflows float), the gradient
- * against softmax - onehot and against finite differences, and the
+ * against softmax - target and against finite differences, for one-hot
+ * targets and for class probabilities (PyTorch's soft targets), and the
  * accuracy count (with a tie, broken towards the first class). */
 static void test_xent(void) {
     enum { K = 10, N = 7 };
-    float logits[K * N], dl[K * N], scratch[K * N];
+    float logits[K * N], dl[K * N], scratch[K * N], target[N * K];
     const int32_t labels[N] = {3, 0, 9, 9, 5, 1, 3};
     double ref[K * N];
     const float scale = 1.0f / (3 * N);
-    for (int shift = 0; shift <= 80; shift += 80) {
-        randn(logits, K * N, (float)shift, 2.0f);
-        /* image 1: its label clearly largest; image 2: a tie broken first */
-        logits[0 * N + 1] = (float)shift + 20.0f;
-        logits[4 * N + 2] = logits[9 * N + 2] = (float)shift + 20.0f;
-        double sum = 0.0;
-        int want = 0;
-        for (int n = 0; n < N; n++) {
-            double z = 0.0, mx = -1e30;
-            int arg = 0;
-            for (int k = 0; k < K; k++)
-                if (logits[k * N + n] > mx) mx = logits[k * N + n], arg = k;
-            for (int k = 0; k < K; k++) z += exp((double)logits[k * N + n] - mx);
-            sum += log(z) + mx - logits[labels[n] * N + n];
-            want += arg == labels[n];
-            for (int k = 0; k < K; k++)
-                ref[k * N + n] = scale * (exp(logits[k * N + n] - mx) / z - (k == labels[n]));
+    for (int soft = 0; soft <= 1; soft++)
+        for (int shift = 0; shift <= 80; shift += 80) {
+            randn(logits, K * N, (float)shift, 2.0f);
+            /* image 1: its label clearly largest; image 2: a tie broken first */
+            logits[0 * N + 1] = (float)shift + 20.0f;
+            logits[4 * N + 2] = logits[9 * N + 2] = (float)shift + 20.0f;
+            for (int n = 0; n < N; n++)
+                for (int k = 0; k < K; k++)
+                    target[n * K + k] = soft ? (k == labels[n] ? 0.55f : 0.05f)
+                                             : (float)(k == labels[n]);
+            double sum = 0.0;
+            int want = 0;
+            for (int n = 0; n < N; n++) {
+                double z = 0.0, mx = -1e30, ts = 0.0;
+                int arg = 0;
+                for (int k = 0; k < K; k++)
+                    if (logits[k * N + n] > mx) mx = logits[k * N + n], arg = k;
+                for (int k = 0; k < K; k++) z += exp((double)logits[k * N + n] - mx);
+                for (int k = 0; k < K; k++) {
+                    double lp = (double)logits[k * N + n] - mx - log(z);
+                    sum -= target[n * K + k] * lp;
+                    ts += target[n * K + k];
+                }
+                want += arg == labels[n];
+                for (int k = 0; k < K; k++)
+                    ref[k * N + n] = scale * (exp(logits[k * N + n] - mx) / z * ts -
+                                              target[n * K + k]);
+            }
+            int correct = -1;
+            fill(dl, K * N, GARBAGE);
+            double got = xent_forward_backward(dl, &correct, logits, target, K, N, scale);
+            EXPECT(isfinite(got), "xent finite at logits near %d", shift);
+            EXPECT_CLOSE(got, sum, 0.0, 1e-9, soft ? "xent value, soft targets" : "xent value");
+            EXPECT(correct == want && correct >= 1, "xent correct %d, expected %d", correct,
+                   want);
+            check("xent dlogits = scale (softmax - target)", dl, ref, K * N, 1e-7, 1e-5);
+            if (shift == 0) {
+                struct xent_ctx x = {logits, scratch, target, K, N, scale};
+                fd_grad(ref, xent_loss, &x, logits, K * N, 1e-2f);
+                check("xent dlogits vs finite differences", dl, ref, K * N, 1e-5, 1e-2);
+            }
         }
-        int correct = -1;
-        fill(dl, K * N, GARBAGE);
-        double got = xent_forward_backward(dl, &correct, logits, labels, K, N, scale);
-        EXPECT(isfinite(got), "xent finite at logits near %d", shift);
-        EXPECT_CLOSE(got, sum, 0.0, 1e-9, "xent value");
-        EXPECT(correct == want && correct >= 1, "xent correct %d, expected %d", correct, want);
-        check("xent dlogits = scale (softmax - onehot)", dl, ref, K * N, 1e-7, 1e-5);
-        if (shift == 0) {
-            struct xent_ctx x = {logits, scratch, labels, K, N, scale};
-            fd_grad(ref, xent_loss, &x, logits, K * N, 1e-2f);
-            check("xent dlogits vs finite differences", dl, ref, K * N, 1e-5, 1e-2);
-        }
-    }
 }
 
 static void test_init(void) {
