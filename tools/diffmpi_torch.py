@@ -9,6 +9,8 @@ diffmpi checkpoint loads into it tensor by tensor: the checkpoint's
     import diffmpi_torch
     model = diffmpi_torch.load("runs/quickstart/checkpoints/ckpt-235.h5")
     y = model(x, t, c)      # x [N,1,28,28]; t [N] in [0,1]; c [N], -1 = none
+    judge = diffmpi_torch.load("runs/judge/judge.h5")   # objective = classify
+    logits, feats = judge(x), judge.features(x)         # [N,10], [N,2D]
 
 Units (a convolution, then the normalisation and GELU):
 
@@ -217,6 +219,38 @@ class UNet(nn.Module):
         return self.head(self._seq(self.outc, torch.cat([e0, u2], 1)))
 
 
+class Judge(nn.Module):
+    """The classifier of objective = classify (the judge of diffmpi score):
+    the UNet's encoder units (same names), AvgPool2d(7) -> GELU (the
+    features, 2D per image), and a 1x1 Conv2d head to 10 logits."""
+
+    def __init__(self, hidden, norm="batch", groups=32, classes=NCLASS):
+        super().__init__()
+        if norm not in NORMS:
+            raise ValueError("norm must be one of %s, not %r" % (NORMS, norm))
+        D = hidden
+        self.D, self.mix, self.norm_kind, self.groups = D, "none", norm, groups
+
+        def conv(a, b, s=1):
+            return Unit("conv", a, b, 3, s, 1, norm, groups)
+
+        self.inc = nn.ModuleList([conv(1, D), conv(D, D)])
+        self.down1 = nn.ModuleList([conv(D, D, 2), conv(D, D), conv(D, D)])
+        self.down2 = nn.ModuleList([conv(D, 2 * D, 2), conv(2 * D, 2 * D),
+                                    conv(2 * D, 2 * D)])
+        self.head = Unit("conv", 2 * D, classes, 1, 1, 0, None)
+
+    def features(self, x):
+        """The pooled features [N, 2D] the Frechet distance compares."""
+        for units in (self.inc, self.down1, self.down2):
+            x = UNet._seq(units, x)
+        return F.gelu(F.avg_pool2d(x, 7)).flatten(1)
+
+    def forward(self, x, t=None, c=None):
+        """x [N,1,28,28] -> logits [N,10] (t and c are ignored)."""
+        return self.head(self.features(x)[:, :, None, None]).flatten(1)
+
+
 # ---- checkpoints ------------------------------------------------------------
 
 
@@ -241,16 +275,22 @@ def parse_config(text):
 
 
 def from_config(cfg):
-    """An initialised UNet for a configuration dict (parse_config)."""
+    """An initialised UNet (or Judge, for objective = classify) for a
+    configuration dict (parse_config)."""
+    if cfg.get("objective") == "classify":
+        return Judge(int(cfg["hidden"]), cfg.get("norm", "batch"),
+                     int(cfg.get("norm_groups", 32)))
     return UNet(int(cfg["hidden"]),
                 mix_of(cfg.get("objective", "denoise"), cfg.get("conditioning", "none")),
                 cfg.get("norm", "batch"), int(cfg.get("norm_groups", 32)))
 
 
-def load(path, device="cpu"):
+def load(path, device="cpu", weights="model"):
     """The model of a diffmpi checkpoint, in eval mode, with the checkpoint's
-    weights and BatchNorm running statistics. Every tensor of the model must
-    be in the file with the same shape, and the file may hold no other."""
+    weights and BatchNorm running statistics (weights="ema": its weight
+    average, /ema, of a run with ema_decay > 0). Every tensor of the model
+    must be in the file with the same shape, and the file may hold no
+    other."""
     import h5py
     with h5py.File(path, "r") as f:
         fmt = f.attrs.get("format")
@@ -261,7 +301,7 @@ def load(path, device="cpu"):
         model = from_config(parse_config(f.attrs["config"]))
         state, want = {}, set()
         for key, ref in model.state_dict().items():
-            name = "model/" + checkpoint_name(key)
+            name = weights + "/" + checkpoint_name(key)
             want.add(name)
             if name not in f:
                 raise ValueError("%s: /%s missing" % (path, name))
@@ -271,9 +311,11 @@ def load(path, device="cpu"):
                                  % (path, name, arr.shape, tuple(ref.shape)))
             state[key] = torch.from_numpy(arr).to(ref.dtype)
         extra = []
-        f["model"].visit(lambda n: extra.append("model/" + n)
-                         if isinstance(f["model/" + n], h5py.Dataset)
-                         and "model/" + n not in want else None)
+        if weights not in f:
+            raise ValueError("%s: no /%s group" % (path, weights))
+        f[weights].visit(lambda n: extra.append(weights + "/" + n)
+                         if isinstance(f[weights + "/" + n], h5py.Dataset)
+                         and weights + "/" + n not in want else None)
         if extra:
             raise ValueError("%s: tensors the model does not have: %s"
                              % (path, ", ".join(sorted(extra))))

@@ -330,6 +330,44 @@ def save_gif(frames, t, index, col_labels, title, path, written, max_frames):
 # ---------------------------------------------------------------- figures
 
 
+def score_panel(ax, ev_epoch, extra):
+    """A classifier's test accuracy, or the judge's scores of the samples:
+    accuracy on the left axis, Frechet distance on the right."""
+    lines = []
+    for col, label, color in (("test_acc", "test accuracy", "tab:green"),
+                              ("sample_acc", "judge accuracy of samples", "tab:green")):
+        if col in extra:
+            v = extra[col]
+            ok = np.isfinite(v)
+            lines += ax.plot(ev_epoch[ok], v[ok], "o-", color=color, ms=7, label=label)
+            for e, y in zip(ev_epoch[ok], v[ok]):
+                ax.annotate(f"{y:.3f}", (e, y), textcoords="offset points",
+                            xytext=(0, 8), ha="center", fontsize=8)
+            ax.set_ylabel("accuracy")
+    if "sample_fd" in extra:
+        v = extra["sample_fd"]
+        ok = np.isfinite(v)
+        ax_fd = ax.twinx() if lines else ax
+        lines += ax_fd.plot(ev_epoch[ok], v[ok], "s--", color="tab:purple", ms=6,
+                            label="Fréchet distance (judge features)")
+        for e, y in zip(ev_epoch[ok], v[ok]):
+            ax_fd.annotate(f"FD {y:.3g}", (e, y), textcoords="offset points",
+                           xytext=(0, -14), ha="center", fontsize=8, color="tab:purple")
+        ax_fd.set_ylabel("Fréchet distance")
+        ax_fd.margins(y=0.25)
+    ax.set_title("sample score (diffmpi score)" if "sample_fd" in extra
+                 else "test accuracy", fontsize=10)
+    ax.set_xlabel("epoch")
+    uniq = np.unique(ev_epoch)
+    if len(uniq) <= 20:
+        ax.set_xticks(uniq)
+    lo, hi = (ev_epoch.min(), ev_epoch.max()) if len(ev_epoch) else (0, 1)
+    ax.set_xlim(lo - 0.5, hi + 0.5)
+    ax.margins(y=0.25)
+    ax.grid(True, alpha=0.25)
+    ax.legend(lines, [l.get_label() for l in lines], loc="best", fontsize=8)
+
+
 def fig_loss(log, path, written, run_name):
     step = read(log, "train/step", ndim=1)
     loss = read(log, "train/loss", ndim=1)
@@ -339,15 +377,29 @@ def fig_loss(log, path, written, run_name):
         return
     step, loss, epoch = step[:n], loss[:n], epoch[:n]
     conf = parse_config(attr(log, "config"))
+    classify = conf.get("objective") == "classify"
     ev_epoch = ev_mse = np.zeros(0)
+    extra = {}
     if "eval" in log:
         ev_epoch = read(log, "eval/epoch", ndim=1)
-        ev_mse = read(log, "eval/test_mse", ndim=1)
+        # test_loss (the cross-entropy of a classifier) where the log has it
+        name = "eval/test_loss" if "test_loss" in log["eval"] else "eval/test_mse"
+        ev_mse = read(log, name, ndim=1)
         m = min(len(ev_epoch), len(ev_mse))
         ev_epoch, ev_mse = ev_epoch[:m], ev_mse[:m]
+        for col in ("test_acc", "sample_acc", "sample_fd"):
+            if col in log["eval"]:
+                v = read(log, "eval/" + col, ndim=1)[:m]
+                if len(v) == m and np.isfinite(v).any():
+                    extra[col] = v
 
     has_eval = len(ev_mse) > 0
-    if has_eval:
+    has_score = has_eval and ("sample_fd" in extra or "test_acc" in extra)
+    if has_score:
+        fig, (ax, ax2, ax3) = plt.subplots(
+            1, 3, figsize=(17, 5), dpi=DPI * 1.2,
+            gridspec_kw={"width_ratios": [3, 1.2, 1.4]})
+    elif has_eval:
         fig, (ax, ax2) = plt.subplots(
             1, 2, figsize=(13, 5), dpi=DPI * 1.2,
             gridspec_kw={"width_ratios": [3, 1.2]})
@@ -376,7 +428,7 @@ def fig_loss(log, path, written, run_name):
         in (2, 5) else ""))
     ax.yaxis.set_major_formatter(tick.FuncFormatter(lambda v, _: f"{v:g}"))
     ax.set_xlabel("step")
-    ax.set_ylabel("training loss (MSE)")
+    ax.set_ylabel("training loss (cross-entropy)" if classify else "training loss (MSE)")
     ax.grid(True, which="both", alpha=0.25)
     ax.legend(loc="upper right", fontsize=9)
     if ok.any():
@@ -393,10 +445,11 @@ def fig_loss(log, path, written, run_name):
                              xytext=(0, 8), ha="center", fontsize=8)
         sig = attr(log, "eval_sigma")
         noise_sigma = sig is not None and conf.get("objective") == "denoise"
-        ax2.set_title("test MSE" + (f" (σ = {fmt(sig)})" if noise_sigma
-                                    else ""), fontsize=10)
+        what = "test cross-entropy" if classify else "test MSE"
+        ax2.set_title(what + (f" (σ = {fmt(sig)})" if noise_sigma
+                              else ""), fontsize=10)
         ax2.set_xlabel("epoch")
-        ax2.set_ylabel("test MSE")
+        ax2.set_ylabel(what)
         uniq = np.unique(ev_epoch)
         if len(uniq) <= 20:
             ax2.set_xticks(uniq)
@@ -407,6 +460,9 @@ def fig_loss(log, path, written, run_name):
         ax2.set_xlim(lo - 0.5, hi + 0.5)
         ax2.margins(y=0.25)
         ax2.grid(True, alpha=0.25)
+
+    if has_score:
+        score_panel(ax3, ev_epoch, extra)
 
     head = f"{run_name}: training loss — objective {conf.get('objective', '?')}"
     if conf.get("conditioning", "none") != "none":

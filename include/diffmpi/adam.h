@@ -18,4 +18,11 @@
 void adam_step(float *p, const float *g, float *m, float *v, long n, double lr,
                long t);
 
+/* The exponential moving average of the weights after optimizer step t
+ * (ema_decay > 0), as the diffusers examples' EMAModel keeps it: the decay
+ * of step t is min(decay, (1 + t) / (10 + t)), so the first steps weigh
+ * in while the average is young; avg -= (1 - d) * (avg - x) in float. */
+double ema_decay_at(double decay, long t);
+void ema_update(float *avg, const float *x, long n, double d);
+
 #endif

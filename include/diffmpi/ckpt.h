@@ -13,6 +13,10 @@
  * moment the job dies at, and a damaged write never costs the last intact
  * checkpoint.
  *
+ * With ema_decay > 0 the file also holds /ema/<unit>/<tensor>: the
+ * exponential moving average of every /model tensor (weights and BatchNorm
+ * statistics), what sampling uses by default.
+ *
  * Checksums (format version 2): every dataset carries HDF5's Fletcher32
  * (h5util.h), verified on every read; the training-state attributes and
  * the configuration text carry `state_crc32` (zlib's CRC-32 of their
@@ -39,8 +43,16 @@ typedef struct {
     double lr;              /* learning rate of the next step */
 } dm_train_state;
 
+/* The exponential moving average of the weights (ema_decay > 0): the
+ * trainable tensors and the BatchNorm statistics, as the model's p and
+ * bufs. Stored as /ema/<the /model names>. */
+typedef struct {
+    float *p, *bufs;
+} ckpt_ema;
+
+/* ema: NULL, or the average to store as /ema. */
 dm_status ckpt_write(const char *out_dir, const unet *u, const float *m,
-                     const float *v, const dm_train_state *s,
+                     const float *v, const ckpt_ema *ema, const dm_train_state *s,
                      const dm_config *c, int keep);
 /* Read the configuration stored in a checkpoint (to build the model). */
 dm_status ckpt_read_config(const char *path, dm_config *c);
@@ -50,6 +62,18 @@ dm_status ckpt_read_config(const char *path, dm_config *c);
  * checksum of the file (also of tensors not loaded) is verified first. */
 dm_status ckpt_read(const char *path, unet *u, float *m, float *v,
                     dm_train_state *s);
+/* The same for resuming, also loading /ema into *ema when the file has it
+ * (*has_ema = 1; else 0 and ema untouched). */
+dm_status ckpt_read_train(const char *path, unet *u, float *m, float *v, ckpt_ema *ema,
+                          int *has_ema, dm_train_state *s);
+/* Which weights sample, predict and score use: auto (the average when the
+ * checkpoint has one, else the raw weights), ema (an error without one),
+ * raw (the trained weights). */
+typedef enum { CKPT_WEIGHTS_AUTO, CKPT_WEIGHTS_EMA, CKPT_WEIGHTS_RAW } ckpt_weights;
+const char *ckpt_weights_name(int w); /* NULL past the last */
+/* Load the weights w says into u (checksums verified as by ckpt_read);
+ * *used_ema = whether the average was loaded. */
+dm_status ckpt_read_weights(const char *path, unet *u, ckpt_weights w, int *used_ema);
 /* Newest ckpt-<step>.h5 in <out>/checkpoints that verifies (ckpt_verify);
  * DM_EIO (with a message) when there is none. Damaged newer files are
  * named on stderr and skipped. */

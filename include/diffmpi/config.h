@@ -67,6 +67,11 @@ typedef struct {
     int sample_chunk;           /* sample_chunk >= 1: images per sampler
                                    forward (x2 with guidance); the unit that
                                    spreads sampling over ranks */
+    double ema_decay;           /* ema_decay in [0, 1): weight average, 0 = off */
+    char judge[1024];           /* judge: a classifier checkpoint that scores
+                                   the samples of every sampling epoch; ""
+                                   = off */
+    int score_n;                /* score_n >= 2: samples scored per epoch */
     char sample_epochs[64];     /* sample_epochs: "1,5,10,15,20": epochs after
                                    which diffusion models sample (the last
                                    epoch always does) */

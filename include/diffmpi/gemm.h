@@ -45,6 +45,15 @@ void gemm_teardown(void);
 const char *gemm_describe(void);
 dm_engine gemm_engine_now(void);
 dm_precision gemm_precision_now(void);
+/* Switch the precision of the engine set up (fp32 always; bf16 where the
+ * engine can) and return the one before: a bf16 run's judge runs in fp32,
+ * so that its scores are those `diffmpi score` gives. */
+dm_precision gemm_use_precision(dm_precision p);
+/* precision = auto: bf16 where engine e can run it on this CPU (AVX512-BF16
+ * or AMX through oneDNN), else fp32; other values unchanged. gemm_setup
+ * resolves it itself; the trainer resolves it first, so that its outputs
+ * record what ran. */
+dm_precision gemm_resolve_precision(dm_engine e, dm_precision p);
 
 /* Row-major C (M x N, row stride ldc) = op(A) op(B) for beta == 0, or
  * C += op(A) op(B) for beta == 1 (no other beta); op(A) is M x K, op(B)

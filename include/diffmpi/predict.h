@@ -5,7 +5,9 @@
 #ifndef DIFFMPI_PREDICT_H
 #define DIFFMPI_PREDICT_H
 
-/* precision: dm_precision of the convolutions, < 0: the run's. */
-int predict_run(const char *ckpt, const char *in_path, const char *out_path, int precision);
+/* precision: dm_precision of the convolutions, < 0: the run's; weights:
+ * a ckpt_weights (auto: the average when the checkpoint has one). */
+int predict_run(const char *ckpt, const char *in_path, const char *out_path, int precision,
+                int weights);
 
 #endif

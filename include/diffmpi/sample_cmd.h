@@ -19,9 +19,11 @@ typedef struct {
     int has_seed;
     int trajectory;         /* --trajectory: keep up to 101 frames */
     int precision;          /* --precision: dm_precision, < 0: the run's */
+    int weights;            /* --weights: a ckpt_weights (auto) */
+    int used_ema;           /* set by sample_run: the average was used */
 } sample_args;
 
 /* Returns the exit code; collective. */
-int sample_run(const sample_args *a);
+int sample_run(sample_args *a);
 
 #endif

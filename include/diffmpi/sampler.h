@@ -28,6 +28,9 @@ typedef struct {
     int steps;              /* sampler steps */
     uint64_t seed;
     int frames;             /* trajectory frames to keep (0 = none) */
+    const char *progress;   /* rank 0 prints "<progress>: step s/S" every
+                               log_every seconds; NULL: quiet */
+    double log_every;
 } sampler_request;
 
 /* The chunk size sampling uses for a configuration (sample_chunk). */

@@ -25,7 +25,7 @@
  * the same on every rank.
  *
  *   dm_judge j;
- *   judge_open(&j, "runs/judge/checkpoints/ckpt-1407.h5");   // collective
+ *   judge_open(&j, "runs/judge/checkpoints/ckpt-1407.h5", 0);   // collective
  *   judge_reference(&j, "MNIST test", test.images, test.n);  // collective
  *   dm_score s;
  *   judge_score(&j, "samples.h5", images, labels, n, &s);    // collective
@@ -37,6 +37,7 @@
 #include <stdint.h>
 #include "diffmpi/common.h"
 #include "diffmpi/config.h"
+#include "diffmpi/engine.h"
 #include "diffmpi/unet.h"
 
 typedef struct {
@@ -45,6 +46,9 @@ typedef struct {
     char path[4096];
     uint32_t crc;        /* zlib CRC-32 of the judge file's bytes */
     int F, K;            /* feature width (2D) and classes */
+    int ema;             /* the judge's weight average is in use */
+    dm_precision prec;   /* of the judge's convolutions: fp32 (judge_open),
+                            whatever the run around it uses */
     int ref_n;           /* reference images (0: none yet) */
     double *ref_mu;      /* [F] */
     double *ref_cov;     /* [F][F] */
@@ -65,10 +69,11 @@ typedef struct {
     int ref_n;
 } dm_score;
 
-/* Load a judge (a checkpoint of objective = classify) on every rank. Not a
+/* Load a judge (a checkpoint of objective = classify) on every rank, its
+ * weights as ckpt_read_weights's `weights` (a ckpt_weights) says. Not a
  * classifier: DM_EUSAGE; unreadable or damaged: DM_EIO; one line each.
  * Collective; the status is the same on every rank. */
-dm_status judge_open(dm_judge *j, const char *path);
+dm_status judge_open(dm_judge *j, const char *path, int weights);
 /* Feature statistics of the n reference images [n][784] (n >= 2, every
  * pixel finite; else one line naming `what` and DM_EUSAGE or DM_EIO). */
 dm_status judge_reference(dm_judge *j, const char *what, const float *images, int n);

@@ -14,6 +14,7 @@ typedef struct {
                                features and logits of every image */
     int epoch;              /* --epoch: one epoch of a run's samples (0: all) */
     int precision;          /* --precision: dm_precision, < 0: the judge's */
+    int weights;            /* --weights: the judge's, a ckpt_weights */
 } score_args;
 
 /* Returns the exit code; collective. */

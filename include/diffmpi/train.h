@@ -18,6 +18,7 @@
 #include "diffmpi/diffusion.h"
 #include "diffmpi/dist.h"
 #include "diffmpi/h5log.h"
+#include "diffmpi/score.h"
 #include "diffmpi/unet.h"
 
 typedef struct {
@@ -27,6 +28,7 @@ typedef struct {
     unet net;
     dm_dist dist;
     float *grads, *m, *v;
+    ckpt_ema ema;       /* ema_decay > 0: the average ([nparams], [nbuffers]) */
     dm_dataset train, test;
     int32_t *perm;
     int nmb_full;
@@ -35,6 +37,8 @@ typedef struct {
     dm_log log;
     ddpm_schedule sched;
     unet sampler;       /* inference copy for sampling (diffusion models) */
+    dm_judge judge;     /* judge = PATH: scores the samples (ref_n > 0) */
+    double score_acc, score_fd; /* the last epoch's scores (NaN: none yet) */
     float *target;      /* [max_mb][m*784] */
     double *sse;        /* [max(max_mb, eval chunks)] */
     double *correct;    /* [eval chunks]: test images classified right */
@@ -74,7 +78,8 @@ double train_batch(unet *net, dm_dist *dist, const dm_objective_def *o, float *g
                    double *sse, const float *target, int nloc, const int *n, int B,
                    long bn_n, float bn_momentum);
 /* The sampling model takes the training model's weights and BatchNorm
- * statistics (before every sampling phase). */
+ * statistics, or their average with ema_decay > 0 (before every sampling
+ * phase). */
 void trainer_sync_sampler(dm_trainer *t);
 void trainer_teardown(dm_trainer *t);
 

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "diffmpi/bench.h"
+#include "diffmpi/ckpt.h"
 #include "diffmpi/common.h"
 #include "diffmpi/config.h"
 #include "diffmpi/engine.h"
@@ -50,17 +51,19 @@ static const char *usage_train =
 
 static const char *usage_predict =
     "usage: diffmpi predict --checkpoint FILE --input IN.h5 --output OUT.h5\n"
-    "                       [--precision fp32|bf16]\n"
+    "                       [--precision fp32|bf16] [--weights auto|ema|raw]\n"
     "\n"
     "  IN.h5 holds /x [N,1,28,28] float32; OUT.h5 receives /y [N,1,28,28],\n"
     "  the network's output in evaluation mode (BatchNorm: running statistics).\n"
     "  --precision P  of the convolutions (default: the run's; see the\n"
-    "                 precision key in diffmpi train --help)\n";
+    "                 precision key in diffmpi train --help)\n"
+    "  --weights W    ema: the weight average of a run with ema_decay > 0;\n"
+    "                 raw: the trained weights; auto (default): ema if stored\n";
 
 static const char *usage_sample =
     "usage: diffmpi sample --checkpoint FILE --out OUT.h5 [--n N] [--class K|all]\n"
     "                      [--guidance G] [--steps S] [--seed S] [--trajectory]\n"
-    "                      [--precision fp32|bf16]\n"
+    "                      [--precision fp32|bf16] [--weights auto|ema|raw]\n"
     "\n"
     "  --n N          images to draw (default 40)\n"
     "  --class K|all  class models: digit K for every image, or 'all' (equal\n"
@@ -72,6 +75,8 @@ static const char *usage_sample =
     "  --trajectory   also store intermediate images (/trajectory [F,N,28,28])\n"
     "  --precision P  of the convolutions (default: the run's; bf16 needs\n"
     "                 AVX512-BF16 or AMX)\n"
+    "  --weights W    ema: the weight average (ema_decay > 0); raw: the\n"
+    "                 trained weights; auto (default): ema if stored\n"
     "OUT.h5 gets /images [N,28,28] and /labels [N]; OUT.h5.png a grid. Under\n"
     "mpirun the images are spread over the ranks; the result does not depend\n"
     "on their number.\n";
@@ -79,7 +84,7 @@ static const char *usage_sample =
 static const char *usage_score =
     "usage: diffmpi score --judge J.h5 --samples S.h5 [--out SCORE.h5] [--features]\n"
     "                     [--epoch N] [--ref REF.h5 | --data DIR]\n"
-    "                     [--precision fp32|bf16]\n"
+    "                     [--precision fp32|bf16] [--weights auto|ema|raw]\n"
     "\n"
     "  --judge J.h5    a checkpoint of objective = classify (train one with\n"
     "                  jobs/configs/judge.ini)\n"
@@ -93,6 +98,8 @@ static const char *usage_score =
     "                  default the MNIST test set in --data DIR (default: the\n"
     "                  judge's data_dir)\n"
     "  --precision P   of the judge's convolutions (default: the judge's)\n"
+    "  --weights W     the judge's: auto (default; its average if stored),\n"
+    "                  ema or raw\n"
     "Prints one line per figure: accuracy (share of images with an intended\n"
     "digit that the judge assigns to it; overall, per digit) and confidence,\n"
     "frechet_distance (between Gaussian fits of the judge's pooled features of\n"
@@ -163,7 +170,17 @@ static int parse_precision(const char *v, int *out) {
             *out = p;
             return DM_EXIT_OK;
         }
-    return usage_error("--precision: expected fp32 or bf16, got '%s'", v);
+    return usage_error("--precision: expected fp32, bf16 or auto, got '%s'", v);
+}
+
+/* --weights auto|ema|raw of sample, predict and score. */
+static int parse_weights(const char *v, int *out) {
+    for (int w = 0; ckpt_weights_name(w); w++)
+        if (strcmp(v, ckpt_weights_name(w)) == 0) {
+            *out = w;
+            return DM_EXIT_OK;
+        }
+    return usage_error("--weights: expected auto, ema or raw, got '%s'", v);
 }
 
 /* Value of option argv[*i]; NULL (and an error) when it is missing. */
@@ -273,19 +290,21 @@ static int cmd_bench(int argc, char **argv) {
 
 static int cmd_predict(int argc, char **argv) {
     if (wants_help(argc, argv)) return print_usage(usage_predict, 0);
-    const char *ck = NULL, *in = NULL, *out = NULL, *prec = NULL;
+    const char *ck = NULL, *in = NULL, *out = NULL, *prec = NULL, *wts = NULL;
     static const char required[] = "predict: --checkpoint, --input and --output are required";
     const cli_option opts[] = {{"--checkpoint", .text = &ck, .missing = required},
                                {"--input", .text = &in, .missing = required},
                                {"--output", .text = &out, .missing = required},
                                {"--precision", .text = &prec},
+                               {"--weights", .text = &wts},
                                {NULL}};
     int code = parse_options("predict", argc, argv, opts, NULL);
     if (code != DM_EXIT_OK) return code;
-    int p = -1;
+    int p = -1, w = CKPT_WEIGHTS_AUTO;
     if (prec && (code = parse_precision(prec, &p)) != DM_EXIT_OK) return code;
+    if (wts && (code = parse_weights(wts, &w)) != DM_EXIT_OK) return code;
     dm_set_quiet(0);
-    return predict_run(ck, in, out, p);
+    return predict_run(ck, in, out, p, w);
 }
 
 static int cmd_sample(int argc, char **argv) {
@@ -306,6 +325,9 @@ static int cmd_sample(int argc, char **argv) {
         else if (strcmp(o, "--steps") == 0 && dm_parse_long(v, 1, 100000, &lv)) a.steps = (int)lv;
         else if (strcmp(o, "--precision") == 0) {
             int code = parse_precision(v, &a.precision);
+            if (code != DM_EXIT_OK) return code;
+        } else if (strcmp(o, "--weights") == 0) {
+            int code = parse_weights(v, &a.weights);
             if (code != DM_EXIT_OK) return code;
         }
         else if (strcmp(o, "--class") == 0 && strcmp(v, "all") == 0) a.class_label = SAMPLE_CLASS_ALL;
@@ -331,7 +353,7 @@ static int cmd_sample(int argc, char **argv) {
 static int cmd_score(int argc, char **argv) {
     if (wants_help(argc, argv)) return print_usage(usage_score, 0);
     score_args a = {.precision = -1};
-    const char *prec = NULL;
+    const char *prec = NULL, *wts = NULL;
     long epoch = 0;
     static const char required[] = "score: --judge and --samples are required";
     const cli_option opts[] = {{"--judge", .text = &a.judge, .missing = required},
@@ -343,9 +365,11 @@ static int cmd_score(int argc, char **argv) {
                                 .expected = "an epoch number >= 1"},
                                {"--precision", .text = &prec},
                                {"--features", .flag = &a.features},
+                               {"--weights", .text = &wts},
                                {NULL}};
     int code = parse_options("score", argc, argv, opts, NULL);
     if (code != DM_EXIT_OK) return code;
+    if (wts && (code = parse_weights(wts, &a.weights)) != DM_EXIT_OK) return code;
     if (a.ref && a.data) return usage_error("score: --ref and --data exclude each other");
     if (prec && (code = parse_precision(prec, &a.precision)) != DM_EXIT_OK) return code;
     a.epoch = (int)epoch;

@@ -125,15 +125,16 @@ typedef struct {
     int n;
 } predict_bufs;
 
-static dm_status run_model(unet *u, const char *ckpt, const char *out, predict_bufs *b) {
-    DM_TRY(ckpt_read(ckpt, u, NULL, NULL, NULL));
+static dm_status run_model(unet *u, const char *ckpt, const char *out, predict_bufs *b,
+                           int weights) {
+    DM_TRY(ckpt_read_weights(ckpt, u, (ckpt_weights)weights, NULL));
     b->y = dm_malloc((size_t)b->n * DM_PIX * sizeof(float));
     unet_predict(u, b->y, b->x, b->t, b->lab, b->n);
     return write_output(out, b->y, b->n);
 }
 
 static dm_status predict_into(const char *ckpt, const dm_config *c, const char *in,
-                              const char *out, predict_bufs *b) {
+                              const char *out, predict_bufs *b, int weights) {
     DM_TRY(read_input(in, &b->x, &b->n));
     if (c->conditioning != CONDITIONING_NONE) {
         b->t = dm_calloc((size_t)b->n, sizeof(float));
@@ -144,28 +145,34 @@ static dm_status predict_into(const char *ckpt, const dm_config *c, const char *
     unet u;
     unet_shape sh = diffusion_shape(c, c->micro_batch, 1, 1);
     unet_init(&u, &sh);
-    dm_status st = run_model(&u, ckpt, out, b);
+    dm_status st = run_model(&u, ckpt, out, b, weights);
     unet_free(&u);
     return st;
 }
 
 static dm_status predict_rank0(const char *ckpt, const char *in, const char *out,
-                               int precision) {
+                               int precision, int weights) {
     dm_config c;
     DM_TRY(ckpt_read_config(ckpt, &c));
+    if (objective_get(c.objective)->classes) {
+        dm_error("%s: a classifier (objective = %s) outputs digits, not images: judge "
+                 "samples with diffmpi score", ckpt, config_objective_name(c.objective));
+        return DM_EUSAGE;
+    }
     if (precision >= 0) c.precision = (dm_precision)precision;
     DM_TRY(gemm_setup(c.engine, c.precision, c.threads));
     predict_bufs b = {0};
-    dm_status st = predict_into(ckpt, &c, in, out, &b);
+    dm_status st = predict_into(ckpt, &c, in, out, &b, weights);
     free(b.x), free(b.y), free(b.t), free(b.lab);
     return st;
 }
 
-int predict_run(const char *ckpt, const char *in_path, const char *out_path, int precision) {
+int predict_run(const char *ckpt, const char *in_path, const char *out_path, int precision,
+                int weights) {
     int rank = 0;
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     h5_quiet();
-    int st = rank == 0 ? (int)predict_rank0(ckpt, in_path, out_path, precision) : 0;
+    int st = rank == 0 ? (int)predict_rank0(ckpt, in_path, out_path, precision, weights) : 0;
     gemm_teardown();
     MPI_Bcast(&st, 1, MPI_INT, 0, MPI_COMM_WORLD);
     return dm_exit_code((dm_status)st);

@@ -35,6 +35,7 @@ static dm_status write_body(hid_t f, const sample_args *a, const dm_config *c,
     DM_TRY(h5_attr_i64(f, a->out, "steps", q->steps));
     DM_TRY(h5_attr_u64(f, a->out, "seed", q->seed));
     DM_TRY(h5_attr_str(f, a->out, "objective", config_objective_name(c->objective)));
+    DM_TRY(h5_attr_str(f, a->out, "weights", a->used_ema ? "ema" : "raw"));
     return h5_attr_str(f, a->out, "checkpoint", a->checkpoint);
 }
 
@@ -103,17 +104,17 @@ static dm_status resolve(const sample_args *a, const dm_config *c, sampler_reque
 }
 
 /* Configuration, request and model from the checkpoint (every rank). */
-static dm_status load(const sample_args *a, dm_config *c, sampler_request *q, unet *u) {
+static dm_status load(sample_args *a, dm_config *c, sampler_request *q, unet *u) {
     DM_TRY(ckpt_read_config(a->checkpoint, c));
     if (a->precision >= 0) c->precision = (dm_precision)a->precision;
     DM_TRY(gemm_setup(c->engine, c->precision, c->threads));
     DM_TRY(resolve(a, c, q));
     unet_shape sh = diffusion_shape(c, sampler_model_rows(c), 1, 1);
     unet_init(u, &sh);
-    return ckpt_read(a->checkpoint, u, NULL, NULL, NULL);
+    return ckpt_read_weights(a->checkpoint, u, (ckpt_weights)a->weights, &a->used_ema);
 }
 
-int sample_run(const sample_args *a) {
+int sample_run(sample_args *a) {
     int rank;
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     h5_quiet();
@@ -146,8 +147,9 @@ int sample_run(const sample_args *a) {
     sampler_run(&u, &c, &q, img, traj, traj_t);
     double secs = MPI_Wtime() - t0;
     if (rank == 0) {
-        printf("sampled %d images (%d steps, guidance %g, seed %llu, %s) in %.2f s\n", q.n,
-               q.steps, q.guidance, (unsigned long long)q.seed, gemm_describe(), secs);
+        printf("sampled %d images (%d steps, guidance %g, seed %llu, %s weights, %s) in "
+               "%.2f s\n", q.n, q.steps, q.guidance, (unsigned long long)q.seed,
+               a->used_ema ? "EMA" : "raw", gemm_describe(), secs);
         st = write_outputs(a, &c, &q, img, labels, traj, traj_t);
     }
     /* Only rank 0 wrote: its status is the job's. */

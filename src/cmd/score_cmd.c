@@ -253,7 +253,7 @@ static dm_status write_out(const score_args *a, const dm_judge *j, const char *r
 /* Read every input on every rank; rank 0 alone prints what failed. */
 static dm_status load_inputs(const score_args *a, dm_judge *j, set_list *l, image_set *ref,
                              char *refdesc, size_t size, int rank) {
-    dm_status st = judge_open(j, a->judge);
+    dm_status st = judge_open(j, a->judge, a->weights);
     if (st != DM_OK) return st;
     dm_set_quiet(rank != 0);
     st = read_samples(a->samples, a->epoch, l);
@@ -274,16 +274,15 @@ int score_run(const score_args *a) {
     dm_status st = load_inputs(a, &j, l, &ref, refdesc, sizeof refdesc, rank);
     if (st == DM_OK) {
         dm_set_quiet(rank != 0);
-        st = dm_agree(gemm_setup(j.cfg.engine,
-                                 a->precision >= 0 ? (dm_precision)a->precision
-                                                   : j.cfg.precision,
-                                 j.cfg.threads));
+        j.prec = a->precision >= 0 ? (dm_precision)a->precision : j.cfg.precision;
+        st = dm_agree(gemm_setup(j.cfg.engine, j.prec, j.cfg.threads));
         dm_set_quiet(0);
     }
     dm_score *sc = dm_calloc(MAX_SETS, sizeof *sc);
     if (st == DM_OK && rank == 0) {
-        printf("score: judge %s (crc32 %08x, D=%d, %d features, %s)\n", a->judge,
-               (unsigned)j.crc, j.cfg.hidden, j.F, gemm_describe());
+        printf("score: judge %s (crc32 %08x, D=%d, %d features, %s weights, %s)\n",
+               a->judge, (unsigned)j.crc, j.cfg.hidden, j.F, j.ema ? "EMA" : "raw",
+               gemm_describe());
         printf("score: reference features of %d images of %s ...\n", ref.n, refdesc);
         fflush(stdout);
     }

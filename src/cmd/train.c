@@ -30,6 +30,9 @@
 #include "diffmpi/watchdog.h"
 
 #define EVAL_SIGMA 0.5
+/* The judge's samples draw their noise with seed + SCORE_SEED, a stream
+ * apart from the figure's 40 (seed). */
+#define SCORE_SEED 0x9E3779B97F4A7C15ull
 
 /* Set by SIGTERM/SIGUSR1; acted upon at the next step boundary. */
 static volatile sig_atomic_t stop_signal = 0;
@@ -145,6 +148,11 @@ dm_status trainer_step(dm_trainer *t, double *loss_out, int *bsize) {
     t->st.adam_t++;
     double t0 = prof_start();
     adam_step(t->net.p, t->grads, t->m, t->v, t->net.nparams, t->st.lr, t->st.adam_t);
+    if (t->ema.p) {
+        double d = ema_decay_at(c->ema_decay, (long)t->st.adam_t);
+        ema_update(t->ema.p, t->net.p, t->net.nparams, d);
+        ema_update(t->ema.bufs, t->net.bufs, t->net.nbuffers, d);
+    }
     prof_add(PROF_OPTIM, t0);
     fault_point("after_step");
     t->st.step++;
@@ -213,7 +221,8 @@ static dm_status save(dm_trainer *t) {
     if (t->rank == 0) {
         st = log_flush(&t->log);
         if (st == DM_OK)
-            st = ckpt_write(t->out, &t->net, t->m, t->v, &t->st, &t->cfg, t->cfg.keep);
+            st = ckpt_write(t->out, &t->net, t->m, t->v, t->ema.p ? &t->ema : NULL, &t->st,
+                            &t->cfg, t->cfg.keep);
     }
     return dm_agree(st);
 }
@@ -231,9 +240,14 @@ static void progress(dm_trainer *t, double loss, double ips, double *last,
     double rate = (double)(done - first_step) / (now - t->t_start + 1e-9);
     double eta = rate > 0 ? (double)left / rate : 0;
     int64_t epoch = t->st.batch_in_epoch == 0 ? t->st.epoch : t->st.epoch + 1;
-    printf("%sepoch %lld/%d step %ld/%ld loss %.6f lr %.3g img/s %.1f eta %dh%02dm%s",
+    char score[64] = "";
+    if (!isnan(t->score_acc))
+        snprintf(score, sizeof score, " acc %.3f fd %.2f", t->score_acc, t->score_fd);
+    else if (!isnan(t->score_fd))
+        snprintf(score, sizeof score, " fd %.2f", t->score_fd);
+    printf("%sepoch %lld/%d step %ld/%ld loss %.6f lr %.3g img/s %.1f%s eta %dh%02dm%s",
            tty ? "\r" : "", (long long)epoch, t->cfg.epochs, done, t->total_steps,
-           loss, t->st.lr, ips, (int)(eta / 3600), (int)(fmod(eta, 3600) / 60),
+           loss, t->st.lr, ips, score, (int)(eta / 3600), (int)(fmod(eta, 3600) / 60),
            tty ? "   " : "\n");
     fflush(stdout);
 }
@@ -336,11 +350,37 @@ int blas_core_note(char *buf, size_t size) {
     return 1;
 }
 
+/* judge = PATH: the judge and its reference statistics, the whole MNIST
+ * test set (whatever eval_limit says, so that the distance is the one
+ * `diffmpi score` reports). */
+static dm_status open_judge(dm_trainer *t) {
+    const dm_config *c = &t->cfg;
+    dm_status st = judge_open(&t->judge, c->judge, CKPT_WEIGHTS_AUTO);
+    if (st != DM_OK) return st;
+    dm_dataset ref;
+    dm_set_quiet(t->rank != 0);
+    st = agree_read(t, data_load(&ref, c->data_dir, "t10k", 0), c->data_dir);
+    if (st != DM_OK) return st;
+    double t0 = dm_now();
+    dm_set_quiet(t->rank != 0);
+    st = dm_agree(judge_reference(&t->judge, "the MNIST test set", ref.images, ref.n));
+    dm_set_quiet(0);
+    data_free(&ref);
+    if (st == DM_OK && t->rank == 0) {
+        printf("judge: %s (crc32 %08x, %d features; reference: %d MNIST test images, "
+               "%.1f s); %d samples scored per sampling epoch\n", c->judge,
+               (unsigned)t->judge.crc, t->judge.F, t->judge.ref_n, dm_now() - t0, c->score_n);
+        fflush(stdout);
+    }
+    return st;
+}
+
 dm_status trainer_setup(dm_trainer *t, const dm_config *cfg, const char *out_dir,
                         const char *resume) {
     memset(t, 0, sizeof *t);
     t->cfg = *cfg;
     t->out = out_dir;
+    t->score_acc = t->score_fd = NAN;
     t->t_start = dm_now();
     MPI_Comm_rank(MPI_COMM_WORLD, &t->rank);
     MPI_Comm_size(MPI_COMM_WORLD, &t->size);
@@ -348,6 +388,11 @@ dm_status trainer_setup(dm_trainer *t, const dm_config *cfg, const char *out_dir
      * to a file, so only a run without mpirun redraws one line. */
     t->tty = isatty(STDOUT_FILENO) && !getenv("OMPI_COMM_WORLD_SIZE");
     const dm_config *c = &t->cfg;
+    /* precision = auto becomes what runs, in every output: rank 0's CPU
+     * decides for the job (a rank that cannot follow fails setup). */
+    int prec = (int)gemm_resolve_precision(c->engine, c->precision);
+    MPI_Bcast(&prec, 1, MPI_INT, 0, MPI_COMM_WORLD);
+    t->cfg.precision = (dm_precision)prec;
     dm_set_quiet(t->rank != 0);
     dm_status gst = dm_agree(gemm_setup(c->engine, c->precision, c->threads));
     dm_set_quiet(0);
@@ -404,18 +449,36 @@ dm_status trainer_setup(dm_trainer *t, const dm_config *cfg, const char *out_dir
     t->items = dm_calloc((size_t)nch, sizeof(double));
     t->n = dm_calloc((size_t)max_mb, sizeof(int));
     t->st.lr = c->lr;
+    if (c->ema_decay > 0) {
+        t->ema.p = dm_malloc(sizeof(float) * (size_t)t->net.nparams);
+        t->ema.bufs = dm_malloc(sizeof(float) * (size_t)t->net.nbuffers + 1);
+    }
+    int has_ema = 0;
     if (resume) {
         char path[4096] = "";
         st = resolve_resume(t, resume, path, sizeof path);
         if (st != DM_OK) return st;
         dm_set_quiet(t->rank != 0);
         st = check_compatible(c, path);
-        if (st == DM_OK) st = ckpt_read(path, &t->net, t->m, t->v, &t->st);
+        if (st == DM_OK)
+            st = ckpt_read_train(path, &t->net, t->m, t->v, t->ema.p ? &t->ema : NULL,
+                                 &has_ema, &t->st);
         st = agree_read(t, st, path);
         if (st != DM_OK) return st;
+        if (t->ema.p && !has_ema && t->rank == 0)
+            dm_error("warning: %s holds no weight average (/ema); ema_decay = %g starts "
+                     "one from its weights", path, c->ema_decay);
         if (t->rank == 0)
             printf("resuming from %s (step %lld, epoch %lld)\n", path,
                    (long long)t->st.step, (long long)t->st.epoch + 1);
+    }
+    if (!synthetic && c->judge[0]) {
+        st = open_judge(t);
+        if (st != DM_OK) return st;
+    }
+    if (t->ema.p && !has_ema) {
+        memcpy(t->ema.p, t->net.p, sizeof(float) * (size_t)t->net.nparams);
+        memcpy(t->ema.bufs, t->net.bufs, sizeof(float) * (size_t)t->net.nbuffers);
     }
     if (t->rank == 0 && !synthetic)
         st = log_open(&t->log, t->out, c, EVAL_SIGMA, resume ? t->st.step : -1);
@@ -432,15 +495,55 @@ void trainer_teardown(dm_trainer *t) {
     if (t->rank == 0 && t->out) (void)log_close(&t->log);
     unet_free(&t->net);
     if (t->sampler.arena) unet_free(&t->sampler);
+    judge_close(&t->judge);
     dist_free(&t->dist);
     data_free(&t->train);
     data_free(&t->test);
     free(t->grads), free(t->m), free(t->v), free(t->perm), free(t->target);
+    free(t->ema.p), free(t->ema.bufs);
     free(t->sse), free(t->correct), free(t->items), free(t->n);
     gemm_teardown();
 }
 
 /* ---- the loop -------------------------------------------------------------------- */
+
+/* judge = PATH: score_n fresh samples (class models: equal runs of each
+ * digit), their noise a stream of its own (not the figure's 40), judged;
+ * the figures go to the eval row and the progress line. Collective. */
+static dm_status score_epoch(dm_trainer *t, int epoch, dm_eval_row *row) {
+    const dm_config *c = &t->cfg;
+    int n = c->score_n, cls = c->conditioning == CONDITIONING_CLASS;
+    int32_t *labels = dm_malloc(sizeof(int32_t) * (size_t)n);
+    float *img = dm_malloc(sizeof(float) * (size_t)n * DM_PIX);
+    for (int i = 0; i < n; i++) labels[i] = cls ? (int32_t)((long)i * 10 / n) : -1;
+    char what[96];
+    snprintf(what, sizeof what, "epoch %d: sampling %d images for the judge", epoch, n);
+    sampler_request q = {.n = n, .labels = labels, .guidance = (float)c->guidance,
+                         .steps = diffusion_steps(c), .seed = c->seed + SCORE_SEED,
+                         .progress = what, .log_every = c->log_every};
+    double t0 = dm_now();
+    sampler_run(&t->sampler, c, &q, img, NULL, NULL);
+    MPI_Bcast(img, n * DM_PIX, MPI_FLOAT, 0, MPI_COMM_WORLD);
+    dm_score s;
+    snprintf(what, sizeof what, "epoch %d samples", epoch);
+    dm_set_quiet(t->rank != 0);
+    dm_status st = dm_agree(judge_score(&t->judge, what, img, labels, n, &s));
+    dm_set_quiet(0);
+    if (st == DM_OK) {
+        row->sample_acc = t->score_acc = s.acc;
+        row->sample_fd = t->score_fd = s.fd;
+        if (t->rank == 0) {
+            printf("epoch %d/%d samples: ", epoch, c->epochs);
+            if (cls) printf("judge accuracy %.4f (confidence %.3f), ", s.acc, s.conf);
+            printf("Frechet distance %.3f, digit entropy %.3f, over %d images (%.0f s)\n",
+                   s.fd, s.entropy, n, dm_now() - t0);
+            fflush(stdout);
+        }
+    }
+    free(labels);
+    free(img);
+    return st;
+}
 
 static dm_status epoch_end(dm_trainer *t) {
     const dm_config *c = &t->cfg;
@@ -469,6 +572,9 @@ static dm_status epoch_end(dm_trainer *t) {
         st = samples_diffusion(t->out, &t->net, &t->sampler, c, &t->sched, &t->train,
                                epoch, t->rank);
     }
+    st = dm_agree(st);
+    if (st == DM_OK && t->judge.ref_n && config_sample_epoch(c, epoch))
+        st = score_epoch(t, epoch, &row);
     if (st == DM_OK && o->denoiser && (epoch == 1 || epoch == c->epochs))
         st = samples_epoch(t->out, &t->net, c, &t->test, epoch, t->rank);
     if (st == DM_OK && o->denoiser && epoch == c->epochs) {
@@ -540,13 +646,20 @@ static dm_status loop(dm_trainer *t) {
         if (objective_get(c->objective)->diffusion)
             printf("samples: %s/samples-epoch-%d.png; all figures: tools/figures.py %s\n",
                    t->out, c->epochs, t->out);
+        if (t->judge.ref_n && !isnan(t->score_fd)) {
+            printf("score of the last epoch's %d samples (judge %s): ", c->score_n, c->judge);
+            if (!isnan(t->score_acc)) printf("accuracy %.4f, ", t->score_acc);
+            printf("Frechet distance %.3f\n", t->score_fd);
+        }
     }
     return st;
 }
 
 void trainer_sync_sampler(dm_trainer *t) {
-    memcpy(t->sampler.p, t->net.p, sizeof(float) * (size_t)t->net.nparams);
-    memcpy(t->sampler.bufs, t->net.bufs, sizeof(float) * (size_t)t->net.nbuffers);
+    const float *p = t->ema.p ? t->ema.p : t->net.p;
+    const float *b = t->ema.p ? t->ema.bufs : t->net.bufs;
+    memcpy(t->sampler.p, p, sizeof(float) * (size_t)t->net.nparams);
+    memcpy(t->sampler.bufs, b, sizeof(float) * (size_t)t->net.nbuffers);
 }
 
 

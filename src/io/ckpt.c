@@ -31,7 +31,7 @@ static void fault_delay(void) {
 }
 
 static dm_status write_tensors(hid_t f, const char *path, const unet *u,
-                               const float *m, const float *v) {
+                               const float *m, const float *v, const ckpt_ema *ema) {
     char name[160];
     hsize_t dims[4];
     for (int i = 0; i < u->nparams_t; i++) {
@@ -45,6 +45,11 @@ static dm_status write_tensors(hid_t f, const char *path, const unet *u,
             DM_TRY(h5_write_f32(f, path, name, m + q->offset, q->ndim, dims));
             snprintf(name, sizeof name, "/optim/v/%s", q->name);
             DM_TRY(h5_write_f32(f, path, name, v + q->offset, q->ndim, dims));
+        }
+        if (ema) {
+            snprintf(name, sizeof name, "/ema/%s", q->name);
+            DM_TRY(h5_write_f32(f, path, name, (q->trainable ? ema->p : ema->bufs) + q->offset,
+                                q->ndim, dims));
         }
         if (i == u->nparams_t / 2) {
             fault_delay();
@@ -86,10 +91,10 @@ static dm_status state_crc(hid_t f, const char *path, int64_t *crc) {
 }
 
 static dm_status write_body(hid_t f, const char *path, const unet *u,
-                            const float *m, const float *v,
+                            const float *m, const float *v, const ckpt_ema *ema,
                             const dm_train_state *s, const dm_config *c) {
     char cfg[8192];
-    DM_TRY(write_tensors(f, path, u, m, v));
+    DM_TRY(write_tensors(f, path, u, m, v, ema));
     config_to_string(c, cfg, sizeof cfg);
     DM_TRY(h5_attr_str(f, path, "format", CKPT_FORMAT));
     DM_TRY(h5_attr_i64(f, path, "format_version", CKPT_VERSION));
@@ -196,10 +201,10 @@ static void fault_damage(const char *fin, int64_t step) {
 /* Write the checkpoint under tmp and rename it to fin; the caller removes
  * tmp when this fails. Quiet: the caller prints the one line. */
 static dm_status write_renamed(const char *tmp, const char *fin, const unet *u,
-                               const float *m, const float *v,
+                               const float *m, const float *v, const ckpt_ema *ema,
                                const dm_train_state *s, const dm_config *c) {
     hid_t f = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
-    dm_status st = f < 0 ? DM_EIO : write_body(f, tmp, u, m, v, s, c);
+    dm_status st = f < 0 ? DM_EIO : write_body(f, tmp, u, m, v, ema, s, c);
     if (f >= 0) st = h5_close_file(f, tmp, "checkpoint", st);
     fault_point("ckpt_closed");
     DM_TRY(st);
@@ -208,7 +213,7 @@ static dm_status write_renamed(const char *tmp, const char *fin, const unet *u,
 }
 
 dm_status ckpt_write(const char *out_dir, const unet *u, const float *m,
-                     const float *v, const dm_train_state *s,
+                     const float *v, const ckpt_ema *ema, const dm_train_state *s,
                      const dm_config *c, int keep) {
     char dir[4096], tmp[4300], fin[4300];
     snprintf(dir, sizeof dir, "%s/checkpoints", out_dir);
@@ -220,7 +225,7 @@ dm_status ckpt_write(const char *out_dir, const unet *u, const float *m,
      * one line naming the checkpoint says more. */
     dm_set_quiet(1);
     errno = 0;
-    dm_status st = write_renamed(tmp, fin, u, m, v, s, c);
+    dm_status st = write_renamed(tmp, fin, u, m, v, ema, s, c);
     int err = errno;
     dm_set_quiet(0);
     if (st != DM_OK) {
@@ -350,7 +355,7 @@ static dm_status read_state(hid_t f, const char *path, dm_train_state *s) {
 }
 
 static dm_status read_body(hid_t f, const char *path, unet *u, float *m, float *v,
-                           dm_train_state *s) {
+                           const ckpt_ema *ema, dm_train_state *s) {
     int64_t hidden = 0;
     DM_TRY(h5_get_i64(f, path, "hidden", &hidden));
     if (hidden != u->D) {
@@ -361,6 +366,7 @@ static dm_status read_body(hid_t f, const char *path, unet *u, float *m, float *
     DM_TRY(read_tensors(f, path, "/model", u, u->p, u->bufs, 0));
     if (m) DM_TRY(read_tensors(f, path, "/optim/m", u, m, NULL, 1));
     if (v) DM_TRY(read_tensors(f, path, "/optim/v", u, v, NULL, 1));
+    if (ema) DM_TRY(read_tensors(f, path, "/ema", u, ema->p, ema->bufs, 0));
     return s ? read_state(f, path, s) : DM_OK;
 }
 
@@ -370,17 +376,60 @@ static dm_status read_body(hid_t f, const char *path, unet *u, float *m, float *
  * dataset of the checkpoint anyway, each read checking its checksum: it is
  * not read twice. */
 static dm_status verify_then_read(hid_t f, const char *path, unet *u, float *m, float *v,
-                                  dm_train_state *s) {
+                                  ckpt_ema *ema, int *has_ema, dm_train_state *s) {
     long sums, plain;
     if (!m || !v) DM_TRY(h5_verify_all(f, path, &sums, &plain));
-    return read_body(f, path, u, m, v, s);
+    htri_t e = h5_exists(f, "/ema");
+    if (e < 0) {
+        dm_error("%s: cannot read the checkpoint's structure", path);
+        return DM_EIO;
+    }
+    if (has_ema) *has_ema = e > 0;
+    return read_body(f, path, u, m, v, e > 0 ? ema : NULL, s);
 }
 
 dm_status ckpt_read(const char *path, unet *u, float *m, float *v,
                     dm_train_state *s) {
     hid_t f = open_ckpt(path);
     if (f < 0) return DM_EIO;
-    return h5_close_file(f, path, "checkpoint", verify_then_read(f, path, u, m, v, s));
+    return h5_close_file(f, path, "checkpoint",
+                         verify_then_read(f, path, u, m, v, NULL, NULL, s));
+}
+
+dm_status ckpt_read_train(const char *path, unet *u, float *m, float *v, ckpt_ema *ema,
+                          int *has_ema, dm_train_state *s) {
+    hid_t f = open_ckpt(path);
+    if (f < 0) return DM_EIO;
+    return h5_close_file(f, path, "checkpoint",
+                         verify_then_read(f, path, u, m, v, ema, has_ema, s));
+}
+
+const char *ckpt_weights_name(int w) {
+    static const char *const names[] = {"auto", "ema", "raw"};
+    return w >= 0 && w < 3 ? names[w] : NULL;
+}
+
+dm_status ckpt_read_weights(const char *path, unet *u, ckpt_weights w, int *used_ema) {
+    hid_t f = open_ckpt(path);
+    if (f < 0) return DM_EIO;
+    htri_t e = h5_exists(f, "/ema");
+    dm_status st = DM_OK;
+    if (e < 0) {
+        dm_error("%s: cannot read the checkpoint's structure", path);
+        st = DM_EIO;
+    } else if (w == CKPT_WEIGHTS_EMA && !e) {
+        dm_error("--weights ema: %s holds no EMA weights (its run had ema_decay = 0); use "
+                 "--weights raw", path);
+        st = DM_EUSAGE;
+    }
+    int ema = e > 0 && w != CKPT_WEIGHTS_RAW;
+    if (st == DM_OK) {
+        /* The averaged weights load into the model's own arrays. */
+        ckpt_ema into = {u->p, u->bufs};
+        st = verify_then_read(f, path, u, NULL, NULL, ema ? &into : NULL, NULL, NULL);
+    }
+    if (used_ema) *used_ema = ema;
+    return h5_close_file(f, path, "checkpoint", st);
 }
 
 dm_status ckpt_verify(const char *path, long *checked) {

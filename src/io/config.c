@@ -50,6 +50,7 @@ typedef struct {
     size_t offset;      /* of the field in dm_config */
     double lo, hi;      /* KEY_INT, KEY_INT32, KEY_REAL: allowed range */
     int lo_open;        /* KEY_REAL: lo itself is not allowed */
+    int empty_ok;       /* KEY_PATH: the empty value is allowed (off) */
     const char *const *names; /* KEY_ENUM: NULL-terminated, index = value */
     const char *(*name_of)(int); /* KEY_ENUM without names: value's name,
                                     NULL past the last (a module's table) */
@@ -73,6 +74,8 @@ _Static_assert(sizeof(dm_precision) == sizeof(int), "enum size");
 _Static_assert(sizeof(dm_engine) == sizeof(int), "enum size");
 _Static_assert(MAX_PATH_CHARS < (int)sizeof(((dm_config *)0)->data_dir),
                "data_dir buffer");
+_Static_assert(sizeof(((dm_config *)0)->judge) == sizeof(((dm_config *)0)->data_dir),
+               "path fields");
 
 #define OFF(field) offsetof(dm_config, field)
 
@@ -148,7 +151,9 @@ static const config_key keys[] = {
      .name_of = gemm_precision_name, .def = "fp32",
      .help = "fp32, or bf16: convolution operands rounded to bfloat16, "
              "products accumulated in fp32; weights, Adam, normalisation, "
-             "loss and checkpoints stay fp32 (needs AVX512-BF16 or AMX)"},
+             "loss and checkpoints stay fp32 (needs AVX512-BF16 or AMX); "
+             "auto: bf16 where the CPU has those units, else fp32 (outputs "
+             "record which)"},
     {.name = "engine", .kind = KEY_ENUM, .offset = OFF(engine),
      .name_of = gemm_engine_name, .def = "auto",
      .help = "what runs the convolutions' matrix products: onednn "
@@ -186,6 +191,22 @@ static const config_key keys[] = {
      .lo = 1, .hi = 4096, .def = "4",
      .help = "images per sampler forward (x2 with guidance), the unit spread "
              "over the ranks"},
+    {.name = "ema_decay", .kind = KEY_REAL, .offset = OFF(ema_decay), .lo = 0,
+     .hi = 0.999999, .def = "0",
+     .help = "exponential moving average of the weights and BatchNorm "
+             "statistics (decay min(ema_decay, (1+t)/(10+t)) at step t), "
+             "kept in checkpoints as /ema and used by samples, sample, "
+             "predict and score; 0 = off"},
+    {.name = "judge", .kind = KEY_PATH, .offset = OFF(judge), .empty_ok = 1,
+     .def = "",
+     .help = "a judge checkpoint (objective = classify, "
+             "jobs/configs/judge.ini): diffusion runs then score score_n "
+             "extra samples after every sampling epoch (log.h5 /eval "
+             "sample_acc, sample_fd; diffmpi score); empty = off"},
+    {.name = "score_n", .kind = KEY_INT, .offset = OFF(score_n), .lo = 2,
+     .hi = 100000, .def = "200",
+     .help = "samples scored per sampling epoch with a judge (class models: "
+             "evenly over the digits)"},
 };
 #define N_KEYS ((int)(sizeof keys / sizeof keys[0]))
 
@@ -246,14 +267,14 @@ static void key_values(const config_key *k, char *buf, size_t size) {
         snprintf(buf, size, "increasing epochs, like 1,5,10");
         break;
     case KEY_PATH:
-        snprintf(buf, size, "path");
+        snprintf(buf, size, k->empty_ok ? "path or empty" : "path");
         break;
     }
 }
 
 /* What a valid value of k looks like, for error messages. */
 static void key_expectation(const config_key *k, char *buf, size_t size) {
-    char values[256];
+    char values[200];
     key_values(k, values, sizeof values);
     switch (k->kind) {
     case KEY_INT:
@@ -273,9 +294,9 @@ static void key_expectation(const config_key *k, char *buf, size_t size) {
         break;
     case KEY_PATH:
         snprintf(buf, size,
-                 "a path of 1..%d characters, no control characters, no "
+                 "%sa path of 1..%d characters, no control characters, no "
                  "';' first or after a blank, no blank at either end",
-                 MAX_PATH_CHARS);
+                 k->empty_ok ? "empty (off) or " : "", MAX_PATH_CHARS);
         break;
     }
 }
@@ -376,7 +397,7 @@ static int key_parse(const config_key *k, const char *value, dm_config *c) {
         }
         return 0;
     case KEY_PATH:
-        if (!path_ok(value)) return 0;
+        if (!(k->empty_ok && !*value) && !path_ok(value)) return 0;
         memcpy(field(c, k), value, strlen(value) + 1);
         return 1;
     case KEY_EPOCHS: {
@@ -408,7 +429,7 @@ static int key_valid(const config_key *k, const dm_config *c) {
         return iv >= 0 && iv < enum_count(k);
     case KEY_PATH:
         return memchr(cfield(c, k), '\0', sizeof c->data_dir) != NULL &&
-               path_ok(cfield(c, k));
+               ((k->empty_ok && !*(const char *)cfield(c, k)) || path_ok(cfield(c, k)));
     case KEY_EPOCHS: {
         int e[CONFIG_MAX_SAMPLE_EPOCHS];
         return memchr(cfield(c, k), '\0', sizeof c->sample_epochs) != NULL &&
@@ -558,7 +579,7 @@ void config_print_keys(FILE *fp, dm_config_keys_format format) {
             fputc('|', fp);
             print_cell(fp, k->name, 1);
             print_cell(fp, values, k->kind == KEY_ENUM);
-            print_cell(fp, k->def, 1);
+            print_cell(fp, *k->def ? k->def : "(empty)", *k->def != 0);
             print_cell(fp, k->help, 0);
             fputc('\n', fp);
         }
@@ -567,7 +588,7 @@ void config_print_keys(FILE *fp, dm_config_keys_format format) {
     for (int i = 0; i < N_KEYS; i++) {
         const config_key *k = &keys[i];
         key_values(k, values, sizeof values);
-        fprintf(fp, "  %-16s  %s; default %s\n", k->name, values, k->def);
+        fprintf(fp, "  %-16s  %s; default %s\n", k->name, values, *k->def ? k->def : "(empty)");
         print_wrapped(fp, k->help, 20, 58);
     }
 }
@@ -774,6 +795,12 @@ dm_status config_validate(const dm_config *c) {
         dm_error("invalid configuration: objective = %s needs conditioning = "
                  "none (got %s)", config_objective_name(c->objective),
                  config_conditioning_name(c->conditioning));
+        return DM_EUSAGE;
+    }
+    if (unconditional && c->judge[0]) {
+        dm_error("invalid configuration: judge = %s scores samples, which objective = %s "
+                 "does not draw (set judge = for it, or use ddpm or flow)", c->judge,
+                 config_objective_name(c->objective));
         return DM_EUSAGE;
     }
     if (!unconditional && c->conditioning == CONDITIONING_NONE) {

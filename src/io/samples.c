@@ -361,9 +361,12 @@ dm_status samples_diffusion(const char *out, unet *net, unet *sampler,
     int steps = diffusion_steps(c);
     int32_t labels[SAMPLES_N];
     for (int i = 0; i < SAMPLES_N; i++) labels[i] = class_model ? i / 4 : -1;
+    char what[64];
+    snprintf(what, sizeof what, "epoch %d: sampling %d images", epoch, SAMPLES_N);
     sampler_request q = {.n = SAMPLES_N, .labels = labels, .guidance = (float)c->guidance,
                          .steps = steps, .seed = c->seed,
-                         .frames = last ? SAMPLES_FRAMES : 0};
+                         .frames = last ? SAMPLES_FRAMES : 0, .progress = what,
+                         .log_every = c->log_every};
     float *img = rank == 0 ? dm_calloc(SAMPLES_N * DM_PIX, sizeof(float)) : NULL;
     float *traj = rank == 0 && last
                       ? dm_calloc((size_t)SAMPLES_FRAMES * SAMPLES_N * DM_PIX, sizeof(float))

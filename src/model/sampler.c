@@ -3,6 +3,7 @@
 #include "diffmpi/sampler.h"
 
 #include <mpi.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -64,7 +65,13 @@ void sampler_run(unet *u, const dm_config *c, const sampler_request *q,
         rng_fill_normal(&r, x + (long)i * DM_PIX, DM_PIX);
     }
     int f = 0;
+    double last = MPI_Wtime();
     for (int si = 0; si <= S; si++) {
+        if (q->progress && rank == 0 && si < S && MPI_Wtime() - last >= q->log_every) {
+            last = MPI_Wtime();
+            printf("%s: step %d/%d\n", q->progress, si, S);
+            fflush(stdout);
+        }
         /* Frame f shows the state after round(f*S/(F-1)) steps. */
         while (F && f < F && (F == 1 ? S : (long)f * S / (F - 1)) == si) {
             memcpy(tl + (long)f * nl * DM_PIX, x, sizeof(float) * (size_t)nl * DM_PIX);

@@ -13,6 +13,7 @@
 #include "diffmpi/data.h"
 #include "diffmpi/diffusion.h"
 #include "diffmpi/dist.h"
+#include "diffmpi/gemm.h"
 
 /* LAPACK's symmetric eigensolver (Fortran ABI; Debian's OpenBLAS exports
  * it, so no LAPACKE is needed). The two trailing arguments are the hidden
@@ -48,7 +49,7 @@ static dm_status file_crc(const char *path, uint32_t *crc) {
     return DM_OK;
 }
 
-static dm_status open_local(dm_judge *j, const char *path) {
+static dm_status open_local(dm_judge *j, const char *path, int weights) {
     DM_TRY(ckpt_read_config(path, &j->cfg));
     const dm_objective_def *o = objective_get(j->cfg.objective);
     if (!o->classes) {
@@ -59,20 +60,20 @@ static dm_status open_local(dm_judge *j, const char *path) {
     }
     unet_shape sh = diffusion_shape(&j->cfg, j->cfg.micro_batch, 1, 1);
     unet_init(&j->net, &sh);
-    DM_TRY(ckpt_read(path, &j->net, NULL, NULL, NULL));
+    DM_TRY(ckpt_read_weights(path, &j->net, (ckpt_weights)weights, &j->ema));
     j->K = j->net.classes;
     j->F = j->net.act[j->net.feat_buf].chans;
     return file_crc(path, &j->crc);
 }
 
-dm_status judge_open(dm_judge *j, const char *path) {
+dm_status judge_open(dm_judge *j, const char *path, int weights) {
     memset(j, 0, sizeof *j);
     snprintf(j->path, sizeof j->path, "%s", path);
     int rank;
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     int quiet = dm_quiet();
     dm_set_quiet(quiet || rank != 0);
-    dm_status st = dm_agree(open_local(j, path));
+    dm_status st = dm_agree(open_local(j, path, weights));
     dm_set_quiet(quiet);
     if (st != DM_OK) {
         judge_close(j);
@@ -105,9 +106,11 @@ void judge_features(dm_judge *j, const float *images, int n, const float **logit
     int nch = (n + m - 1) / m, lo, hi;
     dist_range(nch, size, rank, &lo, &hi);
     int first = lo * m, last = hi * m < n ? hi * m : n;
+    dm_precision was = gemm_use_precision(j->prec);
     if (last > first)
         unet_classify(&j->net, j->logits + (long)first * K, j->feats + (long)first * F,
                       images + (long)first * DM_PIX, last - first);
+    gemm_use_precision(was);
     /* Every rank gets every row: rank r's rows are contiguous. */
     int *cnt = dm_malloc(sizeof(int) * 4 * (size_t)size), *dsp = cnt + size;
     int *cntk = cnt + 2 * size, *dspk = cnt + 3 * size;

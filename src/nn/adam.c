@@ -18,3 +18,13 @@ void adam_step(float *p, const float *g, float *m, float *v, long n, double lr,
         p[i] -= step_size * (m[i] / denom);
     }
 }
+
+double ema_decay_at(double decay, long t) {
+    double warm = (1.0 + (double)t) / (10.0 + (double)t);
+    return warm < decay ? warm : decay;
+}
+
+void ema_update(float *avg, const float *x, long n, double d) {
+    const float k = (float)(1.0 - d);
+    for (long i = 0; i < n; i++) avg[i] -= k * (avg[i] - x[i]);
+}

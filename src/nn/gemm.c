@@ -41,7 +41,7 @@ static const char *openblas_isa(void) { return openblas_get_corename(); }
 
 static const gemm_engine_ops openblas_ops = {
     "openblas", openblas_supports, openblas_setup, openblas_teardown, openblas_gemm,
-    openblas_isa,
+    openblas_isa, NULL,
 };
 
 /* ---- the table ----------------------------------------------------------- */
@@ -62,8 +62,14 @@ static struct {
 } now = {&openblas_ops, DM_ENGINE_OPENBLAS, DM_FP32, ""};
 
 const char *gemm_precision_name(int p) {
-    static const char *const names[] = {"fp32", "bf16"};
-    return p >= 0 && p < 2 ? names[p] : NULL;
+    static const char *const names[] = {"fp32", "bf16", "auto"};
+    return p >= 0 && p < 3 ? names[p] : NULL;
+}
+
+dm_precision gemm_resolve_precision(dm_engine e, dm_precision p) {
+    if (p != DM_PREC_AUTO) return p;
+    const gemm_engine_ops *ops = engine_row(e, DM_BF16);
+    return ops->supports(DM_BF16, NULL, 0) ? DM_BF16 : DM_FP32;
 }
 
 const char *gemm_engine_name(int e) {
@@ -72,6 +78,7 @@ const char *gemm_engine_name(int e) {
 }
 
 dm_status gemm_setup(dm_engine e, dm_precision p, int threads) {
+    p = gemm_resolve_precision(e, p);
     const gemm_engine_ops *ops = engine_row(e, p);
     char why[256] = "";
     if (!ops->supports(p, why, sizeof why)) {
@@ -100,6 +107,16 @@ const char *gemm_describe(void) {
     if (!now.text[0])
         snprintf(now.text, sizeof now.text, "openblas fp32 (%s)", openblas_isa());
     return now.text;
+}
+
+dm_precision gemm_use_precision(dm_precision p) {
+    dm_precision old = now.prec;
+    if (p == old) return old;
+    DM_CHECK(p == DM_FP32 || now.ops->supports(p, NULL, 0),
+             "gemm_use_precision: %s cannot run %s", now.ops->name, gemm_precision_name(p));
+    now.prec = p;
+    if (now.ops->use) now.ops->use(p);
+    return old;
 }
 
 dm_engine gemm_engine_now(void) { return now.engine; }

@@ -15,6 +15,8 @@ typedef struct {
                  const void *A, dm_dtype at, int lda, const void *B, dm_dtype bt, int ldb,
                  float beta, float *C, int ldc);
     const char *(*isa)(void); /* the kernel family it runs on this CPU */
+    void (*use)(dm_precision p); /* switch the precision after setup (NULL:
+                                    fp32 only, nothing to switch) */
 } gemm_engine_ops;
 
 extern const gemm_engine_ops gemm_onednn_ops;

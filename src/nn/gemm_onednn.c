@@ -89,6 +89,8 @@ static dm_status onednn_setup(dm_precision p, int threads) {
     return DM_OK;
 }
 
+static void onednn_use(dm_precision p) { st.prec = p; }
+
 static void onednn_teardown(void) {
     if (!st.up) return;
     for (int i = 0; i < CACHE_SLOTS; i++) {
@@ -228,6 +230,7 @@ static dm_status onednn_setup(dm_precision p, int threads) {
     return DM_EUSAGE;
 }
 static void onednn_teardown(void) {}
+static void onednn_use(dm_precision p) { (void)p; }
 static void onednn_gemm(enum CBLAS_TRANSPOSE ta, enum CBLAS_TRANSPOSE tb, int M, int N,
                         int K, const void *A, dm_dtype at, int lda, const void *B, dm_dtype bt,
                         int ldb, float beta, float *C, int ldc) {
@@ -239,4 +242,5 @@ static const char *onednn_isa(void) { return "none"; }
 
 const gemm_engine_ops gemm_onednn_ops = {
     "onednn", onednn_supports, onednn_setup, onednn_teardown, onednn_gemm, onednn_isa,
+    onednn_use,
 };

@@ -194,7 +194,7 @@ static int cmd_init(const char *dir) {
         static golden_batch b;
         make_batch(&b, k, c.batch, c.lr);
         snprintf(path, sizeof path, "%s/batch.h5", out);
-        if (ckpt_write(out, &u, zeros, zeros, &st, &c, 1) != DM_OK ||
+        if (ckpt_write(out, &u, zeros, zeros, NULL, &st, &c, 1) != DM_OK ||
             write_batch(path, &b) != DM_OK)
             return 1;
         free(zeros);

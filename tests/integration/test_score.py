@@ -142,6 +142,30 @@ check(abs(c_acc - py_acc) <= 1e-12 and abs(c_conf - py_conf) <= 1e-4 * py_conf
       and abs(c_ent - py_ent) <= 1e-4 * py_ent,
       f"accuracy {c_acc} / {py_acc}, confidence {c_conf:.6f} / {py_conf:.6f}, "
       f"entropy {c_ent:.6f} / {py_ent:.6f}")
+# The judge in PyTorch (tools/diffmpi_torch.py's Judge, torch's own layers):
+# the same logits and features as diffmpi's, and the cross-entropy diffmpi
+# logged as the last test_loss is F.cross_entropy over those test images.
+import sys  # noqa: E402
+sys.dont_write_bytecode = True
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
+                                "tools"))
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+import diffmpi_torch  # noqa: E402
+torch.set_num_threads(1)
+jm = diffmpi_torch.load(judge)
+with torch.no_grad():
+    xt = torch.from_numpy(test_x[:150]).reshape(-1, 1, 28, 28)
+    t_logits, t_feats = jm(xt).numpy(), jm.features(xt).numpy()
+    t_loss = F.cross_entropy(jm(torch.from_numpy(test_x[:256]).reshape(-1, 1, 28, 28)),
+                             torch.from_numpy(test_y[:256]).long()).item()
+rel = lambda a, b: float(np.abs(a - b).max() / np.abs(b).max())  # noqa: E731
+check(rel(lg, t_logits) < 1e-4 and rel(fs, t_feats) < 1e-4,
+      f"judge logits and features equal PyTorch's (rel {rel(lg, t_logits):.1e}, "
+      f"{rel(fs, t_feats):.1e})")
+check(abs(tl[-1] - t_loss) <= 1e-4 * t_loss,
+      f"logged test_loss {tl[-1]:.7f} is PyTorch's cross-entropy {t_loss:.7f}")
+
 r = score(1, noise)
 fn = figures(r.stdout)
 check(r.returncode == 0 and float(fn["frechet_distance"].split()[0]) >
