@@ -83,6 +83,18 @@ dm_status fs_sync_dir_of(const char *path);
 /* A finished temporary file into place: fsync tmp, rename it to path (one
  * line naming path on failure). The caller removes tmp when this fails. */
 dm_status fs_commit_tmp(const char *tmp, const char *path);
+/* An output file written whole or not at all: h5_create_tmp creates
+ * "<path>.tmp" (its name into tmp; -1 and one line naming path when it
+ * cannot), h5_commit_tmp closes it after writes that ended with st, syncs
+ * and renames it to path, and removes it on any failure.
+ *
+ *   char tmp[4200];
+ *   hid_t f = h5_create_tmp(path, tmp, sizeof tmp);
+ *   if (f < 0) return DM_EIO;
+ *   return h5_commit_tmp(f, tmp, path, write_body(f, path));
+ */
+hid_t h5_create_tmp(const char *path, char *tmp, size_t size);
+dm_status h5_commit_tmp(hid_t f, const char *tmp, const char *path, dm_status st);
 /* mkdir -p */
 dm_status fs_mkdirs(const char *path);
 

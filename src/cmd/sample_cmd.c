@@ -5,7 +5,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "diffmpi/ckpt.h"
 #include "diffmpi/data.h"
@@ -39,29 +38,14 @@ static dm_status write_body(hid_t f, const sample_args *a, const dm_config *c,
     return h5_attr_str(f, a->out, "checkpoint", a->checkpoint);
 }
 
-/* Close f, the temporary tmp, after writes that ended with st; sync it and
- * rename it to out. */
-static dm_status close_renamed(hid_t f, const char *tmp, const char *out,
-                               dm_status st) {
-    DM_TRY(h5_close_file(f, out, "output file (disk full?)", st));
-    return fs_commit_tmp(tmp, out);
-}
-
 static dm_status write_file(const sample_args *a, const dm_config *c,
                             const sampler_request *q, const float *img,
                             const int32_t *labels, const float *traj,
                             const float *traj_t) {
     char tmp[4200];
-    snprintf(tmp, sizeof tmp, "%s.tmp", a->out);
-    hid_t f = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
-    if (f < 0) {
-        dm_error("%s: cannot create output file (does its directory exist?)", a->out);
-        return DM_EIO;
-    }
-    dm_status st = close_renamed(f, tmp, a->out,
-                                 write_body(f, a, c, q, img, labels, traj, traj_t));
-    if (st != DM_OK) unlink(tmp);
-    return st;
+    hid_t f = h5_create_tmp(a->out, tmp, sizeof tmp);
+    if (f < 0) return DM_EIO;
+    return h5_commit_tmp(f, tmp, a->out, write_body(f, a, c, q, img, labels, traj, traj_t));
 }
 
 /* Rank 0: the HDF5 file, then the PNG grid beside it. */

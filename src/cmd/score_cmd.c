@@ -7,7 +7,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "diffmpi/data.h"
 #include "diffmpi/gemm.h"
@@ -237,17 +236,9 @@ static dm_status write_body(hid_t f, const score_args *a, const dm_judge *j,
 static dm_status write_out(const score_args *a, const dm_judge *j, const char *refdesc,
                            const set_list *l, const dm_score *sc, const float *ref_feats) {
     char tmp[4200];
-    snprintf(tmp, sizeof tmp, "%s.tmp", a->out);
-    hid_t f = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
-    if (f < 0) {
-        dm_error("%s: cannot create output file (does its directory exist?)", a->out);
-        return DM_EIO;
-    }
-    dm_status st = h5_close_file(f, a->out, "output file (disk full?)",
-                                 write_body(f, a, j, refdesc, l, sc, ref_feats));
-    if (st == DM_OK) st = fs_commit_tmp(tmp, a->out);
-    if (st != DM_OK) unlink(tmp);
-    return st;
+    hid_t f = h5_create_tmp(a->out, tmp, sizeof tmp);
+    if (f < 0) return DM_EIO;
+    return h5_commit_tmp(f, tmp, a->out, write_body(f, a, j, refdesc, l, sc, ref_feats));
 }
 
 /* Read every input on every rank; rank 0 alone prints what failed. */

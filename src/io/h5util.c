@@ -363,6 +363,22 @@ dm_status fs_commit_tmp(const char *tmp, const char *path) {
     return DM_OK;
 }
 
+hid_t h5_create_tmp(const char *path, char *tmp, size_t size) {
+    snprintf(tmp, size, "%s.tmp", path);
+    hid_t f = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+    if (f < 0)
+        dm_error("%s: cannot create output file (as %s; does the directory exist and is it "
+                 "writable?)", path, tmp);
+    return f;
+}
+
+dm_status h5_commit_tmp(hid_t f, const char *tmp, const char *path, dm_status st) {
+    st = h5_close_file(f, path, "output file (disk full?)", st);
+    if (st == DM_OK) st = fs_commit_tmp(tmp, path);
+    if (st != DM_OK) unlink(tmp);
+    return st;
+}
+
 dm_status fs_sync_dir_of(const char *path) {
     char tmp[4096];
     snprintf(tmp, sizeof tmp, "%s", path);

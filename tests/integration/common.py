@@ -55,6 +55,17 @@ def train(nprocs, out, extra=(), resume=None, env_extra=None):
     return mpirun(nprocs, args, env_extra)
 
 
+def train_each(ranks, base, name, extra=()):
+    """The same run on each rank count: {P: its output directory}."""
+    outs = {}
+    for p in ranks:
+        out = os.path.join(base, f"{name}-p{p}")
+        r = train(p, out, extra)
+        check(r.returncode == 0, f"{name} P={p} exits 0 ({r.stderr[-300:]})")
+        outs[p] = out
+    return outs
+
+
 def datasets(path):
     out = {}
     with h5py.File(path, "r") as f:

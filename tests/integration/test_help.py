@@ -90,7 +90,10 @@ def config_lines(text):
 
 def same_value(shown, actual):
     """A default as the table writes it ('1e-4') against config_to_string's
-    text ('0.0001'): equal as numbers when both are numbers, else as text."""
+    text ('0.0001'): equal as numbers when both are numbers, else as text;
+    '(empty)' is the empty value."""
+    if shown == "(empty)":
+        return actual == ""
     try:
         return float(shown) == float(actual)
     except ValueError:

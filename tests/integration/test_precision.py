@@ -17,7 +17,7 @@ import subprocess
 import h5py
 import numpy as np
 
-from common import BIN, check, compare_h5, finish, mpirun, tmpdir, train
+from common import BIN, SRC, check, compare_h5, finish, mpirun, tmpdir, train
 
 base = tmpdir()
 MODEL = ["objective=ddpm", "conditioning=class", "sample_steps=8", "sample_epochs=1"]
@@ -59,6 +59,22 @@ check(not np.array_equal(a, b) and np.max(np.abs(a - b) / np.abs(a)) < 1e-3,
 # Does this CPU run bf16?
 probe = mpirun(1, ["bench", "--set", "precision=bf16", "--set", "hidden=8", "--set", "batch=4",
                    "--set", "micro_batch=4", "--steps", "1"])
+
+# precision = auto: bf16 where the CPU can, else fp32; the checkpoint
+# records what ran.
+for env, args in ((None, ()), (NO_BF16, NO_BF16_ARGS)):
+    out = os.path.join(base, "auto" + ("-nobf16" if env else ""))
+    r = mpirun(2, ["train", "--out", out] + sum((["--set", kv] for kv in
+               ["hidden=8", "train_limit=48", "batch=24", "micro_batch=4", "epochs=1",
+                "precision=auto", "data_dir=" + os.path.join(SRC, "data", "mnist")]), []),
+               env_extra=env, mpi_args=args)
+    want = "bf16" if probe.returncode == 0 and not env else "fp32"
+    with h5py.File(os.path.join(out, "checkpoints", "ckpt-2.h5"), "r") as f:
+        stored = f.attrs["config"]
+    check(r.returncode == 0 and f"convolution products: onednn {want}" in r.stdout
+          and f"precision = {want}" in stored,
+          f"precision = auto runs and records {want}{' (no bf16 units)' if env else ''} "
+          f"({r.returncode}, {r.stderr[-200:]})")
 if probe.returncode != 0:
     check(probe.returncode == 2 and "AVX512-BF16" in probe.stderr,
           f"no bf16 units here: refused with the reason ({probe.stderr[-200:]})")

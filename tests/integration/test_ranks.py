@@ -6,7 +6,7 @@ import os
 
 import h5py
 
-from common import TINY, check, compare_h5, datasets, finish, tmpdir, train
+from common import TINY, check, compare_h5, datasets, finish, tmpdir, train, train_each
 
 base = tmpdir()
 runs = {}
@@ -58,12 +58,7 @@ for model in (["objective=ddpm", "conditioning=class"],
 # micro-batches or ranks, so any rank count gives the same bits (hidden = 8:
 # 4 groups of 2 channels at D, 4 of 4 at 2D, ...).
 group = ["norm=group", "norm_groups=4"]
-gouts = {}
-for p in (1, 2, 3):
-    out = os.path.join(base, f"group-p{p}")
-    r = train(p, out, group)
-    check(r.returncode == 0, f"norm=group P={p} exits 0 ({r.stderr[-300:]})")
-    gouts[p] = out
+gouts = train_each((1, 2, 3), base, "group", group)
 for p in (2, 3):
     for f in ("log.h5", "checkpoints/ckpt-25.h5", "checkpoints/ckpt-44.h5", "samples.h5"):
         bad = compare_h5(os.path.join(gouts[1], f), os.path.join(gouts[p], f))

@@ -16,7 +16,7 @@ import h5py
 import numpy as np
 import scipy.linalg
 
-from common import DATA, check, compare_h5, finish, mpirun, tmpdir, train
+from common import DATA, check, compare_h5, finish, mpirun, tmpdir, train, train_each
 
 base = tmpdir()
 JUDGE = ["objective=classify", "conditioning=none", "epochs=2", "eval_limit=256", "lr=2e-2"]
@@ -32,12 +32,7 @@ def last_ckpt(out):
 
 
 # ---- the classifier trains, rank-count independent, resumable --------------
-outs = {}
-for np_ in (1, 2, 3):
-    out = os.path.join(base, f"judge-{np_}")
-    r = train(np_, out, JUDGE)
-    check(r.returncode == 0, f"classify on {np_} rank(s) exits 0 ({r.stderr[-300:]})")
-    outs[np_] = out
+outs = train_each((1, 2, 3), base, "classify", JUDGE)
 with h5py.File(os.path.join(outs[1], "log.h5"), "r") as f:
     acc = f["eval/test_acc"][()]
     mse = f["eval/test_mse"][()]

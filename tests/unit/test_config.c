@@ -120,7 +120,7 @@ static void test_defaults(void) {
                   "bn_sync = global\nlog_every = 10\n"
                   "p_uncond = 0.1\nguidance = 5\nsample_steps = 0\n"
                   "sample_epochs = 1,5,10,15,20\nwatchdog = 300\n"
-                  "sample_chunk = 4\n") == 0,
+                  "sample_chunk = 4\nema_decay = 0\njudge = \nscore_n = 200\n") == 0,
            "defaults text:\n%s", text);
     EXPECT(strcmp(config_objective_name(OBJ_PURE_NOISE), "pure_noise") == 0,
            "objective name");
@@ -467,7 +467,7 @@ static void test_round_trip(void) {
     char text[4096], text2[4096];
     int n = config_to_string(&a, text, sizeof text);
     EXPECT(n == (int)strlen(text) && n > 0, "to_string length %d", n);
-    EXPECT(count_lines(text) == 28, "28 lines, got %d", count_lines(text));
+    EXPECT(count_lines(text) == 31, "31 lines, got %d", count_lines(text));
     EXPECT(strncmp(text, "objective = flow\nconditioning = class\n", 38) == 0,
            "to_string starts '%.40s'", text);
     EXPECT(strstr(text, "\nlr = 0.30000000000000004\n") != NULL,

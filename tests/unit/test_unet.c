@@ -1,5 +1,6 @@
 /* test_unet.c: the whole UNet's gradient (train-mode BatchNorm over two
- * micro-batches or GroupNorm, the fixed-order gradient tree) against
+ * micro-batches or GroupNorm, the fixed-order gradient tree), and the
+ * classifier's (objective = classify, with its cross-entropy), against
  * Richardson-extrapolated central finite differences of the loss, at tiny
  * width, failing on any wrong entry checked; parameter count against
  * SPEC.md; FLOP counts against hand counts. */
@@ -33,17 +34,23 @@ static double loss_and_grad(unet *u, dm_dist *d, float *grads) {
     }
     unet_zero_grad(u, NMB);
     unet_forward(u, 1, NMB, sizes, B, dist_combine, d, 0.1f);
-    double sse = 0;
+    double sse = 0, per = u->classes ? 1 : 784; /* loss terms per image */
     for (int j = 0; j < NMB; j++) {
         float *dy = u->act[u->out_buf].grad + (long)j * u->act[u->out_buf].mb_stride;
-        sse += mse_forward_backward(dy, unet_slot(u, u->out_buf, j), tgt[j],
-                                    (long)sizes[j] * 784, 1.0f / (B * 784));
+        /* The classifier: soft targets, the first 10 values per image of tgt
+         * (not normalised: the general case of xent). */
+        if (u->classes)
+            sse += xent_forward_backward(dy, NULL, unet_slot(u, u->out_buf, j), tgt[j],
+                                         u->classes, sizes[j], 1.0f / B);
+        else
+            sse += mse_forward_backward(dy, unet_slot(u, u->out_buf, j), tgt[j],
+                                        (long)sizes[j] * 784, 1.0f / (B * 784));
     }
     if (grads) {
         unet_backward(u, NMB, sizes, B, dist_combine, d, dist_leaf_dst, dist_leaf_done);
         dist_reduce_grads(d, grads);
     }
-    return sse / (B * 784.0);
+    return sse / (B * per);
 }
 
 static void check_param_count(void) {
@@ -214,11 +221,13 @@ static int count_bad(const float *g, const fd_entry *es, int n, long *first) {
  * against finite differences: any disagreement fails. Then the check is
  * shown to fail: 5 % added to any one entry whose size allows it is caught,
  * and the whole check run on such a gradient names that entry alone. */
-static void check_gradient(int key, cond_mix mix, dm_norm norm, const char *what) {
+static void check_gradient(int key, cond_mix mix, dm_norm norm, int classes,
+                           const char *what) {
     dm_rng r;
     rng_init(&r, 11, 98, (uint64_t)key, 0);
     unet u;
-    unet_shape sh = {.D = D, .mix = mix, .norm = norm, .groups = 2, .m = M, .max_mb = NMB};
+    unet_shape sh = {.D = D, .mix = mix, .norm = norm, .groups = 2, .m = M, .max_mb = NMB,
+                     .classes = classes};
     unet_init(&u, &sh);
     unet_init_params(&u, 3);
     dm_dist d;
@@ -331,12 +340,13 @@ int main(int argc, char **argv) {
             x[j][i] = rng_uniform(&r);
             tgt[j][i] = rng_uniform(&r);
         }
-    check_gradient(0, COND_MIX_NONE, NORM_BATCH, "plain");
-    check_gradient(1, COND_MIX_ADD, NORM_BATCH, "time, additive (DDPM)");
-    check_gradient(1, COND_MIX_MUL, NORM_BATCH, "time, multiplicative (flow)");
-    check_gradient(2, COND_MIX_FILM, NORM_BATCH, "time + class (FiLM)");
-    check_gradient(3, COND_MIX_NONE, NORM_GROUP, "plain, GroupNorm (2 groups)");
-    check_gradient(4, COND_MIX_FILM, NORM_GROUP, "time + class, GroupNorm (2 groups)");
+    check_gradient(0, COND_MIX_NONE, NORM_BATCH, 0, "plain");
+    check_gradient(1, COND_MIX_ADD, NORM_BATCH, 0, "time, additive (DDPM)");
+    check_gradient(1, COND_MIX_MUL, NORM_BATCH, 0, "time, multiplicative (flow)");
+    check_gradient(2, COND_MIX_FILM, NORM_BATCH, 0, "time + class (FiLM)");
+    check_gradient(3, COND_MIX_NONE, NORM_GROUP, 0, "plain, GroupNorm (2 groups)");
+    check_gradient(4, COND_MIX_FILM, NORM_GROUP, 0, "time + class, GroupNorm (2 groups)");
+    check_gradient(5, COND_MIX_NONE, NORM_BATCH, 10, "classifier (the judge), cross-entropy");
     int rc = test_finish("test_unet");
     MPI_Finalize();
     return rc;
