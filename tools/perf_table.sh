@@ -33,6 +33,8 @@ rate() { grep -o '[0-9.]* images/s' | head -1 | cut -d' ' -f1; }
 
 echo "=== machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2-)," \
      "$(nproc) cores; OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-unset}"
+# The job configs say precision = auto (bf16 where the CPU can); every fp32
+# row here sets precision = fp32.
 # diffmpi on 2 ranks x 1 thread against PyTorch on 2 threads, same global
 # batch, same model, one after the other so that drift hits all alike:
 # diffmpi fp32 on OpenBLAS (with this environment's OPENBLAS_CORETYPE), fp32
@@ -40,9 +42,9 @@ echo "=== machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2-)," \
 # bf16 autocast.
 side_by_side() { # title, diffmpi args, torch args
     local title=$1 dargs=$2 targs=$3 out blas d d16 t32 t16
-    out=$(mpirun --bind-to none -np 2 "$b" bench $dargs --set engine=openblas --steps "$steps")
+    out=$(mpirun --bind-to none -np 2 "$b" bench $dargs --set engine=openblas --set precision=fp32 --steps "$steps")
     echo "$out"; blas=$(rate <<<"$out")
-    out=$(mpirun --bind-to none -np 2 "$b" bench $dargs --set engine=onednn --steps "$steps")
+    out=$(mpirun --bind-to none -np 2 "$b" bench $dargs --set engine=onednn --set precision=fp32 --steps "$steps")
     echo "$out"; d=$(rate <<<"$out")
     if out=$(mpirun --bind-to none -np 2 "$b" bench $dargs --set precision=bf16 \
              --steps "$steps" 2>&1); then
@@ -78,17 +80,17 @@ printf '%s' "$summary"
 echo
 (( only_torch )) && exit 0
 
-run "denoiser D=128 batch 256, 2 ranks x 1 thread" 2 --config jobs/configs/denoise.ini --steps "$steps"
-run "denoiser D=128 batch 128, 1 rank x 1 thread (same per-rank batch)" 1 --config jobs/configs/denoise.ini --set batch=128 --steps "$steps"
-run "denoiser D=128 batch 256, 1 rank x 2 threads" 1 --config jobs/configs/denoise.ini --set threads=2 --steps "$steps"
-run "class DDPM D=128 batch 128, 2 ranks" 2 --config jobs/configs/class-ddpm.ini --steps "$steps"
-run "class DDPM D=128 batch 128, 1 rank" 1 --config jobs/configs/class-ddpm.ini --set batch=64 --steps "$steps"
-run "denoiser D=64 batch 256, 2 ranks" 2 --config jobs/configs/denoise.ini --set hidden=64 --steps "$steps"
-run "denoiser D=32 batch 256, 2 ranks" 2 --config jobs/configs/denoise.ini --set hidden=32 --steps "$steps"
+run "denoiser D=128 batch 256, 2 ranks x 1 thread" 2 --config jobs/configs/denoise.ini --set precision=fp32 --steps "$steps"
+run "denoiser D=128 batch 128, 1 rank x 1 thread (same per-rank batch)" 1 --config jobs/configs/denoise.ini --set precision=fp32 --set batch=128 --steps "$steps"
+run "denoiser D=128 batch 256, 1 rank x 2 threads" 1 --config jobs/configs/denoise.ini --set precision=fp32 --set threads=2 --steps "$steps"
+run "class DDPM D=128 batch 128, 2 ranks" 2 --config jobs/configs/class-ddpm.ini --set precision=fp32 --steps "$steps"
+run "class DDPM D=128 batch 128, 1 rank" 1 --config jobs/configs/class-ddpm.ini --set precision=fp32 --set batch=64 --steps "$steps"
+run "denoiser D=64 batch 256, 2 ranks" 2 --config jobs/configs/denoise.ini --set precision=fp32 --set hidden=64 --steps "$steps"
+run "denoiser D=32 batch 256, 2 ranks" 2 --config jobs/configs/denoise.ini --set precision=fp32 --set hidden=32 --steps "$steps"
 for m in 8 16 32 64; do
-    run "denoiser D=128 batch 64, micro_batch $m, 1 rank" 1 --config jobs/configs/denoise.ini --set batch=64 --set micro_batch=$m --steps "$steps"
+    run "denoiser D=128 batch 64, micro_batch $m, 1 rank" 1 --config jobs/configs/denoise.ini --set precision=fp32 --set batch=64 --set micro_batch=$m --steps "$steps"
 done
-run "sampling: 40 CFG images at D=128, 30 of 300 steps, 2 ranks" 2 --config jobs/configs/class-ddpm.ini --sample --steps 30
+run "sampling: 40 CFG images at D=128, 30 of 300 steps, 2 ranks" 2 --config jobs/configs/class-ddpm.ini --set precision=fp32 --sample --steps 30
 run "sampling in bf16: 40 CFG images at D=128, 30 of 300 steps, 2 ranks" 2 --config jobs/configs/class-ddpm.ini --set precision=bf16 --sample --steps 30 || true
 run "denoiser D=128 batch 256 in bf16, 2 ranks" 2 --config jobs/configs/denoise.ini --set precision=bf16 --steps "$steps" || true
 run "denoiser D=32 batch 256 in bf16, 2 ranks" 2 --config jobs/configs/denoise.ini --set hidden=32 --set precision=bf16 --steps "$steps" || true

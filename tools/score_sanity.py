@@ -4,13 +4,17 @@ MNIST digits (the floor), for uniform noise and for blurred digits (towards
 the ceiling), each over several disjoint draws, so that a reader can tell
 which differences are real.
 
-usage: tools/score_sanity.py JUDGE.h5 WORKDIR [--np N] [--folds K]
+usage: tools/score_sanity.py JUDGE.h5 WORKDIR [--np N] [--folds K] [--rows R,...]
 
   real digits   fold k: the k-th 1000 test images scored against the other
                 9000 (--ref), k = 0..K-1 (default 10)
   noise         1000 images of uniform noise (K seeds), against all 10000
   blur s        fold k's digits blurred with a Gaussian of sigma s pixels
                 (s = 1, 2), against the other 9000
+  train200      200 training digits (20 of each, draw k) against the 10000
+                test digits: the floor of a score made during training
+                (judge = ..., score_n = 200)
+--rows picks some of real, blur1, blur2, noise, train200 (default all).
 Prints one Markdown table row per kind: the mean and the spread (sample
 standard deviation over the folds or seeds, and min..max) of accuracy and
 Frechet distance. Runs `diffmpi score` (DIFFMPI, default build/diffmpi)
@@ -69,16 +73,20 @@ def main():
     p.add_argument("--np", type=int, default=2)
     p.add_argument("--folds", type=int, default=10)
     p.add_argument("--data", default=os.path.join(SRC, "data", "mnist"))
+    p.add_argument("--rows", default="real,blur1,blur2,noise,train200")
     args = p.parse_args()
+    rows = args.rows.split(",")
     os.makedirs(args.workdir, exist_ok=True)
     x = idx(os.path.join(args.data, "t10k-images-idx3-ubyte"), 16, (-1, 28, 28)) / 255.0
     y = idx(os.path.join(args.data, "t10k-labels-idx1-ubyte"), 8, (-1,)).astype(np.int32)
     w = lambda name: os.path.join(args.workdir, name)  # noqa: E731
-    print("| images (1000 each) | draws | judge accuracy: mean ± sd (min..max) "
+    print("| images | draws | judge accuracy: mean ± sd (min..max) "
           "| Fréchet distance: mean ± sd (min..max) |\n|---|---|---|---|", flush=True)
-    kinds = {"real test digits vs the other 9000": None, "blurred, sigma 1 px": 1.0,
-             "blurred, sigma 2 px": 2.0}
-    for name, blur in kinds.items():
+    kinds = {"real": ("real test digits vs the other 9000", None),
+             "blur1": ("blurred, sigma 1 px", 1.0), "blur2": ("blurred, sigma 2 px", 2.0)}
+    for key, (name, blur) in kinds.items():
+        if key not in rows:
+            continue
         vals = []
         for k in range(args.folds):
             sel = np.zeros(len(x), bool)
@@ -90,12 +98,23 @@ def main():
             write(w(f"set-{k}.h5"), imgs, y[sel])
             vals.append(score(args, w(f"set-{k}.h5"), w(f"ref-{k}.h5")))
         row(name, vals)
-    vals = []
-    for k in range(args.folds):
-        noise = np.random.default_rng(k).random((1000, 28, 28))
-        write(w(f"noise-{k}.h5"), noise, y[:1000])
-        vals.append(score(args, w(f"noise-{k}.h5")))
-    row("uniform noise (labels of 1000 test digits), vs all 10000", vals)
+    if "noise" in rows:
+        vals = []
+        for k in range(args.folds):
+            noise = np.random.default_rng(k).random((1000, 28, 28))
+            write(w(f"noise-{k}.h5"), noise, y[:1000])
+            vals.append(score(args, w(f"noise-{k}.h5")))
+        row("uniform noise (labels of 1000 test digits), vs all 10000", vals)
+    if "train200" in rows:
+        xt = idx(os.path.join(args.data, "train-images-idx3-ubyte"), 16, (-1, 28, 28)) / 255.0
+        yt = idx(os.path.join(args.data, "train-labels-idx1-ubyte"), 8, (-1,)).astype(np.int32)
+        vals = []
+        for k in range(args.folds):
+            pick = np.concatenate([np.flatnonzero(yt == d)[20 * k:20 * (k + 1)]
+                                   for d in range(10)])
+            write(w(f"train200-{k}.h5"), xt[pick], yt[pick])
+            vals.append(score(args, w(f"train200-{k}.h5")))
+        row("200 training digits (20 of each) vs the 10000 test digits", vals)
 
 
 if __name__ == "__main__":

@@ -13,8 +13,8 @@
  *               |mu1 - mu2|^2 + tr C1 + tr C2 - 2 tr (C1^1/2 C2 C1^1/2)^1/2,
  *               covariances with 1/(n-1). An FID on this judge's features,
  *               not Inception's: comparable only between scores made with
- *               the same judge file (its CRC-32 is reported with every
- *               score).
+ *               the same judge (the CRC-32 of its weights is reported
+ *               with every score).
  * The matrix square roots come from symmetric eigendecompositions
  * (LAPACK's dsyev, which Debian's OpenBLAS carries); negative eigenvalues
  * of rounding are clamped to 0.
@@ -44,7 +44,8 @@ typedef struct {
     unet net;            /* the judge, evaluation mode */
     dm_config cfg;       /* its training configuration */
     char path[4096];
-    uint32_t crc;        /* zlib CRC-32 of the judge file's bytes */
+    uint32_t crc;        /* zlib CRC-32 of the weights and statistics loaded
+                            (the same judge gives the same CRC in any file) */
     int F, K;            /* feature width (2D) and classes */
     int ema;             /* the judge's weight average is in use */
     dm_precision prec;   /* of the judge's convolutions: fp32 (judge_open),

@@ -29,24 +29,13 @@ long first_nonfinite(const float *x, long n) {
 
 /* ---- the judge ----------------------------------------------------------------- */
 
-static dm_status file_crc(const char *path, uint32_t *crc) {
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        dm_error("%s: cannot open the judge file", path);
-        return DM_EIO;
-    }
-    unsigned char buf[1 << 16];
+/* CRC-32 of the judge's weights and BatchNorm statistics as loaded: the
+ * same for the same judge whatever file (or file timestamps) holds it. */
+static uint32_t weights_crc(const unet *u) {
     uLong c = crc32(0L, Z_NULL, 0);
-    size_t got;
-    while ((got = fread(buf, 1, sizeof buf, f)) > 0) c = crc32(c, buf, (uInt)got);
-    int bad = ferror(f);
-    fclose(f);
-    if (bad) {
-        dm_error("%s: cannot read the judge file", path);
-        return DM_EIO;
-    }
-    *crc = (uint32_t)c;
-    return DM_OK;
+    c = crc32(c, (const Bytef *)u->p, (uInt)(sizeof(float) * (size_t)u->nparams));
+    c = crc32(c, (const Bytef *)u->bufs, (uInt)(sizeof(float) * (size_t)u->nbuffers));
+    return (uint32_t)c;
 }
 
 static dm_status open_local(dm_judge *j, const char *path, int weights) {
@@ -63,7 +52,8 @@ static dm_status open_local(dm_judge *j, const char *path, int weights) {
     DM_TRY(ckpt_read_weights(path, &j->net, (ckpt_weights)weights, &j->ema));
     j->K = j->net.classes;
     j->F = j->net.act[j->net.feat_buf].chans;
-    return file_crc(path, &j->crc);
+    j->crc = weights_crc(&j->net);
+    return DM_OK;
 }
 
 dm_status judge_open(dm_judge *j, const char *path, int weights) {

@@ -55,6 +55,7 @@ bad = compare_h5(last_ckpt(outs[1]), last_ckpt(out))
 bad += compare_h5(os.path.join(outs[1], "log.h5"), os.path.join(out, "log.h5"))
 check(not bad, f"stopped on 2, resumed on 3: bitwise the uninterrupted run ({bad[:4]})")
 judge = last_ckpt(outs[1])
+judge_p2 = last_ckpt(outs[2])
 
 
 # ---- score: rank-count independent, equal to NumPy/SciPy ---------------------
@@ -117,6 +118,12 @@ with h5py.File(outs[1], "r") as f:
     check(f.attrs["judge"] == judge and len(f.attrs["judge_crc32"]) == 8
           and f.attrs["reference_n"] == 550 and f.attrs["n"] == 150,
           "SCORE.h5 names the judge, its CRC-32 and the counts")
+    crc1 = f.attrs["judge_crc32"]
+r = mpirun(1, ["score", "--judge", judge_p2, "--samples", samples, "--ref", ref,
+               "--out", os.path.join(base, "score-judge2.h5")])
+with h5py.File(os.path.join(base, "score-judge2.h5"), "r") as f:
+    check(r.returncode == 0 and f.attrs["judge_crc32"] == crc1,
+          "the same judge from another run (2 ranks) has the same CRC-32")
 fs64, fr64 = fs.astype(np.float64), fr.astype(np.float64)
 mu1, mu2 = fs64.mean(0), fr64.mean(0)
 c1, c2 = np.cov(fs64, rowvar=False), np.cov(fr64, rowvar=False)
