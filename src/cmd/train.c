@@ -177,9 +177,19 @@ static double train_test_loss(dm_trainer *t, double sigma, int sigma_idx, double
     dist_range(nch, t->size, t->rank, &lo, &hi);
     fault_point("eval");
     float *z = unet_slot(&t->net, t->net.in_buf, 0);
+    double last = dm_now();
     for (int ch = lo; ch < hi; ch++) {
         int k = n - ch * m < m ? n - ch * m : m;
         watchdog_beat(t->st.step, "evaluation");
+        if (t->rank == 0 && dm_now() - last >= c->log_every) {
+            /* Rank 0's share stands for all: the ranks hold equal shares. */
+            last = dm_now();
+            char at[32] = "";
+            if (o->denoiser) snprintf(at, sizeof at, " at sigma %.1f", sigma);
+            printf("evaluating on %d test images%s: %d%%\n", n, at,
+                   (int)(100.0 * (ch - lo) / (hi - lo)));
+            fflush(stdout);
+        }
         for (int i = 0; i < k; i++) {
             int img = ch * m + i, label = t->test.labels[img];
             const float *x = t->test.images + (long)img * DM_PIX;
