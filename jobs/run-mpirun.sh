@@ -7,10 +7,12 @@
 #   OUT     output directory (checkpoints/, log.h5, samples.h5, PNGs)
 #   NP      number of ranks (default 2)
 # Environment: DIFFMPI (binary, default build/diffmpi), MPIRUN_ARGS.
-# Exit code: diffmpi's (3 = stopped by a signal after a checkpoint).
+# Exit code: diffmpi's (3 = stopped by a signal after a checkpoint). Stop a
+# run with `kill PID` (TERM) or `kill -USR1 PID` of this script: both reach
+# the ranks as USR1 (a TERM sent to mpirun itself would end them mid-step).
 set -euo pipefail
 if [[ $# -lt 2 || "$1" == "--help" || "$1" == "-h" ]]; then
-    sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
     [[ $# -ge 1 && ( "$1" == "--help" || "$1" == "-h" ) ]] && exit 0 || exit 2
 fi
 config=$1 out=$2
@@ -30,5 +32,20 @@ export OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-1}
 
 resume=()
 compgen -G "$out/checkpoints/ckpt-*.h5" >/dev/null && resume=(--resume auto)
+# Open MPI's mpirun forwards SIGUSR1 to the ranks but not SIGTERM (it ends
+# them within odls_base_sigkill_timeout, 1 s, mid-step): so this script
+# turns a TERM (or USR1) it receives into a USR1 for mpirun, and the run
+# finishes its step, checkpoints and exits 3, as under Slurm.
 # shellcheck disable=SC2086
-exec mpirun ${MPIRUN_ARGS:-} -np "$np" "$bin" train --config "$config" --out "$out" "${resume[@]}" "$@"
+mpirun ${MPIRUN_ARGS:-} -np "$np" "$bin" train --config "$config" --out "$out" "${resume[@]}" "$@" &
+pid=$!
+trap 'caught=1; kill -USR1 "$pid" 2>/dev/null' USR1 TERM
+# A trapped signal makes `wait` return 128+N at once: wait again for the
+# run's own exit code (`|| rc=$?`: under set -e a failing wait would end
+# this script instead).
+while :; do
+    caught=0 rc=0
+    wait "$pid" || rc=$?
+    ((caught && rc > 128)) || break
+done
+exit "$rc"

@@ -11,7 +11,7 @@ import time
 
 import h5py
 
-from common import BIN, TINY, check, compare_h5, finish, tmpdir, train
+from common import BIN, SRC, TINY, check, compare_h5, finish, tmpdir, train
 
 base = tmpdir()
 ref = os.path.join(base, "ref")
@@ -89,6 +89,28 @@ check(p.returncode == 3, f"SIGTERM: exit code 3 (rc {p.returncode})")
 r = train(2, out, resume="auto")
 bad = compare_h5(ref_final, os.path.join(out, "checkpoints", "ckpt-44.h5"))
 check(r.returncode == 0 and not bad, f"SIGTERM + resume: final checkpoint bitwise equal ({bad[:4]})")
+
+# SIGTERM to jobs/run-mpirun.sh (what `kill PID` of a job started with the
+# shipped scripts sends): the script passes it on as SIGUSR1, which mpirun
+# forwards (a TERM to mpirun itself would end the ranks mid-step).
+out = os.path.join(base, "script-term")
+ini = os.path.join(base, "tiny.ini")
+with open(ini, "w") as f:
+    f.write("".join(kv.replace("=", " = ", 1) + "\n" for kv in TINY))
+env = dict(os.environ, DIFFMPI=BIN, MPIRUN_ARGS="--oversubscribe",
+           DIFFMPI_TEST_CKPT_DELAY="0.3")
+p = subprocess.Popen(["bash", os.path.join(SRC, "jobs", "run-mpirun.sh"), ini, out, "2"],
+                     env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                     start_new_session=True)
+wait_for(os.path.join(out, "checkpoints", "ckpt-5.h5"), p)
+p.send_signal(signal.SIGTERM)
+so, se = p.communicate(timeout=300)
+check(p.returncode == 3 and "stopped by signal 10" in so,
+      f"SIGTERM to run-mpirun.sh: the ranks get USR1, exit 3 ({p.returncode}, {se[-200:]})")
+r = train(2, out, resume="auto")
+bad = compare_h5(ref_final, os.path.join(out, "checkpoints", "ckpt-44.h5"))
+check(r.returncode == 0 and not bad,
+      f"run-mpirun.sh TERM + resume: final checkpoint bitwise equal ({bad[:4]})")
 
 # kill -9 of every process while rank 0 is inside a checkpoint write.
 out = os.path.join(base, "kill9")
