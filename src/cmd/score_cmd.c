@@ -265,7 +265,9 @@ int score_run(const score_args *a) {
     dm_status st = load_inputs(a, &j, l, &ref, refdesc, sizeof refdesc, rank);
     if (st == DM_OK) {
         dm_set_quiet(rank != 0);
-        j.prec = a->precision >= 0 ? (dm_precision)a->precision : j.cfg.precision;
+        j.prec = gemm_resolve_precision(j.cfg.engine, a->precision >= 0
+                                                          ? (dm_precision)a->precision
+                                                          : j.cfg.precision);
         st = dm_agree(gemm_setup(j.cfg.engine, j.prec, j.cfg.threads));
         dm_set_quiet(0);
     }
