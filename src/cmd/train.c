@@ -539,7 +539,15 @@ static dm_status score_epoch(dm_trainer *t, int epoch, dm_eval_row *row) {
     dm_set_quiet(t->rank != 0);
     dm_status st = dm_agree(judge_score(&t->judge, what, img, labels, n, &s));
     dm_set_quiet(0);
-    if (st == DM_OK) {
+    if (st != DM_OK) {
+        /* Samples the judge cannot score (a non-finite pixel) say something
+         * about the model, not the run: the scores stay NaN, training goes
+         * on. */
+        if (t->rank == 0)
+            dm_error("warning: epoch %d: samples not scored (above); training goes on", epoch);
+        row->sample_acc = row->sample_fd = NAN;
+        st = DM_OK;
+    } else {
         row->sample_acc = t->score_acc = s.acc;
         row->sample_fd = t->score_fd = s.fd;
         if (t->rank == 0) {
