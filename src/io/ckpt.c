@@ -390,10 +390,7 @@ static dm_status verify_then_read(hid_t f, const char *path, unet *u, float *m, 
 
 dm_status ckpt_read(const char *path, unet *u, float *m, float *v,
                     dm_train_state *s) {
-    hid_t f = open_ckpt(path);
-    if (f < 0) return DM_EIO;
-    return h5_close_file(f, path, "checkpoint",
-                         verify_then_read(f, path, u, m, v, NULL, NULL, s));
+    return ckpt_read_train(path, u, m, v, NULL, NULL, s);
 }
 
 dm_status ckpt_read_train(const char *path, unet *u, float *m, float *v, ckpt_ema *ema,
@@ -410,26 +407,19 @@ const char *ckpt_weights_name(int w) {
 }
 
 dm_status ckpt_read_weights(const char *path, unet *u, ckpt_weights w, int *used_ema) {
-    hid_t f = open_ckpt(path);
-    if (f < 0) return DM_EIO;
-    htri_t e = h5_exists(f, "/ema");
-    dm_status st = DM_OK;
-    if (e < 0) {
-        dm_error("%s: cannot read the checkpoint's structure", path);
-        st = DM_EIO;
-    } else if (w == CKPT_WEIGHTS_EMA && !e) {
+    /* The averaged weights, when wanted and stored, load over the raw ones
+     * in the model's own arrays. */
+    ckpt_ema into = {u->p, u->bufs};
+    int has = 0;
+    DM_TRY(ckpt_read_train(path, u, NULL, NULL, w != CKPT_WEIGHTS_RAW ? &into : NULL, &has,
+                           NULL));
+    if (w == CKPT_WEIGHTS_EMA && !has) {
         dm_error("--weights ema: %s holds no EMA weights (its run had ema_decay = 0); use "
                  "--weights raw", path);
-        st = DM_EUSAGE;
+        return DM_EUSAGE;
     }
-    int ema = e > 0 && w != CKPT_WEIGHTS_RAW;
-    if (st == DM_OK) {
-        /* The averaged weights load into the model's own arrays. */
-        ckpt_ema into = {u->p, u->bufs};
-        st = verify_then_read(f, path, u, NULL, NULL, ema ? &into : NULL, NULL, NULL);
-    }
-    if (used_ema) *used_ema = ema;
-    return h5_close_file(f, path, "checkpoint", st);
+    if (used_ema) *used_ema = has && w != CKPT_WEIGHTS_RAW;
+    return DM_OK;
 }
 
 dm_status ckpt_verify(const char *path, long *checked) {
