@@ -177,6 +177,35 @@ check(r.returncode == 0 and float(fn["frechet_distance"].split()[0]) >
       f"{fig1['frechet_distance']})")
 
 
+# ---- judge = ...: scores during training -------------------------------------------
+# A tiny class DDPM scores its samples after each sampling epoch: the scores
+# are in /eval (NaN on epochs that do not sample), on the epoch lines and at
+# the end, and the log is the same bits on 1 and 2 ranks. One run reads the
+# reference from its own test set (eval_limit = 0), the other loads it.
+DDPM = ["objective=ddpm", "conditioning=class", "sample_steps=4", "sample_epochs=2",
+        "epochs=3", "train_limit=96", "score_n=12", "judge=" + judge]
+scored = {}
+for np_, limit in ((1, "eval_limit=0"), (2, "eval_limit=64")):
+    out = os.path.join(base, f"scored-p{np_}")
+    r = train(np_, out, DDPM + [limit])
+    check(r.returncode == 0 and "judge: " in r.stdout and r.stdout.count(" samples: judge accuracy") == 2
+          and "score of the last epoch's 12 samples" in r.stdout,
+          f"judge = ...: a run on {np_} rank(s) scores epochs 2 and 3 and says so "
+          f"({r.returncode}, {r.stderr[-300:]})")
+    with h5py.File(os.path.join(out, "log.h5"), "r") as f:
+        scored[np_] = {k: f["eval/" + k][()] for k in ("sample_acc", "sample_fd", "test_loss")}
+sa, sf = scored[1]["sample_acc"], scored[1]["sample_fd"]
+check(np.isnan(sa[0]) and np.isnan(sf[0]) and np.all(np.isfinite(sa[1:]))
+      and np.all(sf[1:] > 0), f"/eval/sample_acc, sample_fd per sampling epoch ({sa}, {sf})")
+check(all(np.array_equal(scored[1][k], scored[2][k], equal_nan=True)
+          for k in ("sample_acc", "sample_fd")),
+      "the scores are the same bits on 1 and 2 ranks (own test set or loaded)")
+r = train(1, os.path.join(base, "scored-denoiser"), ["judge=" + judge])
+one_line_usage = [l for l in r.stderr.splitlines() if l.startswith("diffmpi:")]
+check(r.returncode == 2 and len(one_line_usage) == 1 and "judge" in one_line_usage[0],
+      f"judge = ... on a denoiser: exit 2, one line ({r.returncode}, {one_line_usage})")
+
+
 # ---- bad inputs ------------------------------------------------------------------
 def one_line(r, code, words, what):
     lines = [l for l in r.stderr.splitlines() if l.startswith("diffmpi:")]
