@@ -16,7 +16,9 @@ and that every figure training drew is the run's own PNG copied byte for byte
 under the same name (one implementation of each figure, the C one), not
 redrawn. Also: --help, a missing run directory (exit 2, one stderr line), a
 missing training PNG and damaged inputs (one line naming the file or dataset,
-no traceback, the other figures still written).
+no traceback, the other figures still written). Then tools/summary.py on the
+same synthetic log: the per-epoch rows (steps, wall time, images/s, mean
+training loss, evaluation columns) and a file that is not a log.
 Prints "ok ..." or "FAIL ..." per check and exits 1 on any failure.
 """
 import os
@@ -302,6 +304,38 @@ try:
           "damaged log: the samples figures are still drawn")
     r = run(bad, "--sample", os.path.join(base, "absent.h5"))
     one_error_line("missing --sample file", r, 2, "absent.h5")
+
+    # ---- tools/summary.py: the per-epoch table of docs/results.md
+    summ = os.path.join(SRC, "tools", "summary.py")
+    with h5py.File(os.path.join(p2, "log.h5"), "a") as f:
+        f.attrs["config"] = f.attrs["config"] + "batch = 64\n"
+    r = subprocess.run([PY, summ, p2], capture_output=True, text=True, timeout=60)
+    rows = [ln.split("|")[1:-1] for ln in r.stdout.splitlines()
+            if ln.startswith("| ") and not ln.startswith("| epoch")]
+    with h5py.File(os.path.join(p2, "log.h5"), "r") as f:
+        loss = f["train/loss"][()]
+    want = [[str(e), "20", f"0:00:0{2 * e}", "500.0",
+             f"{loss[20 * (e - 1):20 * e].mean():.6f}", "-",
+             f"{[0.05, 0.03][e - 1]:.6f}", "-", "-", "-"] for e in (1, 2)]
+    got = [[c.strip() for c in row] for row in rows]
+    check(r.returncode == 0 and got == want,
+          f"summary: per-epoch rows from a log (got {got}, want {want})")
+    with h5py.File(os.path.join(p2, "log.h5"), "a") as f:
+        e = f["eval"]
+        e["test_loss"] = np.array([0.5, 0.25])
+        e["sample_acc"] = np.array([np.nan, 0.875])
+        e["sample_fd"] = np.array([np.nan, 3.25])
+    r = subprocess.run([PY, summ, p2], capture_output=True, text=True, timeout=60)
+    last = [c.strip() for c in r.stdout.splitlines()[-1].split("|")[1:-1]]
+    check(last[5] == "0.250000" and last[8:] == ["0.875", "3.250"],
+          f"summary: test loss and sample score columns ({last})")
+    r = subprocess.run([PY, summ, os.path.join(p2, "samples.h5"), p2],
+                       capture_output=True, text=True, timeout=60)
+    check(r.returncode == 1 and r.stderr.count("\n") == 1 and
+          "samples.h5" in r.stderr and "not a diffmpi log" in r.stderr and
+          "| 2 |" in r.stdout,
+          f"summary: a file that is not a log is one line, the others still printed "
+          f"(rc {r.returncode}, stderr {r.stderr!r})")
 finally:
     shutil.rmtree(base, ignore_errors=True)
 
