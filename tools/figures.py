@@ -635,6 +635,7 @@ def sample_file(path, figdir, written, max_frames):
 
 
 def main(argv=None):
+    global GIF_SCALE  # --gif-scale sets it for save_gif
     ap = argparse.ArgumentParser(
         prog="figures.py",
         description="Draw the figures of a diffmpi run: reads RUN_DIR/log.h5 "
@@ -657,6 +658,10 @@ def main(argv=None):
                     help="GIFs show at most N evenly spaced trajectory frames, "
                          "always including the first and the last (default "
                          "100; 0 = all)")
+    ap.add_argument("--gif-scale", type=int, default=GIF_SCALE, metavar="S",
+                    help="GIFs draw each 28x28 digit as 28S x 28S pixels "
+                         f"(1-{SCALE}, default {GIF_SCALE}; 1 or 2 keep a GIF "
+                         "small enough to commit)")
     args = ap.parse_args(argv)
 
     def usage_error(msg):
@@ -670,6 +675,9 @@ def main(argv=None):
         return usage_error(f"{run}: run directory not readable")
     if args.max_frames < 0:
         return usage_error("--max-frames: must be 0 or more")
+    if not 1 <= args.gif_scale <= SCALE:
+        return usage_error(f"--gif-scale: must be 1 to {SCALE}")
+    GIF_SCALE = args.gif_scale
     log_path = os.path.join(run, "log.h5")
     smp_path = os.path.join(run, "samples.h5")
     have_log, have_smp = os.path.isfile(log_path), os.path.isfile(smp_path)

@@ -268,6 +268,17 @@ try:
     check(not os.path.exists(os.path.join(p2, "figures")),
           "part2: --out replaces the default RUN_DIR/figures")
 
+    # ---- --gif-scale: smaller GIFs (for committing), bad values refused
+    figs1x = os.path.join(base, "figs1x")
+    r = run(p2, "--out", figs1x, "--gif-scale", "1")
+    w3 = Image.open(os.path.join(figs2, "trajectory.gif")).size[0]
+    w1 = Image.open(os.path.join(figs1x, "trajectory.gif")).size[0] \
+        if valid_gif(os.path.join(figs1x, "trajectory.gif")) else 0
+    check(r.returncode == 0 and 0 < w1 < w3 * 0.6,
+          f"--gif-scale 1: a narrower GIF ({w1} px against {w3} at the default)")
+    r = run(p2, "--out", figs1x, "--gif-scale", "0")
+    one_error_line("--gif-scale 0", r, 2, "--gif-scale")
+
     # ---- a samples grid the run did not draw: one line naming it
     nogrid = os.path.join(base, "nogrid")
     shutil.copytree(p2, nogrid)
