@@ -21,6 +21,8 @@ typedef struct {
     int precision;          /* --precision: dm_precision, < 0: the run's */
     int weights;            /* --weights: a ckpt_weights (auto) */
     int used_ema;           /* set by sample_run: the average was used */
+    double log_every;       /* --log-every: seconds between progress lines,
+                               < 0: the run's log_every */
 } sample_args;
 
 /* Returns the exit code; collective. */

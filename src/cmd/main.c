@@ -64,6 +64,7 @@ static const char *usage_sample =
     "usage: diffmpi sample --checkpoint FILE --out OUT.h5 [--n N] [--class K|all]\n"
     "                      [--guidance G] [--steps S] [--seed S] [--trajectory]\n"
     "                      [--precision fp32|bf16] [--weights auto|ema|raw]\n"
+    "                      [--log-every SECONDS]\n"
     "\n"
     "  --n N          images to draw (default 40)\n"
     "  --class K|all  class models: digit K for every image, or 'all' (equal\n"
@@ -77,6 +78,8 @@ static const char *usage_sample =
     "                 AVX512-BF16 or AMX)\n"
     "  --weights W    ema: the weight average (ema_decay > 0); raw: the\n"
     "                 trained weights; auto (default): ema if stored\n"
+    "  --log-every S  seconds between progress lines (\"sampling N images:\n"
+    "                 step s/S\"; default: the run's log_every; 0: every step)\n"
     "OUT.h5 gets /images [N,28,28] and /labels [N]; OUT.h5.png a grid. Under\n"
     "mpirun the images are spread over the ranks; the result does not depend\n"
     "on their number.\n";
@@ -309,7 +312,8 @@ static int cmd_predict(int argc, char **argv) {
 
 static int cmd_sample(int argc, char **argv) {
     if (wants_help(argc, argv)) return print_usage(usage_sample, 0);
-    sample_args a = {.n = 40, .class_label = SAMPLE_CLASS_NONE, .guidance = -1, .precision = -1};
+    sample_args a = {.n = 40, .class_label = SAMPLE_CLASS_NONE, .guidance = -1, .precision = -1,
+                     .log_every = -1};
     for (int i = 0; i < argc; i++) {
         const char *o = argv[i], *v;
         long lv;
@@ -340,6 +344,11 @@ static int cmd_sample(int argc, char **argv) {
             a.guidance = strtod(v, &end);
             if (end == v || *end || !(a.guidance >= 0 && a.guidance <= 1000))
                 return usage_error("--guidance: expected a number in [0, 1000], got '%s'", v);
+        } else if (strcmp(o, "--log-every") == 0) {
+            char *end;
+            a.log_every = strtod(v, &end);
+            if (end == v || *end || !(a.log_every >= 0 && a.log_every <= 1e6))
+                return usage_error("--log-every: expected seconds in [0, 1e6], got '%s'", v);
         } else {
             return usage_error("sample: unknown option or bad value: %s '%s'", o, v);
         }

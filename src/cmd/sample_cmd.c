@@ -127,6 +127,11 @@ int sample_run(sample_args *a) {
     float *traj = rank == 0 && q.frames
                       ? dm_calloc((size_t)q.frames * q.n * DM_PIX, sizeof(float)) : NULL;
     float traj_t[MAX_FRAMES];
+    /* Minutes at D=128: a progress line at the run's pace (or --log-every). */
+    char what[64];
+    snprintf(what, sizeof what, "sampling %d images", q.n);
+    q.progress = what;
+    q.log_every = a->log_every >= 0 ? a->log_every : c.log_every;
     double t0 = MPI_Wtime();
     sampler_run(&u, &c, &q, img, traj, traj_t);
     double secs = MPI_Wtime() - t0;

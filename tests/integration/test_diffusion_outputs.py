@@ -1,7 +1,7 @@
 """Diffusion runs, read back with h5py: samples, training-batch
 visualisation, trajectory and conditioning parameters; `diffmpi sample`
 reproduces the run's own samples bit for bit and gives the same images on 1
-and 2 ranks; `predict` with /t and /c; the figure tool on a real run."""
+and 2 ranks, and prints its progress at the pace --log-every asks; `predict` with /t and /c; the figure tool on a real run."""
 import os
 import subprocess
 
@@ -78,6 +78,18 @@ with h5py.File(path, "r") as f:
           "attrs record guidance, seed, steps")
     check(np.all(np.isfinite(f["images"][()])), "samples finite")
 check(os.path.exists(path + ".png"), "sample grid PNG beside the file")
+r = mpirun(2, ["sample", "--checkpoint", ck, "--out", os.path.join(base, "p.h5"), "--n", "4",
+               "--steps", "5", "--log-every", "0"])
+lines = [ln for ln in r.stdout.splitlines() if ln.startswith("sampling 4 images: step ")]
+check(r.returncode == 0 and [ln.split()[-1] for ln in lines] == [f"{i}/5" for i in range(5)],
+      f"sample --log-every 0: one progress line per step from rank 0 ({lines})")
+r = mpirun(1, ["sample", "--checkpoint", ck, "--out", os.path.join(base, "q.h5"), "--n", "4",
+               "--steps", "5"])
+check(r.returncode == 0 and "step" not in r.stdout.replace("steps", ""),
+      "sample: no progress line within the run's log_every")
+r = mpirun(1, ["sample", "--checkpoint", ck, "--out", os.path.join(base, "q.h5"),
+               "--log-every", "-1"])
+check(r.returncode == 2 and "--log-every" in r.stderr, "sample --log-every -1: usage error")
 
 # ---- predict with /t and /c -------------------------------------------------
 inp, outp = os.path.join(base, "in.h5"), os.path.join(base, "out.h5")
