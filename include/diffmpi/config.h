@@ -68,6 +68,9 @@ typedef struct {
                                    forward (x2 with guidance); the unit that
                                    spreads sampling over ranks */
     double ema_decay;           /* ema_decay in [0, 1): weight average, 0 = off */
+    int bn_recalibrate;         /* bn_recalibrate >= 0: training batches whose
+                                   BatchNorm statistics replace the running
+                                   ones at every epoch end; 0 = off */
     char judge[1024];           /* judge: a classifier checkpoint that scores
                                    the samples of every sampling epoch; ""
                                    = off */

@@ -18,7 +18,8 @@
 enum {
     DM_STREAM_INIT = 1,     /* parameter initialisation: a = parameter id */
     DM_STREAM_SHUFFLE = 2,  /* per-epoch permutation: a = epoch */
-    DM_STREAM_NOISE = 3,    /* training noise: a = step, b = position */
+    DM_STREAM_NOISE = 3,    /* training noise: a = step, b = position; a >= 2^62:
+                               bn_recalibrate's batches (train.c) */
     DM_STREAM_TIME = 4,     /* diffusion timestep: a = step, b = position */
     DM_STREAM_DROP = 5,     /* class dropout: a = step, b = position */
     DM_STREAM_EVAL = 6,     /* evaluation noise: a = purpose, b = image */

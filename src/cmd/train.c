@@ -97,19 +97,21 @@ double train_batch(unet *net, dm_dist *dist, const dm_objective_def *o, float *g
     return total / ((double)B * o->loss_per_image);
 }
 
-dm_status trainer_step(dm_trainer *t, double *loss_out, int *bsize) {
+/* Global batch number `batch` of the epoch's permutation into this rank's
+ * micro-batch slots (inputs, conditioning, targets), its noise, times and
+ * dropped labels drawn under `key` (the step; bn_recalibrate's batches use
+ * keys past every step). Returns the batch size B; *nloc and *bn_n: this
+ * rank's micro-batches and the images BatchNorm's statistics count. */
+static int load_batch(dm_trainer *t, long batch, int64_t key, int *nloc, long *bn_n) {
     const dm_config *c = &t->cfg;
     const dm_objective_def *o = objective_get(c->objective);
     int m = c->micro_batch;
-    long start = t->st.batch_in_epoch * (long)c->batch;
+    long start = batch * (long)c->batch;
     int B = (int)(t->train.n - start < c->batch ? t->train.n - start : c->batch);
-    int nmb = (B + m - 1) / m;
-    fault_step = t->st.step;
-    fault_point("step");
-    watchdog_beat(t->st.step, "train");
-    dist_set_batch(&t->dist, nmb);
-    int lo = t->dist.lo, nloc = t->dist.hi - t->dist.lo, local_images = 0;
-    for (int j = 0; j < nloc; j++) {
+    dist_set_batch(&t->dist, (B + m - 1) / m);
+    int lo = t->dist.lo, local_images = 0;
+    *nloc = t->dist.hi - t->dist.lo;
+    for (int j = 0; j < *nloc; j++) {
         int first = (lo + j) * m;
         t->n[j] = B - first < m ? B - first : m;
         local_images += t->n[j];
@@ -121,11 +123,23 @@ dm_status trainer_step(dm_trainer *t, double *loss_out, int *bsize) {
             diffusion_example(c, &t->sched, z + (long)i * DM_PIX,
                               t->target + ((long)j * m + i) * o->target_floats, &tin,
                               &label, t->train.images + (long)idx * DM_PIX,
-                              t->train.labels[idx], t->st.step, pos);
+                              t->train.labels[idx], key, pos);
             if (t->net.nemb) unet_set_cond(&t->net, j, i, tin, label);
         }
     }
-    long bn_n = c->bn_sync == BN_RANK ? local_images : B;
+    *bn_n = c->bn_sync == BN_RANK ? local_images : B;
+    return B;
+}
+
+dm_status trainer_step(dm_trainer *t, double *loss_out, int *bsize) {
+    const dm_config *c = &t->cfg;
+    const dm_objective_def *o = objective_get(c->objective);
+    fault_step = t->st.step;
+    fault_point("step");
+    watchdog_beat(t->st.step, "train");
+    int nloc;
+    long bn_n;
+    int B = load_batch(t, t->st.batch_in_epoch, t->st.step, &nloc, &bn_n);
     double loss = train_batch(&t->net, &t->dist, o, t->grads, t->sse, t->target, nloc,
                               t->n, B, bn_n, NORM_BN_MOMENTUM);
     *loss_out = loss;
@@ -567,11 +581,67 @@ static dm_status score_epoch(dm_trainer *t, int epoch, dm_eval_row *row) {
     return st;
 }
 
+/* ---- BatchNorm recalibration ---------------------------------------------------- */
+
+/* bn_recalibrate = K: at an epoch end the running statistics become the
+ * plain average of the batch statistics of K training batches under the
+ * epoch's final weights (train-mode forwards without backward, momentum
+ * 1/(k+1): a cumulative average, what PyTorch's momentum = None keeps),
+ * instead of an exponential average over weights that kept moving
+ * ("precise BN"). The batches are the first K of the epoch's order, their
+ * noise, times and dropped labels drawn under keys past every training
+ * step, so the statistics are the same for any rank count and on resume.
+ * With ema_decay the weight average gets its own statistics the same way.
+ * Collective; the weights and Adam's state are not touched. */
+#define BNCAL_KEY ((int64_t)1 << 62)
+
+static void recalibrate_pass(dm_trainer *t, int K) {
+    for (int k = 0; k < K; k++) {
+        watchdog_beat(t->st.step, "BatchNorm recalibration");
+        int nloc;
+        long bn_n;
+        load_batch(t, k % t->steps_per_epoch, BNCAL_KEY + t->st.epoch * (int64_t)K + k, &nloc,
+                   &bn_n);
+        unet_forward(&t->net, 1, nloc, t->n, bn_n, dist_combine, &t->dist,
+                     1.0f / (float)(k + 1));
+    }
+}
+
+static void swap_floats(float *a, float *b, long n) {
+    for (long i = 0; i < n; i++) {
+        float x = a[i];
+        a[i] = b[i];
+        b[i] = x;
+    }
+}
+
+static void bn_recalibrate(dm_trainer *t, int epoch) {
+    int K = t->cfg.bn_recalibrate;
+    if (K == 0 || t->cfg.norm != NORM_BATCH) return;
+    double t0 = dm_now();
+    recalibrate_pass(t, K);
+    if (t->ema.p) {
+        /* The average's weights and statistics into the model and back. */
+        swap_floats(t->net.p, t->ema.p, t->net.nparams);
+        swap_floats(t->net.bufs, t->ema.bufs, t->net.nbuffers);
+        recalibrate_pass(t, K);
+        swap_floats(t->net.p, t->ema.p, t->net.nparams);
+        swap_floats(t->net.bufs, t->ema.bufs, t->net.nbuffers);
+    }
+    if (t->rank == 0) {
+        printf("epoch %d/%d: BatchNorm statistics recomputed over %d training batch%s%s "
+               "(%.1f s)\n", epoch, t->cfg.epochs, K, K == 1 ? "" : "es",
+               t->ema.p ? " for the weights and their average" : "", dm_now() - t0);
+        fflush(stdout);
+    }
+}
+
 static dm_status epoch_end(dm_trainer *t) {
     const dm_config *c = &t->cfg;
     const dm_objective_def *o = objective_get(c->objective);
     int epoch = (int)t->st.epoch + 1; /* 1-based, just finished */
     fault_point("epoch_end");
+    bn_recalibrate(t, epoch);
     double acc = NAN, loss = train_test_loss(t, EVAL_SIGMA, 3, &acc);
     dm_eval_row row = {.step = t->st.step, .epoch = epoch, .test_loss = loss,
                        .test_mse = o->loss_per_image == DM_PIX ? loss : NAN,

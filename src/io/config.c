@@ -197,6 +197,13 @@ static const config_key keys[] = {
              "statistics (decay min(ema_decay, (1+t)/(10+t)) at step t), "
              "kept in checkpoints as /ema and used by samples, sample, "
              "predict and score; 0 = off"},
+    {.name = "bn_recalibrate", .kind = KEY_INT, .offset = OFF(bn_recalibrate),
+     .lo = 0, .hi = 100000, .def = "0",
+     .help = "at every epoch end, before evaluation, sampling and the "
+             "checkpoint: replace BatchNorm's running statistics by the "
+             "average over this many training batches under the epoch's final "
+             "weights (and the weight average's own, with ema_decay); 0 = "
+             "off, the exponential average of PyTorch's BatchNorm2d"},
     {.name = "judge", .kind = KEY_PATH, .offset = OFF(judge), .empty_ok = 1,
      .def = "",
      .help = "a judge checkpoint (objective = classify, "
@@ -788,6 +795,12 @@ dm_status config_validate(const dm_config *c) {
     if (c->norm == NORM_GROUP && c->hidden % c->norm_groups != 0) {
         dm_error("invalid configuration: norm = group needs norm_groups = %d to "
                  "divide hidden = %d", c->norm_groups, c->hidden);
+        return DM_EUSAGE;
+    }
+    if (c->norm == NORM_GROUP && c->bn_recalibrate > 0) {
+        dm_error("invalid configuration: bn_recalibrate = %d recomputes BatchNorm "
+                 "statistics, which norm = group does not keep (set bn_recalibrate = 0)",
+                 c->bn_recalibrate);
         return DM_EUSAGE;
     }
     int unconditional = !objective_get(c->objective)->diffusion;

@@ -7,7 +7,8 @@ set(DM_TEST_ENV
     OMPI_MCA_plm_rsh_agent=false OMPI_MCA_pml=ob1 OMPI_MCA_rmaps_base_oversubscribe=1
     OPENBLAS_NUM_THREADS=1)
 foreach(name ranks resume faults outputs diffusion_outputs bench kill diskfull watchdog
-             help reduce torch_module precision checksums multihost score ema)
+             help reduce torch_module precision checksums multihost score ema
+             bn_recal)
   add_test(NAME integration.${name}
            COMMAND ${DM_PY} ${CMAKE_CURRENT_LIST_DIR}/test_${name}.py
                    $<TARGET_FILE:diffmpi> ${CMAKE_SOURCE_DIR})

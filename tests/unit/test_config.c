@@ -73,7 +73,8 @@ static void expect_same(const dm_config *a, const dm_config *b,
                strcmp(a->sample_epochs, b->sample_epochs) == 0 &&
                a->checkpoint_every == b->checkpoint_every &&
                a->keep == b->keep && a->threads == b->threads &&
-               a->bn_sync == b->bn_sync &&
+               a->bn_sync == b->bn_sync && a->bn_recalibrate == b->bn_recalibrate &&
+               a->precision == b->precision && a->engine == b->engine &&
                memcmp(&a->log_every, &b->log_every, sizeof a->log_every) ==
                    0 &&
                memcmp(&a->p_uncond, &b->p_uncond, sizeof a->p_uncond) == 0,
@@ -120,7 +121,8 @@ static void test_defaults(void) {
                   "bn_sync = global\nlog_every = 10\n"
                   "p_uncond = 0.1\nguidance = 5\nsample_steps = 0\n"
                   "sample_epochs = 1,5,10,15,20\nwatchdog = 300\n"
-                  "sample_chunk = 4\nema_decay = 0\njudge = \nscore_n = 200\n") == 0,
+                  "sample_chunk = 4\nema_decay = 0\nbn_recalibrate = 0\njudge = \n"
+                  "score_n = 200\n") == 0,
            "defaults text:\n%s", text);
     EXPECT(strcmp(config_objective_name(OBJ_PURE_NOISE), "pure_noise") == 0,
            "objective name");
@@ -461,13 +463,14 @@ static void test_round_trip(void) {
     a.watchdog = 12.5;
     a.precision = DM_BF16;
     a.engine = DM_ENGINE_ONEDNN;
+    a.bn_recalibrate = 6;
     snprintf(a.sample_epochs, sizeof a.sample_epochs, "2,4,9");
     EXPECT(config_validate(&a) == DM_OK, "round trip config validates");
 
     char text[4096], text2[4096];
     int n = config_to_string(&a, text, sizeof text);
     EXPECT(n == (int)strlen(text) && n > 0, "to_string length %d", n);
-    EXPECT(count_lines(text) == 31, "31 lines, got %d", count_lines(text));
+    EXPECT(count_lines(text) == 32, "32 lines, got %d", count_lines(text));
     EXPECT(strncmp(text, "objective = flow\nconditioning = class\n", 38) == 0,
            "to_string starts '%.40s'", text);
     EXPECT(strstr(text, "\nlr = 0.30000000000000004\n") != NULL,
