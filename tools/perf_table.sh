@@ -33,8 +33,12 @@ rate() { grep -o '[0-9.]* images/s' | head -1 | cut -d' ' -f1; }
 
 echo "=== machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2-)," \
      "$(nproc) cores; OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-unset}"
-# The job configs say precision = auto (bf16 where the CPU can); every fp32
-# row here sets precision = fp32.
+# The job configs say precision = auto (bf16 where the CPU has the units and
+# a product timed at start-up runs faster in bf16); say what it picks here.
+# Every fp32 row below sets precision = fp32, every bf16 row bf16.
+echo "=== precision = auto here: $(mpirun -np 1 "$b" bench --set hidden=8 --set batch=4 \
+    --set micro_batch=4 --steps 1 --set precision=auto 2>&1 |
+    grep -m1 -E 'auto chose|convolution products' || echo '(bench failed)')"
 # diffmpi on 2 ranks x 1 thread against PyTorch on 2 threads, same global
 # batch, same model, one after the other so that drift hits all alike:
 # diffmpi fp32 on OpenBLAS (with this environment's OPENBLAS_CORETYPE), fp32

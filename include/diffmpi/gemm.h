@@ -50,10 +50,19 @@ dm_precision gemm_precision_now(void);
  * so that its scores are those `diffmpi score` gives. */
 dm_precision gemm_use_precision(dm_precision p);
 /* precision = auto: bf16 where engine e can run it on this CPU (AVX512-BF16
- * or AMX through oneDNN), else fp32; other values unchanged. gemm_setup
- * resolves it itself; the trainer resolves it first, so that its outputs
- * record what ran. */
+ * or AMX through oneDNN) and a bf16 product measured here is at least 1.1x
+ * as fast as an fp32 one, else fp32; other values unchanged. The first
+ * call with auto runs that measurement (0.1-0.5 s; it tears down the
+ * engine set up, so gemm_setup must follow) and keeps the answer for the
+ * process: several ranks decide on one and broadcast. gemm_setup resolves
+ * auto itself; the trainer resolves it first, so that its outputs record
+ * what ran. */
 dm_precision gemm_resolve_precision(dm_engine e, dm_precision p);
+/* What the measurement found ("precision = auto chose fp32: a bf16 product
+ * ran 0.71x as fast as fp32 on avx512_core_bf16"), NULL before it ran. */
+const char *gemm_auto_note(void);
+/* Can engine e run precision p on this CPU (auto: always)? */
+int gemm_can_run(dm_engine e, dm_precision p);
 
 /* Row-major C (M x N, row stride ldc) = op(A) op(B) for beta == 0, or
  * C += op(A) op(B) for beta == 1 (no other beta); op(A) is M x K, op(B)

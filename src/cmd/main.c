@@ -51,7 +51,7 @@ static const char *usage_train =
 
 static const char *usage_predict =
     "usage: diffmpi predict --checkpoint FILE --input IN.h5 --output OUT.h5\n"
-    "                       [--precision fp32|bf16] [--weights auto|ema|raw]\n"
+    "                       [--precision fp32|bf16|auto] [--weights auto|ema|raw]\n"
     "\n"
     "  IN.h5 holds /x [N,1,28,28] float32; OUT.h5 receives /y [N,1,28,28],\n"
     "  the network's output in evaluation mode (BatchNorm: running statistics).\n"
@@ -63,7 +63,7 @@ static const char *usage_predict =
 static const char *usage_sample =
     "usage: diffmpi sample --checkpoint FILE --out OUT.h5 [--n N] [--class K|all]\n"
     "                      [--guidance G] [--steps S] [--seed S] [--trajectory]\n"
-    "                      [--precision fp32|bf16] [--weights auto|ema|raw]\n"
+    "                      [--precision fp32|bf16|auto] [--weights auto|ema|raw]\n"
     "                      [--log-every SECONDS]\n"
     "\n"
     "  --n N          images to draw (default 40)\n"
@@ -75,7 +75,7 @@ static const char *usage_sample =
     "  --seed S       noise seed (default: the run's seed)\n"
     "  --trajectory   also store intermediate images (/trajectory [F,N,28,28])\n"
     "  --precision P  of the convolutions (default: the run's; bf16 needs\n"
-    "                 AVX512-BF16 or AMX)\n"
+    "                 AVX512-BF16 or AMX; auto: bf16 where it is faster here)\n"
     "  --weights W    ema: the weight average (ema_decay > 0); raw: the\n"
     "                 trained weights; auto (default): ema if stored\n"
     "  --log-every S  seconds between progress lines (\"sampling N images:\n"
@@ -87,7 +87,7 @@ static const char *usage_sample =
 static const char *usage_score =
     "usage: diffmpi score --judge J.h5 --samples S.h5 [--out SCORE.h5] [--features]\n"
     "                     [--epoch N] [--ref REF.h5 | --data DIR]\n"
-    "                     [--precision fp32|bf16] [--weights auto|ema|raw]\n"
+    "                     [--precision fp32|bf16|auto] [--weights auto|ema|raw]\n"
     "\n"
     "  --judge J.h5    a checkpoint of objective = classify (train one with\n"
     "                  jobs/configs/judge.ini)\n"

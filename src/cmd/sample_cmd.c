@@ -91,6 +91,12 @@ static dm_status resolve(const sample_args *a, const dm_config *c, sampler_reque
 static dm_status load(sample_args *a, dm_config *c, sampler_request *q, unet *u) {
     DM_TRY(ckpt_read_config(a->checkpoint, c));
     if (a->precision >= 0) c->precision = (dm_precision)a->precision;
+    /* --precision auto: rank 0 measures, every rank runs its answer. */
+    int rank, p = 0;
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    if (rank == 0) p = (int)gemm_resolve_precision(c->engine, c->precision);
+    MPI_Bcast(&p, 1, MPI_INT, 0, MPI_COMM_WORLD);
+    c->precision = (dm_precision)p;
     DM_TRY(gemm_setup(c->engine, c->precision, c->threads));
     DM_TRY(resolve(a, c, q));
     unet_shape sh = diffusion_shape(c, sampler_model_rows(c), 1, 1);
@@ -136,6 +142,7 @@ int sample_run(sample_args *a) {
     sampler_run(&u, &c, &q, img, traj, traj_t);
     double secs = MPI_Wtime() - t0;
     if (rank == 0) {
+        if (gemm_auto_note()) printf("%s\n", gemm_auto_note());
         printf("sampled %d images (%d steps, guidance %g, seed %llu, %s weights, %s) in "
                "%.2f s\n", q.n, q.steps, q.guidance, (unsigned long long)q.seed,
                a->used_ema ? "EMA" : "raw", gemm_describe(), secs);

@@ -265,9 +265,13 @@ int score_run(const score_args *a) {
     dm_status st = load_inputs(a, &j, l, &ref, refdesc, sizeof refdesc, rank);
     if (st == DM_OK) {
         dm_set_quiet(rank != 0);
-        j.prec = gemm_resolve_precision(j.cfg.engine, a->precision >= 0
-                                                          ? (dm_precision)a->precision
-                                                          : j.cfg.precision);
+        /* auto: rank 0 measures, every rank runs its answer. */
+        int p = rank == 0 ? (int)gemm_resolve_precision(
+                                j.cfg.engine, a->precision >= 0 ? (dm_precision)a->precision
+                                                                : j.cfg.precision)
+                          : 0;
+        MPI_Bcast(&p, 1, MPI_INT, 0, MPI_COMM_WORLD);
+        j.prec = (dm_precision)p;
         st = dm_agree(gemm_setup(j.cfg.engine, j.prec, j.cfg.threads));
         dm_set_quiet(0);
     }

@@ -363,15 +363,60 @@ static void synthetic_data(dm_dataset *d, int n, uint64_t seed) {
 
 int blas_core_note(char *buf, size_t size) {
     static const char *const avx512_cores[] = {"SkylakeX", "Cooperlake", "SapphireRapids"};
+    /* Cores without AVX: what OpenBLAS 0.3.21 falls back to on a CPU it
+     * does not know (an Intel Xeon of family 6 model 207 ran as Prescott,
+     * at a quarter of oneDNN's fp32 speed). */
+    static const char *const old_cores[] = {"Prescott", "Core2", "Penryn", "Dunnington",
+                                            "Nehalem", "Atom", "Katmai", "Northwood"};
     const char *forced = getenv("OPENBLAS_CORETYPE"), *core = openblas_get_corename();
-    if (!forced || !__builtin_cpu_supports("avx512f") || gemm_engine_now() != DM_ENGINE_OPENBLAS)
+    if (gemm_engine_now() != DM_ENGINE_OPENBLAS) return 0;
+    if (!forced && __builtin_cpu_supports("avx2")) {
+        for (size_t i = 0; i < sizeof old_cores / sizeof old_cores[0]; i++)
+            if (strcasecmp(core, old_cores[i]) == 0) {
+                snprintf(buf, size,
+                         "note: OpenBLAS does not know this CPU and runs its %s kernels, "
+                         "without AVX; engine = onednn (the default where built) or "
+                         "OPENBLAS_CORETYPE=%s is several times faster (docs/performance.md)",
+                         core, __builtin_cpu_supports("avx512f") ? "SkylakeX" : "Haswell");
+                return 1;
+            }
         return 0;
+    }
+    if (!forced || !__builtin_cpu_supports("avx512f")) return 0;
     for (size_t i = 0; i < sizeof avx512_cores / sizeof avx512_cores[0]; i++)
         if (strcasecmp(core, avx512_cores[i]) == 0) return 0;
     snprintf(buf, size, "note: OPENBLAS_CORETYPE=%s makes OpenBLAS run its %s kernels, "
              "without AVX-512, on this AVX-512 CPU, which can halve the GEMM speed "
              "(docs/performance.md): compare diffmpi bench with it unset", forced, core);
     return 1;
+}
+
+/* precision = auto on rank 0. A resumed run keeps the precision its
+ * checkpoint ran in where this CPU can run it, so that it stays bitwise on
+ * course; otherwise the engine measures which is faster here
+ * (gemm_resolve_precision). note: the line that says which, for the log. */
+static dm_precision auto_precision(const dm_config *c, const char *out, const char *resume,
+                                   char *note, size_t size) {
+    note[0] = '\0';
+    if (c->precision != DM_PREC_AUTO) return c->precision;
+    char path[4096] = "";
+    dm_config k;
+    if (resume && out) {
+        dm_set_quiet(1);
+        dm_status st = strcmp(resume, "auto") == 0 ? ckpt_find_latest(out, path, sizeof path)
+                                                   : DM_OK;
+        if (strcmp(resume, "auto") != 0) snprintf(path, sizeof path, "%s", resume);
+        if (st == DM_OK) st = ckpt_read_config(path, &k);
+        dm_set_quiet(0);
+        if (st == DM_OK && k.precision != DM_PREC_AUTO && gemm_can_run(c->engine, k.precision)) {
+            snprintf(note, size, "precision = auto: %s, as the checkpoint ran",
+                     gemm_precision_name(k.precision));
+            return k.precision;
+        }
+    }
+    dm_precision p = gemm_resolve_precision(c->engine, DM_PREC_AUTO);
+    if (gemm_auto_note()) snprintf(note, size, "%s", gemm_auto_note());
+    return p;
 }
 
 /* judge = PATH: the judge and its reference statistics, the whole MNIST
@@ -416,9 +461,11 @@ dm_status trainer_setup(dm_trainer *t, const dm_config *cfg, const char *out_dir
      * to a file, so only a run without mpirun redraws one line. */
     t->tty = isatty(STDOUT_FILENO) && !getenv("OMPI_COMM_WORLD_SIZE");
     const dm_config *c = &t->cfg;
-    /* precision = auto becomes what runs, in every output: rank 0's CPU
-     * decides for the job (a rank that cannot follow fails setup). */
-    int prec = (int)gemm_resolve_precision(c->engine, c->precision);
+    /* precision = auto becomes what runs, in every output: rank 0 decides
+     * for the job (a rank that cannot follow fails setup). */
+    int prec = t->rank == 0 ? (int)auto_precision(c, out_dir, resume, t->auto_note,
+                                                  sizeof t->auto_note)
+                            : 0;
     MPI_Bcast(&prec, 1, MPI_INT, 0, MPI_COMM_WORLD);
     t->cfg.precision = (dm_precision)prec;
     dm_set_quiet(t->rank != 0);
@@ -784,6 +831,7 @@ int train_run(const dm_config *cfg, const char *out_dir, const char *resume) {
                    "of %d per full batch\n", cfg->hidden, t.net.nparams,
                    t.steps_per_epoch, t.nmb_full, cfg->micro_batch);
             printf("convolution products: %s\n", gemm_describe());
+            if (t.auto_note[0]) printf("%s\n", t.auto_note);
             char note[512];
             if (blas_core_note(note, sizeof note)) printf("%s\n", note);
             fflush(stdout);

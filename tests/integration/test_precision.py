@@ -10,7 +10,11 @@ Where the CPU has bf16 units (AVX512-BF16 or AMX):
 On every CPU, bf16 is refused (exit 2, one line, nothing written) when oneDNN
 may not use the bf16 units (ONEDNN_MAX_CPU_ISA=AVX512_CORE), and with
 engine = openblas. engine = openblas and engine = onednn give fp32 runs that
-differ in bits (different kernels) but not in substance."""
+differ in bits (different kernels) but not in substance. precision = auto
+runs fp32 without bf16 units and otherwise what a timed product says is
+faster (both answers forced by DIFFMPI_TEST_BF16_SPEEDUP where bf16 runs),
+in train and in sample on 2 ranks, and a resumed auto run keeps its
+checkpoint's precision, bitwise."""
 import os
 import subprocess
 
@@ -60,26 +64,77 @@ check(not np.array_equal(a, b) and np.max(np.abs(a - b) / np.abs(a)) < 1e-3,
 probe = mpirun(1, ["bench", "--set", "precision=bf16", "--set", "hidden=8", "--set", "batch=4",
                    "--set", "micro_batch=4", "--steps", "1"])
 
-# precision = auto: bf16 where the CPU can, else fp32; the checkpoint
-# records what ran.
-for env, args in ((None, ()), (NO_BF16, NO_BF16_ARGS)):
-    out = os.path.join(base, "auto" + ("-nobf16" if env else ""))
-    r = mpirun(2, ["train", "--out", out] + sum((["--set", kv] for kv in
-               ["hidden=8", "train_limit=48", "batch=24", "micro_batch=4", "epochs=1",
-                "precision=auto", "data_dir=" + os.path.join(SRC, "data", "mnist")]), []),
-               env_extra=env, mpi_args=args)
-    want = "bf16" if probe.returncode == 0 and not env else "fp32"
-    with h5py.File(os.path.join(out, "checkpoints", "ckpt-2.h5"), "r") as f:
-        stored = f.attrs["config"]
-    check(r.returncode == 0 and f"convolution products: onednn {want}" in r.stdout
-          and f"precision = {want}" in stored,
-          f"precision = auto runs and records {want}{' (no bf16 units)' if env else ''} "
-          f"({r.returncode}, {r.stderr[-200:]})")
+# precision = auto: fp32 without bf16 units; with them the engine times one
+# product in both precisions and takes bf16 only where it is at least 1.1x
+# as fast (an Intel Xeon without AMX ran it at 0.6x); the checkpoint records
+# what ran. DIFFMPI_TEST_BF16_SPEEDUP stands in for the measured ratio.
+AUTO = ["hidden=8", "train_limit=48", "batch=24", "micro_batch=4", "epochs=1",
+        "precision=auto", "data_dir=" + os.path.join(SRC, "data", "mnist")]
+
+
+def auto_run(name, env=None, args=(), resume=None, nprocs=2):
+    out = os.path.join(base, name)
+    cmd = ["train", "--out", out] + sum((["--set", kv] for kv in AUTO), [])
+    if resume:
+        cmd += ["--resume", resume]
+    return out, mpirun(nprocs, cmd, env_extra=env, mpi_args=list(args))
+
+
+def stored_precision(path):
+    with h5py.File(path, "r") as f:
+        cfg = f.attrs["config"]
+    cfg = cfg.decode() if isinstance(cfg, bytes) else cfg
+    return [l.split("=")[1].strip() for l in cfg.splitlines()
+            if l.startswith("precision")][0]
+
+
+out, r = auto_run("auto-nobf16", NO_BF16, NO_BF16_ARGS)
+check(r.returncode == 0 and "convolution products: onednn fp32" in r.stdout
+      and "chose" not in r.stdout
+      and stored_precision(os.path.join(out, "checkpoints", "ckpt-2.h5")) == "fp32",
+      f"precision = auto without bf16 units runs and records fp32, unmeasured "
+      f"({r.returncode}, {r.stderr[-200:]})")
+out, r = auto_run("auto")
+chose = [l for l in r.stdout.splitlines() if l.startswith("precision = auto chose")]
+if probe.returncode == 0:
+    # "precision = auto chose P: a bf16 product ran R x as fast as fp32 on ISA"
+    ok = len(chose) == 1
+    if ok:
+        want = chose[0].split()[4].rstrip(":")
+        ratio = float(chose[0].split(" ran ")[1].split("x")[0])
+        ok = want == ("bf16" if ratio >= 1.1 else "fp32")
+    check(ok and r.returncode == 0 and f"convolution products: onednn {want}" in r.stdout
+          and stored_precision(os.path.join(out, "checkpoints", "ckpt-2.h5")) == want,
+          f"precision = auto follows its measurement and records it ({chose}, "
+          f"{r.returncode}, {r.stderr[-200:]})")
+else:
+    check(r.returncode == 0 and not chose
+          and stored_precision(os.path.join(out, "checkpoints", "ckpt-2.h5")) == "fp32",
+          f"precision = auto on a CPU without bf16 units: fp32 ({r.stderr[-200:]})")
 if probe.returncode != 0:
     check(probe.returncode == 2 and "AVX512-BF16" in probe.stderr,
           f"no bf16 units here: refused with the reason ({probe.stderr[-200:]})")
     print("note: this CPU has no bf16 units; the bf16 runs are not tested here")
     finish()
+
+# precision = auto where bf16 runs: the measured ratio decides, and a resumed
+# run keeps its checkpoint's precision whatever the measurement says now.
+FAST, SLOW = {"DIFFMPI_TEST_BF16_SPEEDUP": "2.0"}, {"DIFFMPI_TEST_BF16_SPEEDUP": "0.5"}
+HOOK = ["-x", "DIFFMPI_TEST_BF16_SPEEDUP"]
+for env, want in ((FAST, "bf16"), (SLOW, "fp32")):
+    out, r = auto_run("auto-" + want, env, HOOK)
+    check(r.returncode == 0 and f"precision = auto chose {want}" in r.stdout
+          and stored_precision(os.path.join(out, "checkpoints", "ckpt-2.h5")) == want,
+          f"precision = auto with a bf16 speed-up of {env['DIFFMPI_TEST_BF16_SPEEDUP']}: "
+          f"{want} ({r.returncode}, {r.stderr[-200:]})")
+out, r = auto_run("auto-resume", dict(FAST, DIFFMPI_TEST_STOP_AT_STEP="1"), HOOK)
+check(r.returncode == 3, f"auto (bf16) run stops at step 1 (rc {r.returncode})")
+out, r = auto_run("auto-resume", SLOW, HOOK, resume="auto", nprocs=3)
+bad = compare_h5(os.path.join(base, "auto-bf16", "checkpoints", "ckpt-2.h5"),
+                 os.path.join(out, "checkpoints", "ckpt-2.h5"))
+check(r.returncode == 0 and "precision = auto: bf16, as the checkpoint ran" in r.stdout
+      and not bad, f"a resumed auto run keeps the checkpoint's bf16, bitwise "
+      f"({r.returncode}, {bad[:3]}, {r.stderr[-200:]})")
 
 runs = {}
 for p in (1, 2, 3, 4):
@@ -131,6 +186,13 @@ for prec in ("fp32", "bf16"):
         imgs[prec] = f["images"][()]
 d = np.abs(imgs["fp32"] - imgs["bf16"])
 check(0 < d.max() and d.mean() < 0.05, f"bf16 samples near fp32 (mean |diff| {d.mean():.4f})")
+for env, want in ((FAST, "bf16"), (SLOW, "fp32")):
+    r = mpirun(2, ["sample", "--checkpoint", ck, "--out", os.path.join(base, f"a-{want}.h5"),
+                   "--n", "4", "--steps", "2", "--precision", "auto"], env_extra=env,
+               mpi_args=HOOK)
+    check(r.returncode == 0 and f"precision = auto chose {want}" in r.stdout
+          and f"onednn {want}" in r.stdout,
+          f"sample --precision auto on 2 ranks runs {want} ({r.stdout[-300:]} {r.stderr[-200:]})")
 r = mpirun(1, ["sample", "--checkpoint", ck, "--out", os.path.join(base, "x.h5"),
                "--precision", "fp16"])
 check(r.returncode == 2 and "--precision" in r.stderr, "sample --precision fp16: usage error")
