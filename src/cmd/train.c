@@ -1,10 +1,13 @@
 /* train.c: the training loop: data order, micro-batches, fixed-order
  * reductions, Adam, checkpoints, log, evaluation and signals. */
+/* pthread_sigmask, sigtimedwait: POSIX beside C11. */
+#define _POSIX_C_SOURCE 200809L
 #include "diffmpi/train.h"
 
 #include <cblas.h>
 #include <errno.h>
 #include <math.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -34,9 +37,44 @@
  * apart from the figure's 40 (seed). */
 #define SCORE_SEED 0x9E3779B97F4A7C15ull
 
-/* Set by SIGTERM/SIGUSR1; acted upon at the next step boundary. */
+/* SIGTERM/SIGUSR1 ask for a checkpoint and an exit at the next step
+ * boundary. They are blocked in the thread that computes (and so in every
+ * thread it starts: OpenMP's, the watchdog's) and collected at the step
+ * boundary with sigtimedwait, because no signal may be taken by a thread
+ * inside a product: oneDNN 2.6's JIT sgemm (the no-copy kernel its matmul
+ * picks for some shapes) points rsp into a heap workspace while it runs,
+ * and the kernel writes the signal frame below rsp, over other heap memory.
+ * At D=128 one USR1 forwarded by mpirun corrupted the heap in 4 of 9 tries
+ * ("double free or corruption"; oneDNN issue 4845, fixed upstream in 2026,
+ * after the 2.6.3 that Debian 12 ships; docs/design.md, "Signals"). Threads that MPI_Init started
+ * before the block (Open MPI's, which only wait in poll) can still take a
+ * signal sent to the process: there the handler records it. */
 static volatile sig_atomic_t stop_signal = 0;
+static sigset_t stop_signals;
 static void on_signal(int sig) { stop_signal = sig; }
+
+static void catch_stop_signals(void) {
+    sigemptyset(&stop_signals);
+    sigaddset(&stop_signals, SIGTERM);
+    sigaddset(&stop_signals, SIGUSR1);
+    pthread_sigmask(SIG_BLOCK, &stop_signals, NULL);
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sa.sa_flags = SA_RESTART;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGUSR1, &sa, NULL);
+}
+
+/* The stop signal that arrived since the run began (pending for this
+ * thread or the process, or taken by another thread), or 0. */
+static int stop_signal_seen(void) {
+    const struct timespec now = {0, 0};
+    int sig = sigtimedwait(&stop_signals, NULL, &now);
+    if (sig > 0 && !stop_signal) stop_signal = sig;
+    return stop_signal;
+}
 
 /* Ends a read that every rank does of the same files (data, checkpoint),
  * begun with dm_set_quiet(rank != 0): their messages would be identical, so
@@ -758,7 +796,7 @@ static dm_status loop(dm_trainer *t) {
             progress(t, loss, ips, &last_print, first_step, 0);
         }
         fault_point("signal_check");
-        int sig = stop_signal, any = 0;
+        int sig = stop_signal_seen(), any = 0;
         if (test_stop_step > 0 && t->st.step == test_stop_step) sig = SIGUSR1;
         MPI_Allreduce(&sig, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
         st = dm_agree(st);
@@ -809,12 +847,7 @@ int train_run(const dm_config *cfg, const char *out_dir, const char *resume) {
     const char *nan_env = getenv("DIFFMPI_TEST_NAN_GRAD");
     test_nan_step = nan_env ? atoll(nan_env) : -1;
     h5_quiet();
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_signal;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGUSR1, &sa, NULL);
+    catch_stop_signals();
     if (rank == 0) {
         int size;
         MPI_Comm_size(MPI_COMM_WORLD, &size);

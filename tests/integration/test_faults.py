@@ -11,7 +11,7 @@ import time
 
 import h5py
 
-from common import BIN, SRC, TINY, check, compare_h5, finish, tmpdir, train
+from common import BIN, SRC, TINY, check, compare_h5, finish, mpirun, tmpdir, train
 
 base = tmpdir()
 ref = os.path.join(base, "ref")
@@ -135,6 +135,64 @@ bad = compare_h5(ref_final, os.path.join(out, "checkpoints", "ckpt-44.h5"))
 check(not bad, f"kill -9 + resume: final checkpoint bitwise equal ({bad[:4]})")
 bad = compare_h5(os.path.join(ref, "log.h5"), os.path.join(out, "log.h5"))
 check(not bad, f"kill -9 + resume: log equal, no step twice ({bad[:4]})")
+
+# Signals that land inside a product. The products of the tiny runs above
+# take microseconds; at D=128 they take milliseconds. oneDNN 2.6's JIT
+# sgemm points rsp into a heap workspace while it runs, so a signal frame
+# pushed there overwrites other heap memory (seen at D=128: "double free or
+# corruption" after one USR1 from mpirun). The ranks block TERM and USR1 in
+# the thread that computes and take them at the step boundary. Checked: the
+# mask itself, while the run computes; then USR1 sent to both ranks every
+# 5 ms until they stop: a clean stop (exit 3), and the run resumed from its
+# checkpoint ends bitwise equal to one never signalled (a frame written
+# over a buffer would show there even where it does not crash).
+big = list(TINY) + ["hidden=128", "batch=128", "micro_batch=32", "engine=onednn",
+                    "precision=fp32", "checkpoint_every=0", "epochs=1"]
+big_args = sum((["--set", kv] for kv in big), [])
+ref_big = os.path.join(base, "ref-big")
+r = mpirun(2, ["train", "--out", ref_big] + big_args)
+check(r.returncode == 0, f"D=128 reference run ({r.stderr[-300:]})")
+out = os.path.join(base, "burst")
+p = subprocess.Popen(["mpirun", "--oversubscribe", "-np", "2", BIN, "train", "--out", out]
+                     + big_args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                     start_new_session=True)
+beat = os.path.join(out, ".heartbeat", "rank-0")
+t0 = time.time()
+while time.time() - t0 < 120 and p.poll() is None:  # until step 1 is done
+    try:
+        with open(beat) as f:
+            if int(f.read().split()[0]) >= 1:
+                break
+    except (OSError, ValueError, IndexError):
+        pass
+    time.sleep(0.05)
+pids = [int(x) for x in subprocess.run(["pgrep", "-s", str(p.pid), "-x", "diffmpi"],
+                                       capture_output=True, text=True).stdout.split()]
+masks = []
+for pid in pids:  # the main thread (tid = pid) is the one that computes
+    with open(f"/proc/{pid}/task/{pid}/status") as f:
+        blk = int(next(l for l in f if l.startswith("SigBlk:")).split()[1], 16)
+    masks.append(all(blk >> (s - 1) & 1 for s in (signal.SIGUSR1, signal.SIGTERM)))
+check(len(pids) == 2 and all(masks),
+      f"mid-run, both ranks' computing threads block USR1 and TERM ({pids}, {masks})")
+sent = 0
+t0 = time.time()
+while time.time() - t0 < 120 and p.poll() is None:  # until the ranks stop
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGUSR1)
+            sent += 1
+        except ProcessLookupError:
+            pass
+    time.sleep(0.005)
+so, se = p.communicate(timeout=300)
+check(p.returncode == 3 and "stopped by signal 10" in so and sent > 100,
+      f"{sent} USR1 mid-product: clean stop, exit 3 (rc {p.returncode}, {se[-300:]})")
+r = mpirun(2, ["train", "--out", out, "--resume", "auto"] + big_args)
+bad = compare_h5(os.path.join(ref_big, "checkpoints", "ckpt-4.h5"),
+                 os.path.join(out, "checkpoints", "ckpt-4.h5"))
+check(r.returncode == 0 and not bad,
+      f"signalled D=128 run resumed: final checkpoint bitwise equal ({r.stderr[-200:]} {bad[:4]})")
 
 # A learning rate that blows the weights up: non-finite loss at step 2.
 out = os.path.join(base, "nan")
