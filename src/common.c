@@ -65,6 +65,11 @@ dm_status dm_agree(dm_status st) {
     return (dm_status)w;
 }
 
+int dm_from_rank0(int v) {
+    MPI_Bcast(&v, 1, MPI_INT, 0, MPI_COMM_WORLD);
+    return v;
+}
+
 int dm_parse_long(const char *s, long lo, long hi, long *out) {
     char *end;
     errno = 0;

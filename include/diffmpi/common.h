@@ -37,6 +37,11 @@ int dm_exit_code(dm_status st);
  * one wins. Collective. */
 dm_status dm_agree(dm_status st);
 
+/* Rank 0's v, on every rank of MPI_COMM_WORLD (a decision one rank makes
+ * for the job: a measured precision, the status of a file only it wrote).
+ * Collective; other ranks' v is ignored. */
+int dm_from_rank0(int v);
+
 /* Print "diffmpi: <message>\n" on stderr as one write (printf format). */
 void dm_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 

@@ -174,6 +174,5 @@ int predict_run(const char *ckpt, const char *in_path, const char *out_path, int
     h5_quiet();
     int st = rank == 0 ? (int)predict_rank0(ckpt, in_path, out_path, precision, weights) : 0;
     gemm_teardown();
-    MPI_Bcast(&st, 1, MPI_INT, 0, MPI_COMM_WORLD);
-    return dm_exit_code((dm_status)st);
+    return dm_exit_code((dm_status)dm_from_rank0(st));
 }

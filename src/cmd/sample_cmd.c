@@ -92,11 +92,10 @@ static dm_status load(sample_args *a, dm_config *c, sampler_request *q, unet *u)
     DM_TRY(ckpt_read_config(a->checkpoint, c));
     if (a->precision >= 0) c->precision = (dm_precision)a->precision;
     /* --precision auto: rank 0 measures, every rank runs its answer. */
-    int rank, p = 0;
+    int rank;
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-    if (rank == 0) p = (int)gemm_resolve_precision(c->engine, c->precision);
-    MPI_Bcast(&p, 1, MPI_INT, 0, MPI_COMM_WORLD);
-    c->precision = (dm_precision)p;
+    c->precision = (dm_precision)dm_from_rank0(
+        rank == 0 ? (int)gemm_resolve_precision(c->engine, c->precision) : 0);
     DM_TRY(gemm_setup(c->engine, c->precision, c->threads));
     DM_TRY(resolve(a, c, q));
     unet_shape sh = diffusion_shape(c, sampler_model_rows(c), 1, 1);
@@ -149,8 +148,7 @@ int sample_run(sample_args *a) {
         st = write_outputs(a, &c, &q, img, labels, traj, traj_t);
     }
     /* Only rank 0 wrote: its status is the job's. */
-    int v = (int)st;
-    MPI_Bcast(&v, 1, MPI_INT, 0, MPI_COMM_WORLD);
+    int v = dm_from_rank0((int)st);
     free(labels), free(img), free(traj);
     unet_free(&u);
     gemm_teardown();

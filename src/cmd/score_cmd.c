@@ -266,12 +266,9 @@ int score_run(const score_args *a) {
     if (st == DM_OK) {
         dm_set_quiet(rank != 0);
         /* auto: rank 0 measures, every rank runs its answer. */
-        int p = rank == 0 ? (int)gemm_resolve_precision(
-                                j.cfg.engine, a->precision >= 0 ? (dm_precision)a->precision
-                                                                : j.cfg.precision)
-                          : 0;
-        MPI_Bcast(&p, 1, MPI_INT, 0, MPI_COMM_WORLD);
-        j.prec = (dm_precision)p;
+        dm_precision want = a->precision >= 0 ? (dm_precision)a->precision : j.cfg.precision;
+        j.prec = (dm_precision)dm_from_rank0(
+            rank == 0 ? (int)gemm_resolve_precision(j.cfg.engine, want) : 0);
         st = dm_agree(gemm_setup(j.cfg.engine, j.prec, j.cfg.threads));
         dm_set_quiet(0);
     }
@@ -280,6 +277,7 @@ int score_run(const score_args *a) {
         printf("score: judge %s (crc32 %08x, D=%d, %d features, %s weights, %s)\n",
                a->judge, (unsigned)j.crc, j.cfg.hidden, j.F, j.ema ? "EMA" : "raw",
                gemm_describe());
+        if (gemm_auto_note()) printf("score: %s\n", gemm_auto_note());
         printf("score: reference features of %d images of %s ...\n", ref.n, refdesc);
         fflush(stdout);
     }
@@ -321,9 +319,7 @@ int score_run(const score_args *a) {
         printf("score: %d set(s) scored in %.1f s\n", l->nsets, MPI_Wtime() - t0);
     if (st == DM_OK && a->out) {
         if (rank == 0) st = write_out(a, &j, refdesc, l, sc, ref_feats);
-        int v = (int)st;
-        MPI_Bcast(&v, 1, MPI_INT, 0, MPI_COMM_WORLD);
-        st = (dm_status)v;
+        st = (dm_status)dm_from_rank0((int)st);
         if (st == DM_OK && rank == 0) printf("wrote %s\n", a->out);
     }
     free(sc);

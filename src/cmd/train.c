@@ -340,14 +340,18 @@ static dm_status prepare_out(dm_trainer *t, const char *resume) {
     return dm_agree(st);
 }
 
+/* The checkpoint --resume names: "auto" is out's latest, anything else a
+ * path. One rank's view (resolve_resume makes it the job's). */
+static dm_status resume_path(const char *out, const char *resume, char *path, size_t size) {
+    if (strcmp(resume, "auto") == 0) return ckpt_find_latest(out, path, size);
+    snprintf(path, size, "%s", resume);
+    return DM_OK;
+}
+
 /* Rank 0 resolves the checkpoint path and broadcasts it. */
 static dm_status resolve_resume(dm_trainer *t, const char *resume, char *path,
                                 size_t size) {
-    dm_status st = DM_OK;
-    if (t->rank == 0) {
-        if (strcmp(resume, "auto") == 0) st = ckpt_find_latest(t->out, path, size);
-        else snprintf(path, size, "%s", resume);
-    }
+    dm_status st = t->rank == 0 ? resume_path(t->out, resume, path, size) : DM_OK;
     st = dm_agree(st);
     MPI_Bcast(path, (int)size, MPI_CHAR, 0, MPI_COMM_WORLD);
     return st;
@@ -441,9 +445,7 @@ static dm_precision auto_precision(const dm_config *c, const char *out, const ch
     dm_config k;
     if (resume && out) {
         dm_set_quiet(1);
-        dm_status st = strcmp(resume, "auto") == 0 ? ckpt_find_latest(out, path, sizeof path)
-                                                   : DM_OK;
-        if (strcmp(resume, "auto") != 0) snprintf(path, sizeof path, "%s", resume);
+        dm_status st = resume_path(out, resume, path, sizeof path);
         if (st == DM_OK) st = ckpt_read_config(path, &k);
         dm_set_quiet(0);
         if (st == DM_OK && k.precision != DM_PREC_AUTO && gemm_can_run(c->engine, k.precision)) {
@@ -501,11 +503,10 @@ dm_status trainer_setup(dm_trainer *t, const dm_config *cfg, const char *out_dir
     const dm_config *c = &t->cfg;
     /* precision = auto becomes what runs, in every output: rank 0 decides
      * for the job (a rank that cannot follow fails setup). */
-    int prec = t->rank == 0 ? (int)auto_precision(c, out_dir, resume, t->auto_note,
-                                                  sizeof t->auto_note)
-                            : 0;
-    MPI_Bcast(&prec, 1, MPI_INT, 0, MPI_COMM_WORLD);
-    t->cfg.precision = (dm_precision)prec;
+    t->cfg.precision = (dm_precision)dm_from_rank0(
+        t->rank == 0 ? (int)auto_precision(c, out_dir, resume, t->auto_note,
+                                           sizeof t->auto_note)
+                     : 0);
     dm_set_quiet(t->rank != 0);
     dm_status gst = dm_agree(gemm_setup(c->engine, c->precision, c->threads));
     dm_set_quiet(0);

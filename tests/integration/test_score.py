@@ -213,6 +213,19 @@ def one_line(r, code, words, what):
           f"{what}: exit {code} and one line naming {words} ({r.returncode}, {lines})")
 
 
+# --precision auto says what it measured and chose, as train and sample do;
+# a CPU without bf16 units runs fp32 unmeasured.
+with open("/proc/cpuinfo") as f:
+    has_bf16 = any(w in f.read().split() for w in ("avx512_bf16", "amx_bf16"))
+r = mpirun(2, ["score", "--judge", judge, "--samples", samples, "--ref", ref,
+               "--precision", "auto"], env_extra={"DIFFMPI_TEST_BF16_SPEEDUP": "0.5"},
+           mpi_args=["-x", "DIFFMPI_TEST_BF16_SPEEDUP"])
+chose = [l for l in r.stdout.splitlines() if "precision = auto chose" in l]
+ok = (len(chose) == 1 and chose[0].startswith("score: precision = auto chose fp32: ")
+      if has_bf16 else not chose)
+check(r.returncode == 0 and ok,
+      f"score --precision auto reports its choice ({chose}, {r.stderr[-200:]})")
+
 den = os.path.join(base, "denoiser")
 r = train(1, den, ["epochs=1", "train_limit=48"])
 check(r.returncode == 0, "a denoiser trains for the not-a-judge case")
