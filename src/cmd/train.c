@@ -46,9 +46,10 @@
  * and the kernel writes the signal frame below rsp, over other heap memory.
  * At D=128 one USR1 forwarded by mpirun corrupted the heap in 4 of 9 tries
  * ("double free or corruption"; oneDNN issue 4845, fixed upstream in 2026,
- * after the 2.6.3 that Debian 12 ships; docs/design.md, "Signals"). Threads that MPI_Init started
- * before the block (Open MPI's, which only wait in poll) can still take a
- * signal sent to the process: there the handler records it. */
+ * after the 2.6.3 that Debian 12 ships; docs/design.md, "Signals").
+ * Threads that MPI_Init started before the block (Open MPI's, which only
+ * wait in poll) can still take a signal sent to the process: there the
+ * handler records it. */
 static volatile sig_atomic_t stop_signal = 0;
 static sigset_t stop_signals;
 static void on_signal(int sig) { stop_signal = sig; }

@@ -30,6 +30,12 @@ def start(out, env_extra):
                             start_new_session=True)
 
 
+def rank_pids(proc):
+    """The diffmpi processes of an mpirun started with start_new_session."""
+    return [int(x) for x in subprocess.run(["pgrep", "-s", str(proc.pid), "-x", "diffmpi"],
+                                           capture_output=True, text=True).stdout.split()]
+
+
 def wait_for(pattern, proc, timeout=120):
     t0 = time.time()
     while time.time() - t0 < timeout and proc.poll() is None:
@@ -79,11 +85,10 @@ check(running and len(set(rows)) >= 2 and rows == sorted(rows),
 out = os.path.join(base, "term")
 p = start(out, {"DIFFMPI_TEST_CKPT_DELAY": "0.3"})
 wait_for(os.path.join(out, "checkpoints", "ckpt-5.h5"), p)
-pids = subprocess.run(["pgrep", "-s", str(p.pid), "-x", "diffmpi"],
-                      capture_output=True, text=True).stdout.split()
+pids = rank_pids(p)
 check(len(pids) == 2, f"found both ranks ({pids})")
 for pid in pids:
-    os.kill(int(pid), signal.SIGTERM)
+    os.kill(pid, signal.SIGTERM)
 so, se = p.communicate(timeout=300)
 check(p.returncode == 3, f"SIGTERM: exit code 3 (rc {p.returncode})")
 r = train(2, out, resume="auto")
@@ -166,8 +171,7 @@ while time.time() - t0 < 120 and p.poll() is None:  # until step 1 is done
     except (OSError, ValueError, IndexError):
         pass
     time.sleep(0.05)
-pids = [int(x) for x in subprocess.run(["pgrep", "-s", str(p.pid), "-x", "diffmpi"],
-                                       capture_output=True, text=True).stdout.split()]
+pids = rank_pids(p)
 masks = []
 for pid in pids:  # the main thread (tid = pid) is the one that computes
     with open(f"/proc/{pid}/task/{pid}/status") as f:
