@@ -29,6 +29,10 @@
 /* The sigmas of the noising figure and the out-of-distribution sweep. */
 #define DM_NSIGMAS 7
 extern const double dm_sigmas[DM_NSIGMAS];
+/* The sigma of the per-epoch test MSE and the denoising figures: dm_sigmas[3]
+ * == 0.5. Its index is also the noise stream, so the epoch's test MSE is the
+ * sweep's value at this sigma, bit for bit, and the sweep reuses it. */
+#define DM_SIGMA_EVAL 3
 
 dm_status samples_noising(const char *out, const dm_config *c,
                           const dm_dataset *test);

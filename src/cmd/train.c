@@ -32,7 +32,7 @@
 #include "diffmpi/unet.h"
 #include "diffmpi/watchdog.h"
 
-#define EVAL_SIGMA 0.5
+#define EVAL_SIGMA dm_sigmas[DM_SIGMA_EVAL]
 /* The judge's samples draw their noise with seed + SCORE_SEED, a stream
  * apart from the figure's 40 (seed). */
 #define SCORE_SEED 0x9E3779B97F4A7C15ull
@@ -729,7 +729,7 @@ static dm_status epoch_end(dm_trainer *t) {
     int epoch = (int)t->st.epoch + 1; /* 1-based, just finished */
     fault_point("epoch_end");
     bn_recalibrate(t, epoch);
-    double acc = NAN, loss = train_test_loss(t, EVAL_SIGMA, 3, &acc);
+    double acc = NAN, loss = train_test_loss(t, EVAL_SIGMA, DM_SIGMA_EVAL, &acc);
     dm_eval_row row = {.step = t->st.step, .epoch = epoch, .test_loss = loss,
                        .test_mse = o->loss_per_image == DM_PIX ? loss : NAN,
                        .test_acc = o->classes ? acc : NAN, .sample_acc = NAN,
@@ -758,7 +758,8 @@ static dm_status epoch_end(dm_trainer *t) {
         st = samples_epoch(t->out, &t->net, c, &t->test, epoch, t->rank);
     if (st == DM_OK && o->denoiser && epoch == c->epochs) {
         double mses[DM_NSIGMAS];
-        for (int s = 0; s < DM_NSIGMAS; s++) mses[s] = train_test_loss(t, dm_sigmas[s], s, NULL);
+        for (int s = 0; s < DM_NSIGMAS; s++) /* the epoch's own figure is mses[DM_SIGMA_EVAL] */
+            mses[s] = s == DM_SIGMA_EVAL ? loss : train_test_loss(t, dm_sigmas[s], s, NULL);
         st = samples_ood(t->out, &t->net, c, &t->test, mses, t->rank);
     }
     st = dm_agree(st);

@@ -14,8 +14,6 @@
 
 const double dm_sigmas[DM_NSIGMAS] = {0.0, 0.2, 0.4, 0.5, 0.6, 0.8, 1.0};
 
-#define SIGMA_IDX_HALF 3 /* dm_sigmas[3] == 0.5 */
-
 static dm_status copy_file(const char *src, const char *dst) {
     int in = open(src, O_RDONLY), out = -1;
     dm_status st = DM_OK;
@@ -170,7 +168,7 @@ dm_status samples_noising(const char *out, const dm_config *c,
 static dm_status denoise_body(hid_t g, const char *tmp, int epoch, const float *img) {
     hsize_t dims[3] = {SAMPLES_K, DM_IMG, DM_IMG};
     DM_TRY(h5_attr_i64(g, tmp, "epoch", epoch));
-    DM_TRY(h5_attr_f64(g, tmp, "sigma", dm_sigmas[SIGMA_IDX_HALF]));
+    DM_TRY(h5_attr_f64(g, tmp, "sigma", dm_sigmas[DM_SIGMA_EVAL]));
     DM_TRY(h5_write_f32(g, tmp, "clean", img, 3, dims));
     DM_TRY(h5_write_f32(g, tmp, "noisy", img + SAMPLES_K * DM_PIX, 3, dims));
     return h5_write_f32(g, tmp, "denoised", img + 2 * SAMPLES_K * DM_PIX, 3, dims);
@@ -192,7 +190,7 @@ static dm_status denoise(const char *out, unet *u, const dm_config *c,
     memcpy(clean, test->images, sizeof(float) * SAMPLES_K * DM_PIX);
     for (int i = 0; i < SAMPLES_K; i++)
         diffusion_noisy_at(c, noisy + (long)i * DM_PIX, clean + (long)i * DM_PIX,
-                        dm_sigmas[SIGMA_IDX_HALF], SIGMA_IDX_HALF, i);
+                        dm_sigmas[DM_SIGMA_EVAL], DM_SIGMA_EVAL, i);
     unet_predict(u, den, noisy, NULL, NULL, SAMPLES_K);
     char tmp[4300], name[64];
     hid_t f = open_copy(out, tmp, sizeof tmp);

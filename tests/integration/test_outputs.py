@@ -100,6 +100,11 @@ with h5py.File(os.path.join(out, "samples.h5"), "r") as f:
                   f"/denoise/epoch_{ep:04d}/{k}")
     g = f["ood"]
     check(g["noisy"].shape == (7, 28, 28) and g["test_mse"].shape == (7,), "/ood datasets")
+    sweep = g["test_mse"][()]
+    # The sweep reuses the last epoch's test MSE at sigma 0.5 (same images, same
+    # noise stream) instead of computing it again; it must sit among the others.
+    check(sweep[3] == mse[-1], f"sweep at sigma 0.5 {sweep[3]} is the last epoch's {mse[-1]}")
+    check(np.all(np.diff(sweep) > 0), f"sweep MSE rises with sigma {sweep}")
     noisy = f["denoise/epoch_0002/noisy"][()]
     den = f["denoise/epoch_0002/denoised"][()]
     clean = f["denoise/epoch_0002/clean"][()]
