@@ -80,6 +80,11 @@ void dm_gemm_typed(enum CBLAS_TRANSPOSE ta, enum CBLAS_TRANSPOSE tb, int M, int 
                    const void *A, dm_dtype at, int lda, const void *B, dm_dtype bt, int ldb,
                    float beta, float *C, int ldc);
 
+/* In bf16, an fp32 operand of more elements than this is rounded (into
+ * scratch of 2 bytes per element) and multiplied in slices along M (for A)
+ * or N (for B), never along K, so that the scratch stays small. */
+#define DM_BF16_ROUND_MAX (1L << 20)
+
 /* bfloat16 bits of f, rounded to nearest even (NaN stays NaN). */
 static inline unsigned short dm_bf16_bits(float f) {
     union { float f; unsigned u; } v = {f};

@@ -20,18 +20,24 @@
  * on the run's engine and precision (dm_gemm): the machine's own peak for
  * this job's ranks x threads. Returns this rank's GFLOP/s. */
 static double gemm_rate(int M, int N, int K, double secs) {
+    /* B in the type the convolutions build their columns in (bf16 in bf16
+     * precision), so that the peak does not include rounding a column
+     * matrix that no convolution rounds. */
+    const dm_dtype bt = gemm_operand_type();
     float *a = dm_calloc((size_t)M * K, sizeof(float)), *b = dm_calloc((size_t)K * N, sizeof(float));
     float *c = dm_calloc((size_t)M * N, sizeof(float));
     for (long i = 0; i < (long)M * K; i++) a[i] = (float)(i % 7) * 0.01f;
     for (long i = 0; i < (long)K * N; i++) b[i] = (float)(i % 5) * 0.01f;
+    if (bt == DM_T_BF16) /* in place: bf16 element i lies below float element i */
+        for (long i = 0; i < (long)K * N; i++) ((unsigned short *)b)[i] = dm_bf16_bits(b[i]);
     /* A [M x K] times B [K x N] into C [M x N], no transposes: the shape of
      * a convolution's forward GEMM (weights x im2col columns). */
-    dm_gemm(CblasNoTrans, CblasNoTrans, M, N, K, a, K, b, N, 0.0f, c, N);
+    dm_gemm_typed(CblasNoTrans, CblasNoTrans, M, N, K, a, DM_T_F32, K, b, bt, N, 0.0f, c, N);
     MPI_Barrier(MPI_COMM_WORLD);
     double t0 = dm_now(), t;
     long calls = 0;
     do {
-        dm_gemm(CblasNoTrans, CblasNoTrans, M, N, K, a, K, b, N, 0.0f, c, N);
+        dm_gemm_typed(CblasNoTrans, CblasNoTrans, M, N, K, a, DM_T_F32, K, b, bt, N, 0.0f, c, N);
         calls++;
     } while ((t = dm_now() - t0) < secs);
     free(a), free(b), free(c);

@@ -8,7 +8,11 @@
  *
  * bf16: both operands are rounded to bfloat16 (nearest even) into dense
  * scratch matrices, then multiplied with fp32 accumulation into the fp32
- * result. beta == 1 is oneDNN's sum post-op (C += A B).
+ * result. beta == 1 is oneDNN's sum post-op (C += A B). An fp32 operand of
+ * more than ROUND_MAX elements (gemm.h) is rounded and multiplied in slices
+ * of C's rows (A) or columns (B), never of K, so that the scratch stays at
+ * 2 MiB: at D=128 the 256 x 12544 weights of the 1x1 -> 7x7 transposed
+ * convolution, whose products have only 32 columns, would take 6.1 MiB.
  *
  * Threads: Debian's oneDNN runs on OpenMP; omp_set_num_threads gives it
  * the run's `threads` (one per rank by default), so two ranks on two cores
@@ -24,6 +28,7 @@
 #include <oneapi/dnnl/dnnl.h>
 
 #define CACHE_SLOTS 1024 /* a power of two */
+#define ROUND_MAX DM_BF16_ROUND_MAX
 
 typedef struct {
     int used;
@@ -186,6 +191,26 @@ static void onednn_gemm(enum CBLAS_TRANSPOSE ta_, enum CBLAS_TRANSPOSE tb_, int 
                         int ldb, float beta, float *C, int ldc) {
     const int ta = ta_ == CblasTrans, tb = tb_ == CblasTrans;
     const void *a = A, *b = B;
+    if (st.prec == DM_BF16 && at == DM_T_F32 && (long)M * K > ROUND_MAX && M > 1) {
+        /* Rows [m0, m0 + mc) of C need rows m0.. of op(A): columns of A if ta. */
+        long parts = ((long)M * K + ROUND_MAX - 1) / ROUND_MAX;
+        int mc = (int)((M + parts - 1) / parts);
+        for (int m0 = 0; m0 < M; m0 += mc)
+            onednn_gemm(ta_, tb_, M - m0 < mc ? M - m0 : mc, N, K,
+                        (const float *)A + (ta ? m0 : (long)m0 * lda), at, lda, B, bt, ldb,
+                        beta, C + (long)m0 * ldc, ldc);
+        return;
+    }
+    if (st.prec == DM_BF16 && bt == DM_T_F32 && (long)K * N > ROUND_MAX && N > 1) {
+        /* Columns [n0, n0 + nc) of C need columns n0.. of op(B): rows of B if tb. */
+        long parts = ((long)K * N + ROUND_MAX - 1) / ROUND_MAX;
+        int nc = (int)((N + parts - 1) / parts);
+        for (int n0 = 0; n0 < N; n0 += nc)
+            onednn_gemm(ta_, tb_, M, N - n0 < nc ? N - n0 : nc, K, A, at, lda,
+                        (const float *)B + (tb ? (long)n0 * ldb : n0), bt, ldb, beta, C + n0,
+                        ldc);
+        return;
+    }
     if (st.prec == DM_BF16 && (at == DM_T_F32 || bt == DM_T_F32)) {
         double t0 = prof_start();
         /* Stored shapes: A is M x K (K x M if ta), B K x N (N x K if tb). */

@@ -142,6 +142,18 @@ static void check_engine(const char *engine, int bf16) {
                                (int)s % 2 ? 3 : 0, bf16);
 }
 
+/* In bf16 an fp32 operand larger than DM_BF16_ROUND_MAX is rounded and
+ * multiplied in slices (of C's rows for A, of its columns for B): the
+ * result must still be the product, with every transpose and beta. */
+static void check_sliced(void) {
+    const int K = 1000, big = (int)(DM_BF16_ROUND_MAX / K) + 77, shapes[][2] = {{big, 3}, {5, big}};
+    for (size_t s = 0; s < 2; s++)
+        for (int ta = 0; ta < 2; ta++)
+            for (int tb = 0; tb < 2; tb++)
+                for (int beta = 0; beta < 2; beta++)
+                    check_case("onednn", shapes[s][0], shapes[s][1], K, ta, tb, beta, 2, 1);
+}
+
 static dm_status setup_quiet(dm_engine e, dm_precision p, char *msg, size_t size) {
     test_capture_begin(errpath);
     dm_status st = gemm_setup(e, p, 1);
@@ -177,6 +189,7 @@ int main(void) {
         printf("bf16 runs here: %s\n", gemm_describe());
         EXPECT(gemm_precision_now() == DM_BF16, "precision now bf16");
         check_engine("onednn", 1);
+        check_sliced();
     } else {
         printf("bf16 refused here: %s", msg);
         EXPECT(st == DM_EUSAGE && strstr(msg, "AVX512-BF16") && strstr(msg, "precision = fp32") &&
