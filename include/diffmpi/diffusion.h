@@ -15,6 +15,9 @@
 
 /* The model a configuration describes. */
 unet_shape diffusion_shape(const dm_config *c, int m, int max_mb, int inference);
+/* What conv_algo does in this run, for the progress output ("" for im2col):
+ * call after gemm_setup, as it depends on the precision. */
+const char *diffusion_conv_note(const dm_config *c);
 
 /* One training example: network input z [784], target [target_floats of
  * the objective's row], time input

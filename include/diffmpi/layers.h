@@ -53,6 +53,18 @@ void conv2d_backward(float *din, float *dw, float *db, const float *dout,
                      const float *in, const float *w, float *col, int N,
                      int Cin, int H, int W, int Cout, int k, int s, int p);
 
+/* ---- 3x3, stride 1, padding 1 convolutions by Winograd F(2x2, 3x3) ------
+ * (winograd.c; fp32). out [Cout][N][H][W] = conv(in [Cin][N][H][W], w),
+ * overwritten, or ADDED with acc. w is [Cout][Cin][3][3]; with flip it is
+ * the forward weights [Cin][Cout][3][3] of the convolution whose input
+ * gradient this is (transposed and rotated by 180 degrees, as the input
+ * gradient of a stride-1 convolution needs). scratch:
+ * winograd_scratch_floats(N, Cin, Cout, H, W) floats. */
+int winograd_applies(int k, int s, int p, int W);
+long winograd_scratch_floats(int N, int Cin, int Cout, int H, int W);
+void winograd_conv3x3(float *out, int acc, const float *in, const float *w, int flip,
+                      float *scratch, int N, int Cin, int H, int W, int Cout);
+
 /* im2col / col2im for the CNHW layout: col [Cin*k*k][N*Ho*Wo].
  * col2im ADDS into im. The _part forms cover images [n0, n1) of the N in
  * im, with col [Cin*k*k][(n1-n0)*Ho*Wo]. */
@@ -83,6 +95,8 @@ extern long conv_group_floats;
 /* The bias gradient of both convolution kinds: db[c] = the sum of
  * dout [C][plane] over channel c's plane, in double; db OVERWRITTEN. */
 void conv_bias_grad(float *db, const float *dout, int C, long plane);
+/* out[c][i] += b[c] over planes of `plane` floats. */
+void conv_bias_add(float *out, const float *b, int C, long plane);
 /* im2col of 'same' stride-1 convolutions as one shifted plane copy per
  * image: -1 (default) where the CPU has AVX-512, 0 never, 1 always. The
  * results are identical; tests set it to cover both paths. */

@@ -112,6 +112,7 @@ typedef struct {
     int inference;      /* forward only: no gradients, no backward scratch */
     int classes;        /* > 0: not the UNet but the classifier of that many
                            classes built from its encoder (mix must be NONE) */
+    int winograd;       /* 3x3 stride-1 convolutions by Winograd in fp32 */
 } unet_shape;
 
 /* Communication hooks so that unet.c does not depend on the trainer's
@@ -126,6 +127,7 @@ typedef struct unet {
     dm_norm norm;
     int groups;         /* GroupNorm groups */
     int inference;
+    int winograd;       /* see unet_shape */
     cond_mix mix;
     int nemb;           /* embeddings per conditioning point: 0, 1 (t), 2 (t, c) */
     int ncond;

@@ -3,6 +3,7 @@
 #include "diffmpi/diffusion.h"
 
 #include "diffmpi/data.h"
+#include "diffmpi/gemm.h"
 #include "diffmpi/rng.h"
 
 unet_shape diffusion_shape(const dm_config *c, int m, int max_mb, int inference) {
@@ -17,7 +18,16 @@ unet_shape diffusion_shape(const dm_config *c, int m, int max_mb, int inference)
     sh.m = m;
     sh.max_mb = max_mb;
     sh.inference = inference;
+    sh.winograd = c->conv_algo == CONV_WINOGRAD;
     return sh;
+}
+
+const char *diffusion_conv_note(const dm_config *c) {
+    if (c->conv_algo != CONV_WINOGRAD) return "";
+    return gemm_precision_now() == DM_FP32
+               ? "convolutions: 3x3 stride-1 outputs and input gradients by Winograd F(2x2,3x3)"
+               : "convolutions: conv_algo = winograd not used, as the products run in bf16 "
+                 "(it needs fp32); im2col";
 }
 
 void diffusion_noisy_at(const dm_config *c, float *z, const float *x, double sigma,

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "diffmpi/gemm.h"
 #include "diffmpi/layers.h"
 #include "diffmpi/prof.h"
 #include "diffmpi/rng.h"
@@ -236,6 +237,13 @@ static size_t layout(unet *u, char *base) {
         if (un->kind == UNIT_CONV)
             c = conv2d_scratch_floats(m, un->cin, un->hin, un->hin, un->cout, un->k, un->s,
                                       un->p);
+        if (un->kind == UNIT_CONV && u->winograd && winograd_applies(un->k, un->s, un->p, un->hin)) {
+            /* forward Cin -> Cout and input gradient Cout -> Cin */
+            long wf = winograd_scratch_floats(m, un->cin, un->cout, un->hin, un->hin),
+                 wb = winograd_scratch_floats(m, un->cout, un->cin, un->hin, un->hin);
+            if (wf > c) c = wf;
+            if (wb > c) c = wb;
+        }
         else if (un->kind == UNIT_CONVT)
             c = convt2d_col_floats(m, un->cout, un->hin, un->hin, un->k, un->s, un->p);
         if (c > u->col_floats) u->col_floats = c;
@@ -277,6 +285,7 @@ void unet_init(unet *u, const unet_shape *sh) {
     memset(u, 0, sizeof *u);
     u->D = sh->D, u->m = sh->m, u->max_mb = sh->max_mb;
     u->inference = sh->inference;
+    u->winograd = sh->winograd;
     u->mix = sh->mix;
     u->norm = sh->norm;
     u->groups = sh->groups;
@@ -364,10 +373,20 @@ const unet_param *unet_find(const unet *u, const char *name) {
 
 /* ---- forward ------------------------------------------------------------ */
 
+/* Does this convolution run by Winograd now? Only in fp32: the transforms
+ * would amplify bf16's rounding. */
+static int unit_winograd(const unet *u, const unet_unit *t) {
+    return u->winograd && t->kind == UNIT_CONV && winograd_applies(t->k, t->s, t->p, t->hin) &&
+           gemm_precision_now() == DM_FP32;
+}
+
 static void unit_linear_forward(unet *u, unet_unit *t, float *y,
                                 const float *x, int n) {
     const float *w = u->p + t->w, *b = u->p + t->b;
-    if (t->kind == UNIT_CONV)
+    if (unit_winograd(u, t)) {
+        winograd_conv3x3(y, 0, x, w, 0, u->col, n, t->cin, t->hin, t->hin, t->cout);
+        conv_bias_add(y, b, t->cout, (long)n * t->hout * t->hout);
+    } else if (t->kind == UNIT_CONV)
         conv2d_forward(y, x, w, b, u->col, n, t->cin, t->hin, t->hin, t->cout,
                        t->k, t->s, t->p);
     else if (t->kind == UNIT_CONVT)
@@ -445,7 +464,15 @@ static void unit_linear_backward(unet *u, unet_unit *t, float *leaf,
     float *x = unet_at(u, t->in, j, n, 0);
     /* The network input needs no gradient. */
     float *dx = t->in.buf == u->in_buf ? NULL : unet_at(u, t->in, j, n, 1);
-    if (t->kind == UNIT_CONV)
+    if (unit_winograd(u, t)) {
+        /* weight and bias gradients by im2col, the input gradient (a 3x3
+         * stride-1 convolution of dy with the flipped weights) by Winograd */
+        conv2d_backward(NULL, leaf + t->w, leaf + t->b, dy, x, u->p + t->w, u->col, n, t->cin,
+                        t->hin, t->hin, t->cout, t->k, t->s, t->p);
+        if (dx)
+            winograd_conv3x3(dx, 1, dy, u->p + t->w, 1, u->col, n, t->cout, t->hin, t->hin,
+                             t->cin);
+    } else if (t->kind == UNIT_CONV)
         conv2d_backward(dx, leaf + t->w, leaf + t->b, dy, x, u->p + t->w, u->col,
                         n, t->cin, t->hin, t->hin, t->cout, t->k, t->s, t->p);
     else if (t->kind == UNIT_CONVT)

@@ -205,9 +205,12 @@ void conv2d_forward(float *out, const float *in, const float *w, const float *b,
         dm_gemm_typed(CblasNoTrans, CblasNoTrans, Cout, Pc, K, w, DM_T_F32, K, col, ct, Pc,
                       0.0f, out + (long)n0 * HWo, (int)P);
     }
-    if (!b) return;
-    for (int co = 0; co < Cout; co++)
-        for (long i = 0; i < P; i++) out[(long)co * P + i] += b[co];
+    if (b) conv_bias_add(out, b, Cout, P);
+}
+
+void conv_bias_add(float *out, const float *b, int C, long plane) {
+    for (int c = 0; c < C; c++)
+        for (long i = 0; i < plane; i++) out[(long)c * plane + i] += b[c];
 }
 
 void conv_bias_grad(float *db, const float *dout, int C, long plane) {

@@ -60,6 +60,24 @@ check(not np.array_equal(a, b) and np.max(np.abs(a - b) / np.abs(a)) < 1e-3,
       f"openblas and onednn fp32 losses differ only in rounding (max rel "
       f"{np.max(np.abs(a - b) / np.abs(a)):.2e})")
 
+# conv_algo = winograd (fp32): the 3x3 stride-1 outputs and input gradients
+# by Winograd F(2x2,3x3). Other bits than im2col, same substance; bitwise
+# the same on 1 and 3 ranks.
+wino = {}
+for p in (1, 3):
+    out = os.path.join(base, f"wino-p{p}")
+    r = train(p, out, MODEL + ["engine=onednn", "conv_algo=winograd"])
+    check(r.returncode == 0 and "by Winograd F(2x2,3x3)" in r.stdout,
+          f"winograd P={p} exits 0 and says so ({r.stderr[-300:]})")
+    wino[p] = out
+for f in ("log.h5", "checkpoints/ckpt-44.h5", "samples.h5"):
+    bad = compare_h5(os.path.join(wino[1], f), os.path.join(wino[3], f))
+    check(not bad, f"winograd P=3 {f} bitwise equal to P=1 ({bad[:5]})")
+a, b = losses(fp["onednn"]), losses(wino[1])
+check(not np.array_equal(a, b) and np.max(np.abs(a - b) / np.abs(a)) < 1e-3,
+      f"winograd and im2col fp32 losses differ only in rounding (max rel "
+      f"{np.max(np.abs(a - b) / np.abs(a)):.2e})")
+
 # Does this CPU run bf16?
 probe = mpirun(1, ["bench", "--set", "precision=bf16", "--set", "hidden=8", "--set", "batch=4",
                    "--set", "micro_batch=4", "--steps", "1"])
@@ -143,6 +161,13 @@ for p in (1, 2, 3, 4):
     check(r.returncode == 0, f"bf16 P={p} exits 0 ({r.stderr[-300:]})")
     runs[p] = out
 check("convolution products: onednn bf16" in r.stdout, "the run names onednn bf16")
+# Winograd runs only where the products are fp32: in bf16 the key changes nothing.
+out = os.path.join(base, "bf16-wino")
+r = train(1, out, MODEL + ["precision=bf16", "conv_algo=winograd"])
+bad = compare_h5(os.path.join(runs[1], "log.h5"), os.path.join(out, "log.h5"))
+check(r.returncode == 0 and "conv_algo = winograd not used" in r.stdout and not bad,
+      f"bf16 with conv_algo = winograd says it is not used and runs im2col, bitwise "
+      f"({bad[:3]}, {r.stderr[-200:]})")
 for p in (2, 3, 4):
     for f in ("log.h5", "checkpoints/ckpt-25.h5", "checkpoints/ckpt-44.h5", "samples.h5"):
         bad = compare_h5(os.path.join(runs[1], f), os.path.join(runs[p], f))

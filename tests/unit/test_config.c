@@ -100,7 +100,8 @@ static void test_defaults(void) {
                c.p_uncond == 0.1 && c.eval_limit == 0,
            "bn_sync/log_every/p_uncond/eval_limit");
     EXPECT(c.norm == NORM_BATCH && c.norm_groups == 32, "norm/norm_groups");
-    EXPECT(c.precision == DM_FP32 && c.engine == DM_ENGINE_AUTO, "precision/engine");
+    EXPECT(c.precision == DM_FP32 && c.engine == DM_ENGINE_AUTO && c.conv_algo == CONV_IM2COL,
+           "precision/engine/conv_algo");
     EXPECT(c.guidance == 5.0 && c.sample_steps == 0 && c.sample_chunk == 4 &&
                c.watchdog == 300.0 &&
                strcmp(c.sample_epochs, "1,5,10,15,20") == 0,
@@ -118,7 +119,7 @@ static void test_defaults(void) {
                   "sigma = 0.5\nseed = 0\ndata_dir = data/mnist\n"
                   "train_limit = 0\neval_limit = 0\ncheckpoint_every = 0\n"
                   "keep = 3\nthreads = 1\nprecision = fp32\nengine = auto\n"
-                  "bn_sync = global\nlog_every = 10\n"
+                  "conv_algo = im2col\nbn_sync = global\nlog_every = 10\n"
                   "p_uncond = 0.1\nguidance = 5\nsample_steps = 0\n"
                   "sample_epochs = 1,5,10,15,20\nwatchdog = 300\n"
                   "sample_chunk = 4\nema_decay = 0\nbn_recalibrate = 0\njudge = \n"
@@ -463,6 +464,7 @@ static void test_round_trip(void) {
     a.watchdog = 12.5;
     a.precision = DM_BF16;
     a.engine = DM_ENGINE_ONEDNN;
+    a.conv_algo = CONV_WINOGRAD;
     a.bn_recalibrate = 6;
     snprintf(a.sample_epochs, sizeof a.sample_epochs, "2,4,9");
     EXPECT(config_validate(&a) == DM_OK, "round trip config validates");
@@ -470,7 +472,7 @@ static void test_round_trip(void) {
     char text[4096], text2[4096];
     int n = config_to_string(&a, text, sizeof text);
     EXPECT(n == (int)strlen(text) && n > 0, "to_string length %d", n);
-    EXPECT(count_lines(text) == 32, "32 lines, got %d", count_lines(text));
+    EXPECT(count_lines(text) == 33, "33 lines, got %d", count_lines(text));
     EXPECT(strncmp(text, "objective = flow\nconditioning = class\n", 38) == 0,
            "to_string starts '%.40s'", text);
     EXPECT(strstr(text, "\nlr = 0.30000000000000004\n") != NULL,

@@ -1,0 +1,176 @@
+/* winograd.c: 3x3 convolutions with stride 1 and padding 1 by Winograd's
+ * minimal filtering F(2x2, 3x3) (Lavin and Gray, 2015), for fp32.
+ *
+ * Each 2x2 block of outputs (a tile) comes from the 4x4 input patch around
+ * it: Y = A^T [ (G g G^T) .* (B^T d B) ] A. The 16 elementwise products,
+ * summed over input channels, are 16 independent GEMMs
+ *
+ *     M[e] (Cout x T) = U[e] (Cout x Cin) x V[e] (Cin x T),   e = 0..15,
+ *
+ * with U = G g G^T the transformed weights and V = B^T d B the transformed
+ * input patches of T tiles. That is 16 * Cout * Cin * T multiply-adds for
+ * 4 T outputs per channel, against 9 * Cout * Cin per output directly:
+ * 2.25x fewer. The transforms are additions only (and halvings in G).
+ *
+ * Layout: in [Cin][N][H][W] (CNHW, as every layer here), out [Cout][N][H][W].
+ * Tiles run over the images of a group (as the im2col path's groups), tile
+ * rows, tile columns; H or W odd gives a last tile half outside the image,
+ * whose input reads as zero and whose outside outputs are dropped. Scratch
+ * per group: U [16][Cout][Cin], then V [16][Cin][ld] and M [16][Cout][ld]
+ * with planes padded by 16 floats, so that the 16 planes a transform
+ * writes or reads at once do not fall on the same cache sets (with
+ * Cin * T a multiple of 1024 they would, 4 KiB apart).
+ *
+ * The products run on the engine (dm_gemm), so they are timed as GEMM and
+ * the transforms as im2col by `diffmpi bench`. */
+#include "diffmpi/layers.h"
+
+#include <string.h>
+
+#include "diffmpi/gemm.h"
+
+#define WINO_MAX_W 512 /* widest row a transform stages (the UNet's is 28) */
+
+static int tiles(int n) { return (n + 1) / 2; }
+
+static long plane_ld(long T) { return (T + 15) / 16 * 16; }
+
+/* Images per group: V and M of a group take about conv_group_floats. */
+static int wino_group(int N, int Cin, int Cout, int H, int W) {
+    long per = 16L * (Cin + Cout) * plane_ld((long)tiles(H) * tiles(W));
+    return conv_group(N, per);
+}
+
+int winograd_applies(int k, int s, int p, int W) {
+    return k == 3 && s == 1 && p == 1 && W <= WINO_MAX_W;
+}
+
+long winograd_scratch_floats(int N, int Cin, int Cout, int H, int W) {
+    const int g = wino_group(N, Cin, Cout, H, W);
+    const long es_in = (long)Cin * plane_ld((long)g * tiles(H) * tiles(W)) + 16;
+    const long es_out = (long)Cout * plane_ld((long)g * tiles(H) * tiles(W)) + 16;
+    return 16L * Cout * Cin + 16 * es_in + 16 * es_out;
+}
+
+/* U[e][o][c] = (G g G^T)[e] for g = w[o][c] (3x3); with flip, the weights of
+ * the input gradient: g = w[c][o] rotated by 180 degrees, w being
+ * [Cin][Cout][3][3] of the forward convolution whose Cin is our Cout. */
+static void weights(float *U, const float *w, int Cout, int Cin, int flip) {
+    for (int o = 0; o < Cout; o++)
+        for (int c = 0; c < Cin; c++) {
+            const float *src = flip ? w + ((long)c * Cout + o) * 9 : w + ((long)o * Cin + c) * 9;
+            float g[9], t[4][3];
+            for (int a = 0; a < 9; a++) g[a] = flip ? src[8 - a] : src[a];
+            for (int j = 0; j < 3; j++) {
+                t[0][j] = g[j];
+                t[1][j] = 0.5f * (g[j] + g[3 + j] + g[6 + j]);
+                t[2][j] = 0.5f * (g[j] - g[3 + j] + g[6 + j]);
+                t[3][j] = g[6 + j];
+            }
+            for (int i = 0; i < 4; i++) {
+                const float u[4] = {t[i][0], 0.5f * (t[i][0] + t[i][1] + t[i][2]),
+                                    0.5f * (t[i][0] - t[i][1] + t[i][2]), t[i][2]};
+                for (int j = 0; j < 4; j++) U[((long)(i * 4 + j) * Cout + o) * Cin + c] = u[j];
+            }
+        }
+}
+
+/* V[e][c][t] (plane stride es, row stride ld) = (B^T d B)[e] for the tiles of
+ * images [n0, n1). */
+static void input(float *V, long es, long ld, const float *in, int N, int n0, int n1, int C,
+                  int H, int W) {
+    const int th = tiles(H), tw = tiles(W), wp = 2 * tw + 2;
+    float rows[4][WINO_MAX_W + 4], b[4][WINO_MAX_W + 4];
+    for (int c = 0; c < C; c++)
+        for (int n = n0; n < n1; n++)
+            for (int ty = 0; ty < th; ty++) {
+                /* The 4 input rows 2ty-1 .. 2ty+2, columns -1 .. 2tw, zero outside. */
+                for (int r = 0; r < 4; r++) {
+                    const int y = 2 * ty - 1 + r;
+                    memset(rows[r], 0, sizeof(float) * (size_t)wp);
+                    if (y >= 0 && y < H)
+                        memcpy(rows[r] + 1, in + (((long)c * N + n) * H + y) * W,
+                               sizeof(float) * (size_t)W);
+                }
+                /* B^T d: combinations of rows, along the whole staged row. */
+                for (int x = 0; x < wp; x++) {
+                    b[0][x] = rows[0][x] - rows[2][x];
+                    b[1][x] = rows[1][x] + rows[2][x];
+                    b[2][x] = rows[2][x] - rows[1][x];
+                    b[3][x] = rows[1][x] - rows[3][x];
+                }
+                /* (B^T d) B: combinations of the columns 2tx .. 2tx+3. */
+                float *v = V + (long)c * ld + ((long)(n - n0) * th + ty) * tw;
+                for (int i = 0; i < 4; i++) {
+                    float *v0 = v + (4 * i) * es, *v1 = v0 + es, *v2 = v1 + es, *v3 = v2 + es;
+                    const float *bi = b[i];
+                    for (int tx = 0; tx < tw; tx++) {
+                        const float x0 = bi[2 * tx], x1 = bi[2 * tx + 1], x2 = bi[2 * tx + 2],
+                                    x3 = bi[2 * tx + 3];
+                        v0[tx] = x0 - x2;
+                        v1[tx] = x1 + x2;
+                        v2[tx] = x2 - x1;
+                        v3[tx] = x1 - x3;
+                    }
+                }
+            }
+}
+
+/* out (+)= A^T M A for the tiles of images [n0, n1); outputs outside H x W
+ * dropped. */
+static void output(float *out, int acc, const float *M, long es, long ld, int N, int n0, int n1,
+                   int C, int H, int W) {
+    const int th = tiles(H), tw = tiles(W);
+    float r[2][4][WINO_MAX_W / 2 + 2], y[2][WINO_MAX_W + 2];
+    for (int o = 0; o < C; o++)
+        for (int n = n0; n < n1; n++)
+            for (int ty = 0; ty < th; ty++) {
+                const float *m = M + (long)o * ld + ((long)(n - n0) * th + ty) * tw;
+                /* A^T M: rows 0 and 1 of each tile, for the four columns. */
+                for (int j = 0; j < 4; j++) {
+                    const float *m0 = m + j * es, *m1 = m0 + 4 * es, *m2 = m1 + 4 * es,
+                                *m3 = m2 + 4 * es;
+                    for (int tx = 0; tx < tw; tx++) {
+                        r[0][j][tx] = m0[tx] + m1[tx] + m2[tx];
+                        r[1][j][tx] = m1[tx] - m2[tx] - m3[tx];
+                    }
+                }
+                /* (A^T M) A: the two output columns of each tile. */
+                for (int i = 0; i < 2; i++)
+                    for (int tx = 0; tx < tw; tx++) {
+                        y[i][2 * tx] = r[i][0][tx] + r[i][1][tx] + r[i][2][tx];
+                        y[i][2 * tx + 1] = r[i][1][tx] - r[i][2][tx] - r[i][3][tx];
+                    }
+                for (int i = 0; i < 2 && 2 * ty + i < H; i++) {
+                    float *dst = out + (((long)o * N + n) * H + 2 * ty + i) * W;
+                    if (acc)
+                        for (int x = 0; x < W; x++) dst[x] += y[i][x];
+                    else
+                        memcpy(dst, y[i], sizeof(float) * (size_t)W);
+                }
+            }
+}
+
+void winograd_conv3x3(float *out, int acc, const float *in, const float *w, int flip,
+                      float *scratch, int N, int Cin, int H, int W, int Cout) {
+    const int g = wino_group(N, Cin, Cout, H, W);
+    float *U = scratch;
+    double t0 = prof_start();
+    weights(U, w, Cout, Cin, flip);
+    prof_add(PROF_IM2COL, t0);
+    for (int n0 = 0; n0 < N; n0 += g) {
+        const int n1 = N - n0 < g ? N : n0 + g;
+        const long T = (long)(n1 - n0) * tiles(H) * tiles(W), ld = plane_ld(T);
+        const long es_in = (long)Cin * ld + 16, es_out = (long)Cout * ld + 16;
+        float *V = U + 16L * Cout * Cin, *M = V + 16 * es_in;
+        t0 = prof_start();
+        input(V, es_in, ld, in, N, n0, n1, Cin, H, W);
+        prof_add(PROF_IM2COL, t0);
+        for (int e = 0; e < 16; e++)
+            dm_gemm(CblasNoTrans, CblasNoTrans, Cout, (int)T, Cin, U + (long)e * Cout * Cin, Cin,
+                    V + e * es_in, (int)ld, 0.0f, M + e * es_out, (int)ld);
+        t0 = prof_start();
+        output(out, acc, M, es_out, ld, N, n0, n1, Cout, H, W);
+        prof_add(PROF_IM2COL, t0);
+    }
+}

@@ -1,0 +1,101 @@
+/* test_winograd.c: the F(2x2, 3x3) convolutions of winograd.c against a
+ * direct 3x3 convolution with padding 1 summed in double here:
+ *  - forward (overwrite) and ADDED output, for even, odd and rectangular
+ *    images, channel counts that differ, groups of one image and of all;
+ *  - flip: the input gradient of a stride-1 convolution, against the same
+ *    direct loop run as a transposed convolution;
+ *  - the error stays at fp32 level (a few 1e-7 of sum |w x|), and a wrong
+ *    transform (one tap's weight changed) is caught. */
+#include "diffmpi/gemm.h"
+#include "diffmpi/layers.h"
+#include "diffmpi/rng.h"
+#include "test_util.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+static dm_rng trng;
+
+/* ref[o][n][y][x] = sum_c sum_ij w(o, c, i, j) in[c][n][y+i-1][x+j-1], with
+ * w(o, c) = w[o][c] or, for flip, w[c][o] rotated by 180 degrees; mag the
+ * same sum of absolute values. */
+static void direct(double *ref, double *mag, const float *in, const float *w, int flip, int N,
+                   int Cin, int H, int W, int Cout) {
+    for (int o = 0; o < Cout; o++)
+        for (int n = 0; n < N; n++)
+            for (int y = 0; y < H; y++)
+                for (int x = 0; x < W; x++) {
+                    double s = 0, m = 0;
+                    for (int c = 0; c < Cin; c++)
+                        for (int i = 0; i < 3; i++)
+                            for (int j = 0; j < 3; j++) {
+                                int yy = y + i - 1, xx = x + j - 1;
+                                if (yy < 0 || yy >= H || xx < 0 || xx >= W) continue;
+                                float wv = flip ? w[((long)c * Cout + o) * 9 + 8 - (i * 3 + j)]
+                                                : w[((long)o * Cin + c) * 9 + i * 3 + j];
+                                double v = (double)wv * in[(((long)c * N + n) * H + yy) * W + xx];
+                                s += v, m += fabs(v);
+                            }
+                    long at = (((long)o * N + n) * H + y) * W + x;
+                    ref[at] = s, mag[at] = m;
+                }
+}
+
+/* Largest |got - (base + ref)| / (mag + base + 1e-30): the sum's own
+ * rounding scale, the added base included. */
+static double worst(const float *got, const double *ref, const double *mag, long n, float base) {
+    double e = 0;
+    for (long i = 0; i < n; i++) {
+        double d = fabs(got[i] - (base + ref[i])) / (mag[i] + base + 1e-30);
+        if (d > e) e = d;
+    }
+    return e;
+}
+
+static void check(int N, int Cin, int H, int W, int Cout, int flip, int acc, long group_floats) {
+    long saved = conv_group_floats;
+    conv_group_floats = group_floats;
+    long nin = (long)Cin * N * H * W, nout = (long)Cout * N * H * W, nw = (long)Cout * Cin * 9;
+    float *in = malloc(sizeof(float) * nin), *w = malloc(sizeof(float) * nw);
+    float *out = malloc(sizeof(float) * nout);
+    float *scratch = malloc(sizeof(float) * winograd_scratch_floats(N, Cin, Cout, H, W));
+    double *ref = malloc(sizeof(double) * nout), *mag = malloc(sizeof(double) * nout);
+    for (long i = 0; i < nin; i++) in[i] = rng_normal(&trng);
+    for (long i = 0; i < nw; i++) w[i] = 0.2f * rng_normal(&trng);
+    const float base = acc ? 0.5f : 0.0f;
+    for (long i = 0; i < nout; i++) out[i] = acc ? base : 123.0f;
+    winograd_conv3x3(out, acc, in, w, flip, scratch, N, Cin, H, W, Cout);
+    direct(ref, mag, in, w, flip, N, Cin, H, W, Cout);
+    double e = worst(out, ref, mag, nout, base);
+    char what[128];
+    snprintf(what, sizeof what, "N%d Cin%d %dx%d Cout%d flip%d acc%d group %ld", N, Cin, H, W,
+             Cout, flip, acc, group_floats);
+    EXPECT(e < 2e-6, "%s: error %.3g of sum |w x|", what, e);
+    /* The check can fail: one tap of one weight changed is far outside. */
+    w[4] += 0.5f;
+    direct(ref, mag, in, w, flip, N, Cin, H, W, Cout);
+    EXPECT(worst(out, ref, mag, nout, base) > 1e-3, "%s: a changed weight went unnoticed", what);
+    free(in), free(w), free(out), free(scratch), free(ref), free(mag);
+    conv_group_floats = saved;
+}
+
+int main(void) {
+    rng_init(&trng, 20261203, DM_STREAM_EVAL, 11, 0);
+    EXPECT(gemm_setup(DM_ENGINE_AUTO, DM_FP32, 1) == DM_OK, "engine");
+    EXPECT(winograd_applies(3, 1, 1, 28) && !winograd_applies(3, 2, 1, 28) &&
+               !winograd_applies(1, 1, 0, 28) && !winograd_applies(3, 1, 0, 28),
+           "applies to 3x3 stride 1 padding 1 only");
+    static const int shapes[][5] = {
+        /* N, Cin, H, W, Cout */
+        {2, 3, 6, 6, 4}, {3, 5, 7, 7, 2}, {1, 4, 5, 8, 6}, {2, 1, 1, 1, 3},
+        {2, 6, 2, 3, 5}, {4, 16, 14, 14, 8},
+    };
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
+        for (int flip = 0; flip < 2; flip++)
+            for (int acc = 0; acc < 2; acc++)
+                for (int big = 0; big < 2; big++) /* one image per group, or all */
+                    check(shapes[s][0], shapes[s][1], shapes[s][2], shapes[s][3], shapes[s][4], flip,
+                          acc, big ? 1L << 20 : 1);
+    gemm_teardown();
+    return test_finish("test_winograd");
+}
