@@ -237,6 +237,8 @@ static size_t layout(unet *u, char *base) {
         if (un->kind == UNIT_CONV)
             c = conv2d_scratch_floats(m, un->cin, un->hin, un->hin, un->cout, un->k, un->s,
                                       un->p);
+        else if (un->kind == UNIT_CONVT)
+            c = convt2d_col_floats(m, un->cout, un->hin, un->hin, un->k, un->s, un->p);
         if (un->kind == UNIT_CONV && u->winograd && winograd_applies(un->k, un->s, un->p, un->hin)) {
             /* forward Cin -> Cout and input gradient Cout -> Cin */
             long wf = winograd_scratch_floats(m, un->cin, un->cout, un->hin, un->hin),
@@ -244,8 +246,6 @@ static size_t layout(unet *u, char *base) {
             if (wf > c) c = wf;
             if (wb > c) c = wb;
         }
-        else if (un->kind == UNIT_CONVT)
-            c = convt2d_col_floats(m, un->cout, un->hin, un->hin, un->k, un->s, un->p);
         if (c > u->col_floats) u->col_floats = c;
         long sf = un->norm ? un->norm->stat_floats(u, un->cout) : 0;
         un->mean = take(base, &used, sizeof(float) * (size_t)sf);
