@@ -64,6 +64,12 @@ int winograd_applies(int k, int s, int p, int W);
 long winograd_scratch_floats(int N, int Cin, int Cout, int H, int W);
 void winograd_conv3x3(float *out, int acc, const float *in, const float *w, int flip,
                       float *scratch, int N, int Cin, int H, int W, int Cout);
+/* The weight gradient of that convolution (no flip): dw [Cout][Cin][3][3]
+ * OVERWRITTEN with sum over images and positions of dout x in, computed in
+ * the transformed domain (G^T [sum over tiles (A dY A^T) .* (B^T d B)] G).
+ * scratch: winograd_scratch_floats(N, Cin, Cout, H, W) floats. */
+void winograd_conv3x3_dw(float *dw, const float *dout, const float *in, float *scratch, int N,
+                         int Cin, int H, int W, int Cout);
 
 /* im2col / col2im for the CNHW layout: col [Cin*k*k][N*Ho*Wo].
  * col2im ADDS into im. The _part forms cover images [n0, n1) of the N in

@@ -166,10 +166,10 @@ static const config_key keys[] = {
     {.name = "conv_algo", .kind = KEY_ENUM, .offset = OFF(conv_algo),
      .names = conv_algo_names, .def = "im2col",
      .help = "im2col: every convolution as im2col + one matrix product; "
-             "winograd: the 3x3 stride-1 convolutions' outputs and input "
-             "gradients by Winograd F(2x2,3x3) (2.25x fewer multiplies, "
-             "error a few 1e-7 relative) wherever the products run in "
-             "fp32; weight gradients stay im2col"},
+             "winograd: the 3x3 stride-1 convolutions (outputs, input and "
+             "weight gradients) by Winograd F(2x2,3x3): 2.25x fewer "
+             "multiplies, error a few 1e-7 relative; only where the "
+             "products run in fp32 (ignored in bf16)"},
     {.name = "bn_sync", .kind = KEY_ENUM, .offset = OFF(bn_sync),
      .names = bn_sync_names, .def = "global",
      .help = "global: BatchNorm statistics over the global batch (results "

@@ -465,10 +465,11 @@ static void unit_linear_backward(unet *u, unet_unit *t, float *leaf,
     /* The network input needs no gradient. */
     float *dx = t->in.buf == u->in_buf ? NULL : unet_at(u, t->in, j, n, 1);
     if (unit_winograd(u, t)) {
-        /* weight and bias gradients by im2col, the input gradient (a 3x3
-         * stride-1 convolution of dy with the flipped weights) by Winograd */
-        conv2d_backward(NULL, leaf + t->w, leaf + t->b, dy, x, u->p + t->w, u->col, n, t->cin,
-                        t->hin, t->hin, t->cout, t->k, t->s, t->p);
+        /* the weight gradient in Winograd's transformed domain, the input
+         * gradient (a 3x3 stride-1 convolution of dy with the flipped
+         * weights) as a Winograd convolution */
+        winograd_conv3x3_dw(leaf + t->w, dy, x, u->col, n, t->cin, t->hin, t->hin, t->cout);
+        conv_bias_grad(leaf + t->b, dy, t->cout, (long)n * t->hout * t->hout);
         if (dx)
             winograd_conv3x3(dx, 1, dy, u->p + t->w, 1, u->col, n, t->cout, t->hin, t->hin,
                              t->cin);

@@ -21,6 +21,10 @@
  * writes or reads at once do not fall on the same cache sets (with
  * Cin * T a multiple of 1024 they would, 4 KiB apart).
  *
+ * The weight gradient follows from Y = A^T M A with M = U .* V: dM = A dY A^T
+ * per tile, dU = sum over tiles of dM .* V (16 GEMMs, Cout x T times T x
+ * Cin, accumulated over the groups), dg = G^T dU G.
+ *
  * The products run on the engine (dm_gemm), so they are timed as GEMM and
  * the transforms as im2col by `diffmpi bench`. */
 #include "diffmpi/layers.h"
@@ -76,41 +80,48 @@ static void weights(float *U, const float *w, int Cout, int Cin, int flip) {
 }
 
 /* V[e][c][t] (plane stride es, row stride ld) = (B^T d B)[e] for the tiles of
- * images [n0, n1). */
+ * images [n0, n1). Tile tx reads input columns 2tx-1 .. 2tx+2; each staged
+ * row is split into its odd columns E[k] = col 2k-1 and even ones O[k] =
+ * col 2k (k = 0..tw, zero outside the image), so that every loop below
+ * runs over consecutive floats and vectorises. */
 static void input(float *V, long es, long ld, const float *in, int N, int n0, int n1, int C,
                   int H, int W) {
-    const int th = tiles(H), tw = tiles(W), wp = 2 * tw + 2;
-    float rows[4][WINO_MAX_W + 4], b[4][WINO_MAX_W + 4];
+    const int th = tiles(H), tw = tiles(W);
+    float E[4][WINO_MAX_W / 2 + 2], O[4][WINO_MAX_W / 2 + 2];
+    float bE[4][WINO_MAX_W / 2 + 2], bO[4][WINO_MAX_W / 2 + 2];
     for (int c = 0; c < C; c++)
         for (int n = n0; n < n1; n++)
             for (int ty = 0; ty < th; ty++) {
-                /* The 4 input rows 2ty-1 .. 2ty+2, columns -1 .. 2tw, zero outside. */
+                /* The 4 input rows 2ty-1 .. 2ty+2, zero outside. */
                 for (int r = 0; r < 4; r++) {
                     const int y = 2 * ty - 1 + r;
-                    memset(rows[r], 0, sizeof(float) * (size_t)wp);
-                    if (y >= 0 && y < H)
-                        memcpy(rows[r] + 1, in + (((long)c * N + n) * H + y) * W,
-                               sizeof(float) * (size_t)W);
+                    if (y < 0 || y >= H) {
+                        memset(E[r], 0, sizeof(float) * (size_t)(tw + 1));
+                        memset(O[r], 0, sizeof(float) * (size_t)(tw + 1));
+                        continue;
+                    }
+                    const float *row = in + (((long)c * N + n) * H + y) * W;
+                    E[r][0] = 0.0f;
+                    for (int k = 1; k <= tw; k++) E[r][k] = 2 * k - 1 < W ? row[2 * k - 1] : 0.0f;
+                    for (int k = 0; k <= tw; k++) O[r][k] = 2 * k < W ? row[2 * k] : 0.0f;
                 }
-                /* B^T d: combinations of rows, along the whole staged row. */
-                for (int x = 0; x < wp; x++) {
-                    b[0][x] = rows[0][x] - rows[2][x];
-                    b[1][x] = rows[1][x] + rows[2][x];
-                    b[2][x] = rows[2][x] - rows[1][x];
-                    b[3][x] = rows[1][x] - rows[3][x];
+                /* B^T d: combinations of the four rows. */
+                for (int k = 0; k <= tw; k++) {
+                    bE[0][k] = E[0][k] - E[2][k], bO[0][k] = O[0][k] - O[2][k];
+                    bE[1][k] = E[1][k] + E[2][k], bO[1][k] = O[1][k] + O[2][k];
+                    bE[2][k] = E[2][k] - E[1][k], bO[2][k] = O[2][k] - O[1][k];
+                    bE[3][k] = E[1][k] - E[3][k], bO[3][k] = O[1][k] - O[3][k];
                 }
-                /* (B^T d) B: combinations of the columns 2tx .. 2tx+3. */
+                /* (B^T d) B: columns 2tx .. 2tx+3 of each combined row. */
                 float *v = V + (long)c * ld + ((long)(n - n0) * th + ty) * tw;
                 for (int i = 0; i < 4; i++) {
                     float *v0 = v + (4 * i) * es, *v1 = v0 + es, *v2 = v1 + es, *v3 = v2 + es;
-                    const float *bi = b[i];
+                    const float *e = bE[i], *o = bO[i];
                     for (int tx = 0; tx < tw; tx++) {
-                        const float x0 = bi[2 * tx], x1 = bi[2 * tx + 1], x2 = bi[2 * tx + 2],
-                                    x3 = bi[2 * tx + 3];
-                        v0[tx] = x0 - x2;
-                        v1[tx] = x1 + x2;
-                        v2[tx] = x2 - x1;
-                        v3[tx] = x1 - x3;
+                        v0[tx] = e[tx] - e[tx + 1];
+                        v1[tx] = o[tx] + e[tx + 1];
+                        v2[tx] = e[tx + 1] - o[tx];
+                        v3[tx] = o[tx] - o[tx + 1];
                     }
                 }
             }
@@ -173,4 +184,78 @@ void winograd_conv3x3(float *out, int acc, const float *in, const float *w, int 
         output(out, acc, M, es_out, ld, N, n0, n1, Cout, H, W);
         prof_add(PROF_IM2COL, t0);
     }
+}
+
+/* Z[e][o][t] (plane stride es, row stride ld) = (A y A^T)[e] for each tile's
+ * 2x2 block y of dout (zero outside H x W): the gradient of the
+ * transformed products M, as Y = A^T M A. */
+static void grad_output(float *Z, long es, long ld, const float *dout, int N, int n0, int n1,
+                        int C, int H, int W) {
+    const int th = tiles(H), tw = tiles(W);
+    float y[2][WINO_MAX_W + 2];
+    for (int o = 0; o < C; o++)
+        for (int n = n0; n < n1; n++)
+            for (int ty = 0; ty < th; ty++) {
+                for (int i = 0; i < 2; i++) {
+                    const int row = 2 * ty + i;
+                    memset(y[i], 0, sizeof(float) * (size_t)(2 * tw));
+                    if (row < H)
+                        memcpy(y[i], dout + (((long)o * N + n) * H + row) * W,
+                               sizeof(float) * (size_t)W);
+                }
+                float *z = Z + (long)o * ld + ((long)(n - n0) * th + ty) * tw;
+                for (int tx = 0; tx < tw; tx++) {
+                    const float a0 = y[0][2 * tx], a1 = y[0][2 * tx + 1];
+                    const float b0 = y[1][2 * tx], b1 = y[1][2 * tx + 1];
+                    /* t = A y (4 x 2), then Z = t A^T (4 x 4). */
+                    const float t[4][2] = {{a0, a1}, {a0 + b0, a1 + b1}, {a0 - b0, a1 - b1},
+                                           {-b0, -b1}};
+                    for (int i = 0; i < 4; i++) {
+                        z[(4 * i + 0) * es + tx] = t[i][0];
+                        z[(4 * i + 1) * es + tx] = t[i][0] + t[i][1];
+                        z[(4 * i + 2) * es + tx] = t[i][0] - t[i][1];
+                        z[(4 * i + 3) * es + tx] = -t[i][1];
+                    }
+                }
+            }
+}
+
+void winograd_conv3x3_dw(float *dw, const float *dout, const float *in, float *scratch, int N,
+                         int Cin, int H, int W, int Cout) {
+    const int g = wino_group(N, Cin, Cout, H, W);
+    float *dU = scratch; /* [16][Cout][Cin], summed over the groups */
+    for (int n0 = 0; n0 < N; n0 += g) {
+        const int n1 = N - n0 < g ? N : n0 + g;
+        const long T = (long)(n1 - n0) * tiles(H) * tiles(W), ld = plane_ld(T);
+        const long es_in = (long)Cin * ld + 16, es_out = (long)Cout * ld + 16;
+        float *V = dU + 16L * Cout * Cin, *Z = V + 16 * es_in;
+        double t0 = prof_start();
+        input(V, es_in, ld, in, N, n0, n1, Cin, H, W);
+        grad_output(Z, es_out, ld, dout, N, n0, n1, Cout, H, W);
+        prof_add(PROF_IM2COL, t0);
+        /* dU[e] (+)= Z[e] (Cout x T) V[e]^T (T x Cin) */
+        for (int e = 0; e < 16; e++)
+            dm_gemm(CblasNoTrans, CblasTrans, Cout, Cin, (int)T, Z + e * es_out, (int)ld,
+                    V + e * es_in, (int)ld, n0 ? 1.0f : 0.0f, dU + (long)e * Cout * Cin, Cin);
+    }
+    /* dw[o][c] = G^T dU[o][c] G (3x3 from 4x4). */
+    double t0 = prof_start();
+    const long plane = (long)Cout * Cin;
+    for (int o = 0; o < Cout; o++)
+        for (int c = 0; c < Cin; c++) {
+            float x[4][4], s[3][4];
+            for (int e = 0; e < 16; e++) x[e / 4][e % 4] = dU[e * plane + (long)o * Cin + c];
+            for (int j = 0; j < 4; j++) {
+                s[0][j] = x[0][j] + 0.5f * (x[1][j] + x[2][j]);
+                s[1][j] = 0.5f * (x[1][j] - x[2][j]);
+                s[2][j] = 0.5f * (x[1][j] + x[2][j]) + x[3][j];
+            }
+            float *d = dw + ((long)o * Cin + c) * 9;
+            for (int a = 0; a < 3; a++) {
+                d[3 * a + 0] = s[a][0] + 0.5f * (s[a][1] + s[a][2]);
+                d[3 * a + 1] = 0.5f * (s[a][1] - s[a][2]);
+                d[3 * a + 2] = 0.5f * (s[a][1] + s[a][2]) + s[a][3];
+            }
+        }
+    prof_add(PROF_IM2COL, t0);
 }

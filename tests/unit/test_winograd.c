@@ -4,6 +4,8 @@
  *    images, channel counts that differ, groups of one image and of all;
  *  - flip: the input gradient of a stride-1 convolution, against the same
  *    direct loop run as a transposed convolution;
+ *  - the weight gradient, against the direct sum of dout x in over images
+ *    and positions, OVERWRITING dw;
  *  - the error stays at fp32 level (a few 1e-7 of sum |w x|), and a wrong
  *    transform (one tap's weight changed) is caught. */
 #include "diffmpi/gemm.h"
@@ -79,6 +81,46 @@ static void check(int N, int Cin, int H, int W, int Cout, int flip, int acc, lon
     conv_group_floats = saved;
 }
 
+/* dw[o][c][i][j] = sum over n, y, x of dout[o][n][y][x] in[c][n][y+i-1][x+j-1]. */
+static void check_dw(int N, int Cin, int H, int W, int Cout, long group_floats) {
+    long saved = conv_group_floats;
+    conv_group_floats = group_floats;
+    long nin = (long)Cin * N * H * W, nout = (long)Cout * N * H * W, nw = (long)Cout * Cin * 9;
+    float *in = malloc(sizeof(float) * nin), *dout = malloc(sizeof(float) * nout);
+    float *dw = malloc(sizeof(float) * nw);
+    float *scratch = malloc(sizeof(float) * winograd_scratch_floats(N, Cin, Cout, H, W));
+    for (long i = 0; i < nin; i++) in[i] = rng_normal(&trng);
+    for (long i = 0; i < nout; i++) dout[i] = rng_normal(&trng);
+    for (long i = 0; i < nw; i++) dw[i] = 123.0f;
+    winograd_conv3x3_dw(dw, dout, in, scratch, N, Cin, H, W, Cout);
+    double e = 0, big = 0;
+    for (int o = 0; o < Cout; o++)
+        for (int c = 0; c < Cin; c++)
+            for (int i = 0; i < 3; i++)
+                for (int j = 0; j < 3; j++) {
+                    double s = 0, m = 0;
+                    for (int n = 0; n < N; n++)
+                        for (int y = 0; y < H; y++)
+                            for (int x = 0; x < W; x++) {
+                                int yy = y + i - 1, xx = x + j - 1;
+                                if (yy < 0 || yy >= H || xx < 0 || xx >= W) continue;
+                                double v = (double)dout[(((long)o * N + n) * H + y) * W + x] *
+                                           in[(((long)c * N + n) * H + yy) * W + xx];
+                                s += v, m += fabs(v);
+                            }
+                    double got = dw[((long)(o * Cin + c) * 3 + i) * 3 + j];
+                    if (fabs(got - s) / (m + 1e-30) > e) e = fabs(got - s) / (m + 1e-30);
+                    if (fabs(s) > big) big = fabs(s);
+                }
+    char what[128];
+    snprintf(what, sizeof what, "dw N%d Cin%d %dx%d Cout%d group %ld", N, Cin, H, W, Cout,
+             group_floats);
+    EXPECT(e < 2e-6 && big > 0.1, "%s: error %.3g of sum |dout x in| (largest %.3g)", what, e,
+           big);
+    free(in), free(dout), free(dw), free(scratch);
+    conv_group_floats = saved;
+}
+
 int main(void) {
     rng_init(&trng, 20261203, DM_STREAM_EVAL, 11, 0);
     EXPECT(gemm_setup(DM_ENGINE_AUTO, DM_FP32, 1) == DM_OK, "engine");
@@ -96,6 +138,10 @@ int main(void) {
                 for (int big = 0; big < 2; big++) /* one image per group, or all */
                     check(shapes[s][0], shapes[s][1], shapes[s][2], shapes[s][3], shapes[s][4], flip,
                           acc, big ? 1L << 20 : 1);
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
+        for (int big = 0; big < 2; big++)
+            check_dw(shapes[s][0], shapes[s][1], shapes[s][2], shapes[s][3], shapes[s][4],
+                     big ? 1L << 20 : 1);
     gemm_teardown();
     return test_finish("test_winograd");
 }
