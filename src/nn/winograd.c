@@ -84,6 +84,7 @@ static void weights(float *U, const float *w, int Cout, int Cin, int flip) {
  * row is split into its odd columns E[k] = col 2k-1 and even ones O[k] =
  * col 2k (k = 0..tw, zero outside the image), so that every loop below
  * runs over consecutive floats and vectorises. */
+DM_VECTOR_CLONES
 static void input(float *V, long es, long ld, const float *in, int N, int n0, int n1, int C,
                   int H, int W) {
     const int th = tiles(H), tw = tiles(W);
@@ -92,18 +93,20 @@ static void input(float *V, long es, long ld, const float *in, int N, int n0, in
     for (int c = 0; c < C; c++)
         for (int n = n0; n < n1; n++)
             for (int ty = 0; ty < th; ty++) {
-                /* The 4 input rows 2ty-1 .. 2ty+2, zero outside. */
+                /* The 4 input rows 2ty-1 .. 2ty+2, zero outside, read
+                 * straight from the image (a staged copy read back with
+                 * wider loads than it was written stalls store forwarding). */
                 for (int r = 0; r < 4; r++) {
                     const int y = 2 * ty - 1 + r;
-                    if (y < 0 || y >= H) {
-                        memset(E[r], 0, sizeof(float) * (size_t)(tw + 1));
-                        memset(O[r], 0, sizeof(float) * (size_t)(tw + 1));
-                        continue;
+                    int k = 0, kE = 1;
+                    if (y >= 0 && y < H) {
+                        const float *row = in + (((long)c * N + n) * H + y) * W;
+                        for (; 2 * k < W; k++) O[r][k] = row[2 * k];
+                        for (; 2 * kE - 1 < W; kE++) E[r][kE] = row[2 * kE - 1];
                     }
-                    const float *row = in + (((long)c * N + n) * H + y) * W;
                     E[r][0] = 0.0f;
-                    for (int k = 1; k <= tw; k++) E[r][k] = 2 * k - 1 < W ? row[2 * k - 1] : 0.0f;
-                    for (int k = 0; k <= tw; k++) O[r][k] = 2 * k < W ? row[2 * k] : 0.0f;
+                    for (; k <= tw; k++) O[r][k] = 0.0f;
+                    for (; kE <= tw; kE++) E[r][kE] = 0.0f;
                 }
                 /* B^T d: combinations of the four rows. */
                 for (int k = 0; k <= tw; k++) {
@@ -129,6 +132,7 @@ static void input(float *V, long es, long ld, const float *in, int N, int n0, in
 
 /* out (+)= A^T M A for the tiles of images [n0, n1); outputs outside H x W
  * dropped. */
+DM_VECTOR_CLONES
 static void output(float *out, int acc, const float *M, long es, long ld, int N, int n0, int n1,
                    int C, int H, int W) {
     const int th = tiles(H), tw = tiles(W);
@@ -189,6 +193,7 @@ void winograd_conv3x3(float *out, int acc, const float *in, const float *w, int 
 /* Z[e][o][t] (plane stride es, row stride ld) = (A y A^T)[e] for each tile's
  * 2x2 block y of dout (zero outside H x W): the gradient of the
  * transformed products M, as Y = A^T M A. */
+DM_VECTOR_CLONES
 static void grad_output(float *Z, long es, long ld, const float *dout, int N, int n0, int n1,
                         int C, int H, int W) {
     const int th = tiles(H), tw = tiles(W);
