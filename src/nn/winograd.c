@@ -39,6 +39,14 @@ static int tiles(int n) { return (n + 1) / 2; }
 
 static long plane_ld(long T) { return (T + 15) / 16 * 16; }
 
+/* The transforms' loops over a row of tiles run to tw rounded up to 8, so
+ * that they are whole vectors, not one vector and a scalar tail (14 tiles at
+ * 28x28). The extra tiles are junk: written past a row's tw tiles, where the
+ * next row of tiles (or the next channel's, or a plane's 16 floats of
+ * padding) is written after it, and read past a row only into values that
+ * are then dropped. */
+#define ROUND8(n) (((n) + 7) & ~7)
+
 /* Images per group: V and M of a group take about conv_group_floats. */
 static int wino_group(int N, int Cin, int Cout, int H, int W) {
     long per = 16L * (Cin + Cout) * plane_ld((long)tiles(H) * tiles(W));
@@ -87,9 +95,9 @@ static void weights(float *U, const float *w, int Cout, int Cin, int flip) {
 DM_VECTOR_CLONES
 static void input(float *V, long es, long ld, const float *in, int N, int n0, int n1, int C,
                   int H, int W) {
-    const int th = tiles(H), tw = tiles(W);
-    float E[4][WINO_MAX_W / 2 + 2], O[4][WINO_MAX_W / 2 + 2];
-    float bE[4][WINO_MAX_W / 2 + 2], bO[4][WINO_MAX_W / 2 + 2];
+    const int th = tiles(H), tw = tiles(W), tp = ROUND8(tw);
+    float E[4][WINO_MAX_W / 2 + 16], O[4][WINO_MAX_W / 2 + 16];
+    float bE[4][WINO_MAX_W / 2 + 16], bO[4][WINO_MAX_W / 2 + 16];
     for (int c = 0; c < C; c++)
         for (int n = n0; n < n1; n++)
             for (int ty = 0; ty < th; ty++) {
@@ -105,11 +113,11 @@ static void input(float *V, long es, long ld, const float *in, int N, int n0, in
                         for (; 2 * kE - 1 < W; kE++) E[r][kE] = row[2 * kE - 1];
                     }
                     E[r][0] = 0.0f;
-                    for (; k <= tw; k++) O[r][k] = 0.0f;
-                    for (; kE <= tw; kE++) E[r][kE] = 0.0f;
+                    for (; k <= tp; k++) O[r][k] = 0.0f;
+                    for (; kE <= tp; kE++) E[r][kE] = 0.0f;
                 }
                 /* B^T d: combinations of the four rows. */
-                for (int k = 0; k <= tw; k++) {
+                for (int k = 0; k <= tp; k++) {
                     bE[0][k] = E[0][k] - E[2][k], bO[0][k] = O[0][k] - O[2][k];
                     bE[1][k] = E[1][k] + E[2][k], bO[1][k] = O[1][k] + O[2][k];
                     bE[2][k] = E[2][k] - E[1][k], bO[2][k] = O[2][k] - O[1][k];
@@ -120,7 +128,7 @@ static void input(float *V, long es, long ld, const float *in, int N, int n0, in
                 for (int i = 0; i < 4; i++) {
                     float *v0 = v + (4 * i) * es, *v1 = v0 + es, *v2 = v1 + es, *v3 = v2 + es;
                     const float *e = bE[i], *o = bO[i];
-                    for (int tx = 0; tx < tw; tx++) {
+                    for (int tx = 0; tx < tp; tx++) {
                         v0[tx] = e[tx] - e[tx + 1];
                         v1[tx] = o[tx] + e[tx + 1];
                         v2[tx] = e[tx + 1] - o[tx];
@@ -135,8 +143,8 @@ static void input(float *V, long es, long ld, const float *in, int N, int n0, in
 DM_VECTOR_CLONES
 static void output(float *out, int acc, const float *M, long es, long ld, int N, int n0, int n1,
                    int C, int H, int W) {
-    const int th = tiles(H), tw = tiles(W);
-    float r[2][4][WINO_MAX_W / 2 + 2], y[2][WINO_MAX_W + 2];
+    const int th = tiles(H), tw = tiles(W), tp = ROUND8(tw);
+    float r[2][4][WINO_MAX_W / 2 + 16], y[2][WINO_MAX_W + 32];
     for (int o = 0; o < C; o++)
         for (int n = n0; n < n1; n++)
             for (int ty = 0; ty < th; ty++) {
@@ -145,14 +153,14 @@ static void output(float *out, int acc, const float *M, long es, long ld, int N,
                 for (int j = 0; j < 4; j++) {
                     const float *m0 = m + j * es, *m1 = m0 + 4 * es, *m2 = m1 + 4 * es,
                                 *m3 = m2 + 4 * es;
-                    for (int tx = 0; tx < tw; tx++) {
+                    for (int tx = 0; tx < tp; tx++) {
                         r[0][j][tx] = m0[tx] + m1[tx] + m2[tx];
                         r[1][j][tx] = m1[tx] - m2[tx] - m3[tx];
                     }
                 }
                 /* (A^T M) A: the two output columns of each tile. */
                 for (int i = 0; i < 2; i++)
-                    for (int tx = 0; tx < tw; tx++) {
+                    for (int tx = 0; tx < tp; tx++) {
                         y[i][2 * tx] = r[i][0][tx] + r[i][1][tx] + r[i][2][tx];
                         y[i][2 * tx + 1] = r[i][1][tx] - r[i][2][tx] - r[i][3][tx];
                     }
@@ -196,22 +204,26 @@ void winograd_conv3x3(float *out, int acc, const float *in, const float *w, int 
 DM_VECTOR_CLONES
 static void grad_output(float *Z, long es, long ld, const float *dout, int N, int n0, int n1,
                         int C, int H, int W) {
-    const int th = tiles(H), tw = tiles(W);
-    float y[2][WINO_MAX_W + 2];
+    const int th = tiles(H), tw = tiles(W), tp = ROUND8(tw);
+    float ye[2][WINO_MAX_W / 2 + 16], yo[2][WINO_MAX_W / 2 + 16]; /* columns 2k, 2k+1 */
     for (int o = 0; o < C; o++)
         for (int n = n0; n < n1; n++)
             for (int ty = 0; ty < th; ty++) {
                 for (int i = 0; i < 2; i++) {
                     const int row = 2 * ty + i;
-                    memset(y[i], 0, sizeof(float) * (size_t)(2 * tw));
-                    if (row < H)
-                        memcpy(y[i], dout + (((long)o * N + n) * H + row) * W,
-                               sizeof(float) * (size_t)W);
+                    int k = 0, ko = 0;
+                    if (row < H) {
+                        const float *src = dout + (((long)o * N + n) * H + row) * W;
+                        for (; 2 * k < W; k++) ye[i][k] = src[2 * k];
+                        for (; 2 * ko + 1 < W; ko++) yo[i][ko] = src[2 * ko + 1];
+                    }
+                    for (; k < tp; k++) ye[i][k] = 0.0f;
+                    for (; ko < tp; ko++) yo[i][ko] = 0.0f;
                 }
                 float *z = Z + (long)o * ld + ((long)(n - n0) * th + ty) * tw;
-                for (int tx = 0; tx < tw; tx++) {
-                    const float a0 = y[0][2 * tx], a1 = y[0][2 * tx + 1];
-                    const float b0 = y[1][2 * tx], b1 = y[1][2 * tx + 1];
+                for (int tx = 0; tx < tp; tx++) {
+                    const float a0 = ye[0][tx], a1 = yo[0][tx];
+                    const float b0 = ye[1][tx], b1 = yo[1][tx];
                     /* t = A y (4 x 2), then Z = t A^T (4 x 4). */
                     const float t[4][2] = {{a0, a1}, {a0 + b0, a1 + b1}, {a0 - b0, a1 - b1},
                                            {-b0, -b1}};

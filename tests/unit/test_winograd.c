@@ -115,7 +115,10 @@ static void check_dw(int N, int Cin, int H, int W, int Cout, long group_floats) 
     char what[128];
     snprintf(what, sizeof what, "dw N%d Cin%d %dx%d Cout%d group %ld", N, Cin, H, W, Cout,
              group_floats);
-    EXPECT(e < 2e-6 && big > 0.1, "%s: error %.3g of sum |dout x in| (largest %.3g)", what, e,
+    /* The sums run in the transformed domain, whose entries are sums of up
+     * to 4 inputs times sums of up to 4 output gradients: a few times the
+     * direct terms, so a few times the forward's rounding. */
+    EXPECT(e < 1e-5 && big > 0.1, "%s: error %.3g of sum |dout x in| (largest %.3g)", what, e,
            big);
     free(in), free(dout), free(dw), free(scratch);
     conv_group_floats = saved;
@@ -131,6 +134,9 @@ int main(void) {
         /* N, Cin, H, W, Cout */
         {2, 3, 6, 6, 4}, {3, 5, 7, 7, 2}, {1, 4, 5, 8, 6}, {2, 1, 1, 1, 3},
         {2, 6, 2, 3, 5}, {4, 16, 14, 14, 8},
+        /* 16 tiles per image, rows of 4 run as 8: with one image the junk
+         * past a channel's last row lands on the next channel's first */
+        {1, 3, 8, 8, 2}, {3, 2, 10, 10, 3},
     };
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
         for (int flip = 0; flip < 2; flip++)
