@@ -28,19 +28,23 @@ static double gemm_rate(int M, int N, int K, double secs) {
     float *c = dm_calloc((size_t)M * N, sizeof(float));
     for (long i = 0; i < (long)M * K; i++) a[i] = (float)(i % 7) * 0.01f;
     for (long i = 0; i < (long)K * N; i++) b[i] = (float)(i % 5) * 0.01f;
-    if (bt == DM_T_BF16) /* in place: bf16 element i lies below float element i */
-        for (long i = 0; i < (long)K * N; i++) ((unsigned short *)b)[i] = dm_bf16_bits(b[i]);
+    unsigned short *b16 = NULL;
+    if (bt == DM_T_BF16) {
+        b16 = dm_malloc(sizeof *b16 * (size_t)K * N);
+        dm_round_bf16(b16, b, (long)K * N);
+    }
+    const void *B = bt == DM_T_BF16 ? (const void *)b16 : (const void *)b;
     /* A [M x K] times B [K x N] into C [M x N], no transposes: the shape of
      * a convolution's forward GEMM (weights x im2col columns). */
-    dm_gemm_typed(CblasNoTrans, CblasNoTrans, M, N, K, a, DM_T_F32, K, b, bt, N, 0.0f, c, N);
+    dm_gemm_typed(CblasNoTrans, CblasNoTrans, M, N, K, a, DM_T_F32, K, B, bt, N, 0.0f, c, N);
     MPI_Barrier(MPI_COMM_WORLD);
     double t0 = dm_now(), t;
     long calls = 0;
     do {
-        dm_gemm_typed(CblasNoTrans, CblasNoTrans, M, N, K, a, DM_T_F32, K, b, bt, N, 0.0f, c, N);
+        dm_gemm_typed(CblasNoTrans, CblasNoTrans, M, N, K, a, DM_T_F32, K, B, bt, N, 0.0f, c, N);
         calls++;
     } while ((t = dm_now() - t0) < secs);
-    free(a), free(b), free(c);
+    free(a), free(b), free(c), free(b16);
     return 2.0 * M * (double)N * K * calls / t / 1e9;
 }
 
