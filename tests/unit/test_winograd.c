@@ -54,16 +54,21 @@ static double worst(const float *got, const double *ref, const double *mag, long
     return e;
 }
 
+/* n normal numbers times scale, in a new array. */
+static float *randn_array(long n, float scale) {
+    float *x = malloc(sizeof(float) * n);
+    for (long i = 0; i < n; i++) x[i] = scale * rng_normal(&trng);
+    return x;
+}
+
 static void check(int N, int Cin, int H, int W, int Cout, int flip, int acc, long group_floats) {
     long saved = conv_group_floats;
     conv_group_floats = group_floats;
-    long nin = (long)Cin * N * H * W, nout = (long)Cout * N * H * W, nw = (long)Cout * Cin * 9;
-    float *in = malloc(sizeof(float) * nin), *w = malloc(sizeof(float) * nw);
+    long nout = (long)Cout * N * H * W;
+    float *in = randn_array((long)Cin * N * H * W, 1.0f), *w = randn_array(Cout * Cin * 9L, 0.2f);
     float *out = malloc(sizeof(float) * nout);
     float *scratch = malloc(sizeof(float) * winograd_scratch_floats(N, Cin, Cout, H, W));
     double *ref = malloc(sizeof(double) * nout), *mag = malloc(sizeof(double) * nout);
-    for (long i = 0; i < nin; i++) in[i] = rng_normal(&trng);
-    for (long i = 0; i < nw; i++) w[i] = 0.2f * rng_normal(&trng);
     const float base = acc ? 0.5f : 0.0f;
     for (long i = 0; i < nout; i++) out[i] = acc ? base : 123.0f;
     winograd_conv3x3(out, acc, in, w, flip, scratch, N, Cin, H, W, Cout);
@@ -85,13 +90,11 @@ static void check(int N, int Cin, int H, int W, int Cout, int flip, int acc, lon
 static void check_dw(int N, int Cin, int H, int W, int Cout, long group_floats) {
     long saved = conv_group_floats;
     conv_group_floats = group_floats;
-    long nin = (long)Cin * N * H * W, nout = (long)Cout * N * H * W, nw = (long)Cout * Cin * 9;
-    float *in = malloc(sizeof(float) * nin), *dout = malloc(sizeof(float) * nout);
-    float *dw = malloc(sizeof(float) * nw);
+    const long nw = (long)Cout * Cin * 9;
+    float *in = randn_array((long)Cin * N * H * W, 1.0f);
+    float *dout = randn_array((long)Cout * N * H * W, 1.0f), *dw = malloc(sizeof(float) * nw);
     float *scratch = malloc(sizeof(float) * winograd_scratch_floats(N, Cin, Cout, H, W));
-    for (long i = 0; i < nin; i++) in[i] = rng_normal(&trng);
-    for (long i = 0; i < nout; i++) dout[i] = rng_normal(&trng);
-    for (long i = 0; i < nw; i++) dw[i] = 123.0f;
+    for (long i = 0; i < nw; i++) dw[i] = 123.0f; /* OVERWRITTEN */
     winograd_conv3x3_dw(dw, dout, in, scratch, N, Cin, H, W, Cout);
     double e = 0, big = 0;
     for (int o = 0; o < Cout; o++)
