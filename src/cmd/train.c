@@ -867,7 +867,8 @@ int train_run(const dm_config *cfg, const char *out_dir, const char *resume) {
                    "of %d per full batch\n", cfg->hidden, t.net.nparams,
                    t.steps_per_epoch, t.nmb_full, cfg->micro_batch);
             printf("convolution products: %s\n", gemm_describe());
-            if (*diffusion_conv_note(cfg)) printf("%s\n", diffusion_conv_note(cfg));
+            const char *conv_note = diffusion_conv_note(cfg);
+            if (*conv_note) printf("%s\n", conv_note);
             if (t.auto_note[0]) printf("%s\n", t.auto_note);
             char note[512];
             if (blas_core_note(note, sizeof note)) printf("%s\n", note);

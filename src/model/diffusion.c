@@ -25,7 +25,8 @@ unet_shape diffusion_shape(const dm_config *c, int m, int max_mb, int inference)
 const char *diffusion_conv_note(const dm_config *c) {
     if (c->conv_algo != CONV_WINOGRAD) return "";
     return gemm_precision_now() == DM_FP32
-               ? "convolutions: 3x3 stride-1 outputs and input gradients by Winograd F(2x2,3x3)"
+               ? "convolutions: the 3x3 stride-1 ones (outputs, input and weight gradients) "
+                 "by Winograd F(2x2,3x3)"
                : "convolutions: conv_algo = winograd not used, as the products run in bf16 "
                  "(it needs fp32); im2col";
 }

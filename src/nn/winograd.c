@@ -57,11 +57,26 @@ int winograd_applies(int k, int s, int p, int W) {
     return k == 3 && s == 1 && p == 1 && W <= WINO_MAX_W;
 }
 
+/* The scratch for a group of images [n0, n1): the 16 transformed weights (or
+ * their gradient) [16][Cout][Cin] at 0, the 16 planes of the transformed input
+ * [Cin][ld] at v_at, those of the output (or its gradient) [Cout][ld] at m_at,
+ * each plane padded by 16 floats; T tiles, `floats` in all. */
+typedef struct {
+    long T, ld, es_in, es_out, v_at, m_at, floats;
+} group_layout;
+
+static group_layout layout_of(int g, int Cin, int Cout, int H, int W) {
+    group_layout L;
+    L.T = (long)g * tiles(H) * tiles(W);
+    L.ld = plane_ld(L.T);
+    L.es_in = (long)Cin * L.ld + 16, L.es_out = (long)Cout * L.ld + 16;
+    L.v_at = 16L * Cout * Cin, L.m_at = L.v_at + 16 * L.es_in;
+    L.floats = L.m_at + 16 * L.es_out;
+    return L;
+}
+
 long winograd_scratch_floats(int N, int Cin, int Cout, int H, int W) {
-    const int g = wino_group(N, Cin, Cout, H, W);
-    const long es_in = (long)Cin * plane_ld((long)g * tiles(H) * tiles(W)) + 16;
-    const long es_out = (long)Cout * plane_ld((long)g * tiles(H) * tiles(W)) + 16;
-    return 16L * Cout * Cin + 16 * es_in + 16 * es_out;
+    return layout_of(wino_group(N, Cin, Cout, H, W), Cin, Cout, H, W).floats;
 }
 
 /* U[e][o][c] = (G g G^T)[e] for g = w[o][c] (3x3); with flip, the weights of
@@ -183,17 +198,16 @@ void winograd_conv3x3(float *out, int acc, const float *in, const float *w, int 
     prof_add(PROF_IM2COL, t0);
     for (int n0 = 0; n0 < N; n0 += g) {
         const int n1 = N - n0 < g ? N : n0 + g;
-        const long T = (long)(n1 - n0) * tiles(H) * tiles(W), ld = plane_ld(T);
-        const long es_in = (long)Cin * ld + 16, es_out = (long)Cout * ld + 16;
-        float *V = U + 16L * Cout * Cin, *M = V + 16 * es_in;
+        const group_layout L = layout_of(n1 - n0, Cin, Cout, H, W);
+        float *V = scratch + L.v_at, *M = scratch + L.m_at;
         t0 = prof_start();
-        input(V, es_in, ld, in, N, n0, n1, Cin, H, W);
+        input(V, L.es_in, L.ld, in, N, n0, n1, Cin, H, W);
         prof_add(PROF_IM2COL, t0);
         for (int e = 0; e < 16; e++)
-            dm_gemm(CblasNoTrans, CblasNoTrans, Cout, (int)T, Cin, U + (long)e * Cout * Cin, Cin,
-                    V + e * es_in, (int)ld, 0.0f, M + e * es_out, (int)ld);
+            dm_gemm(CblasNoTrans, CblasNoTrans, Cout, (int)L.T, Cin, U + (long)e * Cout * Cin,
+                    Cin, V + e * L.es_in, (int)L.ld, 0.0f, M + e * L.es_out, (int)L.ld);
         t0 = prof_start();
-        output(out, acc, M, es_out, ld, N, n0, n1, Cout, H, W);
+        output(out, acc, M, L.es_out, L.ld, N, n0, n1, Cout, H, W);
         prof_add(PROF_IM2COL, t0);
     }
 }
@@ -243,17 +257,17 @@ void winograd_conv3x3_dw(float *dw, const float *dout, const float *in, float *s
     float *dU = scratch; /* [16][Cout][Cin], summed over the groups */
     for (int n0 = 0; n0 < N; n0 += g) {
         const int n1 = N - n0 < g ? N : n0 + g;
-        const long T = (long)(n1 - n0) * tiles(H) * tiles(W), ld = plane_ld(T);
-        const long es_in = (long)Cin * ld + 16, es_out = (long)Cout * ld + 16;
-        float *V = dU + 16L * Cout * Cin, *Z = V + 16 * es_in;
+        const group_layout L = layout_of(n1 - n0, Cin, Cout, H, W);
+        float *V = scratch + L.v_at, *Z = scratch + L.m_at;
         double t0 = prof_start();
-        input(V, es_in, ld, in, N, n0, n1, Cin, H, W);
-        grad_output(Z, es_out, ld, dout, N, n0, n1, Cout, H, W);
+        input(V, L.es_in, L.ld, in, N, n0, n1, Cin, H, W);
+        grad_output(Z, L.es_out, L.ld, dout, N, n0, n1, Cout, H, W);
         prof_add(PROF_IM2COL, t0);
         /* dU[e] (+)= Z[e] (Cout x T) V[e]^T (T x Cin) */
         for (int e = 0; e < 16; e++)
-            dm_gemm(CblasNoTrans, CblasTrans, Cout, Cin, (int)T, Z + e * es_out, (int)ld,
-                    V + e * es_in, (int)ld, n0 ? 1.0f : 0.0f, dU + (long)e * Cout * Cin, Cin);
+            dm_gemm(CblasNoTrans, CblasTrans, Cout, Cin, (int)L.T, Z + e * L.es_out, (int)L.ld,
+                    V + e * L.es_in, (int)L.ld, n0 ? 1.0f : 0.0f, dU + (long)e * Cout * Cin,
+                    Cin);
     }
     /* dw[o][c] = G^T dU[o][c] G (3x3 from 4x4). */
     double t0 = prof_start();
