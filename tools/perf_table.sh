@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Run the benchmark cases of docs/performance.md on this machine: first
-# diffmpi (fp32 on OpenBLAS and on oneDNN, bf16 on oneDNN) against PyTorch
+# diffmpi (fp32 on OpenBLAS and on oneDNN with im2col, fp32 with
+# conv_algo = auto as the jobs run, bf16 on oneDNN) against PyTorch
 # (tools/bench_torch.py, the same UNet, fp32 and bf16 autocast, 2 threads)
 # side by side, printed as ratios from this one run; then diffmpi's own
 # cases. About 15 minutes on 2 cores; run it on a
@@ -41,15 +42,22 @@ echo "=== precision = auto here: $(mpirun -np 1 "$b" bench --set hidden=8 --set 
     grep -m1 -E 'auto chose|convolution products' || echo '(bench failed)')"
 # diffmpi on 2 ranks x 1 thread against PyTorch on 2 threads, same global
 # batch, same model, one after the other so that drift hits all alike:
-# diffmpi fp32 on OpenBLAS (with this environment's OPENBLAS_CORETYPE), fp32
-# and bf16 on oneDNN (bf16 where the CPU has the units), PyTorch fp32 and
-# bf16 autocast.
+# diffmpi fp32 on OpenBLAS (with this environment's OPENBLAS_CORETYPE) and
+# on oneDNN with im2col, fp32 on oneDNN with conv_algo = auto (Winograd
+# where a start-up timing finds it pays), bf16 on oneDNN (where the CPU has
+# the units), PyTorch fp32 and bf16 autocast.
 side_by_side() { # title, diffmpi args, torch args
-    local title=$1 dargs=$2 targs=$3 out blas d d16 t32 t16
-    out=$(mpirun --bind-to none -np 2 "$b" bench $dargs --set engine=openblas --set precision=fp32 --steps "$steps")
+    local title=$1 dargs=$2 targs=$3 out blas d dw d16 t32 t16
+    out=$(mpirun --bind-to none -np 2 "$b" bench $dargs --set engine=openblas --set precision=fp32 \
+          --set conv_algo=im2col --steps "$steps")
     echo "$out"; blas=$(rate <<<"$out")
-    out=$(mpirun --bind-to none -np 2 "$b" bench $dargs --set engine=onednn --set precision=fp32 --steps "$steps")
+    out=$(mpirun --bind-to none -np 2 "$b" bench $dargs --set engine=onednn --set precision=fp32 \
+          --set conv_algo=im2col --steps "$steps")
     echo "$out"; d=$(rate <<<"$out")
+    # conv_algo = auto, as the job configs run it: Winograd where it pays here
+    out=$(mpirun --bind-to none -np 2 "$b" bench $dargs --set engine=onednn --set precision=fp32 \
+          --set conv_algo=auto --steps "$steps")
+    echo "$out"; dw=$(rate <<<"$out")
     if out=$(mpirun --bind-to none -np 2 "$b" bench $dargs --set precision=bf16 \
              --steps "$steps" 2>&1); then
         echo "$out"; d16=$(rate <<<"$out")
@@ -62,14 +70,15 @@ side_by_side() { # title, diffmpi args, torch args
     echo "$out"
     t16=$(rate <<<"$out")
     summary+=$(/usr/bin/python3 -c 'import sys
-t, blas, d, d16, a, b = sys.argv[1:]
-blas, d, d16, a, b = map(float, (blas, d, d16, a, b))
+t, blas, d, dw, d16, a, b = sys.argv[1:]
+blas, d, dw, d16, a, b = map(float, (blas, d, dw, d16, a, b))
 pad = " " * 28
 bf = (f"diffmpi bf16 {d16:7.2f}; " if d16 else "diffmpi bf16     n/a; ")
-r16 = (f", bf16/torch bf16 {d16 / b:.2f}x, bf16/own fp32 {d16 / d:.2f}x" if d16 else "")
-print(f"{t:<28} images/s: openblas fp32 {blas:7.2f}, onednn fp32 {d:7.2f}, {bf}"
-      f"torch fp32 {a:7.2f}, torch bf16 {b:7.2f}\n{pad} ratios: fp32/torch fp32 "
-      f"{d / a:.2f}x (openblas {blas / a:.2f}x){r16}")' "$title" "$blas" "$d" "$d16" "$t32" "$t16")$'\n'
+r16 = (f", bf16/torch bf16 {d16 / b:.2f}x, bf16/own fp32 {d16 / dw:.2f}x" if d16 else "")
+print(f"{t:<28} images/s: openblas fp32 {blas:7.2f}, onednn fp32 im2col {d:7.2f}, "
+      f"conv_algo auto {dw:7.2f}, {bf}torch fp32 {a:7.2f}, torch bf16 {b:7.2f}\n{pad} ratios: "
+      f"fp32 auto/torch fp32 {dw / a:.2f}x (im2col {d / a:.2f}x, openblas {blas / a:.2f}x), "
+      f"auto/im2col {dw / d:.2f}x{r16}")' "$title" "$blas" "$d" "$dw" "$d16" "$t32" "$t16")$'\n'
 }
 summary=""
 echo "=== diffmpi (2 ranks x 1 thread) against PyTorch (2 threads), same model and batch"

@@ -29,7 +29,7 @@
 typedef enum { CONDITIONING_NONE, CONDITIONING_TIME, CONDITIONING_CLASS } dm_conditioning;
 typedef enum { LR_NONE, LR_EXP } dm_lr_decay;
 typedef enum { BN_GLOBAL, BN_RANK } dm_bn_sync;
-typedef enum { CONV_IM2COL, CONV_WINOGRAD } dm_conv_algo;
+typedef enum { CONV_IM2COL, CONV_WINOGRAD, CONV_AUTO } dm_conv_algo;
 
 typedef struct {
     dm_objective objective;     /* objective = denoise|pure_noise|ddpm|flow */
@@ -54,7 +54,8 @@ typedef struct {
     int threads;                /* threads >= 1 OpenBLAS threads per rank */
     dm_precision precision;     /* precision = fp32|bf16 of the convolutions */
     dm_engine engine;           /* engine = auto|openblas|onednn */
-    dm_conv_algo conv_algo;     /* conv_algo = im2col|winograd */
+    dm_conv_algo conv_algo;     /* conv_algo = im2col|winograd|auto */
+    int winograd_min_width;     /* Winograd for images at least this wide */
     dm_bn_sync bn_sync;         /* bn_sync = global|rank */
     double log_every;           /* log_every > 0: seconds between progress
                                    lines when stdout is not a terminal */

@@ -55,21 +55,18 @@ void conv2d_backward(float *din, float *dw, float *db, const float *dout,
 
 /* ---- 3x3, stride 1, padding 1 convolutions by Winograd F(2x2, 3x3) ------
  * (winograd.c; fp32). out [Cout][N][H][W] = conv(in [Cin][N][H][W], w),
- * overwritten, or ADDED with acc. w is [Cout][Cin][3][3]; with flip it is
- * the forward weights [Cin][Cout][3][3] of the convolution whose input
- * gradient this is (transposed and rotated by 180 degrees, as the input
- * gradient of a stride-1 convolution needs). scratch:
+ * overwritten, or ADDED with acc; w is [Cout][Cin][3][3]. The backward of
+ * that convolution: dw [Cout][Cin][3][3] OVERWRITTEN with the sum over
+ * images and positions of dout x in, and (unless dx is NULL) dx ADDED with
+ * the input gradient, both from one transform of dout. scratch for either:
  * winograd_scratch_floats(N, Cin, Cout, H, W) floats. */
 int winograd_applies(int k, int s, int p, int W);
 long winograd_scratch_floats(int N, int Cin, int Cout, int H, int W);
-void winograd_conv3x3(float *out, int acc, const float *in, const float *w, int flip,
-                      float *scratch, int N, int Cin, int H, int W, int Cout);
-/* The weight gradient of that convolution (no flip): dw [Cout][Cin][3][3]
- * OVERWRITTEN with sum over images and positions of dout x in, computed in
- * the transformed domain (G^T [sum over tiles (A dY A^T) .* (B^T d B)] G).
- * scratch: winograd_scratch_floats(N, Cin, Cout, H, W) floats. */
-void winograd_conv3x3_dw(float *dw, const float *dout, const float *in, float *scratch, int N,
-                         int Cin, int H, int W, int Cout);
+void winograd_conv3x3(float *out, int acc, const float *in, const float *w, float *scratch,
+                      int N, int Cin, int H, int W, int Cout);
+void winograd_conv3x3_backward(float *dx, float *dw, const float *dout, const float *in,
+                               const float *w, float *scratch, int N, int Cin, int H, int W,
+                               int Cout);
 
 /* im2col / col2im for the CNHW layout: col [Cin*k*k][N*Ho*Wo].
  * col2im ADDS into im. The _part forms cover images [n0, n1) of the N in

@@ -112,7 +112,8 @@ typedef struct {
     int inference;      /* forward only: no gradients, no backward scratch */
     int classes;        /* > 0: not the UNet but the classifier of that many
                            classes built from its encoder (mix must be NONE) */
-    int winograd;       /* 3x3 stride-1 convolutions by Winograd in fp32 */
+    int winograd;       /* 3x3 stride-1 convolutions by Winograd in fp32 ... */
+    int winograd_min;   /* ... on images at least this wide */
 } unet_shape;
 
 /* Communication hooks so that unet.c does not depend on the trainer's
@@ -127,7 +128,7 @@ typedef struct unet {
     dm_norm norm;
     int groups;         /* GroupNorm groups */
     int inference;
-    int winograd;       /* see unet_shape */
+    int winograd, winograd_min; /* see unet_shape */
     cond_mix mix;
     int nemb;           /* embeddings per conditioning point: 0, 1 (t), 2 (t, c) */
     int ncond;
@@ -250,6 +251,12 @@ void unet_classify(unet *u, float *logits, float *feats, const float *x, int n);
  * of convolutions, transposed convolutions and FCBlocks. Elementwise work
  * (BatchNorm, GELU, Adam) is not counted. */
 void unet_unit_flops(const unet *u, int t, double *fwd, double *bwd);
+/* conv_algo = auto's measurement: for each image width of u's 3x3 stride-1
+ * convolutions (at most max, in the order met), the seconds of a forward
+ * and a backward over n images of every such layer, by im2col
+ * (secs[2i]) and by Winograd (secs[2i + 1]), best of reps; returns how
+ * many widths. Needs only u's shapes (max_mb may be 0). */
+int unet_conv_timings(const unet *u, int n, int reps, int *width, double *secs, int max);
 void unet_fc_flops(const unet *u, double *fwd, double *bwd);
 /* The parameter ranges backward completes one at a time (each unit's and
  * each FCBlock's), sorted by offset: off[], len[] get at most

@@ -179,9 +179,10 @@ int bench_run(const dm_config *cfg, int steps, int sample, int verbose) {
         printf("diffmpi bench: %d rank(s) x %d thread(s); %s\n", t.size, cfg->threads, cpu);
         printf("OpenBLAS %s, core %s\n", openblas_get_config(), openblas_get_corename());
         printf("convolution products: %s\n", gemm_describe());
-        const char *conv_note = diffusion_conv_note(cfg);
+        const char *conv_note = diffusion_conv_note(&t.cfg);
         if (*conv_note) printf("%s\n", conv_note);
         if (t.auto_note[0]) printf("%s\n", t.auto_note);
+        if (t.conv_note[0]) printf("%s\n", t.conv_note);
         char note[512];
         if (blas_core_note(note, sizeof note)) printf("%s\n", note);
         printf("model: objective=%s conditioning=%s D=%d, batch %d, micro_batch %d; "

@@ -460,6 +460,94 @@ static dm_precision auto_precision(const dm_config *c, const char *out, const ch
     return p;
 }
 
+/* The conv_algo = auto test hook: "W:R,..." stands in for the measured
+ * im2col / Winograd time ratio R at image width W. */
+static void conv_hook(const int *width, double *ratio, int nw) {
+    const char *h = getenv("DIFFMPI_TEST_WINOGRAD_SPEEDUP");
+    while (h && *h) {
+        int w = 0;
+        double r = 0;
+        if (sscanf(h, "%d:%lf", &w, &r) == 2)
+            for (int i = 0; i < nw; i++)
+                if (width[i] == w) ratio[i] = r;
+        h = strchr(h, ',');
+        if (h) h++;
+    }
+}
+
+/* conv_algo = auto on rank 0, after the engine is set up. Returns 0 for
+ * im2col, else the narrowest image width that runs by Winograd. A resumed
+ * run keeps its checkpoint's choice (so that it stays bitwise on course);
+ * in bf16 im2col (Winograd needs fp32); otherwise every 3x3 stride-1 layer
+ * is timed both ways here on one micro-batch (unet_conv_timings), and Winograd
+ * runs from the narrowest width from which, at every wider one, it is at
+ * least 1.05x as fast. note: the line that says which, for the log. */
+#define CONV_AUTO_MARGIN 1.05
+static int auto_conv_algo(const dm_config *c, const char *out, const char *resume, char *note,
+                          size_t size) {
+    note[0] = '\0';
+    if (c->conv_algo != CONV_AUTO)
+        return c->conv_algo == CONV_WINOGRAD ? c->winograd_min_width : 0;
+    char path[4096] = "";
+    dm_config k;
+    if (resume && out) {
+        dm_set_quiet(1);
+        dm_status st = resume_path(out, resume, path, sizeof path);
+        if (st == DM_OK) st = ckpt_read_config(path, &k);
+        dm_set_quiet(0);
+        if (st == DM_OK && k.conv_algo != CONV_AUTO) {
+            snprintf(note, size, "conv_algo = auto: %s, as the checkpoint ran",
+                     k.conv_algo == CONV_WINOGRAD ? "winograd" : "im2col");
+            return k.conv_algo == CONV_WINOGRAD ? k.winograd_min_width : 0;
+        }
+    }
+    if (gemm_precision_now() != DM_FP32) {
+        snprintf(note, size, "conv_algo = auto: im2col, as the products run in bf16");
+        return 0;
+    }
+    unet_shape sh = diffusion_shape(c, c->micro_batch, 0, 0);
+    unet shapes;
+    unet_init(&shapes, &sh);
+    enum { MAXW = 8 };
+    int width[MAXW];
+    double secs[2 * MAXW], ratio[MAXW];
+    /* a whole micro-batch, as the weights' transforms are per micro-batch */
+    printf("conv_algo = auto: timing the 3x3 stride-1 convolutions by im2col and by Winograd "
+           "(one micro-batch, best of 2; seconds)\n");
+    fflush(stdout);
+    int nw = unet_conv_timings(&shapes, c->micro_batch, 2, width, secs, MAXW);
+    unet_free(&shapes);
+    for (int i = 0; i < nw; i++) ratio[i] = secs[2 * i + 1] > 0 ? secs[2 * i] / secs[2 * i + 1] : 0;
+    conv_hook(width, ratio, nw);
+    /* from the widest down, while Winograd pays */
+    int order[MAXW];
+    for (int i = 0; i < nw; i++) {
+        int q = i;
+        for (; q > 0 && width[order[q - 1]] < width[i]; q--) order[q] = order[q - 1];
+        order[q] = i;
+    }
+    int wmin = 0, stop = 0;
+    char list[160] = "";
+    for (int q = 0; q < nw; q++) {
+        const int i = order[q];
+        size_t len = strlen(list);
+        snprintf(list + len, sizeof list - len, "%s%dx%d %.2fx", q ? ", " : "", width[i],
+                 width[i], ratio[i]);
+        if (!stop && ratio[i] >= CONV_AUTO_MARGIN)
+            wmin = width[i];
+        else
+            stop = 1;
+    }
+    if (wmin)
+        snprintf(note, size, "conv_algo = auto chose winograd for images at least %d wide: "
+                 "Winograd ran %s as fast as im2col", wmin, list);
+    else
+        snprintf(note, size, nw ? "conv_algo = auto chose im2col: Winograd ran %s as fast"
+                                : "conv_algo = auto: im2col, as no convolution is 3x3 stride 1%s",
+                 list);
+    return wmin;
+}
+
 /* judge = PATH: the judge and its reference statistics, the whole MNIST
  * test set (whatever eval_limit says, so that the distance is the one
  * `diffmpi score` reports). */
@@ -512,6 +600,13 @@ dm_status trainer_setup(dm_trainer *t, const dm_config *cfg, const char *out_dir
     dm_status gst = dm_agree(gemm_setup(c->engine, c->precision, c->threads));
     dm_set_quiet(0);
     if (gst != DM_OK) return gst;
+    /* conv_algo = auto likewise, once the engine runs: 0 im2col, else
+     * Winograd from that image width */
+    int wmin = dm_from_rank0(
+        t->rank == 0 ? auto_conv_algo(c, out_dir, resume, t->conv_note, sizeof t->conv_note)
+                     : 0);
+    t->cfg.conv_algo = wmin ? CONV_WINOGRAD : CONV_IM2COL;
+    if (wmin) t->cfg.winograd_min_width = wmin;
     int synthetic = out_dir == NULL;
     int m = c->micro_batch;
     t->nmb_full = (c->batch + m - 1) / m;
@@ -867,9 +962,10 @@ int train_run(const dm_config *cfg, const char *out_dir, const char *resume) {
                    "of %d per full batch\n", cfg->hidden, t.net.nparams,
                    t.steps_per_epoch, t.nmb_full, cfg->micro_batch);
             printf("convolution products: %s\n", gemm_describe());
-            const char *conv_note = diffusion_conv_note(cfg);
+            const char *conv_note = diffusion_conv_note(&t.cfg);
             if (*conv_note) printf("%s\n", conv_note);
             if (t.auto_note[0]) printf("%s\n", t.auto_note);
+            if (t.conv_note[0]) printf("%s\n", t.conv_note);
             char note[512];
             if (blas_core_note(note, sizeof note)) printf("%s\n", note);
             fflush(stdout);

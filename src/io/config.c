@@ -63,7 +63,7 @@ static const char *const conditioning_names[] = {"none", "time", "class",
                                                  NULL};
 static const char *const lr_decay_names[] = {"none", "exp", NULL};
 static const char *const bn_sync_names[] = {"global", "rank", NULL};
-static const char *const conv_algo_names[] = {"im2col", "winograd", NULL};
+static const char *const conv_algo_names[] = {"im2col", "winograd", "auto", NULL};
 
 /* Enum fields are read and written as int through memcpy. */
 _Static_assert(sizeof(dm_objective) == sizeof(int), "enum size");
@@ -166,10 +166,20 @@ static const config_key keys[] = {
     {.name = "conv_algo", .kind = KEY_ENUM, .offset = OFF(conv_algo),
      .names = conv_algo_names, .def = "im2col",
      .help = "im2col: every convolution as im2col + one matrix product; "
-             "winograd: the 3x3 stride-1 convolutions (outputs, input and "
-             "weight gradients) by Winograd F(2x2,3x3): 2.25x fewer "
-             "multiplies, error a few 1e-7 relative; only where the "
-             "products run in fp32 (ignored in bf16)"},
+             "winograd: the 3x3 stride-1 convolutions on images at least "
+             "winograd_min_width wide (outputs, input and weight gradients) "
+             "by Winograd F(2x2,3x3): 2.25x fewer multiplies, error a few "
+             "1e-7 relative; only where the products run in fp32 (ignored in "
+             "bf16); auto: train and bench time both on this CPU at start-up "
+             "for each image width of the network and take winograd, with "
+             "the smallest width from which it is at least 1.05x as fast, or "
+             "im2col; a resumed run keeps its checkpoint's; outputs record "
+             "which"},
+    {.name = "winograd_min_width", .kind = KEY_INT, .offset = OFF(winograd_min_width),
+     .lo = 1, .hi = 512, .def = "1",
+     .help = "with conv_algo = winograd, the narrowest images (7, 14 or 28 "
+             "in the UNet) whose 3x3 stride-1 convolutions run by Winograd; "
+             "narrower ones run by im2col"},
     {.name = "bn_sync", .kind = KEY_ENUM, .offset = OFF(bn_sync),
      .names = bn_sync_names, .def = "global",
      .help = "global: BatchNorm statistics over the global batch (results "

@@ -2,6 +2,8 @@
  * diffusion.h and objective.h). */
 #include "diffmpi/diffusion.h"
 
+#include <stdio.h>
+
 #include "diffmpi/data.h"
 #include "diffmpi/gemm.h"
 #include "diffmpi/rng.h"
@@ -18,17 +20,25 @@ unet_shape diffusion_shape(const dm_config *c, int m, int max_mb, int inference)
     sh.m = m;
     sh.max_mb = max_mb;
     sh.inference = inference;
-    sh.winograd = c->conv_algo == CONV_WINOGRAD;
+    sh.winograd = c->conv_algo == CONV_WINOGRAD; /* auto: decided by train and bench */
+    sh.winograd_min = c->winograd_min_width;
     return sh;
 }
 
 const char *diffusion_conv_note(const dm_config *c) {
+    static char note[192];
     if (c->conv_algo != CONV_WINOGRAD) return "";
-    return gemm_precision_now() == DM_FP32
-               ? "convolutions: the 3x3 stride-1 ones (outputs, input and weight gradients) "
-                 "by Winograd F(2x2,3x3)"
-               : "convolutions: conv_algo = winograd not used, as the products run in bf16 "
-                 "(it needs fp32); im2col";
+    if (gemm_precision_now() != DM_FP32)
+        return "convolutions: conv_algo = winograd not used, as the products run in bf16 "
+               "(it needs fp32); im2col";
+    if (c->winograd_min_width <= 1)
+        return "convolutions: the 3x3 stride-1 ones (outputs, input and weight gradients) "
+               "by Winograd F(2x2,3x3)";
+    snprintf(note, sizeof note,
+             "convolutions: the 3x3 stride-1 ones on images at least %d wide (outputs, input "
+             "and weight gradients) by Winograd F(2x2,3x3), the others by im2col",
+             c->winograd_min_width);
+    return note;
 }
 
 void diffusion_noisy_at(const dm_config *c, float *z, const float *x, double sigma,

@@ -239,12 +239,10 @@ static size_t layout(unet *u, char *base) {
                                       un->p);
         else if (un->kind == UNIT_CONVT)
             c = convt2d_col_floats(m, un->cout, un->hin, un->hin, un->k, un->s, un->p);
-        if (un->kind == UNIT_CONV && u->winograd && winograd_applies(un->k, un->s, un->p, un->hin)) {
-            /* forward Cin -> Cout and input gradient Cout -> Cin */
-            long wf = winograd_scratch_floats(m, un->cin, un->cout, un->hin, un->hin),
-                 wb = winograd_scratch_floats(m, un->cout, un->cin, un->hin, un->hin);
+        if (un->kind == UNIT_CONV && u->winograd && winograd_applies(un->k, un->s, un->p, un->hin) &&
+            un->hin >= u->winograd_min) {
+            long wf = winograd_scratch_floats(m, un->cin, un->cout, un->hin, un->hin);
             if (wf > c) c = wf;
-            if (wb > c) c = wb;
         }
         if (c > u->col_floats) u->col_floats = c;
         long sf = un->norm ? un->norm->stat_floats(u, un->cout) : 0;
@@ -286,6 +284,7 @@ void unet_init(unet *u, const unet_shape *sh) {
     u->D = sh->D, u->m = sh->m, u->max_mb = sh->max_mb;
     u->inference = sh->inference;
     u->winograd = sh->winograd;
+    u->winograd_min = sh->winograd_min;
     u->mix = sh->mix;
     u->norm = sh->norm;
     u->groups = sh->groups;
@@ -373,27 +372,120 @@ const unet_param *unet_find(const unet *u, const char *name) {
 
 /* ---- forward ------------------------------------------------------------ */
 
-/* Does this convolution run by Winograd now? Only in fp32: the transforms
- * would amplify bf16's rounding. */
-static int unit_winograd(const unet *u, const unet_unit *t) {
-    return u->winograd && t->kind == UNIT_CONV && winograd_applies(t->k, t->s, t->p, t->hin) &&
-           gemm_precision_now() == DM_FP32;
+/* ---- how a convolution unit runs: a row per algorithm ------------------ */
+
+typedef struct {
+    void (*forward)(const unet_unit *t, float *y, const float *x, const float *w,
+                    const float *b, float *scratch, int n);
+    /* dx ADDED (NULL: none wanted), dw and db OVERWRITTEN */
+    void (*backward)(const unet_unit *t, float *dx, float *dw, float *db, const float *dy,
+                     const float *x, const float *w, float *scratch, int n);
+} conv_kernel;
+
+enum { CONV_ROW_IM2COL, CONV_ROW_WINOGRAD, CONV_ROWS };
+
+static void im2col_fwd(const unet_unit *t, float *y, const float *x, const float *w,
+                       const float *b, float *scratch, int n) {
+    conv2d_forward(y, x, w, b, scratch, n, t->cin, t->hin, t->hin, t->cout, t->k, t->s, t->p);
+}
+
+static void im2col_bwd(const unet_unit *t, float *dx, float *dw, float *db, const float *dy,
+                       const float *x, const float *w, float *scratch, int n) {
+    conv2d_backward(dx, dw, db, dy, x, w, scratch, n, t->cin, t->hin, t->hin, t->cout, t->k,
+                    t->s, t->p);
+}
+
+static void winograd_fwd(const unet_unit *t, float *y, const float *x, const float *w,
+                         const float *b, float *scratch, int n) {
+    winograd_conv3x3(y, 0, x, w, scratch, n, t->cin, t->hin, t->hin, t->cout);
+    conv_bias_add(y, b, t->cout, (long)n * t->hout * t->hout);
+}
+
+static void winograd_bwd(const unet_unit *t, float *dx, float *dw, float *db, const float *dy,
+                         const float *x, const float *w, float *scratch, int n) {
+    winograd_conv3x3_backward(dx, dw, dy, x, w, scratch, n, t->cin, t->hin, t->hin, t->cout);
+    conv_bias_grad(db, dy, t->cout, (long)n * t->hout * t->hout);
+}
+
+static const conv_kernel conv_kernels[CONV_ROWS] = {
+    [CONV_ROW_IM2COL] = {im2col_fwd, im2col_bwd},
+    [CONV_ROW_WINOGRAD] = {winograd_fwd, winograd_bwd},
+};
+
+static int winograd_can(const unet_unit *t) {
+    return t->kind == UNIT_CONV && winograd_applies(t->k, t->s, t->p, t->hin);
+}
+
+/* The row a convolution unit runs now. Winograd only in fp32: the
+ * transforms would amplify bf16's rounding. */
+static int unit_algo(const unet *u, const unet_unit *t) {
+    return u->winograd && winograd_can(t) && t->hin >= u->winograd_min &&
+                   gemm_precision_now() == DM_FP32
+               ? CONV_ROW_WINOGRAD
+               : CONV_ROW_IM2COL;
 }
 
 static void unit_linear_forward(unet *u, unet_unit *t, float *y,
                                 const float *x, int n) {
     const float *w = u->p + t->w, *b = u->p + t->b;
-    if (unit_winograd(u, t)) {
-        winograd_conv3x3(y, 0, x, w, 0, u->col, n, t->cin, t->hin, t->hin, t->cout);
-        conv_bias_add(y, b, t->cout, (long)n * t->hout * t->hout);
-    } else if (t->kind == UNIT_CONV)
-        conv2d_forward(y, x, w, b, u->col, n, t->cin, t->hin, t->hin, t->cout,
-                       t->k, t->s, t->p);
+    if (t->kind == UNIT_CONV)
+        conv_kernels[unit_algo(u, t)].forward(t, y, x, w, b, u->col, n);
     else if (t->kind == UNIT_CONVT)
         convt2d_forward(y, x, w, b, u->col, n, t->cin, t->hin, t->hin, t->cout,
                         t->k, t->s, t->p);
     else
         avgpool_forward(y, x, t->cin, n, t->hin * t->hin);
+}
+
+int unet_conv_timings(const unet *u, int n, int reps, int *width, double *secs, int max) {
+    int nw = 0;
+    long fx = 0, fy = 0, fw = 0, fs = 0;
+    for (int i = 0; i < u->nunits; i++) {
+        const unet_unit *t = &u->units[i];
+        if (!winograd_can(t)) continue;
+        long hw = (long)n * t->hin * t->hin, s1, s2;
+        if ((long)t->cin * hw > fx) fx = (long)t->cin * hw;
+        if ((long)t->cout * hw > fy) fy = (long)t->cout * hw;
+        if (9L * t->cin * t->cout > fw) fw = 9L * t->cin * t->cout;
+        s1 = conv2d_scratch_floats(n, t->cin, t->hin, t->hin, t->cout, 3, 1, 1);
+        s2 = winograd_scratch_floats(n, t->cin, t->cout, t->hin, t->hin);
+        if (s1 > fs) fs = s1;
+        if (s2 > fs) fs = s2;
+    }
+    if (fx == 0) return 0;
+    float *x = dm_malloc(sizeof(float) * (size_t)fx), *dx = dm_malloc(sizeof(float) * (size_t)fx);
+    float *y = dm_malloc(sizeof(float) * (size_t)fy), *dy = dm_malloc(sizeof(float) * (size_t)fy);
+    float *w = dm_malloc(sizeof(float) * (size_t)fw), *dw = dm_malloc(sizeof(float) * (size_t)fw);
+    float *b = dm_calloc((size_t)fy, sizeof(float)), *db = dm_malloc(sizeof(float) * (size_t)fy);
+    float *scratch = dm_malloc(sizeof(float) * (size_t)fs);
+    for (long i = 0; i < fx; i++) x[i] = dx[i] = (float)((i * 7919) % 251) / 251.0f - 0.5f;
+    for (long i = 0; i < fy; i++) dy[i] = (float)((i * 104729) % 257) / 257.0f - 0.5f;
+    for (long i = 0; i < fw; i++) w[i] = (float)((i * 31) % 61) / 610.0f - 0.05f;
+    int prof = prof_on;
+    prof_enable(0);
+    for (int i = 0; i < u->nunits; i++) {
+        const unet_unit *t = &u->units[i];
+        if (!winograd_can(t)) continue;
+        int at = 0;
+        while (at < nw && width[at] != t->hin) at++;
+        if (at == nw) {
+            if (nw == max) continue;
+            width[nw] = t->hin, secs[2 * nw] = secs[2 * nw + 1] = 0, nw++;
+        }
+        double best[CONV_ROWS] = {1e30, 1e30};
+        for (int r = 0; r <= reps; r++) /* round 0 warms up */
+            for (int a = 0; a < CONV_ROWS; a++) {
+                double t0 = dm_now();
+                conv_kernels[a].forward(t, y, x, w, b, scratch, n);
+                conv_kernels[a].backward(t, dx, dw, db, dy, x, w, scratch, n);
+                double s = dm_now() - t0;
+                if (r > 0 && s < best[a]) best[a] = s;
+            }
+        for (int a = 0; a < CONV_ROWS; a++) secs[2 * at + a] += best[a];
+    }
+    prof_enable(prof);
+    free(x), free(dx), free(y), free(dy), free(w), free(dw), free(b), free(db), free(scratch);
+    return nw;
 }
 
 static void unit_forward(unet *u, unet_unit *t, int train, int nmb,
@@ -464,18 +556,9 @@ static void unit_linear_backward(unet *u, unet_unit *t, float *leaf,
     float *x = unet_at(u, t->in, j, n, 0);
     /* The network input needs no gradient. */
     float *dx = t->in.buf == u->in_buf ? NULL : unet_at(u, t->in, j, n, 1);
-    if (unit_winograd(u, t)) {
-        /* the weight gradient in Winograd's transformed domain, the input
-         * gradient (a 3x3 stride-1 convolution of dy with the flipped
-         * weights) as a Winograd convolution */
-        winograd_conv3x3_dw(leaf + t->w, dy, x, u->col, n, t->cin, t->hin, t->hin, t->cout);
-        conv_bias_grad(leaf + t->b, dy, t->cout, (long)n * t->hout * t->hout);
-        if (dx)
-            winograd_conv3x3(dx, 1, dy, u->p + t->w, 1, u->col, n, t->cout, t->hin, t->hin,
-                             t->cin);
-    } else if (t->kind == UNIT_CONV)
-        conv2d_backward(dx, leaf + t->w, leaf + t->b, dy, x, u->p + t->w, u->col,
-                        n, t->cin, t->hin, t->hin, t->cout, t->k, t->s, t->p);
+    if (t->kind == UNIT_CONV)
+        conv_kernels[unit_algo(u, t)].backward(t, dx, leaf + t->w, leaf + t->b, dy, x,
+                                               u->p + t->w, u->col, n);
     else if (t->kind == UNIT_CONVT)
         convt2d_backward(dx, leaf + t->w, leaf + t->b, dy, x, u->p + t->w, u->col,
                          n, t->cin, t->hin, t->hin, t->cout, t->k, t->s, t->p);

@@ -21,9 +21,14 @@
  * writes or reads at once do not fall on the same cache sets (with
  * Cin * T a multiple of 1024 they would, 4 KiB apart).
  *
- * The weight gradient follows from Y = A^T M A with M = U .* V: dM = A dY A^T
- * per tile, dU = sum over tiles of dM .* V (16 GEMMs, Cout x T times T x
- * Cin, accumulated over the groups), dg = G^T dU G.
+ * The backward follows from Y = A^T M A with M = U .* V: the transformed
+ * output gradient Z = dM = A dY A^T per tile serves both gradients. The
+ * weights': dU = sum over tiles of Z .* V (16 GEMMs, Cout x T times T x Cin,
+ * accumulated over the groups), dg = G^T dU G. The input's: dV = U^T Z (16
+ * GEMMs, Cin x Cout times Cout x T), then each tile's B dV B^T added back
+ * where its patch was read (the adjoint of the input transform). So dY is
+ * transformed once, not once for each gradient, and the input gradient
+ * needs no transform of its own weights.
  *
  * The products run on the engine (dm_gemm), so they are timed as GEMM and
  * the transforms as im2col by `diffmpi bench`. */
@@ -57,37 +62,36 @@ int winograd_applies(int k, int s, int p, int W) {
     return k == 3 && s == 1 && p == 1 && W <= WINO_MAX_W;
 }
 
-/* The scratch for a group of images [n0, n1): the 16 transformed weights (or
- * their gradient) [16][Cout][Cin] at 0, the 16 planes of the transformed input
- * [Cin][ld] at v_at, those of the output (or its gradient) [Cout][ld] at m_at,
- * each plane padded by 16 floats; T tiles, `floats` in all. */
+/* The scratch for a group of images [n0, n1): nu blocks of 16 transformed
+ * weights [16][Cout][Cin] at 0 (the forward's U; the backward's U and the
+ * gradient dU after it), the 16 planes of the transformed input [Cin][ld] at
+ * v_at, those of the output (or of its gradient) [Cout][ld] at m_at, each
+ * plane padded by 16 floats; T tiles, `floats` in all. */
 typedef struct {
     long T, ld, es_in, es_out, v_at, m_at, floats;
 } group_layout;
 
-static group_layout layout_of(int g, int Cin, int Cout, int H, int W) {
+static group_layout layout_of(int g, int Cin, int Cout, int H, int W, int nu) {
     group_layout L;
     L.T = (long)g * tiles(H) * tiles(W);
     L.ld = plane_ld(L.T);
     L.es_in = (long)Cin * L.ld + 16, L.es_out = (long)Cout * L.ld + 16;
-    L.v_at = 16L * Cout * Cin, L.m_at = L.v_at + 16 * L.es_in;
+    L.v_at = 16L * nu * Cout * Cin, L.m_at = L.v_at + 16 * L.es_in;
     L.floats = L.m_at + 16 * L.es_out;
     return L;
 }
 
+/* the backward's, which holds the forward's */
 long winograd_scratch_floats(int N, int Cin, int Cout, int H, int W) {
-    return layout_of(wino_group(N, Cin, Cout, H, W), Cin, Cout, H, W).floats;
+    return layout_of(wino_group(N, Cin, Cout, H, W), Cin, Cout, H, W, 2).floats;
 }
 
-/* U[e][o][c] = (G g G^T)[e] for g = w[o][c] (3x3); with flip, the weights of
- * the input gradient: g = w[c][o] rotated by 180 degrees, w being
- * [Cin][Cout][3][3] of the forward convolution whose Cin is our Cout. */
-static void weights(float *U, const float *w, int Cout, int Cin, int flip) {
+/* U[e][o][c] = (G g G^T)[e] for g = w[o][c] (3x3). */
+static void weights(float *U, const float *w, int Cout, int Cin) {
     for (int o = 0; o < Cout; o++)
         for (int c = 0; c < Cin; c++) {
-            const float *src = flip ? w + ((long)c * Cout + o) * 9 : w + ((long)o * Cin + c) * 9;
-            float g[9], t[4][3];
-            for (int a = 0; a < 9; a++) g[a] = flip ? src[8 - a] : src[a];
+            const float *g = w + ((long)o * Cin + c) * 9;
+            float t[4][3];
             for (int j = 0; j < 3; j++) {
                 t[0][j] = g[j];
                 t[1][j] = 0.5f * (g[j] + g[3 + j] + g[6 + j]);
@@ -189,16 +193,16 @@ static void output(float *out, int acc, const float *M, long es, long ld, int N,
             }
 }
 
-void winograd_conv3x3(float *out, int acc, const float *in, const float *w, int flip,
-                      float *scratch, int N, int Cin, int H, int W, int Cout) {
+void winograd_conv3x3(float *out, int acc, const float *in, const float *w, float *scratch,
+                      int N, int Cin, int H, int W, int Cout) {
     const int g = wino_group(N, Cin, Cout, H, W);
     float *U = scratch;
     double t0 = prof_start();
-    weights(U, w, Cout, Cin, flip);
+    weights(U, w, Cout, Cin);
     prof_add(PROF_IM2COL, t0);
     for (int n0 = 0; n0 < N; n0 += g) {
         const int n1 = N - n0 < g ? N : n0 + g;
-        const group_layout L = layout_of(n1 - n0, Cin, Cout, H, W);
+        const group_layout L = layout_of(n1 - n0, Cin, Cout, H, W, 1);
         float *V = scratch + L.v_at, *M = scratch + L.m_at;
         t0 = prof_start();
         input(V, L.es_in, L.ld, in, N, n0, n1, Cin, H, W);
@@ -251,27 +255,96 @@ static void grad_output(float *Z, long es, long ld, const float *dout, int N, in
             }
 }
 
-void winograd_conv3x3_dw(float *dw, const float *dout, const float *in, float *scratch, int N,
-                         int Cin, int H, int W, int Cout) {
+/* dx (ADDED) += the adjoint of `input` for the tiles of images [n0, n1):
+ * each tile's B dV B^T (4x4) added to the input rows 2ty-1 .. 2ty+2 and
+ * columns 2tx-1 .. 2tx+2 it was read from; parts outside H x W dropped.
+ * Neighbouring tiles overlap by two rows and two columns: per tile row, the
+ * four rows are assembled whole (column x at y[r][x + 1]), and rows 2ty+1
+ * and 2ty+2 wait for the next tile row's rows 0 and 1 (carry), so that each
+ * row of dx is added to once. */
+DM_VECTOR_CLONES
+static void input_adjoint(float *dx, const float *dV, long es, long ld, int N, int n0, int n1,
+                          int C, int H, int W) {
+    const int th = tiles(H), tw = tiles(W), tp = ROUND8(tw);
+    enum { LEN = WINO_MAX_W / 2 + 16 };
+    float r[4][4][LEN], y[4][2 * LEN + 2], carry[2][2 * LEN + 2];
+    for (int c = 0; c < C; c++)
+        for (int n = n0; n < n1; n++) {
+            for (int x = 0; x < 2 * tp + 2; x++) carry[0][x] = carry[1][x] = 0.0f;
+            for (int ty = 0; ty <= th; ty++) {
+                if (ty < th) {
+                    const float *v = dV + (long)c * ld + ((long)(n - n0) * th + ty) * tw;
+                    /* B dV: the four rows of each tile, for column j */
+                    for (int j = 0; j < 4; j++) {
+                        const float *v0 = v + j * es, *v1 = v0 + 4 * es, *v2 = v1 + 4 * es,
+                                    *v3 = v2 + 4 * es;
+                        for (int tx = 0; tx < tp; tx++) {
+                            r[0][j][tx] = v0[tx];
+                            r[1][j][tx] = v1[tx] - v2[tx] + v3[tx];
+                            r[2][j][tx] = v1[tx] + v2[tx] - v0[tx];
+                            r[3][j][tx] = -v3[tx];
+                        }
+                        r[0][j][tw] = r[1][j][tw] = r[2][j][tw] = r[3][j][tw] = 0.0f; /* junk */
+                    }
+                    /* (B dV) B^T: column 2tx-1 (at y[2tx]) takes tile tx's
+                     * column 0 and tile tx-1's column 2; column 2tx (at
+                     * y[2tx+1]) tile tx's 1 and tile tx-1's 3 */
+                    for (int i = 0; i < 4; i++) {
+                        const float *a = r[i][0], *b = r[i][1], *cc = r[i][2], *d = r[i][3];
+                        y[i][0] = a[0];
+                        y[i][1] = b[0] - cc[0] + d[0];
+                        for (int tx = 1; tx <= tw; tx++) {
+                            y[i][2 * tx] = a[tx] + (b[tx - 1] + cc[tx - 1] - a[tx - 1]);
+                            y[i][2 * tx + 1] = (b[tx] - cc[tx] + d[tx]) - d[tx - 1];
+                        }
+                    }
+                } else
+                    for (int i = 0; i < 4; i++)
+                        for (int x = 0; x < 2 * tw + 2; x++) y[i][x] = 0.0f;
+                for (int q = 0; q < 2; q++) {
+                    const int row = 2 * ty - 1 + q;
+                    if (row >= 0 && row < H) {
+                        float *dst = dx + (((long)c * N + n) * H + row) * W;
+                        for (int x = 0; x < W; x++) dst[x] += carry[q][x + 1] + y[q][x + 1];
+                    }
+                    for (int x = 0; x < W; x++) carry[q][x + 1] = y[2 + q][x + 1];
+                }
+            }
+        }
+}
+
+void winograd_conv3x3_backward(float *dx, float *dw, const float *dout, const float *in,
+                               const float *w, float *scratch, int N, int Cin, int H, int W,
+                               int Cout) {
     const int g = wino_group(N, Cin, Cout, H, W);
-    float *dU = scratch; /* [16][Cout][Cin], summed over the groups */
+    const long plane = (long)Cout * Cin;
+    float *U = scratch, *dU = scratch + 16 * plane; /* dU summed over the groups */
+    double t0 = prof_start();
+    if (dx) weights(U, w, Cout, Cin);
+    prof_add(PROF_IM2COL, t0);
     for (int n0 = 0; n0 < N; n0 += g) {
         const int n1 = N - n0 < g ? N : n0 + g;
-        const group_layout L = layout_of(n1 - n0, Cin, Cout, H, W);
+        const group_layout L = layout_of(n1 - n0, Cin, Cout, H, W, 2);
         float *V = scratch + L.v_at, *Z = scratch + L.m_at;
-        double t0 = prof_start();
+        t0 = prof_start();
         input(V, L.es_in, L.ld, in, N, n0, n1, Cin, H, W);
         grad_output(Z, L.es_out, L.ld, dout, N, n0, n1, Cout, H, W);
         prof_add(PROF_IM2COL, t0);
-        /* dU[e] (+)= Z[e] (Cout x T) V[e]^T (T x Cin) */
-        for (int e = 0; e < 16; e++)
+        for (int e = 0; e < 16; e++) {
+            /* dU[e] (+)= Z[e] (Cout x T) V[e]^T (T x Cin) */
             dm_gemm(CblasNoTrans, CblasTrans, Cout, Cin, (int)L.T, Z + e * L.es_out, (int)L.ld,
-                    V + e * L.es_in, (int)L.ld, n0 ? 1.0f : 0.0f, dU + (long)e * Cout * Cin,
-                    Cin);
+                    V + e * L.es_in, (int)L.ld, n0 ? 1.0f : 0.0f, dU + e * plane, Cin);
+            /* dV[e] = U[e]^T (Cin x Cout) Z[e] (Cout x T), over V[e], now read */
+            if (dx)
+                dm_gemm(CblasTrans, CblasNoTrans, Cin, (int)L.T, Cout, U + e * plane, Cin,
+                        Z + e * L.es_out, (int)L.ld, 0.0f, V + e * L.es_in, (int)L.ld);
+        }
+        t0 = prof_start();
+        if (dx) input_adjoint(dx, V, L.es_in, L.ld, N, n0, n1, Cin, H, W);
+        prof_add(PROF_IM2COL, t0);
     }
     /* dw[o][c] = G^T dU[o][c] G (3x3 from 4x4). */
-    double t0 = prof_start();
-    const long plane = (long)Cout * Cin;
+    t0 = prof_start();
     for (int o = 0; o < Cout; o++)
         for (int c = 0; c < Cin; c++) {
             float x[4][4], s[3][4];

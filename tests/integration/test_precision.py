@@ -14,7 +14,11 @@ differ in bits (different kernels) but not in substance. precision = auto
 runs fp32 without bf16 units and otherwise what a timed product says is
 faster (both answers forced by DIFFMPI_TEST_BF16_SPEEDUP where bf16 runs),
 in train and in sample on 2 ranks, and a resumed auto run keeps its
-checkpoint's precision, bitwise."""
+checkpoint's precision, bitwise. conv_algo = winograd runs are bitwise
+equal on 1 and 3 ranks and differ from im2col in rounding only;
+conv_algo = auto follows the per-width timings (forced by
+DIFFMPI_TEST_WINOGRAD_SPEEDUP), records its choice, which is bitwise the
+explicit setting, and a resumed run keeps it."""
 import os
 import subprocess
 
@@ -78,6 +82,70 @@ for f in ("log.h5", "checkpoints/ckpt-44.h5", "samples.h5"):
     bad = compare_h5(os.path.join(wino[1], f), os.path.join(wino[3], f))
     check(not bad, f"winograd P=3 {f} bitwise equal to P=1 ({bad[:5]})")
 differ_in_rounding(losses(fp["onednn"]), losses(wino[1]), "winograd and im2col")
+
+# conv_algo = auto (fp32): rank 0 times the 3x3 stride-1 layers both ways for
+# each image width, and Winograd runs from the narrowest width from which it
+# is at least 1.05x as fast at every wider one; the checkpoint records
+# conv_algo = winograd with that winograd_min_width, or im2col, and a resumed
+# run keeps it. DIFFMPI_TEST_WINOGRAD_SPEEDUP ("W:R,...") stands in for the
+# measured ratios.
+CONV = ["hidden=8", "train_limit=48", "batch=24", "micro_batch=4", "epochs=1",
+        "precision=fp32", "data_dir=" + os.path.join(SRC, "data", "mnist")]
+WHOOK = ["-x", "DIFFMPI_TEST_WINOGRAD_SPEEDUP"]
+
+
+def conv_run(name, speedup, extra=(), resume=None, nprocs=2, stop=None):
+    out = os.path.join(base, name)
+    cmd = ["train", "--out", out] + sum((["--set", kv] for kv in CONV + list(extra)), [])
+    if resume:
+        cmd += ["--resume", resume]
+    env = {"DIFFMPI_TEST_WINOGRAD_SPEEDUP": speedup}
+    if stop:
+        env["DIFFMPI_TEST_STOP_AT_STEP"] = stop
+    return out, mpirun(nprocs, cmd, env_extra=env, mpi_args=WHOOK)
+
+
+def stored(path, key):
+    with h5py.File(path, "r") as f:
+        cfg = f.attrs["config"]
+    cfg = cfg.decode() if isinstance(cfg, bytes) else cfg
+    return [l.split("=")[1].strip() for l in cfg.splitlines() if l.split("=")[0].strip() == key][0]
+
+
+for name, speedup, algo, width in (("conv-all", "28:2,14:2,7:2", "winograd", "7"),
+                                   ("conv-28", "28:2,14:0.5,7:2", "winograd", "28"),
+                                   ("conv-none", "28:0.9,14:2,7:2", "im2col", None)):
+    out, r = conv_run(name, speedup, ["conv_algo=auto"])
+    ck = os.path.join(out, "checkpoints", "ckpt-2.h5")
+    said = (f"conv_algo = auto chose winograd for images at least {width} wide" if width
+            else "conv_algo = auto chose im2col")
+    ok = r.returncode == 0 and said in r.stdout and stored(ck, "conv_algo") == algo
+    check(ok and (width is None or stored(ck, "winograd_min_width") == width),
+          f"conv_algo = auto with speed-ups {speedup}: {algo} {width or ''} "
+          f"({r.returncode}, {r.stdout[-400:]} {r.stderr[-200:]})")
+# what auto chose is the explicit setting, bitwise
+out, r = conv_run("conv-14", "", ["conv_algo=winograd", "winograd_min_width=14"])
+check(r.returncode == 0 and "at least 14 wide" in r.stdout, f"winograd_min_width=14 runs ({r.stderr[-200:]})")
+bad = compare_h5(os.path.join(base, "conv-28", "log.h5"), os.path.join(out, "log.h5"))
+check(bad, "Winograd from 14 and from 28 wide differ (the width takes effect)")
+out2, r = conv_run("conv-14-auto", "28:2,14:2,7:0.5", ["conv_algo=auto"])
+bad = compare_h5(os.path.join(out, "log.h5"), os.path.join(out2, "log.h5"))
+check(r.returncode == 0 and not bad, f"auto choosing width 14 is bitwise the explicit setting ({bad[:3]})")
+# a resumed auto run keeps its checkpoint's choice, whatever it measures now
+out, r = conv_run("conv-resume", "28:2,14:2,7:2", ["conv_algo=auto"], stop="1")
+check(r.returncode == 3, f"auto (winograd) run stops at step 1 (rc {r.returncode})")
+out, r = conv_run("conv-resume", "28:0.5,14:0.5,7:0.5", ["conv_algo=auto"], resume="auto",
+                  nprocs=3)
+bad = compare_h5(os.path.join(base, "conv-all", "checkpoints", "ckpt-2.h5"),
+                 os.path.join(out, "checkpoints", "ckpt-2.h5"))
+check(r.returncode == 0 and "conv_algo = auto: winograd, as the checkpoint ran" in r.stdout
+      and not bad, f"a resumed auto run keeps the checkpoint's winograd, bitwise on 3 ranks "
+      f"({r.returncode}, {bad[:3]}, {r.stderr[-200:]})")
+# measured, not forced: the run says what it measured and follows it
+out, r = conv_run("conv-measured", "", ["conv_algo=auto"])
+line = [l for l in r.stdout.splitlines() if l.startswith("conv_algo = auto chose")]
+check(r.returncode == 0 and len(line) == 1 and "28x28" in line[0] and "7x7" in line[0],
+      f"conv_algo = auto measures every width ({line}, {r.stderr[-200:]})")
 
 # Does this CPU run bf16?
 probe = mpirun(1, ["bench", "--set", "precision=bf16", "--set", "hidden=8", "--set", "batch=4",

@@ -2,10 +2,10 @@
  * direct 3x3 convolution with padding 1 summed in double here:
  *  - forward (overwrite) and ADDED output, for even, odd and rectangular
  *    images, channel counts that differ, groups of one image and of all;
- *  - flip: the input gradient of a stride-1 convolution, against the same
- *    direct loop run as a transposed convolution;
- *  - the weight gradient, against the direct sum of dout x in over images
- *    and positions, OVERWRITING dw;
+ *  - the backward: the weight gradient, against the direct sum of dout x in
+ *    over images and positions, OVERWRITING dw; the input gradient ADDED to
+ *    dx, against the direct loop run as a transposed convolution (flipped
+ *    weights); and with dx NULL (the network's input);
  *  - the error stays at fp32 level (a few 1e-7 of sum |w x|), and a wrong
  *    transform (one tap's weight changed) is caught. */
 #include "diffmpi/gemm.h"
@@ -61,7 +61,7 @@ static float *randn_array(long n, float scale) {
     return x;
 }
 
-static void check(int N, int Cin, int H, int W, int Cout, int flip, int acc, long group_floats) {
+static void check(int N, int Cin, int H, int W, int Cout, int acc, long group_floats) {
     long saved = conv_group_floats;
     conv_group_floats = group_floats;
     long nout = (long)Cout * N * H * W;
@@ -71,31 +71,36 @@ static void check(int N, int Cin, int H, int W, int Cout, int flip, int acc, lon
     double *ref = malloc(sizeof(double) * nout), *mag = malloc(sizeof(double) * nout);
     const float base = acc ? 0.5f : 0.0f;
     for (long i = 0; i < nout; i++) out[i] = acc ? base : 123.0f;
-    winograd_conv3x3(out, acc, in, w, flip, scratch, N, Cin, H, W, Cout);
-    direct(ref, mag, in, w, flip, N, Cin, H, W, Cout);
+    winograd_conv3x3(out, acc, in, w, scratch, N, Cin, H, W, Cout);
+    direct(ref, mag, in, w, 0, N, Cin, H, W, Cout);
     double e = worst(out, ref, mag, nout, base);
     char what[128];
-    snprintf(what, sizeof what, "N%d Cin%d %dx%d Cout%d flip%d acc%d group %ld", N, Cin, H, W,
-             Cout, flip, acc, group_floats);
+    snprintf(what, sizeof what, "N%d Cin%d %dx%d Cout%d acc%d group %ld", N, Cin, H, W, Cout,
+             acc, group_floats);
     EXPECT(e < 2e-6, "%s: error %.3g of sum |w x|", what, e);
     /* The check can fail: one tap of one weight changed is far outside. */
     w[4] += 0.5f;
-    direct(ref, mag, in, w, flip, N, Cin, H, W, Cout);
+    direct(ref, mag, in, w, 0, N, Cin, H, W, Cout);
     EXPECT(worst(out, ref, mag, nout, base) > 1e-3, "%s: a changed weight went unnoticed", what);
     free(in), free(w), free(out), free(scratch), free(ref), free(mag);
     conv_group_floats = saved;
 }
 
-/* dw[o][c][i][j] = sum over n, y, x of dout[o][n][y][x] in[c][n][y+i-1][x+j-1]. */
-static void check_dw(int N, int Cin, int H, int W, int Cout, long group_floats) {
+/* The backward: dw[o][c][i][j] = sum over n, y, x of dout[o][n][y][x]
+ * in[c][n][y+i-1][x+j-1] (OVERWRITTEN), and dx (ADDED to 0.5, unless
+ * with_dx is 0) the input gradient: the direct loop with flipped weights. */
+static void check_backward(int N, int Cin, int H, int W, int Cout, int with_dx,
+                           long group_floats) {
     long saved = conv_group_floats;
     conv_group_floats = group_floats;
-    const long nw = (long)Cout * Cin * 9;
-    float *in = randn_array((long)Cin * N * H * W, 1.0f);
+    const long nw = (long)Cout * Cin * 9, nx = (long)Cin * N * H * W;
+    float *in = randn_array(nx, 1.0f), *w = randn_array(nw, 0.2f);
     float *dout = randn_array((long)Cout * N * H * W, 1.0f), *dw = malloc(sizeof(float) * nw);
+    float *dx = malloc(sizeof(float) * nx);
     float *scratch = malloc(sizeof(float) * winograd_scratch_floats(N, Cin, Cout, H, W));
     for (long i = 0; i < nw; i++) dw[i] = 123.0f; /* OVERWRITTEN */
-    winograd_conv3x3_dw(dw, dout, in, scratch, N, Cin, H, W, Cout);
+    for (long i = 0; i < nx; i++) dx[i] = 0.5f;   /* ADDED */
+    winograd_conv3x3_backward(with_dx ? dx : NULL, dw, dout, in, w, scratch, N, Cin, H, W, Cout);
     double e = 0, big = 0;
     for (int o = 0; o < Cout; o++)
         for (int c = 0; c < Cin; c++)
@@ -116,14 +121,28 @@ static void check_dw(int N, int Cin, int H, int W, int Cout, long group_floats) 
                     if (fabs(s) > big) big = fabs(s);
                 }
     char what[128];
-    snprintf(what, sizeof what, "dw N%d Cin%d %dx%d Cout%d group %ld", N, Cin, H, W, Cout,
-             group_floats);
+    snprintf(what, sizeof what, "backward N%d Cin%d %dx%d Cout%d dx%d group %ld", N, Cin, H, W,
+             Cout, with_dx, group_floats);
     /* The sums run in the transformed domain, whose entries are sums of up
      * to 4 inputs times sums of up to 4 output gradients: a few times the
      * direct terms, so a few times the forward's rounding. */
-    EXPECT(e < 1e-5 && big > 0.1, "%s: error %.3g of sum |dout x in| (largest %.3g)", what, e,
+    EXPECT(e < 1e-5 && big > 0.1, "%s: dw error %.3g of sum |dout x in| (largest %.3g)", what, e,
            big);
-    free(in), free(dout), free(dw), free(scratch);
+    double *ref = malloc(sizeof(double) * nx), *mag = malloc(sizeof(double) * nx);
+    direct(ref, mag, dout, w, 1, N, Cout, H, W, Cin);
+    if (with_dx) {
+        EXPECT(worst(dx, ref, mag, nx, 0.5f) < 1e-5, "%s: dx error %.3g of sum |w dout|", what,
+               worst(dx, ref, mag, nx, 0.5f));
+        /* the check can fail: one tap of one weight changed */
+        w[4] += 0.5f;
+        direct(ref, mag, dout, w, 1, N, Cout, H, W, Cin);
+        EXPECT(worst(dx, ref, mag, nx, 0.5f) > 1e-3, "%s: a changed weight went unnoticed", what);
+    } else {
+        int same = 1;
+        for (long i = 0; i < nx; i++) same &= dx[i] == 0.5f;
+        EXPECT(same, "%s: dx was written", what);
+    }
+    free(in), free(w), free(dout), free(dw), free(dx), free(scratch), free(ref), free(mag);
     conv_group_floats = saved;
 }
 
@@ -142,15 +161,15 @@ int main(void) {
         {1, 3, 8, 8, 2}, {3, 2, 10, 10, 3},
     };
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
-        for (int flip = 0; flip < 2; flip++)
-            for (int acc = 0; acc < 2; acc++)
-                for (int big = 0; big < 2; big++) /* one image per group, or all */
-                    check(shapes[s][0], shapes[s][1], shapes[s][2], shapes[s][3], shapes[s][4], flip,
-                          acc, big ? 1L << 20 : 1);
+        for (int acc = 0; acc < 2; acc++)
+            for (int big = 0; big < 2; big++) /* one image per group, or all */
+                check(shapes[s][0], shapes[s][1], shapes[s][2], shapes[s][3], shapes[s][4], acc,
+                      big ? 1L << 20 : 1);
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
-        for (int big = 0; big < 2; big++)
-            check_dw(shapes[s][0], shapes[s][1], shapes[s][2], shapes[s][3], shapes[s][4],
-                     big ? 1L << 20 : 1);
+        for (int with_dx = 0; with_dx < 2; with_dx++)
+            for (int big = 0; big < 2; big++)
+                check_backward(shapes[s][0], shapes[s][1], shapes[s][2], shapes[s][3],
+                               shapes[s][4], with_dx, big ? 1L << 20 : 1);
     gemm_teardown();
     return test_finish("test_winograd");
 }
