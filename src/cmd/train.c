@@ -434,6 +434,19 @@ int blas_core_note(char *buf, size_t size) {
     return 1;
 }
 
+/* The configuration of the checkpoint a resumed run starts from, into k;
+ * 0 if there is none (a fresh run, or no checkpoint yet: the run's own
+ * errors say so later). */
+static int resumed_config(const char *out, const char *resume, dm_config *k) {
+    char path[4096] = "";
+    if (!resume || !out) return 0;
+    dm_set_quiet(1);
+    dm_status st = resume_path(out, resume, path, sizeof path);
+    if (st == DM_OK) st = ckpt_read_config(path, k);
+    dm_set_quiet(0);
+    return st == DM_OK;
+}
+
 /* precision = auto on rank 0. A resumed run keeps the precision its
  * checkpoint ran in where this CPU can run it, so that it stays bitwise on
  * course; otherwise the engine measures which is faster here
@@ -442,18 +455,12 @@ static dm_precision auto_precision(const dm_config *c, const char *out, const ch
                                    char *note, size_t size) {
     note[0] = '\0';
     if (c->precision != DM_PREC_AUTO) return c->precision;
-    char path[4096] = "";
     dm_config k;
-    if (resume && out) {
-        dm_set_quiet(1);
-        dm_status st = resume_path(out, resume, path, sizeof path);
-        if (st == DM_OK) st = ckpt_read_config(path, &k);
-        dm_set_quiet(0);
-        if (st == DM_OK && k.precision != DM_PREC_AUTO && gemm_can_run(c->engine, k.precision)) {
-            snprintf(note, size, "precision = auto: %s, as the checkpoint ran",
-                     gemm_precision_name(k.precision));
-            return k.precision;
-        }
+    if (resumed_config(out, resume, &k) && k.precision != DM_PREC_AUTO &&
+        gemm_can_run(c->engine, k.precision)) {
+        snprintf(note, size, "precision = auto: %s, as the checkpoint ran",
+                 gemm_precision_name(k.precision));
+        return k.precision;
     }
     dm_precision p = gemm_resolve_precision(c->engine, DM_PREC_AUTO);
     if (gemm_auto_note()) snprintf(note, size, "%s", gemm_auto_note());
@@ -488,18 +495,11 @@ static int auto_conv_algo(const dm_config *c, const char *out, const char *resum
     note[0] = '\0';
     if (c->conv_algo != CONV_AUTO)
         return c->conv_algo == CONV_WINOGRAD ? c->winograd_min_width : 0;
-    char path[4096] = "";
     dm_config k;
-    if (resume && out) {
-        dm_set_quiet(1);
-        dm_status st = resume_path(out, resume, path, sizeof path);
-        if (st == DM_OK) st = ckpt_read_config(path, &k);
-        dm_set_quiet(0);
-        if (st == DM_OK && k.conv_algo != CONV_AUTO) {
-            snprintf(note, size, "conv_algo = auto: %s, as the checkpoint ran",
-                     k.conv_algo == CONV_WINOGRAD ? "winograd" : "im2col");
-            return k.conv_algo == CONV_WINOGRAD ? k.winograd_min_width : 0;
-        }
+    if (resumed_config(out, resume, &k) && k.conv_algo != CONV_AUTO) {
+        snprintf(note, size, "conv_algo = auto: %s, as the checkpoint ran",
+                 k.conv_algo == CONV_WINOGRAD ? "winograd" : "im2col");
+        return k.conv_algo == CONV_WINOGRAD ? k.winograd_min_width : 0;
     }
     if (gemm_precision_now() != DM_FP32) {
         snprintf(note, size, "conv_algo = auto: im2col, as the products run in bf16");
@@ -541,10 +541,10 @@ static int auto_conv_algo(const dm_config *c, const char *out, const char *resum
     if (wmin)
         snprintf(note, size, "conv_algo = auto chose winograd for images at least %d wide: "
                  "Winograd ran %s as fast as im2col", wmin, list);
+    else if (nw)
+        snprintf(note, size, "conv_algo = auto chose im2col: Winograd ran %s as fast", list);
     else
-        snprintf(note, size, nw ? "conv_algo = auto chose im2col: Winograd ran %s as fast"
-                                : "conv_algo = auto: im2col, as no convolution is 3x3 stride 1%s",
-                 list);
+        snprintf(note, size, "conv_algo = auto: im2col, as no convolution is 3x3 stride 1");
     return wmin;
 }
 

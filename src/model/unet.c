@@ -211,6 +211,15 @@ static void build_classifier(unet *u) {
     u->nbuffers = bl.boff;
 }
 
+static int winograd_can(const unet_unit *t) {
+    return t->kind == UNIT_CONV && winograd_applies(t->k, t->s, t->p, t->hin);
+}
+
+/* Does the configuration put this unit on Winograd (in fp32)? */
+static int winograd_unit(const unet *u, const unet_unit *t) {
+    return u->winograd && winograd_can(t) && t->hin >= u->winograd_min;
+}
+
 /* Hand out 64-byte aligned pieces of one arena; with base == NULL only
  * count, so the same walk sizes the arena and then carves it. */
 static void *take(char *base, size_t *used, size_t bytes) {
@@ -239,8 +248,7 @@ static size_t layout(unet *u, char *base) {
                                       un->p);
         else if (un->kind == UNIT_CONVT)
             c = convt2d_col_floats(m, un->cout, un->hin, un->hin, un->k, un->s, un->p);
-        if (un->kind == UNIT_CONV && u->winograd && winograd_applies(un->k, un->s, un->p, un->hin) &&
-            un->hin >= u->winograd_min) {
+        if (winograd_unit(u, un)) {
             long wf = winograd_scratch_floats(m, un->cin, un->cout, un->hin, un->hin);
             if (wf > c) c = wf;
         }
@@ -412,17 +420,11 @@ static const conv_kernel conv_kernels[CONV_ROWS] = {
     [CONV_ROW_WINOGRAD] = {winograd_fwd, winograd_bwd},
 };
 
-static int winograd_can(const unet_unit *t) {
-    return t->kind == UNIT_CONV && winograd_applies(t->k, t->s, t->p, t->hin);
-}
-
 /* The row a convolution unit runs now. Winograd only in fp32: the
  * transforms would amplify bf16's rounding. */
 static int unit_algo(const unet *u, const unet_unit *t) {
-    return u->winograd && winograd_can(t) && t->hin >= u->winograd_min &&
-                   gemm_precision_now() == DM_FP32
-               ? CONV_ROW_WINOGRAD
-               : CONV_ROW_IM2COL;
+    return winograd_unit(u, t) && gemm_precision_now() == DM_FP32 ? CONV_ROW_WINOGRAD
+                                                                   : CONV_ROW_IM2COL;
 }
 
 static void unit_linear_forward(unet *u, unet_unit *t, float *y,
