@@ -24,6 +24,7 @@
 
 #define MAX_ADDRS 8
 #define PROBE_SECONDS 3
+#define SUSPENDED_SECONDS 2.0 /* a 1 s sleep this much late: the process was stopped */
 
 static struct {
     char dir[4096];
@@ -259,12 +260,25 @@ static void *watch(void *arg) {
     /* A rank counts as silent when its heartbeat is this old. */
     double stale = wd.timeout / 2 < 10 ? wd.timeout / 2 : 10;
     if (stale < 2.5) stale = 2.5;
+    /* Time this process spent stopped since the last progress `seen`: a
+     * second's sleep that took SUSPENDED_SECONDS longer means the process
+     * (or the machine) did not run: a suspended Slurm job (scontrol suspend,
+     * gang scheduling: SIGSTOP to every rank, SIGCONT later), a debugger, a
+     * paused VM. That time is nobody's stall and does not count towards the
+     * timeout (less up to a second: the part of the stop that overlaps the
+     * sleep itself counts as running). A rank stopped alone still stalls
+     * the others, which do not sleep long, and their watchdogs end the job. */
+    double seen = wd.last, suspended = 0;
     while (!wd.stop) {
         struct timespec one = {1, 0};
+        double before = dm_now();
         nanosleep(&one, NULL);
+        double late = dm_now() - before - 1.0, last = wd.last;
+        if (last != seen) seen = last, suspended = 0;
+        if (late > SUSPENDED_SECONDS) suspended += late;
         write_heartbeat();
         drain_probes();
-        if (wd.stop || dm_now() - wd.last < wd.timeout) continue;
+        if (wd.stop || dm_now() - seen - suspended < wd.timeout) continue;
         char who[2048], cut[2048];
         int alive, n = silent_ranks(who, sizeof who, stale, &alive);
         /* Every rank whose processes all answer asks the network too. */
