@@ -207,7 +207,8 @@ static const config_key keys[] = {
      .hi = 1e7, .def = "300",
      .help = "seconds without progress after which the job ends, naming the "
              "rank that stopped answering or cannot be reached over the "
-             "network (0 = off)"},
+             "network (0 = off); time the whole job spends stopped (a "
+             "suspended Slurm job) does not count"},
     {.name = "sample_chunk", .kind = KEY_INT, .offset = OFF(sample_chunk),
      .lo = 1, .hi = 4096, .def = "4",
      .help = "images per sampler forward (x2 with guidance), the unit spread "
