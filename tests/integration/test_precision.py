@@ -89,12 +89,12 @@ differ_in_rounding(losses(fp["onednn"]), losses(wino[1]), "winograd and im2col")
 # conv_algo = winograd with that winograd_min_width, or im2col, and a resumed
 # run keeps it. DIFFMPI_TEST_WINOGRAD_SPEEDUP ("W:R,...") stands in for the
 # measured ratios.
-CONV = ["hidden=8", "train_limit=48", "batch=24", "micro_batch=4", "epochs=1",
+CONV = ["hidden=8", "train_limit=48", "eval_limit=64", "batch=24", "micro_batch=4", "epochs=1",
         "precision=fp32", "data_dir=" + os.path.join(SRC, "data", "mnist")]
 WHOOK = ["-x", "DIFFMPI_TEST_WINOGRAD_SPEEDUP"]
 
 
-def conv_run(name, speedup, extra=(), resume=None, nprocs=2, stop=None):
+def conv_run(name, speedup, extra=(), resume=None, nprocs=1, stop=None):
     out = os.path.join(base, name)
     cmd = ["train", "--out", out] + sum((["--set", kv] for kv in CONV + list(extra)), [])
     if resume:
@@ -132,7 +132,7 @@ out2, r = conv_run("conv-14-auto", "28:2,14:2,7:0.5", ["conv_algo=auto"])
 bad = compare_h5(os.path.join(out, "log.h5"), os.path.join(out2, "log.h5"))
 check(r.returncode == 0 and not bad, f"auto choosing width 14 is bitwise the explicit setting ({bad[:3]})")
 # a resumed auto run keeps its checkpoint's choice, whatever it measures now
-out, r = conv_run("conv-resume", "28:2,14:2,7:2", ["conv_algo=auto"], stop="1")
+out, r = conv_run("conv-resume", "28:2,14:2,7:2", ["conv_algo=auto"], stop="1", nprocs=2)
 check(r.returncode == 3, f"auto (winograd) run stops at step 1 (rc {r.returncode})")
 out, r = conv_run("conv-resume", "28:0.5,14:0.5,7:0.5", ["conv_algo=auto"], resume="auto",
                   nprocs=3)
@@ -155,7 +155,7 @@ probe = mpirun(1, ["bench", "--set", "precision=bf16", "--set", "hidden=8", "--s
 # product in both precisions and takes bf16 only where it is at least 1.1x
 # as fast (an Intel Xeon without AMX ran it at 0.6x); the checkpoint records
 # what ran. DIFFMPI_TEST_BF16_SPEEDUP stands in for the measured ratio.
-AUTO = ["hidden=8", "train_limit=48", "batch=24", "micro_batch=4", "epochs=1",
+AUTO = ["hidden=8", "train_limit=48", "eval_limit=64", "batch=24", "micro_batch=4", "epochs=1",
         "precision=auto", "data_dir=" + os.path.join(SRC, "data", "mnist")]
 
 
