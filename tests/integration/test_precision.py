@@ -125,12 +125,14 @@ for name, speedup, algo, width in (("conv-all", "28:2,14:2,7:2", "winograd", "7"
           f"({r.returncode}, {r.stdout[-400:]} {r.stderr[-200:]})")
 # what auto chose is the explicit setting, bitwise
 out, r = conv_run("conv-14", "", ["conv_algo=winograd", "winograd_min_width=14"])
-check(r.returncode == 0 and "at least 14 wide" in r.stdout, f"winograd_min_width=14 runs ({r.stderr[-200:]})")
+check(r.returncode == 0 and "at least 14 wide" in r.stdout,
+      f"winograd_min_width=14 runs ({r.stderr[-200:]})")
 bad = compare_h5(os.path.join(base, "conv-28", "log.h5"), os.path.join(out, "log.h5"))
 check(bad, "Winograd from 14 and from 28 wide differ (the width takes effect)")
 out2, r = conv_run("conv-14-auto", "28:2,14:2,7:0.5", ["conv_algo=auto"])
 bad = compare_h5(os.path.join(out, "log.h5"), os.path.join(out2, "log.h5"))
-check(r.returncode == 0 and not bad, f"auto choosing width 14 is bitwise the explicit setting ({bad[:3]})")
+check(r.returncode == 0 and not bad,
+      f"auto choosing width 14 is bitwise the explicit setting ({bad[:3]})")
 # a resumed auto run keeps its checkpoint's choice, whatever it measures now
 out, r = conv_run("conv-resume", "28:2,14:2,7:2", ["conv_algo=auto"], stop="1", nprocs=2)
 check(r.returncode == 3, f"auto (winograd) run stops at step 1 (rc {r.returncode})")
