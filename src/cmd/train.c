@@ -513,7 +513,7 @@ static int auto_conv_algo(const dm_config *c, const char *out, const char *resum
     double secs[2 * MAXW], ratio[MAXW];
     /* a whole micro-batch, as the weights' transforms are per micro-batch */
     printf("conv_algo = auto: timing the 3x3 stride-1 convolutions by im2col and by Winograd "
-           "(one micro-batch, best of 2; seconds)\n");
+           "(one micro-batch per layer, best of 2; about 10 s at D=128)\n");
     fflush(stdout);
     int nw = unet_conv_timings(&shapes, c->micro_batch, 2, width, secs, MAXW);
     unet_free(&shapes);
