@@ -56,6 +56,7 @@ typedef struct {
     dm_engine engine;           /* engine = auto|openblas|onednn */
     dm_conv_algo conv_algo;     /* conv_algo = im2col|winograd|auto */
     int winograd_min_width;     /* Winograd for images at least this wide */
+    int winograd4_min_width;    /* ... by F(4x4,3x3) from this width (0: none) */
     dm_bn_sync bn_sync;         /* bn_sync = global|rank */
     double log_every;           /* log_every > 0: seconds between progress
                                    lines when stdout is not a terminal */

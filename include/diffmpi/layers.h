@@ -53,20 +53,22 @@ void conv2d_backward(float *din, float *dw, float *db, const float *dout,
                      const float *in, const float *w, float *col, int N,
                      int Cin, int H, int W, int Cout, int k, int s, int p);
 
-/* ---- 3x3, stride 1, padding 1 convolutions by Winograd F(2x2, 3x3) ------
- * (winograd.c; fp32). out [Cout][N][H][W] = conv(in [Cin][N][H][W], w),
- * overwritten, or ADDED with acc; w is [Cout][Cin][3][3]. The backward of
- * that convolution: dw [Cout][Cin][3][3] OVERWRITTEN with the sum over
- * images and positions of dout x in, and (unless dx is NULL) dx ADDED with
- * the input gradient, both from one transform of dout. scratch for either:
- * winograd_scratch_floats(N, Cin, Cout, H, W) floats. */
+/* ---- 3x3, stride 1, padding 1 convolutions by Winograd F(m x m, 3x3) ----
+ * (winograd.c; fp32; tile m = 2 or 4, winograd_tile_ok). out [Cout][N][H][W]
+ * = conv(in [Cin][N][H][W], w), overwritten, or ADDED with acc; w is
+ * [Cout][Cin][3][3]. The backward of that convolution: dw [Cout][Cin][3][3]
+ * OVERWRITTEN with the sum over images and positions of dout x in, and
+ * (unless dx is NULL) dx ADDED with the input gradient, both from one
+ * transform of dout. scratch for either: winograd_scratch_floats(N, Cin,
+ * Cout, H, W, m) floats. */
 int winograd_applies(int k, int s, int p, int W);
-long winograd_scratch_floats(int N, int Cin, int Cout, int H, int W);
+int winograd_tile_ok(int m);
+long winograd_scratch_floats(int N, int Cin, int Cout, int H, int W, int m);
 void winograd_conv3x3(float *out, int acc, const float *in, const float *w, float *scratch,
-                      int N, int Cin, int H, int W, int Cout);
+                      int N, int Cin, int H, int W, int Cout, int m);
 void winograd_conv3x3_backward(float *dx, float *dw, const float *dout, const float *in,
                                const float *w, float *scratch, int N, int Cin, int H, int W,
-                               int Cout);
+                               int Cout, int m);
 
 /* im2col / col2im for the CNHW layout: col [Cin*k*k][N*Ho*Wo].
  * col2im ADDS into im. The _part forms cover images [n0, n1) of the N in

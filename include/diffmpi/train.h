@@ -47,7 +47,7 @@ typedef struct {
     double t_start;
     int tty;            /* progress redraws one line (a terminal, no mpirun) */
     char auto_note[192]; /* rank 0: how precision = auto was decided ("" if set) */
-    char conv_note[320]; /* rank 0: how conv_algo = auto was decided ("" if set) */
+    char conv_note[448]; /* rank 0: how conv_algo = auto was decided ("" if set) */
 } dm_trainer;
 
 /* resume: NULL (fresh run), "auto" or a checkpoint path. */

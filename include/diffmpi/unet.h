@@ -113,7 +113,8 @@ typedef struct {
     int classes;        /* > 0: not the UNet but the classifier of that many
                            classes built from its encoder (mix must be NONE) */
     int winograd;       /* 3x3 stride-1 convolutions by Winograd in fp32 ... */
-    int winograd_min;   /* ... on images at least this wide */
+    int winograd_min;   /* ... on images at least this wide, by F(2x2,3x3) ... */
+    int winograd4_min;  /* ... or by F(4x4,3x3) on those at least this wide (0: none) */
 } unet_shape;
 
 /* Communication hooks so that unet.c does not depend on the trainer's
@@ -128,7 +129,7 @@ typedef struct unet {
     dm_norm norm;
     int groups;         /* GroupNorm groups */
     int inference;
-    int winograd, winograd_min; /* see unet_shape */
+    int winograd, winograd_min, winograd4_min; /* see unet_shape */
     cond_mix mix;
     int nemb;           /* embeddings per conditioning point: 0, 1 (t), 2 (t, c) */
     int ncond;
@@ -254,8 +255,10 @@ void unet_unit_flops(const unet *u, int t, double *fwd, double *bwd);
 /* conv_algo = auto's measurement: for each image width of u's 3x3 stride-1
  * convolutions (at most max, in the order met), the seconds of a forward
  * and a backward over n images of every such layer, by im2col
- * (secs[2i]) and by Winograd (secs[2i + 1]), best of reps; returns how
- * many widths. Needs only u's shapes (max_mb may be 0). */
+ * (secs[UNET_CONV_TIMED * i]), by Winograd F(2x2,3x3) (+ 1) and by
+ * F(4x4,3x3) (+ 2), best of reps; returns how many widths. Needs only u's
+ * shapes (max_mb may be 0). */
+enum { UNET_CONV_TIMED = 3 };
 int unet_conv_timings(const unet *u, int n, int reps, int *width, double *secs, int max);
 void unet_fc_flops(const unet *u, double *fwd, double *bwd);
 /* The parameter ranges backward completes one at a time (each unit's and

@@ -468,84 +468,107 @@ static dm_precision auto_precision(const dm_config *c, const char *out, const ch
 }
 
 /* The conv_algo = auto test hook: "W:R,..." stands in for the measured
- * im2col / Winograd time ratio R at image width W. */
-static void conv_hook(const int *width, double *ratio, int nw) {
+ * im2col / Winograd F(2x2) time ratio R at image width W (and rules F(4x4)
+ * out there), "W:R2:R4" for both forms' ratios. */
+static void conv_hook(const int *width, double ratio[][2], int nw) {
     const char *h = getenv("DIFFMPI_TEST_WINOGRAD_SPEEDUP");
     while (h && *h) {
         int w = 0;
-        double r = 0;
-        if (sscanf(h, "%d:%lf", &w, &r) == 2)
+        double r2 = 0, r4 = 0;
+        if (sscanf(h, "%d:%lf:%lf", &w, &r2, &r4) >= 2)
             for (int i = 0; i < nw; i++)
-                if (width[i] == w) ratio[i] = r;
+                if (width[i] == w) ratio[i][0] = r2, ratio[i][1] = r4;
         h = strchr(h, ',');
         if (h) h++;
     }
 }
 
-/* conv_algo = auto on rank 0, after the engine is set up. Returns 0 for
- * im2col, else the narrowest image width that runs by Winograd. A resumed
- * run keeps its checkpoint's choice (so that it stays bitwise on course);
- * in bf16 im2col (Winograd needs fp32); otherwise every 3x3 stride-1 layer
- * is timed both ways here on one micro-batch (unet_conv_timings), and Winograd
- * runs from the narrowest width from which, at every wider one, it is at
- * least 1.05x as fast. note: the line that says which, for the log. */
+/* conv_algo = auto on rank 0, after the engine is set up: sets k's
+ * conv_algo, winograd_min_width and winograd4_min_width to what runs. A
+ * resumed run keeps its checkpoint's choice (so that it stays bitwise on
+ * course); in bf16 im2col (Winograd needs fp32); otherwise every 3x3
+ * stride-1 layer is timed by im2col and by both Winograd forms here on one
+ * micro-batch (unet_conv_timings), and from the widest image width down,
+ * F(4x4) runs while it is at least 1.05x as fast as im2col and as F(2x2),
+ * then F(2x2) while it is at least 1.05x as fast as im2col, then im2col.
+ * note: the line that says which, for the log. */
 #define CONV_AUTO_MARGIN 1.05
-static int auto_conv_algo(const dm_config *c, const char *out, const char *resume, char *note,
-                          size_t size) {
+static void auto_conv_algo(const dm_config *c, const char *out, const char *resume,
+                           dm_config *k, char *note, size_t size) {
     note[0] = '\0';
-    if (c->conv_algo != CONV_AUTO)
-        return c->conv_algo == CONV_WINOGRAD ? c->winograd_min_width : 0;
-    dm_config k;
-    if (resumed_config(out, resume, &k) && k.conv_algo != CONV_AUTO) {
+    if (c->conv_algo != CONV_AUTO) return;
+    dm_config ck;
+    k->conv_algo = CONV_IM2COL;
+    if (resumed_config(out, resume, &ck) && ck.conv_algo != CONV_AUTO) {
+        k->conv_algo = ck.conv_algo;
+        k->winograd_min_width = ck.winograd_min_width;
+        k->winograd4_min_width = ck.winograd4_min_width;
         snprintf(note, size, "conv_algo = auto: %s, as the checkpoint ran",
-                 k.conv_algo == CONV_WINOGRAD ? "winograd" : "im2col");
-        return k.conv_algo == CONV_WINOGRAD ? k.winograd_min_width : 0;
+                 ck.conv_algo == CONV_WINOGRAD ? "winograd" : "im2col");
+        return;
     }
     if (gemm_precision_now() != DM_FP32) {
         snprintf(note, size, "conv_algo = auto: im2col, as the products run in bf16");
-        return 0;
+        return;
     }
     unet_shape sh = diffusion_shape(c, c->micro_batch, 0, 0);
     unet shapes;
     unet_init(&shapes, &sh);
     enum { MAXW = 8 };
     int width[MAXW];
-    double secs[2 * MAXW], ratio[MAXW];
+    double secs[UNET_CONV_TIMED * MAXW], ratio[MAXW][2];
     /* a whole micro-batch, as the weights' transforms are per micro-batch */
     printf("conv_algo = auto: timing the 3x3 stride-1 convolutions by im2col and by Winograd "
-           "(one micro-batch per layer, best of 2; about 10 s at D=128)\n");
+           "F(2x2,3x3) and F(4x4,3x3) (one micro-batch per layer, best of 2; about 15 s at "
+           "D=128)\n");
     fflush(stdout);
     int nw = unet_conv_timings(&shapes, c->micro_batch, 2, width, secs, MAXW);
     unet_free(&shapes);
-    for (int i = 0; i < nw; i++) ratio[i] = secs[2 * i + 1] > 0 ? secs[2 * i] / secs[2 * i + 1] : 0;
+    for (int i = 0; i < nw; i++)
+        for (int q = 0; q < 2; q++) {
+            const double w = secs[UNET_CONV_TIMED * i + 1 + q];
+            ratio[i][q] = w > 0 ? secs[UNET_CONV_TIMED * i] / w : 0;
+        }
     conv_hook(width, ratio, nw);
-    /* from the widest down, while Winograd pays */
+    /* from the widest down */
     int order[MAXW];
     for (int i = 0; i < nw; i++) {
         int q = i;
         for (; q > 0 && width[order[q - 1]] < width[i]; q--) order[q] = order[q - 1];
         order[q] = i;
     }
-    int wmin = 0, stop = 0;
+    int w4 = 0, w2 = 0, form = 4;
     char list[160] = "";
-    for (int q = 0; q < nw; q++) {
-        const int i = order[q];
+    for (int r = 0; r < nw; r++) {
+        const int i = order[r];
+        const double r2 = ratio[i][0], r4 = ratio[i][1];
         size_t len = strlen(list);
-        snprintf(list + len, sizeof list - len, "%s%dx%d %.2fx", q ? ", " : "", width[i],
-                 width[i], ratio[i]);
-        if (!stop && ratio[i] >= CONV_AUTO_MARGIN)
-            wmin = width[i];
+        snprintf(list + len, sizeof list - len, "%s%dx%d %.2fx/%.2fx", r ? ", " : "", width[i],
+                 width[i], r2, r4);
+        if (form == 4 && r4 >= CONV_AUTO_MARGIN && r4 >= CONV_AUTO_MARGIN * r2)
+            w4 = width[i];
+        else if (form && (form = 2) && r2 >= CONV_AUTO_MARGIN)
+            w2 = width[i];
         else
-            stop = 1;
+            form = 0;
     }
-    if (wmin)
-        snprintf(note, size, "conv_algo = auto chose winograd for images at least %d wide: "
-                 "Winograd ran %s as fast as im2col", wmin, list);
-    else if (nw)
-        snprintf(note, size, "conv_algo = auto chose im2col: Winograd ran %s as fast", list);
-    else
+    if (!nw) {
         snprintf(note, size, "conv_algo = auto: im2col, as no convolution is 3x3 stride 1");
-    return wmin;
+        return;
+    }
+    if (!w4 && !w2) {
+        snprintf(note, size, "conv_algo = auto chose im2col: Winograd F(2x2)/F(4x4) ran %s as "
+                 "fast", list);
+        return;
+    }
+    k->conv_algo = CONV_WINOGRAD;
+    k->winograd_min_width = w2 ? w2 : w4;
+    k->winograd4_min_width = w4;
+    char f4[64] = "", f2[64] = "";
+    if (w4) snprintf(f4, sizeof f4, "F(4x4,3x3) for images at least %d wide", w4);
+    if (w2) snprintf(f2, sizeof f2, "F(2x2,3x3) for images at least %d wide", w2);
+    snprintf(note, size, "conv_algo = auto chose winograd %s%s%s: F(2x2)/F(4x4) ran %s as fast "
+             "as im2col", f4, w4 && w2 ? ", " : "", f2, list);
 }
 
 /* judge = PATH: the judge and its reference statistics, the whole MNIST
@@ -602,11 +625,11 @@ dm_status trainer_setup(dm_trainer *t, const dm_config *cfg, const char *out_dir
     if (gst != DM_OK) return gst;
     /* conv_algo = auto likewise, once the engine runs: 0 im2col, else
      * Winograd from that image width */
-    int wmin = dm_from_rank0(
-        t->rank == 0 ? auto_conv_algo(c, out_dir, resume, t->conv_note, sizeof t->conv_note)
-                     : 0);
-    t->cfg.conv_algo = wmin ? CONV_WINOGRAD : CONV_IM2COL;
-    if (wmin) t->cfg.winograd_min_width = wmin;
+    dm_config k = t->cfg;
+    if (t->rank == 0) auto_conv_algo(c, out_dir, resume, &k, t->conv_note, sizeof t->conv_note);
+    t->cfg.conv_algo = (dm_conv_algo)dm_from_rank0((int)k.conv_algo);
+    t->cfg.winograd_min_width = dm_from_rank0(k.winograd_min_width);
+    t->cfg.winograd4_min_width = dm_from_rank0(k.winograd4_min_width);
     int synthetic = out_dir == NULL;
     int m = c->micro_batch;
     t->nmb_full = (c->batch + m - 1) / m;

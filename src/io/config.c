@@ -168,18 +168,25 @@ static const config_key keys[] = {
      .help = "im2col: every convolution as im2col + one matrix product; "
              "winograd: the 3x3 stride-1 convolutions on images at least "
              "winograd_min_width wide (outputs, input and weight gradients) "
-             "by Winograd F(2x2,3x3): 2.25x fewer multiplies, error a few "
-             "1e-7 relative; only where the products run in fp32 (ignored in "
-             "bf16); auto: train and bench time both on this CPU at start-up "
-             "for each image width of the network and take winograd, with "
-             "the smallest width from which it is at least 1.05x as fast, or "
-             "im2col; a resumed run keeps its checkpoint's; outputs record "
-             "which"},
+             "by Winograd F(2x2,3x3), or F(4x4,3x3) from winograd4_min_width; "
+             "only where the products run in fp32 (ignored in bf16); auto: "
+             "train and bench time im2col and both Winograd forms on this CPU "
+             "at start-up for each image width of the network and, from the "
+             "widest down, take F(4x4) while it is at least 1.05x as fast as "
+             "im2col and as F(2x2), then F(2x2) while it is at least 1.05x "
+             "as fast as im2col, then im2col; a resumed run keeps its "
+             "checkpoint's; outputs record which"},
     {.name = "winograd_min_width", .kind = KEY_INT, .offset = OFF(winograd_min_width),
      .lo = 1, .hi = 512, .def = "1",
      .help = "with conv_algo = winograd, the narrowest images (7, 14 or 28 "
              "in the UNet) whose 3x3 stride-1 convolutions run by Winograd; "
              "narrower ones run by im2col"},
+    {.name = "winograd4_min_width", .kind = KEY_INT, .offset = OFF(winograd4_min_width),
+     .lo = 0, .hi = 512, .def = "0",
+     .help = "with conv_algo = winograd, the narrowest images whose 3x3 "
+             "stride-1 convolutions run by F(4x4,3x3) (4x fewer multiplies "
+             "than im2col at 28x28, error a few 1e-6 of the sum of |w x|) "
+             "instead of F(2x2,3x3) (2.25x fewer, a few 1e-7); 0: none"},
     {.name = "bn_sync", .kind = KEY_ENUM, .offset = OFF(bn_sync),
      .names = bn_sync_names, .def = "global",
      .help = "global: BatchNorm statistics over the global batch (results "

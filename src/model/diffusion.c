@@ -22,22 +22,32 @@ unet_shape diffusion_shape(const dm_config *c, int m, int max_mb, int inference)
     sh.inference = inference;
     sh.winograd = c->conv_algo == CONV_WINOGRAD; /* auto: decided by train and bench */
     sh.winograd_min = c->winograd_min_width;
+    sh.winograd4_min = c->winograd4_min_width;
     return sh;
 }
 
 const char *diffusion_conv_note(const dm_config *c) {
-    static char note[192];
+    static char note[256];
     if (c->conv_algo != CONV_WINOGRAD) return "";
     if (gemm_precision_now() != DM_FP32)
         return "convolutions: conv_algo = winograd not used, as the products run in bf16 "
                "(it needs fp32); im2col";
-    if (c->winograd_min_width <= 1)
-        return "convolutions: the 3x3 stride-1 ones (outputs, input and weight gradients) "
-               "by Winograd F(2x2,3x3)";
+    const int w2 = c->winograd_min_width, w4 = c->winograd4_min_width;
+    const int f2 = w4 <= 0 || w2 < w4; /* does F(2x2) run anywhere */
+    char part4[96] = "", part2[96] = "";
+    if (w4 > 1)
+        snprintf(part4, sizeof part4, "on images at least %d wide by Winograd F(4x4,3x3)", w4);
+    else if (w4 == 1)
+        snprintf(part4, sizeof part4, "by Winograd F(4x4,3x3)");
+    if (f2 && w2 > 1)
+        snprintf(part2, sizeof part2, "%son images at least %d wide by Winograd F(2x2,3x3)",
+                 w4 > 0 ? ", " : "", w2);
+    else if (f2)
+        snprintf(part2, sizeof part2, "%sby Winograd F(2x2,3x3)", w4 > 0 ? ", narrower ones " : "");
+    const int from = f2 ? w2 : w4;
     snprintf(note, sizeof note,
-             "convolutions: the 3x3 stride-1 ones on images at least %d wide (outputs, input "
-             "and weight gradients) by Winograd F(2x2,3x3), the others by im2col",
-             c->winograd_min_width);
+             "convolutions: the 3x3 stride-1 ones (outputs, input and weight gradients) %s%s%s",
+             part4, part2, from > 1 ? ", the others by im2col" : "");
     return note;
 }
 

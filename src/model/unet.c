@@ -215,9 +215,12 @@ static int winograd_can(const unet_unit *t) {
     return t->kind == UNIT_CONV && winograd_applies(t->k, t->s, t->p, t->hin);
 }
 
-/* Does the configuration put this unit on Winograd (in fp32)? */
+/* The Winograd tile the configuration gives this unit (in fp32): 4, 2, or
+ * 0 for im2col. */
 static int winograd_unit(const unet *u, const unet_unit *t) {
-    return u->winograd && winograd_can(t) && t->hin >= u->winograd_min;
+    if (!u->winograd || !winograd_can(t)) return 0;
+    if (u->winograd4_min > 0 && t->hin >= u->winograd4_min) return 4;
+    return t->hin >= u->winograd_min ? 2 : 0;
 }
 
 /* Hand out 64-byte aligned pieces of one arena; with base == NULL only
@@ -249,7 +252,8 @@ static size_t layout(unet *u, char *base) {
         else if (un->kind == UNIT_CONVT)
             c = convt2d_col_floats(m, un->cout, un->hin, un->hin, un->k, un->s, un->p);
         if (winograd_unit(u, un)) {
-            long wf = winograd_scratch_floats(m, un->cin, un->cout, un->hin, un->hin);
+            long wf = winograd_scratch_floats(m, un->cin, un->cout, un->hin, un->hin,
+                                              winograd_unit(u, un));
             if (wf > c) c = wf;
         }
         if (c > u->col_floats) u->col_floats = c;
@@ -293,6 +297,7 @@ void unet_init(unet *u, const unet_shape *sh) {
     u->inference = sh->inference;
     u->winograd = sh->winograd;
     u->winograd_min = sh->winograd_min;
+    u->winograd4_min = sh->winograd4_min;
     u->mix = sh->mix;
     u->norm = sh->norm;
     u->groups = sh->groups;
@@ -390,7 +395,9 @@ typedef struct {
                      const float *x, const float *w, float *scratch, int n);
 } conv_kernel;
 
-enum { CONV_ROW_IM2COL, CONV_ROW_WINOGRAD, CONV_ROWS };
+/* the rows in unet_conv_timings' order */
+enum { CONV_ROW_IM2COL, CONV_ROW_WINOGRAD2, CONV_ROW_WINOGRAD4, CONV_ROWS };
+_Static_assert((int)CONV_ROWS == (int)UNET_CONV_TIMED, "unet_conv_timings times every row");
 
 static void im2col_fwd(const unet_unit *t, float *y, const float *x, const float *w,
                        const float *b, float *scratch, int n) {
@@ -404,27 +411,49 @@ static void im2col_bwd(const unet_unit *t, float *dx, float *dw, float *db, cons
 }
 
 static void winograd_fwd(const unet_unit *t, float *y, const float *x, const float *w,
-                         const float *b, float *scratch, int n) {
-    winograd_conv3x3(y, 0, x, w, scratch, n, t->cin, t->hin, t->hin, t->cout);
+                         const float *b, float *scratch, int n, int tile) {
+    winograd_conv3x3(y, 0, x, w, scratch, n, t->cin, t->hin, t->hin, t->cout, tile);
     conv_bias_add(y, b, t->cout, (long)n * t->hout * t->hout);
 }
 
 static void winograd_bwd(const unet_unit *t, float *dx, float *dw, float *db, const float *dy,
-                         const float *x, const float *w, float *scratch, int n) {
-    winograd_conv3x3_backward(dx, dw, dy, x, w, scratch, n, t->cin, t->hin, t->hin, t->cout);
+                         const float *x, const float *w, float *scratch, int n, int tile) {
+    winograd_conv3x3_backward(dx, dw, dy, x, w, scratch, n, t->cin, t->hin, t->hin, t->cout,
+                              tile);
     conv_bias_grad(db, dy, t->cout, (long)n * t->hout * t->hout);
+}
+
+static void winograd2_fwd(const unet_unit *t, float *y, const float *x, const float *w,
+                          const float *b, float *scratch, int n) {
+    winograd_fwd(t, y, x, w, b, scratch, n, 2);
+}
+
+static void winograd2_bwd(const unet_unit *t, float *dx, float *dw, float *db, const float *dy,
+                          const float *x, const float *w, float *scratch, int n) {
+    winograd_bwd(t, dx, dw, db, dy, x, w, scratch, n, 2);
+}
+
+static void winograd4_fwd(const unet_unit *t, float *y, const float *x, const float *w,
+                          const float *b, float *scratch, int n) {
+    winograd_fwd(t, y, x, w, b, scratch, n, 4);
+}
+
+static void winograd4_bwd(const unet_unit *t, float *dx, float *dw, float *db, const float *dy,
+                          const float *x, const float *w, float *scratch, int n) {
+    winograd_bwd(t, dx, dw, db, dy, x, w, scratch, n, 4);
 }
 
 static const conv_kernel conv_kernels[CONV_ROWS] = {
     [CONV_ROW_IM2COL] = {im2col_fwd, im2col_bwd},
-    [CONV_ROW_WINOGRAD] = {winograd_fwd, winograd_bwd},
+    [CONV_ROW_WINOGRAD2] = {winograd2_fwd, winograd2_bwd},
+    [CONV_ROW_WINOGRAD4] = {winograd4_fwd, winograd4_bwd},
 };
 
 /* The row a convolution unit runs now. Winograd only in fp32: the
  * transforms would amplify bf16's rounding. */
 static int unit_algo(const unet *u, const unet_unit *t) {
-    return winograd_unit(u, t) && gemm_precision_now() == DM_FP32 ? CONV_ROW_WINOGRAD
-                                                                   : CONV_ROW_IM2COL;
+    const int tile = gemm_precision_now() == DM_FP32 ? winograd_unit(u, t) : 0;
+    return tile == 4 ? CONV_ROW_WINOGRAD4 : tile == 2 ? CONV_ROW_WINOGRAD2 : CONV_ROW_IM2COL;
 }
 
 static void unit_linear_forward(unet *u, unet_unit *t, float *y,
@@ -450,9 +479,11 @@ int unet_conv_timings(const unet *u, int n, int reps, int *width, double *secs, 
         if ((long)t->cout * hw > fy) fy = (long)t->cout * hw;
         if (9L * t->cin * t->cout > fw) fw = 9L * t->cin * t->cout;
         s1 = conv2d_scratch_floats(n, t->cin, t->hin, t->hin, t->cout, 3, 1, 1);
-        s2 = winograd_scratch_floats(n, t->cin, t->cout, t->hin, t->hin);
         if (s1 > fs) fs = s1;
-        if (s2 > fs) fs = s2;
+        for (int m = 2; m <= 4; m += 2) {
+            s2 = winograd_scratch_floats(n, t->cin, t->cout, t->hin, t->hin, m);
+            if (s2 > fs) fs = s2;
+        }
     }
     if (fx == 0) return 0;
     float *x = dm_malloc(sizeof(float) * (size_t)fx), *dx = dm_malloc(sizeof(float) * (size_t)fx);
@@ -472,9 +503,11 @@ int unet_conv_timings(const unet *u, int n, int reps, int *width, double *secs, 
         while (at < nw && width[at] != t->hin) at++;
         if (at == nw) {
             if (nw == max) continue;
-            width[nw] = t->hin, secs[2 * nw] = secs[2 * nw + 1] = 0, nw++;
+            width[nw] = t->hin;
+            for (int a = 0; a < CONV_ROWS; a++) secs[CONV_ROWS * nw + a] = 0;
+            nw++;
         }
-        double best[CONV_ROWS] = {1e30, 1e30};
+        double best[CONV_ROWS] = {1e30, 1e30, 1e30};
         for (int r = 0; r <= reps; r++) /* round 0 warms up */
             for (int a = 0; a < CONV_ROWS; a++) {
                 double t0 = dm_now();
@@ -483,7 +516,7 @@ int unet_conv_timings(const unet *u, int n, int reps, int *width, double *secs, 
                 double s = dm_now() - t0;
                 if (r > 0 && s < best[a]) best[a] = s;
             }
-        for (int a = 0; a < CONV_ROWS; a++) secs[2 * at + a] += best[a];
+        for (int a = 0; a < CONV_ROWS; a++) secs[CONV_ROWS * at + a] += best[a];
     }
     prof_enable(prof);
     free(x), free(dx), free(y), free(dy), free(w), free(dw), free(b), free(db), free(scratch);

@@ -1,5 +1,8 @@
 /* winograd.c: 3x3 convolutions with stride 1 and padding 1 by Winograd's
- * minimal filtering F(2x2, 3x3) (Lavin and Gray, 2015), for fp32.
+ * minimal filtering F(2x2, 3x3) or F(4x4, 3x3) (Lavin and Gray, 2015), for
+ * fp32. F(2x2) is described here; F(4x4), below its own heading, differs
+ * in the transforms and in 36 products instead of 16, and the drivers at
+ * the end run either (a row of the table wino_row).
  *
  * Each 2x2 block of outputs (a tile) comes from the 4x4 input patch around
  * it: Y = A^T [ (G g G^T) .* (B^T d B) ] A. The 16 elementwise products,
@@ -40,7 +43,7 @@
 
 #define WINO_MAX_W 512 /* widest row a transform stages (the UNet's is 28) */
 
-static int tiles(int n) { return (n + 1) / 2; }
+static int tiles(int n, int m) { return (n + m - 1) / m; }
 
 static long plane_ld(long T) { return (T + 15) / 16 * 16; }
 
@@ -53,8 +56,9 @@ static long plane_ld(long T) { return (T + 15) / 16 * 16; }
 #define ROUND8(n) (((n) + 7) & ~7)
 
 /* Images per group: V and M of a group take about conv_group_floats. */
-static int wino_group(int N, int Cin, int Cout, int H, int W) {
-    long per = 16L * (Cin + Cout) * plane_ld((long)tiles(H) * tiles(W));
+static int wino_group(int N, int Cin, int Cout, int H, int W, int m) {
+    const int a = m + 2;
+    long per = (long)a * a * (Cin + Cout) * plane_ld((long)tiles(H, m) * tiles(W, m));
     return conv_group(N, per);
 }
 
@@ -62,32 +66,36 @@ int winograd_applies(int k, int s, int p, int W) {
     return k == 3 && s == 1 && p == 1 && W <= WINO_MAX_W;
 }
 
-/* The scratch for a group of images [n0, n1): nu blocks of 16 transformed
- * weights [16][Cout][Cin] at 0 (the forward's U; the backward's U and the
- * gradient dU after it), the 16 planes of the transformed input [Cin][ld] at
- * v_at, those of the output (or of its gradient) [Cout][ld] at m_at, each
- * plane padded by 16 floats; T tiles, `floats` in all. */
+/* The scratch for a group of images [n0, n1) and tile m (a = m + 2, a^2
+ * planes): nu blocks of the a^2 transformed weights [a^2][Cout][Cin] at 0
+ * (the forward's U; the backward's U and the gradient dU after it), the
+ * planes of the transformed input [Cin][ld] at v_at, those of the output (or
+ * of its gradient) [Cout][ld] at m_at, each plane padded by 16 floats; T
+ * tiles, `floats` in all. */
 typedef struct {
     long T, ld, es_in, es_out, v_at, m_at, floats;
 } group_layout;
 
-static group_layout layout_of(int g, int Cin, int Cout, int H, int W, int nu) {
+static group_layout layout_of(int g, int Cin, int Cout, int H, int W, int m, int nu) {
+    const long a2 = (long)(m + 2) * (m + 2);
     group_layout L;
-    L.T = (long)g * tiles(H) * tiles(W);
+    L.T = (long)g * tiles(H, m) * tiles(W, m);
     L.ld = plane_ld(L.T);
     L.es_in = (long)Cin * L.ld + 16, L.es_out = (long)Cout * L.ld + 16;
-    L.v_at = 16L * nu * Cout * Cin, L.m_at = L.v_at + 16 * L.es_in;
-    L.floats = L.m_at + 16 * L.es_out;
+    L.v_at = a2 * nu * Cout * Cin, L.m_at = L.v_at + a2 * L.es_in;
+    L.floats = L.m_at + a2 * L.es_out;
     return L;
 }
 
 /* the backward's, which holds the forward's */
-long winograd_scratch_floats(int N, int Cin, int Cout, int H, int W) {
-    return layout_of(wino_group(N, Cin, Cout, H, W), Cin, Cout, H, W, 2).floats;
+long winograd_scratch_floats(int N, int Cin, int Cout, int H, int W, int m) {
+    return layout_of(wino_group(N, Cin, Cout, H, W, m), Cin, Cout, H, W, m, 2).floats;
 }
 
+int winograd_tile_ok(int m) { return m == 2 || m == 4; }
+
 /* U[e][o][c] = (G g G^T)[e] for g = w[o][c] (3x3). */
-static void weights(float *U, const float *w, int Cout, int Cin) {
+static void weights2(float *U, const float *w, int Cout, int Cin) {
     for (int o = 0; o < Cout; o++)
         for (int c = 0; c < Cin; c++) {
             const float *g = w + ((long)o * Cin + c) * 9;
@@ -112,9 +120,9 @@ static void weights(float *U, const float *w, int Cout, int Cin) {
  * col 2k (k = 0..tw, zero outside the image), so that every loop below
  * runs over consecutive floats and vectorises. */
 DM_VECTOR_CLONES
-static void input(float *V, long es, long ld, const float *in, int N, int n0, int n1, int C,
+static void input2(float *V, long es, long ld, const float *in, int N, int n0, int n1, int C,
                   int H, int W) {
-    const int th = tiles(H), tw = tiles(W), tp = ROUND8(tw);
+    const int th = tiles(H, 2), tw = tiles(W, 2), tp = ROUND8(tw);
     float E[4][WINO_MAX_W / 2 + 16], O[4][WINO_MAX_W / 2 + 16];
     float bE[4][WINO_MAX_W / 2 + 16], bO[4][WINO_MAX_W / 2 + 16];
     for (int c = 0; c < C; c++)
@@ -160,9 +168,9 @@ static void input(float *V, long es, long ld, const float *in, int N, int n0, in
 /* out (+)= A^T M A for the tiles of images [n0, n1); outputs outside H x W
  * dropped. */
 DM_VECTOR_CLONES
-static void output(float *out, int acc, const float *M, long es, long ld, int N, int n0, int n1,
+static void output2(float *out, int acc, const float *M, long es, long ld, int N, int n0, int n1,
                    int C, int H, int W) {
-    const int th = tiles(H), tw = tiles(W), tp = ROUND8(tw);
+    const int th = tiles(H, 2), tw = tiles(W, 2), tp = ROUND8(tw);
     float r[2][4][WINO_MAX_W / 2 + 16], y[2][WINO_MAX_W + 32];
     for (int o = 0; o < C; o++)
         for (int n = n0; n < n1; n++)
@@ -193,36 +201,13 @@ static void output(float *out, int acc, const float *M, long es, long ld, int N,
             }
 }
 
-void winograd_conv3x3(float *out, int acc, const float *in, const float *w, float *scratch,
-                      int N, int Cin, int H, int W, int Cout) {
-    const int g = wino_group(N, Cin, Cout, H, W);
-    float *U = scratch;
-    double t0 = prof_start();
-    weights(U, w, Cout, Cin);
-    prof_add(PROF_IM2COL, t0);
-    for (int n0 = 0; n0 < N; n0 += g) {
-        const int n1 = N - n0 < g ? N : n0 + g;
-        const group_layout L = layout_of(n1 - n0, Cin, Cout, H, W, 1);
-        float *V = scratch + L.v_at, *M = scratch + L.m_at;
-        t0 = prof_start();
-        input(V, L.es_in, L.ld, in, N, n0, n1, Cin, H, W);
-        prof_add(PROF_IM2COL, t0);
-        for (int e = 0; e < 16; e++)
-            dm_gemm(CblasNoTrans, CblasNoTrans, Cout, (int)L.T, Cin, U + (long)e * Cout * Cin,
-                    Cin, V + e * L.es_in, (int)L.ld, 0.0f, M + e * L.es_out, (int)L.ld);
-        t0 = prof_start();
-        output(out, acc, M, L.es_out, L.ld, N, n0, n1, Cout, H, W);
-        prof_add(PROF_IM2COL, t0);
-    }
-}
-
 /* Z[e][o][t] (plane stride es, row stride ld) = (A y A^T)[e] for each tile's
  * 2x2 block y of dout (zero outside H x W): the gradient of the
  * transformed products M, as Y = A^T M A. */
 DM_VECTOR_CLONES
-static void grad_output(float *Z, long es, long ld, const float *dout, int N, int n0, int n1,
+static void grad_output2(float *Z, long es, long ld, const float *dout, int N, int n0, int n1,
                         int C, int H, int W) {
-    const int th = tiles(H), tw = tiles(W), tp = ROUND8(tw);
+    const int th = tiles(H, 2), tw = tiles(W, 2), tp = ROUND8(tw);
     float ye[2][WINO_MAX_W / 2 + 16], yo[2][WINO_MAX_W / 2 + 16]; /* columns 2k, 2k+1 */
     for (int o = 0; o < C; o++)
         for (int n = n0; n < n1; n++)
@@ -263,9 +248,9 @@ static void grad_output(float *Z, long es, long ld, const float *dout, int N, in
  * and 2ty+2 wait for the next tile row's rows 0 and 1 (carry), so that each
  * row of dx is added to once. */
 DM_VECTOR_CLONES
-static void input_adjoint(float *dx, const float *dV, long es, long ld, int N, int n0, int n1,
+static void input_adjoint2(float *dx, const float *dV, long es, long ld, int N, int n0, int n1,
                           int C, int H, int W) {
-    const int th = tiles(H), tw = tiles(W), tp = ROUND8(tw);
+    const int th = tiles(H, 2), tw = tiles(W, 2), tp = ROUND8(tw);
     enum { LEN = WINO_MAX_W / 2 + 16 };
     float r[4][4][LEN], y[4][2 * LEN + 2], carry[2][2 * LEN + 2];
     for (int c = 0; c < C; c++)
@@ -313,38 +298,9 @@ static void input_adjoint(float *dx, const float *dV, long es, long ld, int N, i
         }
 }
 
-void winograd_conv3x3_backward(float *dx, float *dw, const float *dout, const float *in,
-                               const float *w, float *scratch, int N, int Cin, int H, int W,
-                               int Cout) {
-    const int g = wino_group(N, Cin, Cout, H, W);
+/* dw[o][c] = G^T dU[o][c] G (3x3 from 4x4), OVERWRITTEN. */
+static void weight_grad2(float *dw, const float *dU, int Cout, int Cin) {
     const long plane = (long)Cout * Cin;
-    float *U = scratch, *dU = scratch + 16 * plane; /* dU summed over the groups */
-    double t0 = prof_start();
-    if (dx) weights(U, w, Cout, Cin);
-    prof_add(PROF_IM2COL, t0);
-    for (int n0 = 0; n0 < N; n0 += g) {
-        const int n1 = N - n0 < g ? N : n0 + g;
-        const group_layout L = layout_of(n1 - n0, Cin, Cout, H, W, 2);
-        float *V = scratch + L.v_at, *Z = scratch + L.m_at;
-        t0 = prof_start();
-        input(V, L.es_in, L.ld, in, N, n0, n1, Cin, H, W);
-        grad_output(Z, L.es_out, L.ld, dout, N, n0, n1, Cout, H, W);
-        prof_add(PROF_IM2COL, t0);
-        for (int e = 0; e < 16; e++) {
-            /* dU[e] (+)= Z[e] (Cout x T) V[e]^T (T x Cin) */
-            dm_gemm(CblasNoTrans, CblasTrans, Cout, Cin, (int)L.T, Z + e * L.es_out, (int)L.ld,
-                    V + e * L.es_in, (int)L.ld, n0 ? 1.0f : 0.0f, dU + e * plane, Cin);
-            /* dV[e] = U[e]^T (Cin x Cout) Z[e] (Cout x T), over V[e], now read */
-            if (dx)
-                dm_gemm(CblasTrans, CblasNoTrans, Cin, (int)L.T, Cout, U + e * plane, Cin,
-                        Z + e * L.es_out, (int)L.ld, 0.0f, V + e * L.es_in, (int)L.ld);
-        }
-        t0 = prof_start();
-        if (dx) input_adjoint(dx, V, L.es_in, L.ld, N, n0, n1, Cin, H, W);
-        prof_add(PROF_IM2COL, t0);
-    }
-    /* dw[o][c] = G^T dU[o][c] G (3x3 from 4x4). */
-    t0 = prof_start();
     for (int o = 0; o < Cout; o++)
         for (int c = 0; c < Cin; c++) {
             float x[4][4], s[3][4];
@@ -361,5 +317,430 @@ void winograd_conv3x3_backward(float *dx, float *dw, const float *dout, const fl
                 d[3 * a + 2] = 0.5f * (s[a][1] + s[a][2]) + s[a][3];
             }
         }
+}
+
+/* ---- F(4x4, 3x3) -------------------------------------------------------
+ * Each 4x4 block of outputs from the 6x6 input patch around it, with
+ * (Lavin and Gray's points 0, 1, -1, 2, -2 and infinity)
+ *
+ *   B^T = [4  0 -5  0 1 0]   G = [ 1/4     0    0 ]   A^T = [1 1  1 1  1 0]
+ *         [0 -4 -4  1 1 0]       [-1/6 -1/6 -1/6 ]          [0 1 -1 2 -2 0]
+ *         [0  4 -4 -1 1 0]       [-1/6  1/6 -1/6 ]          [0 1  1 4  4 0]
+ *         [0 -2 -1  2 1 0]       [1/24 1/12  1/6 ]          [0 1 -1 8 -8 1]
+ *         [0  2 -1 -2 1 0]       [1/24 -1/12 1/6 ]
+ *         [0  4  0 -5 0 1]       [   0     0    1 ]
+ *
+ * 36 products for 16 outputs: 4x fewer multiplies than direct at 28x28
+ * (3.1x at 14x14 and 7x7, whose last tiles are partly outside), against
+ * F(2x2)'s 2.25x, and 2.25 transformed values per output against 4. The
+ * transformed values are larger (up to 10x an input per dimension), so the
+ * rounding is about ten times F(2x2)'s, still far below bf16's.
+ *
+ * Every transform below applies one of these 1-D maps along one axis, then
+ * along the other; each map is written once, over arrays of n lanes (a row
+ * of tiles), n a multiple of 8, in blocks of 8 that vectorise whole (a loop
+ * of 8 or 9 left to the compiler runs as 16-wide vectors that never fill
+ * and a scalar tail). */
+
+enum { LEN4 = WINO_MAX_W / 4 + 16 };
+
+/* 8 lanes as one value (GCC's vector extension): the maps below load,
+ * combine and store whole blocks of 8, so they vectorise however the
+ * compiler judges the pointers (as separate loops over planes they often
+ * did not) and whatever the clone's vector width. */
+typedef float v8 __attribute__((vector_size(32)));
+/* The helpers pass v8 by value; they are static and inlined, so the ABI
+ * that GCC warns about (vectors without AVX in the default clone) never
+ * crosses a call boundary that matters. */
+#pragma GCC diagnostic ignored "-Wpsabi"
+static inline v8 ld8(const float *p) {
+    v8 v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+static inline void st8(float *p, v8 v) { memcpy(p, &v, sizeof v); }
+
+/* B^T d: d0..d5 -> b0..b5 */
+static inline void bt6(float *const b[6], const float *const d[6], int n) {
+    for (int k = 0; k < n; k += 8) {
+        const v8 d0 = ld8(d[0] + k), d1 = ld8(d[1] + k), d2 = ld8(d[2] + k), d3 = ld8(d[3] + k),
+                 d4 = ld8(d[4] + k), d5 = ld8(d[5] + k);
+        st8(b[0] + k, 4.0f * d0 - 5.0f * d2 + d4);
+        st8(b[1] + k, (d3 + d4) - 4.0f * (d1 + d2));
+        st8(b[2] + k, (d4 - d3) + 4.0f * (d1 - d2));
+        st8(b[3] + k, (d4 - d2) + 2.0f * (d3 - d1));
+        st8(b[4] + k, (d4 - d2) - 2.0f * (d3 - d1));
+        st8(b[5] + k, 4.0f * d1 - 5.0f * d3 + d5);
+    }
+}
+
+/* B v (the adjoint of B^T): v0..v5 -> s0..s5 */
+static inline void b6(float *const s[6], const float *const v[6], int n) {
+    for (int k = 0; k < n; k += 8) {
+        const v8 v0 = ld8(v[0] + k), v1 = ld8(v[1] + k), v2 = ld8(v[2] + k), v3 = ld8(v[3] + k),
+                 v4 = ld8(v[4] + k), v5 = ld8(v[5] + k);
+        st8(s[0] + k, 4.0f * v0);
+        st8(s[1] + k, 4.0f * (v2 - v1) + 2.0f * (v4 - v3) + 4.0f * v5);
+        st8(s[2] + k, -5.0f * v0 - 4.0f * (v1 + v2) - (v3 + v4));
+        st8(s[3] + k, (v1 - v2) + 2.0f * (v3 - v4) - 5.0f * v5);
+        st8(s[4] + k, v0 + v1 + v2 + v3 + v4);
+        st8(s[5] + k, v5);
+    }
+}
+
+/* A^T m: m0..m5 -> y0..y3 */
+static inline void at6(float *const y[4], const float *const m[6], int n) {
+    for (int k = 0; k < n; k += 8) {
+        const v8 m0 = ld8(m[0] + k), m1 = ld8(m[1] + k), m2 = ld8(m[2] + k), m3 = ld8(m[3] + k),
+                 m4 = ld8(m[4] + k), m5 = ld8(m[5] + k);
+        st8(y[0] + k, m0 + (m1 + m2) + (m3 + m4));
+        st8(y[1] + k, (m1 - m2) + 2.0f * (m3 - m4));
+        st8(y[2] + k, (m1 + m2) + 4.0f * (m3 + m4));
+        st8(y[3] + k, (m1 - m2) + 8.0f * (m3 - m4) + m5);
+    }
+}
+
+/* A y (the adjoint of A^T): y0..y3 -> t0..t5 */
+static inline void a6(float *const t[6], const float *const y[4], int n) {
+    for (int k = 0; k < n; k += 8) {
+        const v8 y0 = ld8(y[0] + k), y1 = ld8(y[1] + k), y2 = ld8(y[2] + k), y3 = ld8(y[3] + k);
+        st8(t[0] + k, y0);
+        st8(t[1] + k, (y0 + y2) + (y1 + y3));
+        st8(t[2] + k, (y0 + y2) - (y1 + y3));
+        st8(t[3] + k, (y0 + 4.0f * y2) + 2.0f * (y1 + 4.0f * y3));
+        st8(t[4] + k, (y0 + 4.0f * y2) - 2.0f * (y1 + 4.0f * y3));
+        st8(t[5] + k, y3);
+    }
+}
+
+/* Four blocks of 8 consecutive floats x[0..31] split by phase:
+ * q[p][k] = x[4k + p], k = 0..7. */
+static inline void split4(float *const q[4], v8 a, v8 b, v8 c, v8 d) {
+    typedef int i8 __attribute__((vector_size(32)));
+    const i8 lo = {0, 4, 8, 12, 1, 5, 9, 13}, hi = {2, 6, 10, 14, 3, 7, 11, 15};
+    const i8 first = {0, 1, 2, 3, 8, 9, 10, 11}, second = {4, 5, 6, 7, 12, 13, 14, 15};
+    const v8 ab01 = __builtin_shuffle(a, b, lo), cd01 = __builtin_shuffle(c, d, lo);
+    const v8 ab23 = __builtin_shuffle(a, b, hi), cd23 = __builtin_shuffle(c, d, hi);
+    st8(q[0], __builtin_shuffle(ab01, cd01, first));
+    st8(q[1], __builtin_shuffle(ab01, cd01, second));
+    st8(q[2], __builtin_shuffle(ab23, cd23, first));
+    st8(q[3], __builtin_shuffle(ab23, cd23, second));
+}
+
+/* The 8 floats x[0..7] of row (x from at, W long), zero outside 0..W-1. */
+static inline v8 row8(const float *row, int at, int W) {
+    if (at >= 0 && at + 8 <= W) return ld8(row + at);
+    v8 v = {0};
+    for (int l = 0; l < 8; l++)
+        if (at + l >= 0 && at + l < W) v[l] = row[at + l];
+    return v;
+}
+
+/* A row split by column phase: P[p][k] = row[4k + p + shift] for k < n (a
+ * multiple of 8), zero outside the row or with row NULL; read straight
+ * from the image (a copy read back with wider loads than it was written
+ * stalls store forwarding). */
+static inline void split_row(float P[4][LEN4], const float *row, int W, int shift, int n) {
+    for (int k = 0; k < n; k += 8) {
+        float *q[4] = {P[0] + k, P[1] + k, P[2] + k, P[3] + k};
+        if (!row) {
+            const v8 z = {0};
+            for (int p = 0; p < 4; p++) st8(q[p], z);
+            continue;
+        }
+        const int at = 4 * k + shift;
+        split4(q, row8(row, at, W), row8(row, at + 8, W), row8(row, at + 16, W),
+               row8(row, at + 24, W));
+    }
+}
+
+/* G g: g0..g2 -> u0..u5, one value each */
+static inline void g6(float u[6], float g0, float g1, float g2) {
+    u[0] = 0.25f * g0;
+    u[1] = -(g0 + g1 + g2) / 6.0f;
+    u[2] = -(g0 - g1 + g2) / 6.0f;
+    u[3] = (g0 + 2.0f * g1 + 4.0f * g2) / 24.0f;
+    u[4] = (g0 - 2.0f * g1 + 4.0f * g2) / 24.0f;
+    u[5] = g2;
+}
+
+/* G^T x (the adjoint of G): x0..x5 -> s0..s2 */
+static inline void gt6(float s[3], const float x[6]) {
+    s[0] = 0.25f * x[0] - (x[1] + x[2]) / 6.0f + (x[3] + x[4]) / 24.0f;
+    s[1] = (x[2] - x[1]) / 6.0f + (x[3] - x[4]) / 12.0f;
+    s[2] = (x[3] + x[4] - x[1] - x[2]) / 6.0f + x[5];
+}
+
+/* U[e][o][c] = (G g G^T)[e] for g = w[o][c]. */
+static void weights4(float *U, const float *w, int Cout, int Cin) {
+    for (int o = 0; o < Cout; o++)
+        for (int c = 0; c < Cin; c++) {
+            const float *g = w + ((long)o * Cin + c) * 9;
+            float t[3][6], u[6]; /* t[j] = G (column j of g) */
+            for (int j = 0; j < 3; j++) g6(t[j], g[j], g[3 + j], g[6 + j]);
+            for (int i = 0; i < 6; i++) {
+                g6(u, t[0][i], t[1][i], t[2][i]);
+                for (int j = 0; j < 6; j++) U[((long)(6 * i + j) * Cout + o) * Cin + c] = u[j];
+            }
+        }
+}
+
+/* dw[o][c] = G^T dU[o][c] G (3x3 from 6x6), OVERWRITTEN. */
+static void weight_grad4(float *dw, const float *dU, int Cout, int Cin) {
+    const long plane = (long)Cout * Cin;
+    for (int o = 0; o < Cout; o++)
+        for (int c = 0; c < Cin; c++) {
+            float x[6][6], s[3][6], col[6], r[3];
+            for (int e = 0; e < 36; e++) x[e / 6][e % 6] = dU[e * plane + (long)o * Cin + c];
+            for (int j = 0; j < 6; j++) {
+                for (int i = 0; i < 6; i++) col[i] = x[i][j];
+                gt6(r, col);
+                for (int a = 0; a < 3; a++) s[a][j] = r[a];
+            }
+            float *d = dw + ((long)o * Cin + c) * 9;
+            for (int a = 0; a < 3; a++) {
+                gt6(r, s[a]);
+                for (int b = 0; b < 3; b++) d[3 * a + b] = r[b];
+            }
+        }
+}
+
+/* V[e][c][t] = (B^T d B)[e] for the tiles of images [n0, n1); tile (ty, tx)
+ * reads rows 4ty-1 .. 4ty+4 and columns 4tx-1 .. 4tx+4. The six rows are
+ * split by column phase, transformed down (B^T d, every phase), then across
+ * (columns 4tx-1+j: phases 0..3 of tile tx, and phases 0 and 1 of tx + 1).
+ * (Transforming each row across first, in registers, then down, was slower
+ * here: 1.5x this function's time in `perf`.) */
+DM_VECTOR_CLONES
+static void input4(float *V, long es, long ld, const float *in, int N, int n0, int n1, int C,
+                   int H, int W) {
+    const int th = tiles(H, 4), tw = tiles(W, 4), tp = ROUND8(tw), np = ROUND8(tw + 1);
+    float P[6][4][LEN4], R[6][4][LEN4];
+    for (int c = 0; c < C; c++)
+        for (int n = n0; n < n1; n++)
+            for (int ty = 0; ty < th; ty++) {
+                for (int r = 0; r < 6; r++) {
+                    const int y = 4 * ty - 1 + r;
+                    split_row(P[r], y >= 0 && y < H ? in + (((long)c * N + n) * H + y) * W : NULL,
+                              W, -1, np);
+                }
+                for (int p = 0; p < 4; p++) {
+                    const float *d[6] = {P[0][p], P[1][p], P[2][p], P[3][p], P[4][p], P[5][p]};
+                    float *b[6] = {R[0][p], R[1][p], R[2][p], R[3][p], R[4][p], R[5][p]};
+                    bt6(b, d, np);
+                }
+                float *v = V + (long)c * ld + ((long)(n - n0) * th + ty) * tw;
+                for (int i = 0; i < 6; i++) {
+                    const float *d[6] = {R[i][0], R[i][1], R[i][2], R[i][3], R[i][0] + 1,
+                                         R[i][1] + 1};
+                    float *b[6];
+                    for (int j = 0; j < 6; j++) b[j] = v + (6 * i + j) * es;
+                    bt6(b, d, tp);
+                }
+            }
+}
+/* out (+)= A^T M A for the tiles of images [n0, n1); outputs outside H x W
+ * dropped. */
+DM_VECTOR_CLONES
+static void output4(float *out, int acc, const float *M, long es, long ld, int N, int n0, int n1,
+                    int C, int H, int W) {
+    const int th = tiles(H, 4), tw = tiles(W, 4), tp = ROUND8(tw);
+    float R[4][6][LEN4], Y[4][4][LEN4], row[4 * LEN4];
+    for (int o = 0; o < C; o++)
+        for (int n = n0; n < n1; n++)
+            for (int ty = 0; ty < th; ty++) {
+                const float *m = M + (long)o * ld + ((long)(n - n0) * th + ty) * tw;
+                for (int j = 0; j < 6; j++) { /* A^T M down the rows, column j */
+                    const float *d[6];
+                    for (int i = 0; i < 6; i++) d[i] = m + (6 * i + j) * es;
+                    float *y[4] = {R[0][j], R[1][j], R[2][j], R[3][j]};
+                    at6(y, d, tp);
+                }
+                for (int q = 0; q < 4 && 4 * ty + q < H; q++) { /* (A^T M) A, row q */
+                    const float *d[6] = {R[q][0], R[q][1], R[q][2], R[q][3], R[q][4], R[q][5]};
+                    float *y[4] = {Y[q][0], Y[q][1], Y[q][2], Y[q][3]};
+                    at6(y, d, tp);
+                    for (int tx = 0; tx < tw; tx++) {
+                        row[4 * tx] = Y[q][0][tx];
+                        row[4 * tx + 1] = Y[q][1][tx];
+                        row[4 * tx + 2] = Y[q][2][tx];
+                        row[4 * tx + 3] = Y[q][3][tx];
+                    }
+                    float *dst = out + (((long)o * N + n) * H + 4 * ty + q) * W;
+                    if (acc)
+                        for (int x = 0; x < W; x++) dst[x] += row[x];
+                    else
+                        memcpy(dst, row, sizeof(float) * (size_t)W);
+                }
+            }
+}
+
+/* Z[e][o][t] = (A y A^T)[e] for each tile's 4x4 block y of dout (zero
+ * outside H x W). */
+DM_VECTOR_CLONES
+static void grad_output4(float *Z, long es, long ld, const float *dout, int N, int n0, int n1,
+                         int C, int H, int W) {
+    const int th = tiles(H, 4), tw = tiles(W, 4), tp = ROUND8(tw);
+    float P[4][4][LEN4], R[6][4][LEN4]; /* P[q][b][k] = row 4ty+q, column 4k+b */
+    for (int o = 0; o < C; o++)
+        for (int n = n0; n < n1; n++)
+            for (int ty = 0; ty < th; ty++) {
+                for (int q = 0; q < 4; q++) {
+                    const int y = 4 * ty + q;
+                    split_row(P[q], y < H ? dout + (((long)o * N + n) * H + y) * W : NULL, W, 0,
+                              tp);
+                }
+                for (int b = 0; b < 4; b++) { /* A y down the rows, column phase b */
+                    const float *y[4] = {P[0][b], P[1][b], P[2][b], P[3][b]};
+                    float *t[6] = {R[0][b], R[1][b], R[2][b], R[3][b], R[4][b], R[5][b]};
+                    a6(t, y, tp);
+                }
+                float *z = Z + (long)o * ld + ((long)(n - n0) * th + ty) * tw;
+                for (int r = 0; r < 6; r++) { /* (A y) A^T across */
+                    const float *y[4] = {R[r][0], R[r][1], R[r][2], R[r][3]};
+                    float *t[6];
+                    for (int s = 0; s < 6; s++) t[s] = z + (6 * r + s) * es;
+                    a6(t, y, tp);
+                }
+            }
+}
+
+/* dx (ADDED) += the adjoint of input4: each tile's B dV B^T (6x6) added to
+ * the rows 4ty-1 .. 4ty+4 and columns 4tx-1 .. 4tx+4 it was read from.
+ * Neighbouring tiles overlap by two rows and two columns: per tile row the
+ * six rows are assembled whole (column x at Y[s][x + 1]); its last two wait
+ * for the next tile row's first two (carry), so each row of dx is added to
+ * once. */
+DM_VECTOR_CLONES
+static void input_adjoint4(float *dx, const float *dV, long es, long ld, int N, int n0, int n1,
+                           int C, int H, int W) {
+    const int th = tiles(H, 4), tw = tiles(W, 4), tp = ROUND8(tw);
+    float R[6][6][LEN4], S[6][6][LEN4], Y[6][4 * LEN4 + 4], carry[2][4 * LEN4 + 4];
+    for (int c = 0; c < C; c++)
+        for (int n = n0; n < n1; n++) {
+            for (int x = 0; x < 4 * tw + 4; x++) carry[0][x] = carry[1][x] = 0.0f;
+            for (int ty = 0; ty <= th; ty++) {
+                if (ty < th) {
+                    const float *v = dV + (long)c * ld + ((long)(n - n0) * th + ty) * tw;
+                    for (int j = 0; j < 6; j++) { /* B dV down the rows, column j */
+                        const float *d[6];
+                        for (int i = 0; i < 6; i++) d[i] = v + (6 * i + j) * es;
+                        float *s[6] = {R[0][j], R[1][j], R[2][j], R[3][j], R[4][j], R[5][j]};
+                        b6(s, d, tp);
+                    }
+                    for (int s = 0; s < 6; s++) { /* (B dV) B^T across, then assembled */
+                        const float *d[6] = {R[s][0], R[s][1], R[s][2], R[s][3], R[s][4], R[s][5]};
+                        float *o[6] = {S[s][0], S[s][1], S[s][2], S[s][3], S[s][4], S[s][5]};
+                        b6(o, d, tp);
+                        /* column 4tx-1+j at Y[4tx+j]; j = 4, 5 overlap tile tx+1's 0, 1 */
+                        float *y = Y[s];
+                        y[0] = o[0][0], y[1] = o[1][0], y[2] = o[2][0], y[3] = o[3][0];
+                        for (int tx = 1; tx < tw; tx++) {
+                            y[4 * tx + 0] = o[0][tx] + o[4][tx - 1];
+                            y[4 * tx + 1] = o[1][tx] + o[5][tx - 1];
+                            y[4 * tx + 2] = o[2][tx];
+                            y[4 * tx + 3] = o[3][tx];
+                        }
+                        y[4 * tw] = o[4][tw - 1], y[4 * tw + 1] = o[5][tw - 1];
+                    }
+                } else
+                    for (int s = 0; s < 6; s++)
+                        for (int x = 0; x < 4 * tw + 2; x++) Y[s][x] = 0.0f;
+                for (int q = 0; q < 4; q++) {
+                    const int row = 4 * ty - 1 + q;
+                    if (row < 0 || row >= H) continue;
+                    float *dst = dx + (((long)c * N + n) * H + row) * W;
+                    if (q < 2)
+                        for (int x = 0; x < W; x++) dst[x] += carry[q][x + 1] + Y[q][x + 1];
+                    else
+                        for (int x = 0; x < W; x++) dst[x] += Y[q][x + 1];
+                }
+                for (int q = 0; q < 2; q++)
+                    for (int x = 0; x < W; x++) carry[q][x + 1] = Y[4 + q][x + 1];
+            }
+        }
+}
+
+/* The two tile sizes as rows of one table: the drivers below are the same
+ * for both. */
+typedef struct {
+    void (*weights)(float *U, const float *w, int Cout, int Cin);
+    void (*weight_grad)(float *dw, const float *dU, int Cout, int Cin);
+    void (*input)(float *V, long es, long ld, const float *in, int N, int n0, int n1, int C,
+                  int H, int W);
+    void (*output)(float *out, int acc, const float *M, long es, long ld, int N, int n0, int n1,
+                   int C, int H, int W);
+    void (*grad_output)(float *Z, long es, long ld, const float *dout, int N, int n0, int n1,
+                        int C, int H, int W);
+    void (*input_adjoint)(float *dx, const float *dV, long es, long ld, int N, int n0, int n1,
+                          int C, int H, int W);
+} wino_row;
+
+static const wino_row *row_of(int m) {
+    static const wino_row rows[2] = {
+        {weights2, weight_grad2, input2, output2, grad_output2, input_adjoint2},
+        {weights4, weight_grad4, input4, output4, grad_output4, input_adjoint4},
+    };
+    DM_CHECK(winograd_tile_ok(m), "Winograd tile %d (2 or 4)", m);
+    return &rows[m == 4];
+}
+
+void winograd_conv3x3(float *out, int acc, const float *in, const float *w, float *scratch,
+                      int N, int Cin, int H, int W, int Cout, int m) {
+    const wino_row *k = row_of(m);
+    const int g = wino_group(N, Cin, Cout, H, W, m), a2 = (m + 2) * (m + 2);
+    float *U = scratch;
+    double t0 = prof_start();
+    k->weights(U, w, Cout, Cin);
+    prof_add(PROF_IM2COL, t0);
+    for (int n0 = 0; n0 < N; n0 += g) {
+        const int n1 = N - n0 < g ? N : n0 + g;
+        const group_layout L = layout_of(n1 - n0, Cin, Cout, H, W, m, 1);
+        float *V = scratch + L.v_at, *M = scratch + L.m_at;
+        t0 = prof_start();
+        k->input(V, L.es_in, L.ld, in, N, n0, n1, Cin, H, W);
+        prof_add(PROF_IM2COL, t0);
+        for (int e = 0; e < a2; e++)
+            dm_gemm(CblasNoTrans, CblasNoTrans, Cout, (int)L.T, Cin, U + (long)e * Cout * Cin,
+                    Cin, V + e * L.es_in, (int)L.ld, 0.0f, M + e * L.es_out, (int)L.ld);
+        t0 = prof_start();
+        k->output(out, acc, M, L.es_out, L.ld, N, n0, n1, Cout, H, W);
+        prof_add(PROF_IM2COL, t0);
+    }
+}
+
+void winograd_conv3x3_backward(float *dx, float *dw, const float *dout, const float *in,
+                               const float *w, float *scratch, int N, int Cin, int H, int W,
+                               int Cout, int m) {
+    const wino_row *k = row_of(m);
+    const int g = wino_group(N, Cin, Cout, H, W, m), a2 = (m + 2) * (m + 2);
+    const long plane = (long)Cout * Cin;
+    float *U = scratch, *dU = scratch + a2 * plane; /* dU summed over the groups */
+    double t0 = prof_start();
+    if (dx) k->weights(U, w, Cout, Cin);
+    prof_add(PROF_IM2COL, t0);
+    for (int n0 = 0; n0 < N; n0 += g) {
+        const int n1 = N - n0 < g ? N : n0 + g;
+        const group_layout L = layout_of(n1 - n0, Cin, Cout, H, W, m, 2);
+        float *V = scratch + L.v_at, *Z = scratch + L.m_at;
+        t0 = prof_start();
+        k->input(V, L.es_in, L.ld, in, N, n0, n1, Cin, H, W);
+        k->grad_output(Z, L.es_out, L.ld, dout, N, n0, n1, Cout, H, W);
+        prof_add(PROF_IM2COL, t0);
+        for (int e = 0; e < a2; e++) {
+            /* dU[e] (+)= Z[e] (Cout x T) V[e]^T (T x Cin) */
+            dm_gemm(CblasNoTrans, CblasTrans, Cout, Cin, (int)L.T, Z + e * L.es_out, (int)L.ld,
+                    V + e * L.es_in, (int)L.ld, n0 ? 1.0f : 0.0f, dU + e * plane, Cin);
+            /* dV[e] = U[e]^T (Cin x Cout) Z[e] (Cout x T), over V[e], now read */
+            if (dx)
+                dm_gemm(CblasTrans, CblasNoTrans, Cin, (int)L.T, Cout, U + e * plane, Cin,
+                        Z + e * L.es_out, (int)L.ld, 0.0f, V + e * L.es_in, (int)L.ld);
+        }
+        t0 = prof_start();
+        if (dx) k->input_adjoint(dx, V, L.es_in, L.ld, N, n0, n1, Cin, H, W);
+        prof_add(PROF_IM2COL, t0);
+    }
+    t0 = prof_start();
+    k->weight_grad(dw, dU, Cout, Cin);
     prof_add(PROF_IM2COL, t0);
 }

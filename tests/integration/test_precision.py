@@ -82,6 +82,21 @@ for f in ("log.h5", "checkpoints/ckpt-44.h5", "samples.h5"):
     bad = compare_h5(os.path.join(wino[1], f), os.path.join(wino[3], f))
     check(not bad, f"winograd P=3 {f} bitwise equal to P=1 ({bad[:5]})")
 differ_in_rounding(losses(fp["onednn"]), losses(wino[1]), "winograd and im2col")
+# F(4x4,3x3) on every 3x3 stride-1 layer (winograd4_min_width = 1): the
+# same, against both im2col and F(2x2).
+wino4 = {}
+for p in (1, 3):
+    out = os.path.join(base, f"wino4-p{p}")
+    r = train(p, out, MODEL + ["engine=onednn", "conv_algo=winograd", "winograd4_min_width=1"])
+    check(r.returncode == 0 and "gradients) by Winograd F(4x4,3x3)\n" in r.stdout
+          and "F(2x2" not in r.stdout,
+          f"winograd F(4x4) P={p} exits 0 and says so ({r.stdout[-300:]} {r.stderr[-300:]})")
+    wino4[p] = out
+for f in ("log.h5", "checkpoints/ckpt-44.h5", "samples.h5"):
+    bad = compare_h5(os.path.join(wino4[1], f), os.path.join(wino4[3], f))
+    check(not bad, f"winograd F(4x4) P=3 {f} bitwise equal to P=1 ({bad[:5]})")
+differ_in_rounding(losses(fp["onednn"]), losses(wino4[1]), "winograd F(4x4) and im2col")
+differ_in_rounding(losses(wino[1]), losses(wino4[1]), "winograd F(4x4) and F(2x2)")
 
 # conv_algo = auto (fp32): rank 0 times the 3x3 stride-1 layers both ways for
 # each image width, and Winograd runs from the narrowest width from which it
@@ -112,16 +127,30 @@ def stored(path, key):
     return [l.split("=")[1].strip() for l in cfg.splitlines() if l.split("=")[0].strip() == key][0]
 
 
-for name, speedup, algo, width in (("conv-all", "28:2,14:2,7:2", "winograd", "7"),
-                                   ("conv-28", "28:2,14:0.5,7:2", "winograd", "28"),
-                                   ("conv-none", "28:0.9,14:2,7:2", "im2col", None)):
+# "W:R2:R4" forces both Winograd forms' ratios at width W (F(4x4) ruled out
+# where only R2 is given). From the widest down: F(4x4) while it is at least
+# 1.05x as fast as im2col and as F(2x2), then F(2x2) while it is 1.05x as
+# fast as im2col.
+for name, speedup, algo, w2, w4 in (
+        ("conv-all", "28:2,14:2,7:2", "winograd", "7", "0"),
+        ("conv-28", "28:2,14:0.5,7:2", "winograd", "28", "0"),
+        ("conv-none", "28:0.9,14:2,7:2", "im2col", None, None),
+        ("conv-f4-28", "28:2:3,14:2:1,7:2:3", "winograd", "7", "28"),
+        ("conv-f4-all", "28:2:3,14:2:3,7:2:3", "winograd", "7", "7"),
+        ("conv-f4-close", "28:2:2.05,14:2:0.5,7:2:0.5", "winograd", "7", "0"),
+        ("conv-f4-only28", "28:0.9:2,14:0.5:1,7:2:1", "winograd", "28", "28")):
     out, r = conv_run(name, speedup, ["conv_algo=auto"])
     ck = os.path.join(out, "checkpoints", "ckpt-2.h5")
-    said = (f"conv_algo = auto chose winograd for images at least {width} wide" if width
-            else "conv_algo = auto chose im2col")
+    if algo == "im2col":
+        said = "conv_algo = auto chose im2col"
+    elif w4 != "0":
+        said = f"conv_algo = auto chose winograd F(4x4,3x3) for images at least {w4} wide"
+    else:
+        said = f"conv_algo = auto chose winograd F(2x2,3x3) for images at least {w2} wide"
     ok = r.returncode == 0 and said in r.stdout and stored(ck, "conv_algo") == algo
-    check(ok and (width is None or stored(ck, "winograd_min_width") == width),
-          f"conv_algo = auto with speed-ups {speedup}: {algo} {width or ''} "
+    check(ok and (w2 is None or (stored(ck, "winograd_min_width") == w2
+                                 and stored(ck, "winograd4_min_width") == w4)),
+          f"conv_algo = auto with speed-ups {speedup}: {algo} {w2 or ''} {w4 or ''} "
           f"({r.returncode}, {r.stdout[-400:]} {r.stderr[-200:]})")
 # what auto chose is the explicit setting, bitwise
 out, r = conv_run("conv-14", "", ["conv_algo=winograd", "winograd_min_width=14"])

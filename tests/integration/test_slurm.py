@@ -36,7 +36,7 @@ base = tmpdir()
 # uninterrupted reference and the preempted job, the srun and the mpirun job)
 # may choose differently and differ in the last bits. Every run here sets
 # what auto records instead, Winograd from 14 wide.
-PIN = ["conv_algo=winograd", "winograd_min_width=14"]
+PIN = ["conv_algo=winograd", "winograd_min_width=14", "winograd4_min_width=28"]
 TINY = ["hidden=4", "train_limit=64", "eval_limit=32", "batch=16",
         "micro_batch=8", "sample_steps=4", "log_every=1000",
         "data_dir=" + DATA, "epochs=1"] + PIN

@@ -76,6 +76,7 @@ static void expect_same(const dm_config *a, const dm_config *b,
                a->bn_sync == b->bn_sync && a->bn_recalibrate == b->bn_recalibrate &&
                a->precision == b->precision && a->engine == b->engine &&
                a->conv_algo == b->conv_algo && a->winograd_min_width == b->winograd_min_width &&
+               a->winograd4_min_width == b->winograd4_min_width &&
                memcmp(&a->log_every, &b->log_every, sizeof a->log_every) ==
                    0 &&
                memcmp(&a->p_uncond, &b->p_uncond, sizeof a->p_uncond) == 0,
@@ -102,8 +103,8 @@ static void test_defaults(void) {
            "bn_sync/log_every/p_uncond/eval_limit");
     EXPECT(c.norm == NORM_BATCH && c.norm_groups == 32, "norm/norm_groups");
     EXPECT(c.precision == DM_FP32 && c.engine == DM_ENGINE_AUTO && c.conv_algo == CONV_IM2COL &&
-               c.winograd_min_width == 1,
-           "precision/engine/conv_algo/winograd_min_width");
+               c.winograd_min_width == 1 && c.winograd4_min_width == 0,
+           "precision/engine/conv_algo/winograd_min_width/winograd4_min_width");
     EXPECT(c.guidance == 5.0 && c.sample_steps == 0 && c.sample_chunk == 4 &&
                c.watchdog == 300.0 &&
                strcmp(c.sample_epochs, "1,5,10,15,20") == 0,
@@ -121,7 +122,7 @@ static void test_defaults(void) {
                   "sigma = 0.5\nseed = 0\ndata_dir = data/mnist\n"
                   "train_limit = 0\neval_limit = 0\ncheckpoint_every = 0\n"
                   "keep = 3\nthreads = 1\nprecision = fp32\nengine = auto\n"
-                  "conv_algo = im2col\nwinograd_min_width = 1\nbn_sync = global\n"
+                  "conv_algo = im2col\nwinograd_min_width = 1\nwinograd4_min_width = 0\nbn_sync = global\n"
                   "log_every = 10\n"
                   "p_uncond = 0.1\nguidance = 5\nsample_steps = 0\n"
                   "sample_epochs = 1,5,10,15,20\nwatchdog = 300\n"
@@ -469,6 +470,7 @@ static void test_round_trip(void) {
     a.engine = DM_ENGINE_ONEDNN;
     a.conv_algo = CONV_WINOGRAD;
     a.winograd_min_width = 14;
+    a.winograd4_min_width = 28;
     a.bn_recalibrate = 6;
     snprintf(a.sample_epochs, sizeof a.sample_epochs, "2,4,9");
     EXPECT(config_validate(&a) == DM_OK, "round trip config validates");
@@ -476,7 +478,7 @@ static void test_round_trip(void) {
     char text[4096], text2[4096];
     int n = config_to_string(&a, text, sizeof text);
     EXPECT(n == (int)strlen(text) && n > 0, "to_string length %d", n);
-    EXPECT(count_lines(text) == 34, "34 lines, got %d", count_lines(text));
+    EXPECT(count_lines(text) == 35, "35 lines, got %d", count_lines(text));
     EXPECT(strncmp(text, "objective = flow\nconditioning = class\n", 38) == 0,
            "to_string starts '%.40s'", text);
     EXPECT(strstr(text, "\nlr = 0.30000000000000004\n") != NULL,
