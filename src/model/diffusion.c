@@ -27,7 +27,7 @@ unet_shape diffusion_shape(const dm_config *c, int m, int max_mb, int inference)
 }
 
 const char *diffusion_conv_note(const dm_config *c) {
-    static char note[256];
+    static char note[384];
     if (c->conv_algo != CONV_WINOGRAD) return "";
     if (gemm_precision_now() != DM_FP32)
         return "convolutions: conv_algo = winograd not used, as the products run in bf16 "

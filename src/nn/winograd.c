@@ -55,11 +55,14 @@ static long plane_ld(long T) { return (T + 15) / 16 * 16; }
  * are then dropped. */
 #define ROUND8(n) (((n) + 7) & ~7)
 
-/* Images per group: V and M of a group take about conv_group_floats. */
+/* Images per group: V and M of a group take about conv_group_floats, four
+ * times that for F(4x4), whose products would otherwise be too narrow (one
+ * 28x28 image is 49 tiles; a layer ran 1.2-1.4x as fast with 2-4 images a
+ * group as with 1, on the Intel Xeon of docs/performance.md). */
 static int wino_group(int N, int Cin, int Cout, int H, int W, int m) {
     const int a = m + 2;
     long per = (long)a * a * (Cin + Cout) * plane_ld((long)tiles(H, m) * tiles(W, m));
-    return conv_group(N, per);
+    return conv_group(N, m == 4 ? (per + 3) / 4 : per);
 }
 
 int winograd_applies(int k, int s, int p, int W) {
@@ -349,19 +352,22 @@ enum { LEN4 = WINO_MAX_W / 4 + 16 };
  * compiler judges the pointers (as separate loops over planes they often
  * did not) and whatever the clone's vector width. */
 typedef float v8 __attribute__((vector_size(32)));
-/* The helpers pass v8 by value; they are static and inlined, so the ABI
- * that GCC warns about (vectors without AVX in the default clone) never
- * crosses a call boundary that matters. */
+/* The helpers pass v8 by value, which the default (pre-AVX) target passes
+ * differently from the clones' targets: they are always inlined, so no v8
+ * crosses a call (without that, a Debug build's clones called them with
+ * the wrong convention and crashed), and GCC's warning about that
+ * convention does not apply. */
 #pragma GCC diagnostic ignored "-Wpsabi"
-static inline v8 ld8(const float *p) {
+#define V8_HELPER static inline __attribute__((always_inline))
+V8_HELPER v8 ld8(const float *p) {
     v8 v;
     memcpy(&v, p, sizeof v);
     return v;
 }
-static inline void st8(float *p, v8 v) { memcpy(p, &v, sizeof v); }
+V8_HELPER void st8(float *p, v8 v) { memcpy(p, &v, sizeof v); }
 
 /* B^T d: d0..d5 -> b0..b5 */
-static inline void bt6(float *const b[6], const float *const d[6], int n) {
+V8_HELPER void bt6(float *const b[6], const float *const d[6], int n) {
     for (int k = 0; k < n; k += 8) {
         const v8 d0 = ld8(d[0] + k), d1 = ld8(d[1] + k), d2 = ld8(d[2] + k), d3 = ld8(d[3] + k),
                  d4 = ld8(d[4] + k), d5 = ld8(d[5] + k);
@@ -375,7 +381,7 @@ static inline void bt6(float *const b[6], const float *const d[6], int n) {
 }
 
 /* B v (the adjoint of B^T): v0..v5 -> s0..s5 */
-static inline void b6(float *const s[6], const float *const v[6], int n) {
+V8_HELPER void b6(float *const s[6], const float *const v[6], int n) {
     for (int k = 0; k < n; k += 8) {
         const v8 v0 = ld8(v[0] + k), v1 = ld8(v[1] + k), v2 = ld8(v[2] + k), v3 = ld8(v[3] + k),
                  v4 = ld8(v[4] + k), v5 = ld8(v[5] + k);
@@ -389,7 +395,7 @@ static inline void b6(float *const s[6], const float *const v[6], int n) {
 }
 
 /* A^T m: m0..m5 -> y0..y3 */
-static inline void at6(float *const y[4], const float *const m[6], int n) {
+V8_HELPER void at6(float *const y[4], const float *const m[6], int n) {
     for (int k = 0; k < n; k += 8) {
         const v8 m0 = ld8(m[0] + k), m1 = ld8(m[1] + k), m2 = ld8(m[2] + k), m3 = ld8(m[3] + k),
                  m4 = ld8(m[4] + k), m5 = ld8(m[5] + k);
@@ -401,7 +407,7 @@ static inline void at6(float *const y[4], const float *const m[6], int n) {
 }
 
 /* A y (the adjoint of A^T): y0..y3 -> t0..t5 */
-static inline void a6(float *const t[6], const float *const y[4], int n) {
+V8_HELPER void a6(float *const t[6], const float *const y[4], int n) {
     for (int k = 0; k < n; k += 8) {
         const v8 y0 = ld8(y[0] + k), y1 = ld8(y[1] + k), y2 = ld8(y[2] + k), y3 = ld8(y[3] + k);
         st8(t[0] + k, y0);
@@ -415,7 +421,7 @@ static inline void a6(float *const t[6], const float *const y[4], int n) {
 
 /* Four blocks of 8 consecutive floats x[0..31] split by phase:
  * q[p][k] = x[4k + p], k = 0..7. */
-static inline void split4(float *const q[4], v8 a, v8 b, v8 c, v8 d) {
+V8_HELPER void split4(float *const q[4], v8 a, v8 b, v8 c, v8 d) {
     typedef int i8 __attribute__((vector_size(32)));
     const i8 lo = {0, 4, 8, 12, 1, 5, 9, 13}, hi = {2, 6, 10, 14, 3, 7, 11, 15};
     const i8 first = {0, 1, 2, 3, 8, 9, 10, 11}, second = {4, 5, 6, 7, 12, 13, 14, 15};
@@ -427,8 +433,34 @@ static inline void split4(float *const q[4], v8 a, v8 b, v8 c, v8 d) {
     st8(q[3], __builtin_shuffle(ab23, cd23, second));
 }
 
+/* The inverse of split4: x[4k + p] = q[p][k] for k = 0..7, as four blocks
+ * of 8 floats x[0..31]. */
+V8_HELPER void merge4(v8 x[4], v8 q0, v8 q1, v8 q2, v8 q3) {
+    typedef int i8 __attribute__((vector_size(32)));
+    const i8 lo = {0, 8, 1, 9, 2, 10, 3, 11}, hi = {4, 12, 5, 13, 6, 14, 7, 15};
+    const i8 first = {0, 1, 8, 9, 2, 3, 10, 11}, second = {4, 5, 12, 13, 6, 7, 14, 15};
+    const v8 a = __builtin_shuffle(q0, q1, lo), b = __builtin_shuffle(q0, q1, hi);
+    const v8 c = __builtin_shuffle(q2, q3, lo), d = __builtin_shuffle(q2, q3, hi);
+    x[0] = __builtin_shuffle(a, c, first), x[1] = __builtin_shuffle(a, c, second);
+    x[2] = __builtin_shuffle(b, d, first), x[3] = __builtin_shuffle(b, d, second);
+}
+
+/* The 8 floats after the first of (a, b): a[1..7], b[0]. */
+V8_HELPER v8 next1(v8 a, v8 b) {
+    typedef int i8 __attribute__((vector_size(32)));
+    const i8 m = {1, 2, 3, 4, 5, 6, 7, 8};
+    return __builtin_shuffle(a, b, m);
+}
+
+/* The 8 floats before the last of (a, b): a[7], b[0..6]. */
+V8_HELPER v8 prev1(v8 a, v8 b) {
+    typedef int i8 __attribute__((vector_size(32)));
+    const i8 m = {7, 8, 9, 10, 11, 12, 13, 14};
+    return __builtin_shuffle(a, b, m);
+}
+
 /* The 8 floats x[0..7] of row (x from at, W long), zero outside 0..W-1. */
-static inline v8 row8(const float *row, int at, int W) {
+V8_HELPER v8 row8(const float *row, int at, int W) {
     if (at >= 0 && at + 8 <= W) return ld8(row + at);
     v8 v = {0};
     for (int l = 0; l < 8; l++)
@@ -440,7 +472,7 @@ static inline v8 row8(const float *row, int at, int W) {
  * multiple of 8), zero outside the row or with row NULL; read straight
  * from the image (a copy read back with wider loads than it was written
  * stalls store forwarding). */
-static inline void split_row(float P[4][LEN4], const float *row, int W, int shift, int n) {
+V8_HELPER void split_row(float *const P[4], const float *row, int W, int shift, int n) {
     for (int k = 0; k < n; k += 8) {
         float *q[4] = {P[0] + k, P[1] + k, P[2] + k, P[3] + k};
         if (!row) {
@@ -454,8 +486,8 @@ static inline void split_row(float P[4][LEN4], const float *row, int W, int shif
     }
 }
 
-/* G g: g0..g2 -> u0..u5, one value each */
-static inline void g6(float u[6], float g0, float g1, float g2) {
+/* G g: g0..g2 -> u0..u5 */
+V8_HELPER void g6(v8 u[6], v8 g0, v8 g1, v8 g2) {
     u[0] = 0.25f * g0;
     u[1] = -(g0 + g1 + g2) / 6.0f;
     u[2] = -(g0 - g1 + g2) / 6.0f;
@@ -465,42 +497,66 @@ static inline void g6(float u[6], float g0, float g1, float g2) {
 }
 
 /* G^T x (the adjoint of G): x0..x5 -> s0..s2 */
-static inline void gt6(float s[3], const float x[6]) {
+V8_HELPER void gt6(v8 s[3], const v8 x[6]) {
     s[0] = 0.25f * x[0] - (x[1] + x[2]) / 6.0f + (x[3] + x[4]) / 24.0f;
     s[1] = (x[2] - x[1]) / 6.0f + (x[3] - x[4]) / 12.0f;
     s[2] = (x[3] + x[4] - x[1] - x[2]) / 6.0f + x[5];
 }
 
-/* U[e][o][c] = (G g G^T)[e] for g = w[o][c]. */
+/* U[e][o][c] = (G g G^T)[e] for g = w[o][c], 8 input channels at a time
+ * (the last block partly empty), so that the 36 planes are written whole
+ * vectors at a time. */
+DM_VECTOR_CLONES
 static void weights4(float *U, const float *w, int Cout, int Cin) {
+    const long plane = (long)Cout * Cin;
     for (int o = 0; o < Cout; o++)
-        for (int c = 0; c < Cin; c++) {
-            const float *g = w + ((long)o * Cin + c) * 9;
-            float t[3][6], u[6]; /* t[j] = G (column j of g) */
+        for (int c0 = 0; c0 < Cin; c0 += 8) {
+            const int nl = Cin - c0 < 8 ? Cin - c0 : 8;
+            v8 g[9] = {{0}};
+            for (int l = 0; l < nl; l++)
+                for (int q = 0; q < 9; q++) g[q][l] = w[((long)o * Cin + c0 + l) * 9 + q];
+            v8 t[3][6], u[6]; /* t[j] = G (column j of g) */
             for (int j = 0; j < 3; j++) g6(t[j], g[j], g[3 + j], g[6 + j]);
             for (int i = 0; i < 6; i++) {
                 g6(u, t[0][i], t[1][i], t[2][i]);
-                for (int j = 0; j < 6; j++) U[((long)(6 * i + j) * Cout + o) * Cin + c] = u[j];
+                for (int j = 0; j < 6; j++) {
+                    float *dst = U + (6 * i + j) * plane + (long)o * Cin + c0;
+                    if (nl == 8)
+                        st8(dst, u[j]);
+                    else
+                        for (int l = 0; l < nl; l++) dst[l] = u[j][l];
+                }
             }
         }
 }
 
-/* dw[o][c] = G^T dU[o][c] G (3x3 from 6x6), OVERWRITTEN. */
+/* dw[o][c] = G^T dU[o][c] G (3x3 from 6x6), OVERWRITTEN; 8 input channels
+ * at a time, as weights4. */
+DM_VECTOR_CLONES
 static void weight_grad4(float *dw, const float *dU, int Cout, int Cin) {
     const long plane = (long)Cout * Cin;
     for (int o = 0; o < Cout; o++)
-        for (int c = 0; c < Cin; c++) {
-            float x[6][6], s[3][6], col[6], r[3];
-            for (int e = 0; e < 36; e++) x[e / 6][e % 6] = dU[e * plane + (long)o * Cin + c];
+        for (int c0 = 0; c0 < Cin; c0 += 8) {
+            const int nl = Cin - c0 < 8 ? Cin - c0 : 8;
+            v8 x[6][6], s[3][6], col[6], r[3];
+            for (int e = 0; e < 36; e++) {
+                const float *src = dU + e * plane + (long)o * Cin + c0;
+                if (nl == 8)
+                    x[e / 6][e % 6] = ld8(src);
+                else {
+                    x[e / 6][e % 6] = (v8){0};
+                    for (int l = 0; l < nl; l++) x[e / 6][e % 6][l] = src[l];
+                }
+            }
             for (int j = 0; j < 6; j++) {
                 for (int i = 0; i < 6; i++) col[i] = x[i][j];
                 gt6(r, col);
                 for (int a = 0; a < 3; a++) s[a][j] = r[a];
             }
-            float *d = dw + ((long)o * Cin + c) * 9;
             for (int a = 0; a < 3; a++) {
                 gt6(r, s[a]);
-                for (int b = 0; b < 3; b++) d[3 * a + b] = r[b];
+                for (int l = 0; l < nl; l++)
+                    for (int b = 0; b < 3; b++) dw[((long)o * Cin + c0 + l) * 9 + 3 * a + b] = r[b][l];
             }
         }
 }
@@ -514,31 +570,37 @@ static void weight_grad4(float *dw, const float *dU, int Cout, int Cin) {
 DM_VECTOR_CLONES
 static void input4(float *V, long es, long ld, const float *in, int N, int n0, int n1, int C,
                    int H, int W) {
-    const int th = tiles(H, 4), tw = tiles(W, 4), tp = ROUND8(tw), np = ROUND8(tw + 1);
-    float P[6][4][LEN4], R[6][4][LEN4];
+    const int th = tiles(H, 4), tw = tiles(W, 4), tp = ROUND8(tw);
+    /* P[r][j][tx] = row r, column 4tx-1+j: phases 0..3 of tile tx, and
+     * (split again from 4 columns on) phases 0 and 1 of tile tx + 1 */
+    float P[6][6][LEN4], R[6][6][LEN4], unused[2][LEN4];
     for (int c = 0; c < C; c++)
         for (int n = n0; n < n1; n++)
             for (int ty = 0; ty < th; ty++) {
                 for (int r = 0; r < 6; r++) {
                     const int y = 4 * ty - 1 + r;
-                    split_row(P[r], y >= 0 && y < H ? in + (((long)c * N + n) * H + y) * W : NULL,
-                              W, -1, np);
+                    const float *row =
+                        y >= 0 && y < H ? in + (((long)c * N + n) * H + y) * W : NULL;
+                    float *const q[4] = {P[r][0], P[r][1], P[r][2], P[r][3]};
+                    float *const q4[4] = {P[r][4], P[r][5], unused[0], unused[1]};
+                    split_row(q, row, W, -1, tp);
+                    split_row(q4, row, W, 3, tp);
                 }
-                for (int p = 0; p < 4; p++) {
-                    const float *d[6] = {P[0][p], P[1][p], P[2][p], P[3][p], P[4][p], P[5][p]};
-                    float *b[6] = {R[0][p], R[1][p], R[2][p], R[3][p], R[4][p], R[5][p]};
-                    bt6(b, d, np);
+                for (int j = 0; j < 6; j++) { /* B^T d down the rows, column j */
+                    const float *d[6] = {P[0][j], P[1][j], P[2][j], P[3][j], P[4][j], P[5][j]};
+                    float *b[6] = {R[0][j], R[1][j], R[2][j], R[3][j], R[4][j], R[5][j]};
+                    bt6(b, d, tp);
                 }
                 float *v = V + (long)c * ld + ((long)(n - n0) * th + ty) * tw;
-                for (int i = 0; i < 6; i++) {
-                    const float *d[6] = {R[i][0], R[i][1], R[i][2], R[i][3], R[i][0] + 1,
-                                         R[i][1] + 1};
+                for (int i = 0; i < 6; i++) { /* (B^T d) B across */
+                    const float *d[6] = {R[i][0], R[i][1], R[i][2], R[i][3], R[i][4], R[i][5]};
                     float *b[6];
                     for (int j = 0; j < 6; j++) b[j] = v + (6 * i + j) * es;
                     bt6(b, d, tp);
                 }
             }
 }
+
 /* out (+)= A^T M A for the tiles of images [n0, n1); outputs outside H x W
  * dropped. */
 DM_VECTOR_CLONES
@@ -560,11 +622,11 @@ static void output4(float *out, int acc, const float *M, long es, long ld, int N
                     const float *d[6] = {R[q][0], R[q][1], R[q][2], R[q][3], R[q][4], R[q][5]};
                     float *y[4] = {Y[q][0], Y[q][1], Y[q][2], Y[q][3]};
                     at6(y, d, tp);
-                    for (int tx = 0; tx < tw; tx++) {
-                        row[4 * tx] = Y[q][0][tx];
-                        row[4 * tx + 1] = Y[q][1][tx];
-                        row[4 * tx + 2] = Y[q][2][tx];
-                        row[4 * tx + 3] = Y[q][3][tx];
+                    for (int k = 0; k < tp; k += 8) { /* column 4tx+b at row[4tx+b] */
+                        v8 x[4];
+                        merge4(x, ld8(Y[q][0] + k), ld8(Y[q][1] + k), ld8(Y[q][2] + k),
+                               ld8(Y[q][3] + k));
+                        for (int b = 0; b < 4; b++) st8(row + 4 * k + 8 * b, x[b]);
                     }
                     float *dst = out + (((long)o * N + n) * H + 4 * ty + q) * W;
                     if (acc)
@@ -587,8 +649,8 @@ static void grad_output4(float *Z, long es, long ld, const float *dout, int N, i
             for (int ty = 0; ty < th; ty++) {
                 for (int q = 0; q < 4; q++) {
                     const int y = 4 * ty + q;
-                    split_row(P[q], y < H ? dout + (((long)o * N + n) * H + y) * W : NULL, W, 0,
-                              tp);
+                    float *const ph[4] = {P[q][0], P[q][1], P[q][2], P[q][3]};
+                    split_row(ph, y < H ? dout + (((long)o * N + n) * H + y) * W : NULL, W, 0, tp);
                 }
                 for (int b = 0; b < 4; b++) { /* A y down the rows, column phase b */
                     const float *y[4] = {P[0][b], P[1][b], P[2][b], P[3][b]};
@@ -607,56 +669,69 @@ static void grad_output4(float *Z, long es, long ld, const float *dout, int N, i
 
 /* dx (ADDED) += the adjoint of input4: each tile's B dV B^T (6x6) added to
  * the rows 4ty-1 .. 4ty+4 and columns 4tx-1 .. 4tx+4 it was read from.
- * Neighbouring tiles overlap by two rows and two columns: per tile row the
- * six rows are assembled whole (column x at Y[s][x + 1]); its last two wait
- * for the next tile row's first two (carry), so each row of dx is added to
- * once. */
+ * Neighbouring tiles overlap by two rows and two columns. Per tile row, each
+ * of the six rows is assembled whole, column x at Y[s][x] (x = -1 is
+ * dropped): tile tx's columns j = 0..3 interleaved, its j = 4, 5 added to
+ * tile tx+1's 0, 1, in registers (a row of tiles one block of 8 further
+ * when tw is a multiple of 8). Its last two rows wait for the next tile
+ * row's first two (the other of the two Y buffers), so each row of dx is
+ * added to once, and every buffer is read back as it was written, whole
+ * aligned vectors. */
 DM_VECTOR_CLONES
 static void input_adjoint4(float *dx, const float *dV, long es, long ld, int N, int n0, int n1,
                            int C, int H, int W) {
-    const int th = tiles(H, 4), tw = tiles(W, 4), tp = ROUND8(tw);
-    float R[6][6][LEN4], S[6][6][LEN4], Y[6][4 * LEN4 + 4], carry[2][4 * LEN4 + 4];
+    const int th = tiles(H, 4), tw = tiles(W, 4), np = ROUND8(tw + 1);
+    float R[6][6][LEN4], S[6][6][LEN4], Y[2][6][4 * LEN4 + 8];
     for (int c = 0; c < C; c++)
         for (int n = n0; n < n1; n++) {
-            for (int x = 0; x < 4 * tw + 4; x++) carry[0][x] = carry[1][x] = 0.0f;
+            for (int x = 0; x < 4 * np; x++) Y[1][4][x] = Y[1][5][x] = 0.0f; /* ty = 0's carry */
             for (int ty = 0; ty <= th; ty++) {
+                float(*y)[4 * LEN4 + 8] = Y[ty & 1], (*carry)[4 * LEN4 + 8] = Y[!(ty & 1)];
                 if (ty < th) {
                     const float *v = dV + (long)c * ld + ((long)(n - n0) * th + ty) * tw;
                     for (int j = 0; j < 6; j++) { /* B dV down the rows, column j */
                         const float *d[6];
                         for (int i = 0; i < 6; i++) d[i] = v + (6 * i + j) * es;
                         float *s[6] = {R[0][j], R[1][j], R[2][j], R[3][j], R[4][j], R[5][j]};
-                        b6(s, d, tp);
+                        b6(s, d, np);
                     }
                     for (int s = 0; s < 6; s++) { /* (B dV) B^T across, then assembled */
                         const float *d[6] = {R[s][0], R[s][1], R[s][2], R[s][3], R[s][4], R[s][5]};
                         float *o[6] = {S[s][0], S[s][1], S[s][2], S[s][3], S[s][4], S[s][5]};
-                        b6(o, d, tp);
-                        /* column 4tx-1+j at Y[4tx+j]; j = 4, 5 overlap tile tx+1's 0, 1 */
-                        float *y = Y[s];
-                        y[0] = o[0][0], y[1] = o[1][0], y[2] = o[2][0], y[3] = o[3][0];
-                        for (int tx = 1; tx < tw; tx++) {
-                            y[4 * tx + 0] = o[0][tx] + o[4][tx - 1];
-                            y[4 * tx + 1] = o[1][tx] + o[5][tx - 1];
-                            y[4 * tx + 2] = o[2][tx];
-                            y[4 * tx + 3] = o[3][tx];
+                        b6(o, d, np);
+                        /* e[j][tx] = column 4tx-1+j: tile tx's j, plus tile tx-1's j+4
+                         * for j < 2; tiles from tw on are junk and count as zero */
+                        v8 p4 = {0}, p5 = {0}, last = {0};
+                        for (int k = 0; k < np; k += 8) {
+                            v8 e[4], keep;
+                            for (int l = 0; l < 8; l++) keep[l] = k + l < tw ? 1.0f : 0.0f;
+                            const v8 o4 = ld8(o[4] + k) * keep, o5 = ld8(o[5] + k) * keep;
+                            e[0] = ld8(o[0] + k) * keep + prev1(p4, o4);
+                            e[1] = ld8(o[1] + k) * keep + prev1(p5, o5);
+                            e[2] = ld8(o[2] + k) * keep;
+                            e[3] = ld8(o[3] + k) * keep;
+                            p4 = o4, p5 = o5;
+                            v8 x[4]; /* columns 4k-1 .. 4k+30 */
+                            merge4(x, e[0], e[1], e[2], e[3]);
+                            /* stored from column 4k: shifted by one */
+                            if (k) st8(y[s] + 4 * k - 8, next1(last, x[0]));
+                            for (int b = 0; b < 3; b++) st8(y[s] + 4 * k + 8 * b, next1(x[b], x[b + 1]));
+                            last = x[3];
                         }
-                        y[4 * tw] = o[4][tw - 1], y[4 * tw + 1] = o[5][tw - 1];
+                        st8(y[s] + 4 * np - 8, next1(last, (v8){0}));
                     }
                 } else
-                    for (int s = 0; s < 6; s++)
-                        for (int x = 0; x < 4 * tw + 2; x++) Y[s][x] = 0.0f;
+                    for (int s = 0; s < 2; s++)
+                        for (int x = 0; x < 4 * np; x++) y[s][x] = 0.0f;
                 for (int q = 0; q < 4; q++) {
                     const int row = 4 * ty - 1 + q;
                     if (row < 0 || row >= H) continue;
                     float *dst = dx + (((long)c * N + n) * H + row) * W;
                     if (q < 2)
-                        for (int x = 0; x < W; x++) dst[x] += carry[q][x + 1] + Y[q][x + 1];
+                        for (int x = 0; x < W; x++) dst[x] += carry[4 + q][x] + y[q][x];
                     else
-                        for (int x = 0; x < W; x++) dst[x] += Y[q][x + 1];
+                        for (int x = 0; x < W; x++) dst[x] += y[q][x];
                 }
-                for (int q = 0; q < 2; q++)
-                    for (int x = 0; x < W; x++) carry[q][x + 1] = Y[4 + q][x + 1];
             }
         }
 }

@@ -35,7 +35,7 @@ base = tmpdir()
 # The job configs' conv_algo = auto is a timing: two fresh runs (the
 # uninterrupted reference and the preempted job, the srun and the mpirun job)
 # may choose differently and differ in the last bits. Every run here sets
-# what auto records instead, Winograd from 14 wide.
+# what auto records instead: Winograd F(2x2) from 14 wide, F(4x4) from 28.
 PIN = ["conv_algo=winograd", "winograd_min_width=14", "winograd4_min_width=28"]
 TINY = ["hidden=4", "train_limit=64", "eval_limit=32", "batch=16",
         "micro_batch=8", "sample_steps=4", "log_every=1000",
