@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Run the benchmark cases of docs/performance.md on this machine: first
 # diffmpi (fp32 on OpenBLAS and on oneDNN with im2col, fp32 with
-# conv_algo = auto as the jobs run, bf16 on oneDNN) against PyTorch
+# conv_algo = auto as the jobs run: Winograd F(4x4) or F(2x2) per image
+# width where a start-up timing finds it pays, bf16 on oneDNN) against PyTorch
 # (tools/bench_torch.py, the same UNet, fp32 and bf16 autocast, 2 threads)
 # side by side, printed as ratios from this one run; then diffmpi's own
 # cases. About 15 minutes on 2 cores; run it on a
@@ -11,7 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [[ "${1:-}" == "--help" || "${1:-}" == "-h" ]]; then
-    sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'
     exit 0
 fi
 steps=${1:-3}

@@ -459,10 +459,21 @@ V8_HELPER v8 prev1(v8 a, v8 b) {
     return __builtin_shuffle(a, b, m);
 }
 
-/* The 8 floats x[0..7] of row (x from at, W long), zero outside 0..W-1. */
+/* The 8 floats x[0..7] of row (x from at, W long), zero outside 0..W-1.
+ * Across an end of a row of at least 8, the 8 floats at that end, moved by
+ * one shuffle (lane 8 of the pair is the zero vector's); shorter rows lane
+ * by lane. */
 V8_HELPER v8 row8(const float *row, int at, int W) {
     if (at >= 0 && at + 8 <= W) return ld8(row + at);
-    v8 v = {0};
+    const v8 zero = {0};
+    if (W >= 8) {
+        typedef int i8 __attribute__((vector_size(32)));
+        const int base = at < 0 ? 0 : W - 8, off = at - base;
+        i8 m;
+        for (int l = 0; l < 8; l++) m[l] = l + off >= 0 && l + off < 8 ? l + off : 8;
+        return __builtin_shuffle(ld8(row + base), zero, m);
+    }
+    v8 v = zero;
     for (int l = 0; l < 8; l++)
         if (at + l >= 0 && at + l < W) v[l] = row[at + l];
     return v;
