@@ -59,11 +59,11 @@ void conv2d_backward(float *din, float *dw, float *db, const float *dout,
  * [Cout][Cin][3][3]. The backward of that convolution: dw [Cout][Cin][3][3]
  * OVERWRITTEN with the sum over images and positions of dout x in, and
  * (unless dx is NULL) dx ADDED with the input gradient, both from one
- * transform of dout. scratch for either: winograd_scratch_floats(N, Cin,
- * Cout, H, W, m) floats. */
+ * transform of dout. scratch: winograd_scratch_floats(N, Cin, Cout, H, W,
+ * m, backward) floats, with backward = 0 enough for the forward only. */
 int winograd_applies(int k, int s, int p, int W);
 int winograd_tile_ok(int m);
-long winograd_scratch_floats(int N, int Cin, int Cout, int H, int W, int m);
+long winograd_scratch_floats(int N, int Cin, int Cout, int H, int W, int m, int backward);
 void winograd_conv3x3(float *out, int acc, const float *in, const float *w, float *scratch,
                       int N, int Cin, int H, int W, int Cout, int m);
 void winograd_conv3x3_backward(float *dx, float *dw, const float *dout, const float *in,

@@ -253,7 +253,7 @@ static size_t layout(unet *u, char *base) {
             c = convt2d_col_floats(m, un->cout, un->hin, un->hin, un->k, un->s, un->p);
         if (winograd_unit(u, un)) {
             long wf = winograd_scratch_floats(m, un->cin, un->cout, un->hin, un->hin,
-                                              winograd_unit(u, un));
+                                              winograd_unit(u, un), !u->inference);
             if (wf > c) c = wf;
         }
         if (c > u->col_floats) u->col_floats = c;
@@ -481,7 +481,7 @@ int unet_conv_timings(const unet *u, int n, int reps, int *width, double *secs, 
         s1 = conv2d_scratch_floats(n, t->cin, t->hin, t->hin, t->cout, 3, 1, 1);
         if (s1 > fs) fs = s1;
         for (int m = 2; m <= 4; m += 2) {
-            s2 = winograd_scratch_floats(n, t->cin, t->cout, t->hin, t->hin, m);
+            s2 = winograd_scratch_floats(n, t->cin, t->cout, t->hin, t->hin, m, 1);
             if (s2 > fs) fs = s2;
         }
     }

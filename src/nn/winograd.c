@@ -90,9 +90,10 @@ static group_layout layout_of(int g, int Cin, int Cout, int H, int W, int m, int
     return L;
 }
 
-/* the backward's, which holds the forward's */
-long winograd_scratch_floats(int N, int Cin, int Cout, int H, int W, int m) {
-    return layout_of(wino_group(N, Cin, Cout, H, W, m), Cin, Cout, H, W, m, 2).floats;
+/* the forward's, or the backward's, which holds the forward's */
+long winograd_scratch_floats(int N, int Cin, int Cout, int H, int W, int m, int backward) {
+    return layout_of(wino_group(N, Cin, Cout, H, W, m), Cin, Cout, H, W, m, backward ? 2 : 1)
+        .floats;
 }
 
 int winograd_tile_ok(int m) { return m == 2 || m == 4; }
