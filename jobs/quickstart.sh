@@ -23,10 +23,7 @@ if [[ $# -gt 0 && "$1" =~ ^[0-9]+$ ]]; then np=$1; shift; fi
 judge=${JUDGE:-runs/judge/judge.h5}
 if [[ -z "${JUDGE:-}" && ! -f "$judge" ]]; then
     echo "quickstart: training the judge first (jobs/configs/judge.ini, about 3 minutes)"
-    bash jobs/run-mpirun.sh jobs/configs/judge.ini runs/judge "$np"
-    last=$(ls runs/judge/checkpoints/ckpt-*.h5 | sed 's/.*ckpt-\([0-9]*\)\.h5/\1/' | sort -n | tail -1)
-    ln -sf "checkpoints/ckpt-$last.h5" runs/judge/judge.h5
-    echo "quickstart: judge ready: $judge -> runs/judge/checkpoints/ckpt-$last.h5"
+    bash jobs/mpirun/judge.sh "$np"
 fi
 [[ -f "$judge" ]] || { echo "quickstart: judge $judge not found" >&2; exit 2; }
 exec bash jobs/run-mpirun.sh jobs/configs/quickstart.ini "$out" "$np" --set "judge=$judge" "$@"

@@ -939,7 +939,11 @@ static dm_status loop(dm_trainer *t) {
         }
     }
     if (t->rank == 0 && st == DM_OK) {
-        progress(t, loss, 0, &last_print, first_step, 1);
+        if (t->st.step > first_step)
+            progress(t, loss, 0, &last_print, first_step, 1);
+        else /* resumed from its last checkpoint: no step ran, no loss to show */
+            printf("nothing to train: the run had already finished its %ld steps\n",
+                   t->total_steps);
         printf("done: %lld steps; outputs in %s\n", (long long)t->st.step, t->out);
         if (objective_get(c->objective)->diffusion)
             printf("samples: %s/samples-epoch-%d.png; all figures: tools/figures.py %s\n",

@@ -2,6 +2,7 @@
 and resumed, on the same or another rank count, ends bit-identical to the
 uninterrupted run, and its log holds every step exactly once."""
 import os
+import shutil
 
 import h5py
 import numpy as np
@@ -13,6 +14,18 @@ ref = os.path.join(base, "ref")
 r = train(2, ref)
 check(r.returncode == 0, "uninterrupted reference run")
 ref_final = os.path.join(ref, "checkpoints", "ckpt-44.h5")
+
+# Resuming a run that already finished trains nothing, says so (no progress
+# line with a loss of a step that never ran), and changes no file.
+done_copy = os.path.join(base, "done-copy")
+shutil.copytree(ref, done_copy)
+r = train(2, done_copy, resume="auto")
+check(r.returncode == 0, f"resuming a finished run exits 0 ({r.stderr[-300:]})")
+check("nothing to train: the run had already finished its 44 steps" in r.stdout and
+      " loss " not in r.stdout, f"resuming a finished run says so ({r.stdout[-300:]!r})")
+for f in ("checkpoints/ckpt-44.h5", "log.h5"):
+    bad = compare_h5(os.path.join(ref, f), os.path.join(done_copy, f), skip=())
+    check(not bad, f"resuming a finished run leaves {f} as it was ({bad[:4]})")
 
 # (stop step, ranks before, ranks after); 7 is mid-epoch between
 # checkpoints, 22 is the end of epoch 1.
