@@ -519,7 +519,7 @@ static void auto_conv_algo(const dm_config *c, const char *out, const char *resu
     double secs[UNET_CONV_TIMED * MAXW], ratio[MAXW][2];
     /* a whole micro-batch, as the weights' transforms are per micro-batch */
     printf("conv_algo = auto: timing the 3x3 stride-1 convolutions by im2col and by Winograd "
-           "F(2x2,3x3) and F(4x4,3x3) (one micro-batch per layer, best of 2; about 15 s at "
+           "F(2x2,3x3) and F(4x4,3x3) (one micro-batch per layer, best of 2; about 10-15 s at "
            "D=128)\n");
     fflush(stdout);
     int nw = unet_conv_timings(&shapes, c->micro_batch, 2, width, secs, MAXW);
