@@ -142,8 +142,11 @@ int sample_run(sample_args *a) {
     double secs = MPI_Wtime() - t0;
     if (rank == 0) {
         if (gemm_auto_note()) printf("%s\n", gemm_auto_note());
-        printf("sampled %d images (%d steps, guidance %g, seed %llu, %s weights, %s) in "
-               "%.2f s\n", q.n, q.steps, q.guidance, (unsigned long long)q.seed,
+        char guided[48] = "no guidance: no class to guide by";
+        if (c.conditioning == CONDITIONING_CLASS)
+            snprintf(guided, sizeof guided, "guidance %g", q.guidance);
+        printf("sampled %d images (%d steps, %s, seed %llu, %s weights, %s) in "
+               "%.2f s\n", q.n, q.steps, guided, (unsigned long long)q.seed,
                a->used_ema ? "EMA" : "raw", gemm_describe(), secs);
         st = write_outputs(a, &c, &q, img, labels, traj, traj_t);
     }

@@ -6,7 +6,7 @@ import os
 
 import h5py
 
-from common import TINY, check, compare_h5, datasets, finish, tmpdir, train, train_each
+from common import TINY, check, compare_h5, datasets, finish, mpirun, tmpdir, train, train_each
 
 base = tmpdir()
 runs = {}
@@ -53,6 +53,12 @@ for model in (["objective=ddpm", "conditioning=class"],
         for f in ("log.h5", "checkpoints/ckpt-44.h5", "samples.h5"):
             bad = compare_h5(os.path.join(outs[1], f), os.path.join(outs[p], f))
             check(not bad, f"{name} P={p} {f} bitwise equal to P=1 ({bad[:5]})")
+    # `sample` names the guidance only where there is a class to guide by.
+    r = mpirun(1, ["sample", "--checkpoint", os.path.join(outs[1], "checkpoints", "ckpt-44.h5"),
+                   "--out", os.path.join(base, f"{name}-s.h5"), "--n", "4", "--steps", "4"])
+    said = "guidance 5," if "conditioning=class" in model else "no guidance: no class to guide by"
+    check(r.returncode == 0 and said in r.stdout,
+          f"{name}: sample says {said!r} ({r.stdout[-200:]!r})")
 
 # GroupNorm: statistics per image and group, nothing combined across
 # micro-batches or ranks, so any rank count gives the same bits (hidden = 8:
