@@ -46,7 +46,7 @@ typedef struct {
     int *n;             /* images per local micro-batch */
     double t_start;
     int tty;            /* progress redraws one line (a terminal, no mpirun) */
-    char auto_note[192]; /* rank 0: how precision = auto was decided ("" if set) */
+    char auto_note[448]; /* rank 0: how precision = auto was decided ("" if set) */
     char conv_note[448]; /* rank 0: how conv_algo = auto was decided ("" if set) */
 } dm_trainer;
 

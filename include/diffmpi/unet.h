@@ -256,10 +256,15 @@ void unet_unit_flops(const unet *u, int t, double *fwd, double *bwd);
  * convolutions (at most max, in the order met), the seconds of a forward
  * and a backward over n images of every such layer, by im2col
  * (secs[UNET_CONV_TIMED * i]), by Winograd F(2x2,3x3) (+ 1) and by
- * F(4x4,3x3) (+ 2), best of reps; returns how many widths. Needs only u's
- * shapes (max_mb may be 0). */
+ * F(4x4,3x3) (+ 2), best of reps, in the precision the engine runs now;
+ * only the first `rows` of those three are timed (the others get 0);
+ * returns how many widths. Needs only u's shapes (max_mb may be 0). */
 enum { UNET_CONV_TIMED = 3 };
-int unet_conv_timings(const unet *u, int n, int reps, int *width, double *secs, int max);
+int unet_conv_timings(const unet *u, int n, int reps, int rows, int *width, double *secs,
+                      int max);
+/* The share of the training FLOPs those layers hold: their forward and
+ * backward FLOPs per image (unet_unit_flops), as unet_train_flops counts. */
+double unet_conv3x3_train_flops(const unet *u);
 void unet_fc_flops(const unet *u, double *fwd, double *bwd);
 /* The parameter ranges backward completes one at a time (each unit's and
  * each FCBlock's), sorted by offset: off[], len[] get at most

@@ -450,10 +450,12 @@ static int resumed_config(const char *out, const char *resume, dm_config *k) {
 /* precision = auto on rank 0. A resumed run keeps the precision its
  * checkpoint ran in where this CPU can run it, so that it stays bitwise on
  * course; otherwise the engine measures which is faster here
- * (gemm_resolve_precision). note: the line that says which, for the log. */
+ * (gemm_resolve_precision), and *measured says so. note: the line that
+ * says which, for the log. */
 static dm_precision auto_precision(const dm_config *c, const char *out, const char *resume,
-                                   char *note, size_t size) {
+                                   char *note, size_t size, int *measured) {
     note[0] = '\0';
+    *measured = 0;
     if (c->precision != DM_PREC_AUTO) return c->precision;
     dm_config k;
     if (resumed_config(out, resume, &k) && k.precision != DM_PREC_AUTO &&
@@ -463,7 +465,10 @@ static dm_precision auto_precision(const dm_config *c, const char *out, const ch
         return k.precision;
     }
     dm_precision p = gemm_resolve_precision(c->engine, DM_PREC_AUTO);
-    if (gemm_auto_note()) snprintf(note, size, "%s", gemm_auto_note());
+    if (gemm_auto_note()) {
+        snprintf(note, size, "%s", gemm_auto_note());
+        *measured = 1;
+    }
     return p;
 }
 
@@ -483,6 +488,15 @@ static void conv_hook(const int *width, double ratio[][2], int nw) {
     }
 }
 
+/* The row (0 im2col, 1 F(2x2), 2 F(4x4)) a 3x3 stride-1 layer of this
+ * image width runs with Winograd from widths w2 and w4 (0: F(4x4) nowhere),
+ * as unet.c's winograd_unit decides. */
+static int plan_row(int width, int winograd, int w2, int w4) {
+    if (!winograd) return 0;
+    if (w4 > 0 && width >= w4) return 2;
+    return width >= w2 ? 1 : 0;
+}
+
 /* conv_algo = auto on rank 0, after the engine is set up: sets k's
  * conv_algo, winograd_min_width and winograd4_min_width to what runs. A
  * resumed run keeps its checkpoint's choice (so that it stays bitwise on
@@ -491,15 +505,32 @@ static void conv_hook(const int *width, double ratio[][2], int nw) {
  * micro-batch (unet_conv_timings), and from the widest image width down,
  * F(4x4) runs while it is at least 1.05x as fast as im2col and as F(2x2),
  * then F(2x2) while it is at least 1.05x as fast as im2col, then im2col.
- * note: the line that says which, for the log. */
+ * note: the line that says which, for the log.
+ *
+ * weigh: precision = auto's product probe chose bf16 (the engine runs
+ * bf16 now), and conv_algo is auto or winograd. That probe times one
+ * im2col-shaped product, but fp32 can run the 3x3 convolutions (about 80 %
+ * of the FLOPs) by Winograd with 2.25-4x fewer multiplies, which bf16
+ * cannot: on a Zen 5 the probe said 1.85x and the bf16 run was 0.84x as
+ * fast as fp32 with Winograd. So here the precision is decided again from
+ * the same timings: the 3x3 layers are also timed by im2col in bf16, and a
+ * step's products are estimated in each precision, those layers by the rows
+ * each would run and every other product (strided and transposed
+ * convolutions, linear layers) at the 3x3 layers' im2col rate in that
+ * precision; the elementwise work, the same in both, is left out. bf16
+ * stays where its estimate is at least BF16_AUTO_MARGIN times as fast,
+ * else fp32 runs with the Winograd plan; k->precision says which and pnote
+ * (precision = auto's line) why. */
 #define CONV_AUTO_MARGIN 1.05
-static void auto_conv_algo(const dm_config *c, const char *out, const char *resume,
-                           dm_config *k, char *note, size_t size) {
+#define BF16_AUTO_MARGIN 1.1
+static void auto_conv_algo(const dm_config *c, const char *out, const char *resume, int weigh,
+                           dm_config *k, char *pnote, size_t psize, char *note, size_t size) {
     note[0] = '\0';
-    if (c->conv_algo != CONV_AUTO) return;
+    if (c->conv_algo == CONV_IM2COL || (c->conv_algo == CONV_WINOGRAD && !weigh)) return;
     dm_config ck;
-    k->conv_algo = CONV_IM2COL;
-    if (resumed_config(out, resume, &ck) && ck.conv_algo != CONV_AUTO) {
+    if (c->conv_algo == CONV_AUTO) k->conv_algo = CONV_IM2COL;
+    if (c->conv_algo == CONV_AUTO && resumed_config(out, resume, &ck) &&
+        ck.conv_algo != CONV_AUTO) {
         k->conv_algo = ck.conv_algo;
         k->winograd_min_width = ck.winograd_min_width;
         k->winograd4_min_width = ck.winograd4_min_width;
@@ -507,7 +538,7 @@ static void auto_conv_algo(const dm_config *c, const char *out, const char *resu
                  ck.conv_algo == CONV_WINOGRAD ? "winograd" : "im2col");
         return;
     }
-    if (gemm_precision_now() != DM_FP32) {
+    if (gemm_precision_now() != DM_FP32 && !weigh) {
         snprintf(note, size, "conv_algo = auto: im2col, as the products run in bf16");
         return;
     }
@@ -515,14 +546,26 @@ static void auto_conv_algo(const dm_config *c, const char *out, const char *resu
     unet shapes;
     unet_init(&shapes, &sh);
     enum { MAXW = 8 };
-    int width[MAXW];
-    double secs[UNET_CONV_TIMED * MAXW], ratio[MAXW][2];
+    int width[MAXW], width16[MAXW];
+    double secs[UNET_CONV_TIMED * MAXW], secs16[UNET_CONV_TIMED * MAXW], ratio[MAXW][2];
     /* a whole micro-batch, as the weights' transforms are per micro-batch */
     printf("conv_algo = auto: timing the 3x3 stride-1 convolutions by im2col and by Winograd "
-           "F(2x2,3x3) and F(4x4,3x3) (one micro-batch per layer, best of 2; about 10-15 s at "
-           "D=128)\n");
+           "F(2x2,3x3) and F(4x4,3x3)%s (one micro-batch per layer, best of 2; about %s s at "
+           "D=128)\n", weigh ? ", and by im2col in bf16 for precision = auto" : "",
+           weigh ? "15-20" : "10-15");
     fflush(stdout);
-    int nw = unet_conv_timings(&shapes, c->micro_batch, 2, width, secs, MAXW);
+    if (weigh) gemm_use_precision(DM_FP32);
+    int nw = unet_conv_timings(&shapes, c->micro_batch, 2, UNET_CONV_TIMED, width, secs, MAXW);
+    if (weigh) {
+        gemm_use_precision(DM_BF16);
+        unet_conv_timings(&shapes, c->micro_batch, 2, 1, width16, secs16, MAXW);
+        /* the test suite's stand-in for the bf16/fp32 ratio (as the probe's) */
+        const char *hook = getenv("DIFFMPI_TEST_BF16_SPEEDUP");
+        for (int i = 0; i < nw; i++)
+            if (hook && *hook && atof(hook) > 0)
+                secs16[UNET_CONV_TIMED * i] = secs[UNET_CONV_TIMED * i] / atof(hook);
+    }
+    const double share = unet_conv3x3_train_flops(&shapes) / unet_train_flops(&shapes);
     unet_free(&shapes);
     for (int i = 0; i < nw; i++)
         for (int q = 0; q < 2; q++) {
@@ -552,6 +595,53 @@ static void auto_conv_algo(const dm_config *c, const char *out, const char *resu
         else
             form = 0;
     }
+    if (c->conv_algo == CONV_WINOGRAD) /* weighing the user's plan */
+        w2 = c->winograd_min_width, w4 = c->winograd4_min_width;
+    if (weigh && nw > 0 && share > 0) {
+        /* a step's products in each precision, in units of the fp32 im2col
+         * time of the 3x3 layers; the rows' times from the ratios, so that
+         * the test hooks reach them */
+        double i32 = 0, plan = 0, i16 = 0;
+        char bl[160] = "";
+        const int win = c->conv_algo == CONV_WINOGRAD || w2 || w4;
+        for (int r = 0; r < nw; r++) {
+            const int i = order[r];
+            const double s = secs[UNET_CONV_TIMED * i], s16 = secs16[UNET_CONV_TIMED * i];
+            const int row = plan_row(width[i], win, w2 ? w2 : w4, w4);
+            i32 += s;
+            i16 += s16;
+            plan += row ? (ratio[i][row - 1] > 0 ? s / ratio[i][row - 1] : s) : s;
+            size_t len = strlen(bl);
+            snprintf(bl + len, sizeof bl - len, "%s%dx%d %.2fx", r ? ", " : "", width[i],
+                     width[i], s16 > 0 ? s / s16 : 0);
+        }
+        const double other = (1 - share) / share * i32; /* fp32 im2col rate */
+        const double t32 = plan + other, t16 = i16 / i32 * (i32 + other);
+        const double speed = t16 > 0 ? t32 / t16 : 0;
+        const int bf16 = speed >= BF16_AUTO_MARGIN;
+        char how[96] = " by im2col";
+        if (win && w4 > 0 && (w2 ? w2 : w4) < w4)
+            snprintf(how, sizeof how, " by Winograd F(4x4) from %d wide, F(2x2) from %d wide",
+                     w4, w2 ? w2 : w4);
+        else if (win && w4 > 0)
+            snprintf(how, sizeof how, " by Winograd F(4x4) from %d wide", w4);
+        else if (win)
+            snprintf(how, sizeof how, " by Winograd F(2x2) from %d wide", w2);
+        snprintf(pnote, psize, "precision = auto chose %s: bf16 (im2col) would run a step's "
+                 "products %.2fx as fast as fp32%s, estimated from the 3x3 stride-1 "
+                 "convolutions timed in both (bf16 im2col %s as fast as fp32 im2col; the other "
+                 "%.0f %% of the FLOPs at that rate)", bf16 ? "bf16" : "fp32", speed, how, bl,
+                 100 * (1 - share));
+        if (bf16) {
+            k->precision = DM_BF16;
+            if (c->conv_algo == CONV_AUTO)
+                snprintf(note, size, "conv_algo = auto: im2col, as the products run in bf16");
+            return;
+        }
+        k->precision = DM_FP32;
+        gemm_use_precision(DM_FP32);
+    }
+    if (c->conv_algo != CONV_AUTO) return;
     if (!nw) {
         snprintf(note, size, "conv_algo = auto: im2col, as no convolution is 3x3 stride 1");
         return;
@@ -615,9 +705,10 @@ dm_status trainer_setup(dm_trainer *t, const dm_config *cfg, const char *out_dir
     const dm_config *c = &t->cfg;
     /* precision = auto becomes what runs, in every output: rank 0 decides
      * for the job (a rank that cannot follow fails setup). */
+    int measured = 0;
     t->cfg.precision = (dm_precision)dm_from_rank0(
         t->rank == 0 ? (int)auto_precision(c, out_dir, resume, t->auto_note,
-                                           sizeof t->auto_note)
+                                           sizeof t->auto_note, &measured)
                      : 0);
     dm_set_quiet(t->rank != 0);
     dm_status gst = dm_agree(gemm_setup(c->engine, c->precision, c->threads));
@@ -626,7 +717,19 @@ dm_status trainer_setup(dm_trainer *t, const dm_config *cfg, const char *out_dir
     /* conv_algo = auto likewise, once the engine runs: 0 im2col, else
      * Winograd from that image width */
     dm_config k = t->cfg;
-    if (t->rank == 0) auto_conv_algo(c, out_dir, resume, &k, t->conv_note, sizeof t->conv_note);
+    const int weigh = measured && t->cfg.precision == DM_BF16;
+    if (t->rank == 0)
+        auto_conv_algo(c, out_dir, resume, weigh, &k, t->auto_note, sizeof t->auto_note,
+                       t->conv_note, sizeof t->conv_note);
+    /* weighing Winograd may have turned precision = auto's bf16 into fp32 */
+    const dm_precision was = t->cfg.precision;
+    t->cfg.precision = (dm_precision)dm_from_rank0((int)k.precision);
+    if (t->cfg.precision != was) {
+        dm_set_quiet(t->rank != 0);
+        gst = dm_agree(gemm_setup(c->engine, c->precision, c->threads));
+        dm_set_quiet(0);
+        if (gst != DM_OK) return gst;
+    }
     t->cfg.conv_algo = (dm_conv_algo)dm_from_rank0((int)k.conv_algo);
     t->cfg.winograd_min_width = dm_from_rank0(k.winograd_min_width);
     t->cfg.winograd4_min_width = dm_from_rank0(k.winograd4_min_width);

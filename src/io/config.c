@@ -156,7 +156,10 @@ static const config_key keys[] = {
              "loss and checkpoints stay fp32 (needs AVX512-BF16 or AMX); "
              "auto: bf16 where the CPU has those units and a product timed "
              "at start-up runs at least 1.1x as fast in bf16 (not on Intel "
-             "CPUs without AMX), else fp32; a resumed run keeps its "
+             "CPUs without AMX), and, with conv_algo = auto or winograd, "
+             "where a step's products, estimated from the 3x3 convolutions "
+             "timed in bf16 by im2col and in fp32 by Winograd, run at least "
+             "1.1x as fast in bf16; else fp32; a resumed run keeps its "
              "checkpoint's; outputs record which"},
     {.name = "engine", .kind = KEY_ENUM, .offset = OFF(engine),
      .name_of = gemm_engine_name, .def = "auto",

@@ -468,7 +468,8 @@ static void unit_linear_forward(unet *u, unet_unit *t, float *y,
         avgpool_forward(y, x, t->cin, n, t->hin * t->hin);
 }
 
-int unet_conv_timings(const unet *u, int n, int reps, int *width, double *secs, int max) {
+int unet_conv_timings(const unet *u, int n, int reps, int rows, int *width, double *secs,
+                      int max) {
     int nw = 0;
     long fx = 0, fy = 0, fw = 0, fs = 0;
     for (int i = 0; i < u->nunits; i++) {
@@ -507,9 +508,10 @@ int unet_conv_timings(const unet *u, int n, int reps, int *width, double *secs, 
             for (int a = 0; a < CONV_ROWS; a++) secs[CONV_ROWS * nw + a] = 0;
             nw++;
         }
-        double best[CONV_ROWS] = {1e30, 1e30, 1e30};
+        double best[CONV_ROWS] = {0, 0, 0};
+        for (int a = 0; a < rows && a < CONV_ROWS; a++) best[a] = 1e30;
         for (int r = 0; r <= reps; r++) /* round 0 warms up */
-            for (int a = 0; a < CONV_ROWS; a++) {
+            for (int a = 0; a < rows && a < CONV_ROWS; a++) {
                 double t0 = dm_now();
                 conv_kernels[a].forward(t, y, x, w, b, scratch, n);
                 conv_kernels[a].backward(t, dx, dw, db, dy, x, w, scratch, n);
@@ -758,6 +760,16 @@ double unet_forward_flops(const unet *u) {
     }
     unet_fc_flops(u, &a, &b);
     return f + a;
+}
+
+double unet_conv3x3_train_flops(const unet *u) {
+    double f = 0, a, b;
+    for (int t = 0; t < u->nunits; t++)
+        if (winograd_can(&u->units[t])) {
+            unet_unit_flops(u, t, &a, &b);
+            f += a + b;
+        }
+    return f;
 }
 
 double unet_train_flops(const unet *u) {

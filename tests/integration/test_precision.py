@@ -245,6 +245,40 @@ for env, want in ((FAST, "bf16"), (SLOW, "fp32")):
           and stored_precision(os.path.join(out, "checkpoints", "ckpt-2.h5")) == want,
           f"precision = auto with a bf16 speed-up of {env['DIFFMPI_TEST_BF16_SPEEDUP']}: "
           f"{want} ({r.returncode}, {r.stderr[-200:]})")
+# precision = auto with conv_algo = auto (or winograd) weighs fp32 by
+# Winograd against bf16 by im2col: the product probe alone said bf16 on a
+# Zen 5 where fp32 with Winograd was faster. Both hooks force the timings:
+# bf16 1.5x im2col against Winograd F(4x4) at 3x -> fp32 by Winograd
+# (bitwise the explicit fp32 run of the same plan); bf16 4x -> bf16 by
+# im2col (bitwise the bf16 run above).
+def joint_run(name, bf16, wino, extra=()):
+    env = {"DIFFMPI_TEST_BF16_SPEEDUP": bf16, "DIFFMPI_TEST_WINOGRAD_SPEEDUP": wino}
+    args = ["-x", "DIFFMPI_TEST_BF16_SPEEDUP", "-x", "DIFFMPI_TEST_WINOGRAD_SPEEDUP"]
+    out = os.path.join(base, name)
+    cmd = ["train", "--out", out] + sum((["--set", kv] for kv in AUTO + list(extra)), [])
+    return out, mpirun(2, cmd, env_extra=env, mpi_args=args)
+
+
+F4 = "28:2:3,14:2:3,7:2:3"
+for name, bf16, extra, want, algo, other in (
+        ("joint-fp32", "1.5", ["conv_algo=auto"], "fp32", "winograd", "conv-f4-all"),
+        ("joint-bf16", "4.0", ["conv_algo=auto"], "bf16", "im2col", "auto-bf16"),
+        ("joint-wino", "1.5", ["conv_algo=winograd"], "fp32", "winograd", None)):
+    out, r = joint_run(name, bf16, F4, extra)
+    ck = os.path.join(out, "checkpoints", "ckpt-2.h5")
+    line = [l for l in r.stdout.splitlines() if l.startswith("precision = auto chose")]
+    ok = (r.returncode == 0 and len(line) == 1 and line[0].startswith(
+        f"precision = auto chose {want}: bf16 (im2col) would run a step's products")
+        and "by Winograd F(" in line[0] and f"convolution products: onednn {want}" in r.stdout
+        and stored(ck, "precision") == want and stored(ck, "conv_algo") == algo)
+    if ok:
+        speed = float(line[0].split(" products ")[1].split("x")[0])
+        ok = (speed >= 1.1) == (want == "bf16")
+    bad = compare_h5(os.path.join(base, other, "log.h5"), os.path.join(out, "log.h5")) \
+        if other else []
+    check(ok and not bad, f"precision = auto, {extra[0]}, bf16 {bf16}x against Winograd "
+          f"{F4}: {want} by {algo}, bitwise the explicit run ({line}, {bad[:3]}, "
+          f"{r.returncode}, {r.stderr[-200:]})")
 out, r = auto_run("auto-resume", dict(FAST, DIFFMPI_TEST_STOP_AT_STEP="1"), HOOK)
 check(r.returncode == 3, f"auto (bf16) run stops at step 1 (rc {r.returncode})")
 out, r = auto_run("auto-resume", SLOW, HOOK, resume="auto", nprocs=3)
