@@ -30,7 +30,9 @@ static dm_status write_body(hid_t f, const sample_args *a, const dm_config *c,
         DM_TRY(h5_write_f32(f, a->out, "/trajectory", traj, 4, d4));
         DM_TRY(h5_write_f32(f, a->out, "/trajectory_t", traj_t, 1, &nf));
     }
-    DM_TRY(h5_attr_f64(f, a->out, "guidance", q->guidance));
+    /* guidance only where there is a class to guide by */
+    if (c->conditioning == CONDITIONING_CLASS)
+        DM_TRY(h5_attr_f64(f, a->out, "guidance", q->guidance));
     DM_TRY(h5_attr_i64(f, a->out, "steps", q->steps));
     DM_TRY(h5_attr_u64(f, a->out, "seed", q->seed));
     DM_TRY(h5_attr_str(f, a->out, "objective", config_objective_name(c->objective)));

@@ -294,7 +294,8 @@ static dm_status samples_body(hid_t g, const char *tmp, const dm_config *c,
     DM_TRY(h5_write_f32(g, tmp, "images", e->img, 3, d3));
     DM_TRY(h5_write_i32(g, tmp, "labels", e->labels, 1, &n1));
     DM_TRY(h5_attr_i64(g, tmp, "epoch", e->epoch));
-    DM_TRY(h5_attr_f64(g, tmp, "guidance", c->guidance));
+    if (c->conditioning == CONDITIONING_CLASS) /* nothing to guide by otherwise */
+        DM_TRY(h5_attr_f64(g, tmp, "guidance", c->guidance));
     DM_TRY(h5_attr_i64(g, tmp, "steps", e->steps));
     DM_TRY(h5_attr_u64(g, tmp, "seed", c->seed));
     return h5_attr_str(g, tmp, "objective", config_objective_name(c->objective));

@@ -59,6 +59,14 @@ for model in (["objective=ddpm", "conditioning=class"],
     said = "guidance 5," if "conditioning=class" in model else "no guidance: no class to guide by"
     check(r.returncode == 0 and said in r.stdout,
           f"{name}: sample says {said!r} ({r.stdout[-200:]!r})")
+    # ... and records it only there, in sample's file and the run's samples
+    with h5py.File(os.path.join(base, f"{name}-s.h5"), "r") as f:
+        g1 = f.attrs.get("guidance")
+    with h5py.File(os.path.join(outs[1], "samples.h5"), "r") as f:
+        g2 = f["samples/epoch_0001"].attrs.get("guidance")
+    want = 5 if "conditioning=class" in model else None
+    check(g1 == want and g2 == want,
+          f"{name}: the guidance attribute is {want} in both files ({g1}, {g2})")
 
 # GroupNorm: statistics per image and group, nothing combined across
 # micro-batches or ranks, so any rank count gives the same bits (hidden = 8:
