@@ -497,7 +497,7 @@ static int plan_row(int width, int winograd, int w2, int w4) {
     return width >= w2 ? 1 : 0;
 }
 
-/* conv_algo = auto on rank 0, after the engine is set up: sets k's
+/* conv_algo = auto on every rank, after the engine is set up: sets k's
  * conv_algo, winograd_min_width and winograd4_min_width to what runs. A
  * resumed run keeps its checkpoint's choice (so that it stays bitwise on
  * course); in bf16 im2col (Winograd needs fp32); otherwise every 3x3
@@ -520,17 +520,30 @@ static int plan_row(int width, int winograd, int w2, int w4) {
  * precision; the elementwise work, the same in both, is left out. bf16
  * stays where its estimate is at least BF16_AUTO_MARGIN times as fast,
  * else fp32 runs with the Winograd plan; k->precision says which and pnote
- * (precision = auto's line) why. */
+ * (precision = auto's line) why.
+ *
+ * Every rank times the layers at the same time and each time is the
+ * slowest rank's: a training step runs all ranks at once, and they share
+ * the last-level cache and the memory bus. Timed on rank 0 alone (the
+ * others waiting), the memory-bound Winograd transforms ran faster than
+ * they do in the step, and bf16's estimate came out below the measured
+ * ratio (1.08x against 1.15x on a Zen 5; docs/performance.md). Every rank
+ * then makes the same choice from the same figures; rank 0's k is the one
+ * the caller broadcasts, and only rank 0 reads the checkpoint. */
 #define CONV_AUTO_MARGIN 1.05
 #define BF16_AUTO_MARGIN 1.1
 static void auto_conv_algo(const dm_config *c, const char *out, const char *resume, int weigh,
-                           dm_config *k, char *pnote, size_t psize, char *note, size_t size) {
+                           int rank, dm_config *k, char *pnote, size_t psize, char *note,
+                           size_t size) {
     note[0] = '\0';
     if (c->conv_algo == CONV_IM2COL || (c->conv_algo == CONV_WINOGRAD && !weigh)) return;
     dm_config ck;
     if (c->conv_algo == CONV_AUTO) k->conv_algo = CONV_IM2COL;
-    if (c->conv_algo == CONV_AUTO && resumed_config(out, resume, &ck) &&
-        ck.conv_algo != CONV_AUTO) {
+    const int kept = dm_from_rank0(rank == 0 && c->conv_algo == CONV_AUTO &&
+                                   resumed_config(out, resume, &ck) &&
+                                   ck.conv_algo != CONV_AUTO);
+    if (kept) {
+        if (rank != 0) return;
         k->conv_algo = ck.conv_algo;
         k->winograd_min_width = ck.winograd_min_width;
         k->winograd4_min_width = ck.winograd4_min_width;
@@ -549,16 +562,22 @@ static void auto_conv_algo(const dm_config *c, const char *out, const char *resu
     int width[MAXW], width16[MAXW];
     double secs[UNET_CONV_TIMED * MAXW], secs16[UNET_CONV_TIMED * MAXW], ratio[MAXW][2];
     /* a whole micro-batch, as the weights' transforms are per micro-batch */
-    printf("conv_algo = auto: timing the 3x3 stride-1 convolutions by im2col and by Winograd "
-           "F(2x2,3x3) and F(4x4,3x3)%s (one micro-batch per layer, best of 2; about %s s at "
-           "D=128)\n", weigh ? ", and by im2col in bf16 for precision = auto" : "",
-           weigh ? "15-20" : "10-15");
-    fflush(stdout);
+    if (rank == 0) {
+        printf("conv_algo = auto: timing the 3x3 stride-1 convolutions by im2col and by "
+               "Winograd F(2x2,3x3) and F(4x4,3x3)%s (one micro-batch per layer on every "
+               "rank at once, best of 2; about %s s at D=128)\n",
+               weigh ? ", and by im2col in bf16 for precision = auto" : "",
+               weigh ? "15-20" : "10-15");
+        fflush(stdout);
+    }
     if (weigh) gemm_use_precision(DM_FP32);
     int nw = unet_conv_timings(&shapes, c->micro_batch, 2, UNET_CONV_TIMED, width, secs, MAXW);
+    MPI_Allreduce(MPI_IN_PLACE, secs, UNET_CONV_TIMED * nw, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
     if (weigh) {
         gemm_use_precision(DM_BF16);
         unet_conv_timings(&shapes, c->micro_batch, 2, 1, width16, secs16, MAXW);
+        MPI_Allreduce(MPI_IN_PLACE, secs16, UNET_CONV_TIMED * nw, MPI_DOUBLE, MPI_MAX,
+                      MPI_COMM_WORLD);
         /* the test suite's stand-in for the bf16/fp32 ratio (as the probe's) */
         const char *hook = getenv("DIFFMPI_TEST_BF16_SPEEDUP");
         for (int i = 0; i < nw; i++)
@@ -717,10 +736,9 @@ dm_status trainer_setup(dm_trainer *t, const dm_config *cfg, const char *out_dir
     /* conv_algo = auto likewise, once the engine runs: 0 im2col, else
      * Winograd from that image width */
     dm_config k = t->cfg;
-    const int weigh = measured && t->cfg.precision == DM_BF16;
-    if (t->rank == 0)
-        auto_conv_algo(c, out_dir, resume, weigh, &k, t->auto_note, sizeof t->auto_note,
-                       t->conv_note, sizeof t->conv_note);
+    const int weigh = dm_from_rank0(measured) && t->cfg.precision == DM_BF16;
+    auto_conv_algo(c, out_dir, resume, weigh, t->rank, &k, t->auto_note, sizeof t->auto_note,
+                   t->conv_note, sizeof t->conv_note);
     /* weighing Winograd may have turned precision = auto's bf16 into fp32 */
     const dm_precision was = t->cfg.precision;
     t->cfg.precision = (dm_precision)dm_from_rank0((int)k.precision);
