@@ -54,6 +54,11 @@ typedef struct {
 dm_status ckpt_write(const char *out_dir, const unet *u, const float *m,
                      const float *v, const ckpt_ema *ema, const dm_train_state *s,
                      const dm_config *c, int keep);
+/* Keep <out>/checkpoints/ckpt-<step>.h5 also as <out>/checkpoints/<name>
+ * (a hard link; a copy where the file system refuses links), replacing an
+ * older file of that name at once (rename). `keep` prunes ckpt-*.h5 only,
+ * and --resume auto looks at those only. */
+dm_status ckpt_keep_as(const char *out_dir, long step, const char *name);
 /* Read the configuration stored in a checkpoint (to build the model). */
 dm_status ckpt_read_config(const char *path, dm_config *c);
 /* Load weights, BN statistics and (when m, v are non-NULL) Adam state and

@@ -82,12 +82,18 @@ typedef struct {
     char sample_epochs[64];     /* sample_epochs: "1,5,10,15,20": epochs after
                                    which diffusion models sample (the last
                                    epoch always does) */
+    char keep_epochs[64];       /* keep_epochs: "5,10": the checkpoints of
+                                   these epochs' ends are kept apart as
+                                   checkpoints/epoch-<E>.h5, out of reach of
+                                   `keep`; "" = none */
 } dm_config;
 
 #define CONFIG_MAX_SAMPLE_EPOCHS 16
 
 /* Does the run sample after this (1-based) epoch? */
 int config_sample_epoch(const dm_config *c, int epoch);
+/* Is the checkpoint of this (1-based) epoch's end kept apart? */
+int config_keep_epoch(const dm_config *c, int epoch);
 
 /* Every key at its default (the table's text, parsed: a default that does
  * not parse aborts through DM_CHECK). */

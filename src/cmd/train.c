@@ -286,6 +286,19 @@ static dm_status save(dm_trainer *t) {
         if (st == DM_OK)
             st = ckpt_write(t->out, &t->net, t->m, t->v, t->ema.p ? &t->ema : NULL, &t->st,
                             &t->cfg, t->cfg.keep);
+        /* At an epoch's end (the next step is an epoch's first). */
+        int epoch = (int)t->st.epoch;
+        if (st == DM_OK && t->st.batch_in_epoch == 0 && epoch >= 1 &&
+            config_keep_epoch(&t->cfg, epoch)) {
+            char name[64];
+            snprintf(name, sizeof name, "epoch-%d.h5", epoch);
+            st = ckpt_keep_as(t->out, (long)t->st.step, name);
+            if (st == DM_OK) {
+                printf("epoch %d/%d: checkpoint kept as checkpoints/%s\n", epoch,
+                       t->cfg.epochs, name);
+                fflush(stdout);
+            }
+        }
     }
     return dm_agree(st);
 }

@@ -155,7 +155,8 @@ void ckpt_remove_stale(const char *out_dir) {
     struct dirent *e;
     while ((e = readdir(dp)) != NULL) {
         size_t n = strlen(e->d_name);
-        if (strncmp(e->d_name, ".ckpt-", 6) == 0 && n > 4 &&
+        if ((strncmp(e->d_name, ".ckpt-", 6) == 0 || strncmp(e->d_name, ".epoch-", 7) == 0) &&
+            n > 4 &&
             strcmp(e->d_name + n - 4, ".tmp") == 0) {
             char p[4400];
             snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
@@ -250,6 +251,45 @@ dm_status ckpt_write(const char *out_dir, const unet *u, const float *m,
     }
     fault_point("ckpt_prune");
     return prune(dir, keep, s->step);
+}
+
+/* Copy src to dst (a new file), flushed to disk; for ckpt_keep_as where
+ * the file system has no hard links. */
+static dm_status copy_file(const char *src, const char *dst) {
+    FILE *in = fopen(src, "rb");
+    if (!in) return DM_EIO;
+    FILE *out = fopen(dst, "wb");
+    if (!out) {
+        fclose(in);
+        return DM_EIO;
+    }
+    char buf[1 << 16];
+    size_t n;
+    int ok = 1;
+    while (ok && (n = fread(buf, 1, sizeof buf, in)) > 0) ok = fwrite(buf, 1, n, out) == n;
+    ok = ok && !ferror(in);
+    fclose(in);
+    ok = fclose(out) == 0 && ok;
+    return ok ? fs_sync_file(dst) : DM_EIO;
+}
+
+dm_status ckpt_keep_as(const char *out_dir, long step, const char *name) {
+    char src[4300], tmp[4400], dst[4400];
+    snprintf(src, sizeof src, "%s/checkpoints/ckpt-%ld.h5", out_dir, step);
+    snprintf(tmp, sizeof tmp, "%s/checkpoints/.%s.tmp", out_dir, name);
+    snprintf(dst, sizeof dst, "%s/checkpoints/%s", out_dir, name);
+    unlink(tmp);
+    errno = 0;
+    dm_status st = link(src, tmp) == 0 ? DM_OK : copy_file(src, tmp);
+    if (st == DM_OK && rename(tmp, dst) != 0) st = DM_EIO;
+    if (st != DM_OK) {
+        int err = errno;
+        unlink(tmp);
+        dm_error("%s: cannot keep %s as it (%s); the checkpoint itself is written", dst, src,
+                 err ? strerror(err) : "I/O error");
+        return st;
+    }
+    return fs_sync_dir_of(dst);
 }
 
 /* The last file warned about having no checksums: one warning per file,

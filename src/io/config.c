@@ -145,8 +145,15 @@ static const config_key keys[] = {
      .help = "also checkpoint every N steps (0 = at epoch ends only)"},
     {.name = "keep", .kind = KEY_INT, .offset = OFF(keep), .lo = 1,
      .hi = INT_MAX, .def = "3",
-     .help = "checkpoints kept; older ones are deleted once a new one is on "
-             "disk"},
+     .help = "checkpoints kept (ckpt-STEP.h5); older ones are deleted once "
+             "a new one is on disk (keep_epochs' files aside)"},
+    {.name = "keep_epochs", .kind = KEY_EPOCHS, .offset = OFF(keep_epochs),
+     .def = "",
+     .help = "the checkpoints written at the end of these epochs are also "
+             "kept as checkpoints/epoch-E.h5 (a hard link, or a copy where "
+             "links fail), which keep never deletes and --resume auto never "
+             "picks: to sample or score an earlier epoch after the run; "
+             "empty = none"},
     {.name = "threads", .kind = KEY_INT, .offset = OFF(threads), .lo = 1,
      .hi = 256, .def = "1", .help = "OpenBLAS and oneDNN threads per rank"},
     {.name = "precision", .kind = KEY_ENUM, .offset = OFF(precision),
@@ -366,14 +373,25 @@ static int parse_epochs(const char *s, int *out) {
     return n;
 }
 
-int config_sample_epoch(const dm_config *c, int epoch) {
+/* The KEY_EPOCHS code reads every such field with sample_epochs' size. */
+_Static_assert(sizeof ((dm_config *)0)->keep_epochs == sizeof ((dm_config *)0)->sample_epochs,
+               "epoch lists share one size");
+
+static int epoch_listed(const char *list, int epoch) {
     int e[CONFIG_MAX_SAMPLE_EPOCHS];
-    int n = parse_epochs(c->sample_epochs, e);
-    if (epoch == c->epochs) return 1;
-    if (epoch > c->epochs) return 0;
+    int n = parse_epochs(list, e);
     for (int i = 0; i < n; i++)
         if (e[i] == epoch) return 1;
     return 0;
+}
+
+int config_keep_epoch(const dm_config *c, int epoch) {
+    return epoch <= c->epochs && epoch_listed(c->keep_epochs, epoch);
+}
+
+int config_sample_epoch(const dm_config *c, int epoch) {
+    if (epoch == c->epochs) return 1;
+    return epoch < c->epochs && epoch_listed(c->sample_epochs, epoch);
 }
 
 /* A path must come back unchanged through config_to_string and inih.

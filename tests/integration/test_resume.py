@@ -54,6 +54,28 @@ r = train(2, out, resume=os.path.join(out, "checkpoints", "ckpt-10.h5"))
 check(r.returncode == 0, "resume from an explicit older checkpoint")
 bad = compare_h5(ref_final, os.path.join(out, "checkpoints", "ckpt-44.h5"))
 check(not bad, f"explicit resume: final checkpoint bitwise equal ({bad[:4]})")
+# keep_epochs: the epoch-end checkpoints are kept apart from `keep`'s
+# rotation, equal to the uninterrupted run's, and --resume auto still takes
+# the newest ckpt-*.h5, not an epoch file.
+out = os.path.join(base, "keep-epochs")
+ck = os.path.join(out, "checkpoints")
+r = train(2, out, ["keep=1", "keep_epochs=1,2"], env_extra={"DIFFMPI_TEST_STOP_AT_STEP": "30"})
+check(r.returncode == 3, f"keep_epochs run stops at step 30 (rc {r.returncode})")
+check("epoch 1/2: checkpoint kept as checkpoints/epoch-1.h5" in r.stdout,
+      "the run says which checkpoint it keeps")
+check(sorted(os.listdir(ck)) == ["ckpt-30.h5", "epoch-1.h5"],
+      f"keep = 1 left the newest checkpoint and epoch-1.h5 ({sorted(os.listdir(ck))})")
+r = train(2, out, ["keep=1", "keep_epochs=1,2"], resume="auto")
+check(r.returncode == 0 and "resuming from " + os.path.join(ck, "ckpt-30.h5") in r.stdout,
+      f"--resume auto takes ckpt-30.h5, not epoch-1.h5 ({r.stdout[:300]!r})")
+check(sorted(os.listdir(ck)) == ["ckpt-44.h5", "epoch-1.h5", "epoch-2.h5"],
+      f"after the run: ckpt-44.h5 and both epoch files ({sorted(os.listdir(ck))})")
+for name, ref_name in (("epoch-1.h5", "ckpt-22.h5"), ("epoch-2.h5", "ckpt-44.h5"),
+                       ("ckpt-44.h5", "ckpt-44.h5")):
+    bad = compare_h5(os.path.join(ref, "checkpoints", ref_name), os.path.join(ck, name))
+    check(not bad, f"keep_epochs: {name} bitwise equal to the reference's {ref_name} "
+          f"({bad[:4]})")
+
 # A class-conditioned DDPM model: stop mid-epoch on 2 ranks, resume on 3.
 model = ["objective=ddpm", "conditioning=class", "sample_steps=8", "sample_epochs=1"]
 ref = os.path.join(base, "class-ref")

@@ -71,6 +71,7 @@ static void expect_same(const dm_config *a, const dm_config *b,
                a->guidance == b->guidance && a->sample_steps == b->sample_steps &&
                a->sample_chunk == b->sample_chunk && a->watchdog == b->watchdog &&
                strcmp(a->sample_epochs, b->sample_epochs) == 0 &&
+               strcmp(a->keep_epochs, b->keep_epochs) == 0 &&
                a->checkpoint_every == b->checkpoint_every &&
                a->keep == b->keep && a->threads == b->threads &&
                a->bn_sync == b->bn_sync && a->bn_recalibrate == b->bn_recalibrate &&
@@ -121,7 +122,7 @@ static void test_defaults(void) {
                   "micro_batch = 32\nlr = 0.0001\nlr_decay = none\n"
                   "sigma = 0.5\nseed = 0\ndata_dir = data/mnist\n"
                   "train_limit = 0\neval_limit = 0\ncheckpoint_every = 0\n"
-                  "keep = 3\nthreads = 1\nprecision = fp32\nengine = auto\n"
+                  "keep = 3\nkeep_epochs = \nthreads = 1\nprecision = fp32\nengine = auto\n"
                   "conv_algo = im2col\nwinograd_min_width = 1\nwinograd4_min_width = 0\nbn_sync = global\n"
                   "log_every = 10\n"
                   "p_uncond = 0.1\nguidance = 5\nsample_steps = 0\n"
@@ -473,12 +474,13 @@ static void test_round_trip(void) {
     a.winograd4_min_width = 28;
     a.bn_recalibrate = 6;
     snprintf(a.sample_epochs, sizeof a.sample_epochs, "2,4,9");
+    snprintf(a.keep_epochs, sizeof a.keep_epochs, "3,7");
     EXPECT(config_validate(&a) == DM_OK, "round trip config validates");
 
     char text[4096], text2[4096];
     int n = config_to_string(&a, text, sizeof text);
     EXPECT(n == (int)strlen(text) && n > 0, "to_string length %d", n);
-    EXPECT(count_lines(text) == 35, "35 lines, got %d", count_lines(text));
+    EXPECT(count_lines(text) == 36, "36 lines, got %d", count_lines(text));
     EXPECT(strncmp(text, "objective = flow\nconditioning = class\n", 38) == 0,
            "to_string starts '%.40s'", text);
     EXPECT(strstr(text, "\nlr = 0.30000000000000004\n") != NULL,
@@ -624,6 +626,17 @@ static void test_sample_epochs(void) {
     }
     EXPECT(config_set(&c, "sample_epochs=3") == DM_OK && config_sample_epoch(&c, 3) &&
                !config_sample_epoch(&c, 1), "sample_epochs=3");
+
+    /* keep_epochs: none by default; no "always the last" as for sampling. */
+    EXPECT(c.keep_epochs[0] == '\0' && !config_keep_epoch(&c, 1) && !config_keep_epoch(&c, 12),
+           "keep_epochs empty by default, keeps nothing");
+    EXPECT(config_set(&c, "keep_epochs=2,12,15") == DM_OK && config_keep_epoch(&c, 2) &&
+               config_keep_epoch(&c, 12) && !config_keep_epoch(&c, 15) &&
+               !config_keep_epoch(&c, 3),
+           "keep_epochs=2,12,15 keeps 2 and 12 (15 is past the run)");
+    EXPECT(config_set(&c, "keep_epochs=") == DM_OK && !config_keep_epoch(&c, 2),
+           "keep_epochs= (empty) keeps nothing");
+    EXPECT(config_set(&c, "keep_epochs=4,4") == DM_EUSAGE, "rejects keep_epochs=4,4");
 }
 
 int main(void) {
