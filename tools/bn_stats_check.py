@@ -10,7 +10,10 @@ and noise for every row:
   batch         each batch of 128 normalised by its own statistics
   recomputed    running statistics replaced by the plain average of the
                 batch statistics of K training batches (random times, the
-                label dropped with probability 0.1), the weights unchanged
+                label dropped with probability 0.1), the weights unchanged;
+                with --draws R, R times from different training batches and
+                times, and their mean and spread: how much the test loss of
+                `bn_recalibrate = K` moves with the batches it happens to draw
 
 When `eval` is far above the other two, the stored statistics are stale
 (docs/results.md, class DDPM epoch 2). Analysis only, not part of the test
@@ -47,10 +50,12 @@ def main(argv=None):
     ap.add_argument("--n", type=int, default=256, help="test images (default 256)")
     ap.add_argument("--batches", type=int, default=8,
                     help="training batches of 128 for the recomputed statistics (default 8)")
+    ap.add_argument("--draws", type=int, default=1,
+                    help="recomputations from different batches (default 1)")
     ap.add_argument("--data", default="data/mnist", help="MNIST directory (default data/mnist)")
     a = ap.parse_args(argv)
-    if not 1 <= a.n <= 10000 or a.batches < 1:
-        sys.stderr.write("bn_stats_check: --n must be 1..10000 and --batches >= 1\n")
+    if not 1 <= a.n <= 10000 or a.batches < 1 or a.draws < 1:
+        sys.stderr.write("bn_stats_check: --n must be 1..10000, --batches and --draws >= 1\n")
         return 2
     torch.set_num_threads(1)
     try:
@@ -109,32 +114,43 @@ def main(argv=None):
           flush=True)
     # Recompute: forward K training batches in train mode; undo each momentum
     # update to recover that batch's statistics, and average them.
-    m = copy.deepcopy(model)
-    units = [u for u in m.modules() if isinstance(u, dt.Unit) and u.norm == "batch"]
-    acc = [[torch.zeros(u.cout), torch.zeros(u.cout)] for u in units]
-    g = torch.Generator().manual_seed(2)
-    perm = torch.randperm(len(tr), generator=g)
-    for k in range(a.batches):
-        sel = perm[k * 128:(k + 1) * 128].numpy()
-        xb = torch.tensor(tr[sel] / 255.0, dtype=torch.float32)
-        cb = torch.tensor(trl[sel])
-        cb[torch.rand(128, generator=g) < 0.1] = -1
-        xb, tb, _ = noised(xb, g)
-        before = [(u.bn_running_mean.clone(), u.bn_running_var.clone()) for u in units]
-        m.train(True)
-        with torch.no_grad():
-            m(xb, tb if cond != "none" else None, labels(cb))
-        mom = dt.BN_MOMENTUM
-        for s, u, (m0, v0) in zip(acc, units, before):
-            s[0] += (u.bn_running_mean - (1 - mom) * m0) / mom
-            s[1] += (u.bn_running_var - (1 - mom) * v0) / mom
-            u.bn_running_mean.copy_(m0)
-            u.bn_running_var.copy_(v0)
-    for s, u in zip(acc, units):
-        u.bn_running_mean.copy_(s[0] / a.batches)
-        u.bn_running_var.copy_(s[1] / a.batches)
-    print(f"recomputed (running statistics from {a.batches} training batches): "
-          f"{test_loss(m, False):.6f}", flush=True)
+    def recomputed(seed):
+        m = copy.deepcopy(model)
+        units = [u for u in m.modules() if isinstance(u, dt.Unit) and u.norm == "batch"]
+        acc = [[torch.zeros(u.cout), torch.zeros(u.cout)] for u in units]
+        g = torch.Generator().manual_seed(seed)
+        perm = torch.randperm(len(tr), generator=g)
+        for k in range(a.batches):
+            sel = perm[k * 128:(k + 1) * 128].numpy()
+            xb = torch.tensor(tr[sel] / 255.0, dtype=torch.float32)
+            cb = torch.tensor(trl[sel])
+            cb[torch.rand(128, generator=g) < 0.1] = -1
+            xb, tb, _ = noised(xb, g)
+            before = [(u.bn_running_mean.clone(), u.bn_running_var.clone()) for u in units]
+            m.train(True)
+            with torch.no_grad():
+                m(xb, tb if cond != "none" else None, labels(cb))
+            mom = dt.BN_MOMENTUM
+            for s, u, (m0, v0) in zip(acc, units, before):
+                s[0] += (u.bn_running_mean - (1 - mom) * m0) / mom
+                s[1] += (u.bn_running_var - (1 - mom) * v0) / mom
+                u.bn_running_mean.copy_(m0)
+                u.bn_running_var.copy_(v0)
+        for s, u in zip(acc, units):
+            u.bn_running_mean.copy_(s[0] / a.batches)
+            u.bn_running_var.copy_(s[1] / a.batches)
+        return test_loss(m, False)
+
+    losses = []
+    for r in range(a.draws):
+        losses.append(recomputed(2 + r))
+        which = f" draw {r + 1}/{a.draws}" if a.draws > 1 else ""
+        print(f"recomputed (running statistics from {a.batches} training batches){which}: "
+              f"{losses[-1]:.6f}", flush=True)
+    if a.draws > 1:
+        v = np.array(losses)
+        print(f"recomputed over {a.draws} draws: mean {v.mean():.6f}, sd {v.std(ddof=1):.6f}, "
+              f"range {v.min():.6f}-{v.max():.6f}", flush=True)
     return 0
 
 
