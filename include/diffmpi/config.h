@@ -25,6 +25,7 @@
 #include "diffmpi/engine.h"
 #include "diffmpi/norm.h"
 #include "diffmpi/objective.h"
+#include "diffmpi/solver.h"
 
 typedef enum { CONDITIONING_NONE, CONDITIONING_TIME, CONDITIONING_CLASS } dm_conditioning;
 typedef enum { LR_NONE, LR_EXP } dm_lr_decay;
@@ -62,9 +63,11 @@ typedef struct {
                                    lines when stdout is not a terminal */
     double p_uncond;            /* p_uncond in [0,1] (class models) */
     double guidance;            /* guidance >= 0: CFG scale for class models */
+    dm_sampler sampler;         /* sampler = auto|ddpm|ddim|dpmpp2m|euler|heun */
     int sample_steps;           /* sample_steps >= 0: sampler steps, 0 = the
-                                   objective's default (300 DDPM, 50 flow with
-                                   time, 300 flow with class) */
+                                   objective's default (objective.h) */
+    dm_spacing sample_spacing;  /* sample_spacing = uniform|logsnr */
+    double sample_eta;          /* sample_eta in [0,1]: ddim's noise */
     double watchdog;            /* watchdog >= 0: seconds without progress
                                    before the job ends naming the rank that
                                    stopped answering; 0 = off */

@@ -44,10 +44,6 @@ void diffusion_noisy_at(const dm_config *c, float *z, const float *x, double sig
 void diffusion_x0_hat(const dm_config *c, const ddpm_schedule *s, float *x0,
                       const float *z, const float *out, float t, long n);
 
-/* Sampler steps for a configuration: sample_steps, or the objective's
- * default (300 DDPM, 50 flow with time only, 300 flow with class). */
-int diffusion_steps(const dm_config *c);
-
 /* Classifier-free guidance: out = eu + g * (ec - eu). */
 void guidance_combine(float *out, const float *ec, const float *eu, float g, long n);
 

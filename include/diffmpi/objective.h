@@ -33,6 +33,15 @@ typedef enum {
     OBJ_COUNT
 } dm_objective;
 
+
+/* The loss of one micro-batch of n images: out is the network's output slot
+ * (784 floats per image, or [classes][n] logits), target n x target_floats;
+ * writes dout = the gradient of scale * loss and returns the loss summed
+ * over the micro-batch (in double); *correct gets the images classified
+ * right (classifiers; 0 otherwise). */
+typedef double (*dm_loss_fn)(float *dout, int *correct, const float *out,
+                             const float *target, int n, float scale);
+
 #define DDPM_T 300
 
 /* beta linear from 1e-4 to 0.02 over T values (index 0..T-1), alpha =
@@ -42,13 +51,26 @@ typedef struct {
     double beta[DDPM_T], alpha[DDPM_T], abar[DDPM_T];
 } ddpm_schedule;
 
-/* The loss of one micro-batch of n images: out is the network's output slot
- * (784 floats per image, or [classes][n] logits), target n x target_floats;
- * writes dout = the gradient of scale * loss and returns the loss summed
- * over the micro-batch (in double); *correct gets the images classified
- * right (classifiers; 0 otherwise). */
-typedef double (*dm_loss_fn)(float *dout, int *correct, const float *out,
-                             const float *target, int n, float scale);
+/* How a sampler's time grid is spaced (config key sample_spacing). */
+typedef enum { SPACING_UNIFORM, SPACING_LOGSNR, SPACING_COUNT } dm_spacing;
+
+/* One point of a sampler's time grid on the objective's path from noise to
+ * image, x_t = a * image + s * noise: the network's time input t, the
+ * path's coefficients a and s, and the time tq in double (flow: t; DDPM:
+ * index / T) whose differences are a flow step's length. index is the
+ * DDPM's timestep (-1 at the image, abar_{-1} = 1; -1 throughout for
+ * flow). The last point of every grid is the image itself: a = 1, s = 0. */
+typedef struct {
+    float t;
+    double a, s, tq;
+    int index;
+} path_point;
+
+/* The S + 1 points of an S-step grid, p[0] the last trained time (pure
+ * noise) and p[S] the image; NULL, or why this grid cannot be made (one
+ * phrase: "a DDPM has 300 trained times"). */
+typedef const char *(*path_grid_fn)(const ddpm_schedule *s, dm_spacing sp, int S,
+                                    path_point *p);
 
 typedef struct {
     const char *name;   /* the config value */
@@ -75,14 +97,11 @@ typedef struct {
      * network time t (NULL for classifiers). */
     void (*x0_hat)(const ddpm_schedule *s, float *x0, const float *z, const float *out,
                    float t, long n);
-    /* Sampler (diffusion objectives): default steps for time-only and class
-     * models; the network time input at step si of S; whether step si < S-1
-     * needs fresh noise z; one step x <- f(x, out, z) on n floats. */
-    int steps_time, steps_class;
-    float (*sample_time)(int si, int S);
-    int step_noise;
-    void (*sample_step)(const ddpm_schedule *s, int si, int S, float *x, const float *out,
-                        const float *z, long n);
+    /* Sampling (diffusion objectives): the default sampler (a dm_sampler
+     * of solver.h, the value of sampler = auto) and its steps for
+     * time-only and class models; the time grid of S steps (path_grid). */
+    int sampler, steps_time, steps_class;
+    path_grid_fn grid;
 } dm_objective_def;
 
 /* The row of objective o (o must be < OBJ_COUNT). */
@@ -91,17 +110,20 @@ const dm_objective_def *objective_get(dm_objective o);
 const char *objective_name(int i);
 
 void ddpm_schedule_init(ddpm_schedule *s);
-/* The i-th of S timesteps, from T-1 down to 0 (S = T: T-1-i). */
+/* The i-th of S timesteps, from T-1 down to 0 (S = T: T-1-i): the grid
+ * of sample_spacing = uniform. */
 int ddpm_timestep(int i, int S);
 /* One DDPM ancestral step from index t to index tp < t (tp = -1 at the
  * end, abar_{-1} = 1) on n floats, with alpha = abar_t/abar_tp and
  * beta = 1 - alpha (the schedule's own values when tp = t-1):
  * x0 = (x - sqrt(1-abar_t) eps)/sqrt(abar_t);
  * x <- sqrt(abar_tp) beta/(1-abar_t) x0 + sqrt(alpha)(1-abar_tp)/(1-abar_t) x
- *      + sqrt(beta) z, z ignored at the last step. */
+ *      + sd z, z ignored at the last step. The mean is the posterior
+ * mean of x_tp given x_t and x0 for any tp < t. sd: sqrt(beta_t), the
+ * course's, when tp = t-1; else the posterior's own sqrt(beta (1-abar_tp)
+ * / (1-abar_t)), since sqrt(beta) of a skipped stretch adds far more noise
+ * than the step removes (DDIM's Table 1: FID 367 at 10 steps). */
 void ddpm_step(const ddpm_schedule *s, int t, int tp, float *x,
                const float *eps, const float *z, long n);
-/* One Euler step of flow matching: x <- x + u / N. */
-void flow_step(float *x, const float *u, int N, long n);
 
 #endif

@@ -1,6 +1,7 @@
 /* samples.h: the figures' data, written by rank 0 into <out>/samples.h5
  * (updated copy-on-write: a copy is modified, synced and renamed over the
- * old file) and as PNG grids beside it.
+ * old file) and as PNG grids beside it. This module only writes what it is
+ * given; figures.h computes it.
  *
  *   /noising/images [7,K,28,28]       fixed test digits at each sigma
  *   /denoise/epoch_NNNN/{clean,noisy,denoised} [K,28,28]  at sigma 0.5
@@ -8,21 +9,22 @@
  *                                                          epoch
  * Diffusion models (after the epochs of `sample_epochs` and the last):
  *   /samples/epoch_NNNN/images [40,28,28], labels [40] (class models: 4 of
- *       each digit, else -1); attrs epoch, guidance, steps, seed, objective
+ *       each digit, else -1); attrs epoch, sampler, steps, evaluations,
+ *       spacing, eta, guidance (class models), seed, objective
  *   /batch_vis/epoch_NNNN/{x0,xt,x0_hat} [8,28,28], t [8]: the first 8
  *       training images, noised at 8 fixed times, and the model's estimate
- *   /trajectory/images [F,40,28,28], t [F]: the last epoch's sampling
- * Every group carries the sigmas and the test indices as attributes. All
- * evaluation runs the network in evaluation mode (BatchNorm: its running
- * statistics; GroupNorm: the same per-image statistics as in training).
+ *   /trajectory/images [F,40,28,28], t [F]: the last epoch's sampling, F =
+ *       min(31, steps + 1) frames, t the network time of each
+ * Every group carries the sigmas and the test indices as attributes.
  */
 #ifndef DIFFMPI_SAMPLES_H
 #define DIFFMPI_SAMPLES_H
 
+#include <hdf5.h>
+#include <stdint.h>
+
 #include "diffmpi/config.h"
-#include "diffmpi/diffusion.h"
 #include "diffmpi/data.h"
-#include "diffmpi/unet.h"
 
 #define SAMPLES_K 8 /* test digits 0..K-1 in the figures */
 
@@ -34,22 +36,44 @@ extern const double dm_sigmas[DM_NSIGMAS];
  * sweep's value at this sigma, bit for bit, and the sweep reuses it. */
 #define DM_SIGMA_EVAL 3
 
-dm_status samples_noising(const char *out, const dm_config *c,
-                          const dm_dataset *test);
-/* Called on every rank; only rank 0 computes and writes. */
-dm_status samples_epoch(const char *out, unet *u, const dm_config *c,
-                        const dm_dataset *test, int epoch, int rank);
-dm_status samples_ood(const char *out, unet *u, const dm_config *c,
-                      const dm_dataset *test, const double *test_mse,
-                      int rank);
-
-/* Collective (sampling is spread over ranks); rank 0 writes. `sampler` is an
- * inference model holding the current weights. */
-dm_status samples_diffusion(const char *out, unet *net, unet *sampler,
-                            const dm_config *c, const ddpm_schedule *s,
-                            const dm_dataset *train, int epoch, int rank);
-
 #define SAMPLES_N 40     /* images sampled per epoch */
-#define SAMPLES_FRAMES 31 /* trajectory frames kept at the last epoch */
+#define SAMPLES_FRAMES 31 /* trajectory frames kept at the last epoch, at most */
+
+/* How images were sampled: the attributes of a samples group and of a
+ * `diffmpi sample` file. */
+typedef struct {
+    const char *sampler, *spacing, *objective;
+    int steps, evaluations;   /* evaluations: network evaluations per image */
+    double eta, guidance;     /* guidance NaN: no class to guide by */
+    uint64_t seed;
+} samples_sampler;
+
+dm_status samples_sampler_attrs(hid_t loc, const char *file, const samples_sampler *s);
+
+/* img [DM_NSIGMAS][SAMPLES_K][784]: the test digits at each sigma. */
+dm_status samples_write_noising(const char *out, const dm_config *c, const float *img);
+/* img [3][SAMPLES_K][784]: clean, noisy at sigma 0.5, denoised. */
+dm_status samples_write_denoise(const char *out, const dm_config *c, int epoch,
+                                const float *img);
+/* img [2][DM_NSIGMAS][784]: one test digit noisy at each sigma, denoised;
+ * test_mse [DM_NSIGMAS]. */
+dm_status samples_write_ood(const char *out, const dm_config *c, const float *img,
+                            const double *test_mse);
+
+/* What one sampling epoch of a diffusion model adds to samples.h5. */
+typedef struct {
+    int epoch;
+    samples_sampler how;
+    const float *img;        /* [SAMPLES_N][784] samples */
+    const int32_t *labels;   /* [SAMPLES_N] */
+    const float *vis, *vt;   /* batch_vis: [x0 | xt | x0_hat] [3][8][784], t [8] */
+    int frames;              /* trajectory frames, 0: none */
+    const float *traj;       /* [frames][SAMPLES_N][784] */
+    const float *traj_t;     /* [frames] */
+} samples_diffusion;
+
+dm_status samples_write_diffusion(const char *out, const dm_config *c,
+                                  const samples_diffusion *e);
+
 
 #endif

@@ -87,8 +87,11 @@ static double bench_timed(dm_trainer *t, int steps, int sample, int warm) {
     int32_t labels[SAMPLES_N];
     for (int i = 0; i < SAMPLES_N; i++)
         labels[i] = c->conditioning == CONDITIONING_CLASS ? i / 4 : -1;
-    sampler_request q = {.n = SAMPLES_N, .labels = labels, .guidance = (float)c->guidance,
-                         .steps = steps, .seed = c->seed};
+    sampler_request q;
+    sampler_request_init(&q, c);
+    q.n = SAMPLES_N;
+    q.labels = labels;
+    q.steps = steps;
     float *img = dm_calloc((size_t)SAMPLES_N * DM_PIX, sizeof(float));
     MPI_Barrier(MPI_COMM_WORLD);
     prof_reset();
@@ -125,7 +128,10 @@ static void bench_report(const dm_trainer *t, int steps, int sample, double secs
     MPI_Reduce(sent, sent_all, 2, MPI_LONG, MPI_SUM, 0, MPI_COMM_WORLD);
     if (t->rank != 0) return;
     int rows = sample && c->conditioning == CONDITIONING_CLASS && c->guidance != 1.0 ? 2 : 1;
-    double work = sample ? (double)steps * SAMPLES_N * rows * unet_forward_flops(&t->net)
+    sampler_request q;
+    sampler_request_init(&q, c);
+    int evals = sample ? solver_evals(q.sampler, steps) : 0;
+    double work = sample ? (double)evals * SAMPLES_N * rows * unet_forward_flops(&t->net)
                          : (double)steps * c->batch * unet_train_flops(&t->net);
     double gflops = work / secs / 1e9;
     /* At least four significant digits, so that the rate can be checked
@@ -135,9 +141,11 @@ static void bench_report(const dm_trainer *t, int steps, int sample, double secs
         printf("sampling: %d steps of %d images%s in %.*f s: %.1f image-steps/s\n", steps,
                SAMPLES_N, rows == 2 ? " (x2 for guidance)" : "", dec, secs,
                steps * SAMPLES_N / secs);
-        int full = diffusion_steps(c);
-        printf("  projected: %d images with %d steps in %.1f s\n", SAMPLES_N, full,
-               secs / steps * full);
+        printf("  sampler %s: %d network evaluations per image\n", solver_get(q.sampler)->name,
+               evals);
+        int full = solver_evals(q.sampler, q.steps);
+        printf("  projected: %d images with %d steps in %.1f s\n", SAMPLES_N, q.steps,
+               secs / evals * full);
     } else {
         printf("training: %d steps of %d images in %.*f s: %.2f images/s\n", steps, c->batch,
                dec, secs, steps * (double)c->batch / secs);
@@ -166,6 +174,14 @@ int bench_run(const dm_config *cfg, int steps, int sample, int verbose) {
     dm_status st = trainer_setup(&t, cfg, NULL, NULL);
     if (st == DM_OK && sample && !objective_get(cfg->objective)->diffusion) {
         if (t.rank == 0) dm_error("--sample needs a diffusion model (objective ddpm or flow)");
+        st = DM_EUSAGE;
+    }
+    const char *why = st == DM_OK && sample ? solver_check(cfg->objective, cfg->sampler,
+                                                           cfg->sample_spacing, steps,
+                                                           cfg->sample_eta)
+                                            : NULL;
+    if (why) {
+        if (t.rank == 0) dm_error("--sample --steps %d: %s", steps, why);
         st = DM_EUSAGE;
     }
     if (st != DM_OK) {

@@ -44,6 +44,40 @@ static void print_attr_i(hid_t f, const char *path, const char *name) {
         printf("%s: %lld\n", name, (long long)v);
 }
 
+/* How a samples file was drawn (sample_cmd.c, samples.h): the sampler's
+ * attributes of group loc (at `where`), in one line, when it has them. */
+static void print_sampler(hid_t loc, const char *path, const char *where) {
+    char smp[32] = "", spc[32] = "";
+    int64_t steps = 0, evals = 0;
+    double eta = 0, g = 0;
+    if (!has_attr(loc, "sampler") || h5_get_str(loc, path, "sampler", smp, sizeof smp) != DM_OK)
+        return;
+    printf("%ssampler: %s", where, smp);
+    if (has_attr(loc, "steps") && h5_get_i64(loc, path, "steps", &steps) == DM_OK)
+        printf(", %lld steps", (long long)steps);
+    if (has_attr(loc, "evaluations") && h5_get_i64(loc, path, "evaluations", &evals) == DM_OK)
+        printf(" (%lld network evaluations)", (long long)evals);
+    if (has_attr(loc, "spacing") && h5_get_str(loc, path, "spacing", spc, sizeof spc) == DM_OK)
+        printf(", spacing %s", spc);
+    if (has_attr(loc, "eta") && h5_get_f64(loc, path, "eta", &eta) == DM_OK)
+        printf(", eta %g", eta);
+    if (has_attr(loc, "guidance") && h5_get_f64(loc, path, "guidance", &g) == DM_OK)
+        printf(", guidance %g", g);
+    printf("\n");
+}
+
+/* The sampler line of every /samples/epoch_NNNN group of a samples.h5. */
+static herr_t visit_groups(hid_t obj, const char *name, const H5O_info_t *info, void *data) {
+    const char *path = data;
+    if (info->type != H5O_TYPE_GROUP || strncmp(name, "samples/epoch_", 14) != 0) return 0;
+    hid_t g = H5Gopen2(obj, name, H5P_DEFAULT);
+    if (g < 0) return -1;
+    char where[96];
+    snprintf(where, sizeof where, "/%s: ", name);
+    print_sampler(g, path, where);
+    return H5Gclose(g) < 0 ? -1 : 0;
+}
+
 static dm_status describe(hid_t f, const char *path) {
     char fmt[64] = "";
     if (has_attr(f, "format")) h5_get_str(f, path, "format", fmt, sizeof fmt);
@@ -52,6 +86,12 @@ static dm_status describe(hid_t f, const char *path) {
     for (size_t i = 0; i < sizeof ints / sizeof *ints; i++) print_attr_i(f, path, ints[i]);
     double lr;
     if (has_attr(f, "lr") && h5_get_f64(f, path, "lr", &lr) == DM_OK) printf("lr: %.9g\n", lr);
+    print_sampler(f, path, "");
+    if (H5Ovisit2(f, H5_INDEX_NAME, H5_ITER_INC, visit_groups, (void *)path,
+                  H5O_INFO_BASIC) < 0) {
+        dm_error("%s: cannot read the list of groups (damaged file?)", path);
+        return DM_EIO;
+    }
     char cfg[8192];
     if (has_attr(f, "config") && h5_get_str(f, path, "config", cfg, sizeof cfg) == DM_OK)
         printf("config:\n%s", cfg);

@@ -18,6 +18,7 @@
 #include "diffmpi/predict.h"
 #include "diffmpi/sample_cmd.h"
 #include "diffmpi/score_cmd.h"
+#include "diffmpi/solver.h"
 #include "diffmpi/train.h"
 
 static const char *usage_main =
@@ -62,18 +63,28 @@ static const char *usage_predict =
 
 static const char *usage_sample =
     "usage: diffmpi sample --checkpoint FILE --out OUT.h5 [--n N] [--class K|all]\n"
-    "                      [--guidance G] [--steps S] [--seed S] [--trajectory]\n"
-    "                      [--precision fp32|bf16|auto] [--weights auto|ema|raw]\n"
-    "                      [--log-every SECONDS]\n"
+    "                      [--guidance G] [--sampler NAME] [--steps S] [--eta E]\n"
+    "                      [--spacing uniform|logsnr] [--seed S] [--noise FILE]\n"
+    "                      [--trajectory] [--precision fp32|bf16|auto]\n"
+    "                      [--weights auto|ema|raw] [--log-every SECONDS]\n"
     "\n"
-    "  --n N          images to draw (default 40)\n"
+    "  --n N          images to draw (default 40, or --noise's N)\n"
     "  --class K|all  class models: digit K for every image, or 'all' (equal\n"
     "                 runs of each digit, 4 of each for 40 images; the default)\n"
     "  --guidance G   classifier-free guidance scale (default: the run's, 5)\n"
-    "  --steps S      sampler steps (default: 300 DDPM, 50 flow with time,\n"
-    "                 300 flow with class, or the run's sample_steps)\n"
+    "  --sampler NAME ddpm, ddim, dpmpp2m (DDPM models); euler, heun, dpmpp2m\n"
+    "                 (flow models); auto (default: the run's sampler key, see\n"
+    "                 docs/sampling.md)\n"
+    "  --steps S      sampler steps (default: the run's sample_steps, else 300\n"
+    "                 DDPM, 50 flow with time, 300 flow with class)\n"
+    "  --eta E        ddim's noise in [0,1]: 0 deterministic (the run's sample_eta)\n"
+    "  --spacing SP   the time grid: uniform in t, or logsnr (DDPM only)\n"
     "  --seed S       noise seed (default: the run's seed)\n"
-    "  --trajectory   also store intermediate images (/trajectory [F,N,28,28])\n"
+    "  --noise FILE   start from /noise [N,1,28,28] float32 of FILE instead of\n"
+    "                 noise drawn from the seed (a deterministic sampler then\n"
+    "                 redraws the same images)\n"
+    "  --trajectory   also store every step's images (/trajectory [F,N,28,28],\n"
+    "                 at most 101 frames) and their network times (/trajectory_t)\n"
     "  --precision P  of the convolutions (default: the run's; bf16 needs\n"
     "                 AVX512-BF16 or AMX; auto: bf16 where it is faster here)\n"
     "  --weights W    ema: the weight average (ema_decay > 0); raw: the\n"
@@ -310,51 +321,79 @@ static int cmd_predict(int argc, char **argv) {
     return predict_run(ck, in, out, p, w);
 }
 
+/* A number in [lo, hi] of option name into *out. */
+static int parse_real(const char *name, const char *v, double lo, double hi, double *out) {
+    char *end;
+    double d = strtod(v, &end);
+    if (end == v || *end || !(d >= lo && d <= hi))
+        return usage_error("%s: expected a number in [%g, %g], got '%s'", name, lo, hi, v);
+    *out = d;
+    return DM_EXIT_OK;
+}
+
+/* One of the names fn(0), fn(1), ... of option name into *out. */
+static int parse_name(const char *name, const char *v, const char *(*fn)(int), int *out) {
+    char list[256] = "";
+    for (int i = 0; fn(i); i++) {
+        if (strcmp(v, fn(i)) == 0) {
+            *out = i;
+            return DM_EXIT_OK;
+        }
+        snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", i ? ", " : "", fn(i));
+    }
+    return usage_error("%s: expected one of %s, got '%s'", name, list, v);
+}
+
+/* --class K|all of sample. */
+static int parse_class(const char *v, int *out) {
+    long k;
+    if (strcmp(v, "all") == 0) *out = SAMPLE_CLASS_ALL;
+    else if (dm_parse_long(v, 0, 9, &k)) *out = (int)k;
+    else return usage_error("--class: expected a digit 0..9 or all, got '%s'", v);
+    return DM_EXIT_OK;
+}
+
 static int cmd_sample(int argc, char **argv) {
     if (wants_help(argc, argv)) return print_usage(usage_sample, 0);
-    sample_args a = {.n = 40, .class_label = SAMPLE_CLASS_NONE, .guidance = -1, .precision = -1,
-                     .log_every = -1};
-    for (int i = 0; i < argc; i++) {
-        const char *o = argv[i], *v;
-        long lv;
-        if (strcmp(o, "--trajectory") == 0) {
-            a.trajectory = 1;
-            continue;
-        }
-        if (!(v = value(argc, argv, &i)) || !*v)
-            return usage_error("option %s needs a value (or is unknown)", o);
-        if (strcmp(o, "--checkpoint") == 0) a.checkpoint = v;
-        else if (strcmp(o, "--out") == 0) a.out = v;
-        else if (strcmp(o, "--n") == 0 && dm_parse_long(v, 1, 100000, &lv)) a.n = (int)lv;
-        else if (strcmp(o, "--steps") == 0 && dm_parse_long(v, 1, 100000, &lv)) a.steps = (int)lv;
-        else if (strcmp(o, "--precision") == 0) {
-            int code = parse_precision(v, &a.precision);
-            if (code != DM_EXIT_OK) return code;
-        } else if (strcmp(o, "--weights") == 0) {
-            int code = parse_weights(v, &a.weights);
-            if (code != DM_EXIT_OK) return code;
-        }
-        else if (strcmp(o, "--class") == 0 && strcmp(v, "all") == 0) a.class_label = SAMPLE_CLASS_ALL;
-        else if (strcmp(o, "--class") == 0 && dm_parse_long(v, 0, 9, &lv)) a.class_label = (int)lv;
-        else if (strcmp(o, "--seed") == 0 && v[0] != '-' && dm_parse_long(v, 0, LONG_MAX, &lv)) {
-            a.seed = (uint64_t)lv;
-            a.has_seed = 1;
-        } else if (strcmp(o, "--guidance") == 0) {
-            char *end;
-            a.guidance = strtod(v, &end);
-            if (end == v || *end || !(a.guidance >= 0 && a.guidance <= 1000))
-                return usage_error("--guidance: expected a number in [0, 1000], got '%s'", v);
-        } else if (strcmp(o, "--log-every") == 0) {
-            char *end;
-            a.log_every = strtod(v, &end);
-            if (end == v || *end || !(a.log_every >= 0 && a.log_every <= 1e6))
-                return usage_error("--log-every: expected seconds in [0, 1e6], got '%s'", v);
-        } else {
-            return usage_error("sample: unknown option or bad value: %s '%s'", o, v);
-        }
-    }
-    if (!a.checkpoint || !a.out)
-        return usage_error("sample: --checkpoint and --out are required");
+    sample_args a = {.class_label = SAMPLE_CLASS_NONE, .guidance = -1, .precision = -1,
+                     .log_every = -1, .sampler = -1, .eta = -1, .spacing = -1};
+    const char *cls = NULL, *guid = NULL, *prec = NULL, *wts = NULL, *every = NULL,
+               *smp = NULL, *eta = NULL, *spc = NULL;
+    long n = 0, steps = 0, seed = -1;
+    static const char required[] = "sample: --checkpoint and --out are required";
+    const cli_option opts[] = {
+        {"--checkpoint", .text = &a.checkpoint, .missing = required},
+        {"--out", .text = &a.out, .missing = required},
+        {"--n", .number = &n, .lo = 1, .hi = 100000, .expected = "an integer in 1..100000"},
+        {"--class", .text = &cls},
+        {"--guidance", .text = &guid},
+        {"--sampler", .text = &smp},
+        {"--steps", .number = &steps, .lo = 1, .hi = 100000,
+         .expected = "an integer in 1..100000"},
+        {"--eta", .text = &eta},
+        {"--spacing", .text = &spc},
+        {"--seed", .number = &seed, .lo = 0, .hi = LONG_MAX, .expected = "an integer >= 0"},
+        {"--noise", .text = &a.noise},
+        {"--trajectory", .flag = &a.trajectory},
+        {"--precision", .text = &prec},
+        {"--weights", .text = &wts},
+        {"--log-every", .text = &every},
+        {NULL}};
+    int code = parse_options("sample", argc, argv, opts, NULL);
+    if (code == DM_EXIT_OK && cls) code = parse_class(cls, &a.class_label);
+    if (code == DM_EXIT_OK && guid) code = parse_real("--guidance", guid, 0, 1000, &a.guidance);
+    if (code == DM_EXIT_OK && smp) code = parse_name("--sampler", smp, solver_name, &a.sampler);
+    if (code == DM_EXIT_OK && eta) code = parse_real("--eta", eta, 0, 1, &a.eta);
+    if (code == DM_EXIT_OK && spc)
+        code = parse_name("--spacing", spc, solver_spacing_name, &a.spacing);
+    if (code == DM_EXIT_OK && prec) code = parse_precision(prec, &a.precision);
+    if (code == DM_EXIT_OK && wts) code = parse_weights(wts, &a.weights);
+    if (code == DM_EXIT_OK && every) code = parse_real("--log-every", every, 0, 1e6, &a.log_every);
+    if (code != DM_EXIT_OK) return code;
+    a.n = (int)n;
+    a.steps = (int)steps;
+    a.has_seed = seed >= 0;
+    a.seed = a.has_seed ? (uint64_t)seed : 0;
     dm_set_quiet(0);
     return sample_run(&a);
 }

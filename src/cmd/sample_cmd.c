@@ -30,12 +30,9 @@ static dm_status write_body(hid_t f, const sample_args *a, const dm_config *c,
         DM_TRY(h5_write_f32(f, a->out, "/trajectory", traj, 4, d4));
         DM_TRY(h5_write_f32(f, a->out, "/trajectory_t", traj_t, 1, &nf));
     }
-    /* guidance only where there is a class to guide by */
-    if (c->conditioning == CONDITIONING_CLASS)
-        DM_TRY(h5_attr_f64(f, a->out, "guidance", q->guidance));
-    DM_TRY(h5_attr_i64(f, a->out, "steps", q->steps));
-    DM_TRY(h5_attr_u64(f, a->out, "seed", q->seed));
-    DM_TRY(h5_attr_str(f, a->out, "objective", config_objective_name(c->objective)));
+    samples_sampler how = sampler_describe(q, c);
+    DM_TRY(samples_sampler_attrs(f, a->out, &how));
+    if (a->noise) DM_TRY(h5_attr_str(f, a->out, "noise", a->noise));
     DM_TRY(h5_attr_str(f, a->out, "weights", a->used_ema ? "ema" : "raw"));
     return h5_attr_str(f, a->out, "checkpoint", a->checkpoint);
 }
@@ -70,8 +67,54 @@ static dm_status write_outputs(const sample_args *a, const dm_config *c,
     return DM_OK;
 }
 
+/* The sampler options over the run's configuration, checked like the
+ * configuration keys they set. */
+static dm_status sampler_options(const sample_args *a, dm_config *c) {
+    if (a->sampler >= 0) c->sampler = (dm_sampler)a->sampler;
+    if (a->steps > 0) c->sample_steps = a->steps;
+    if (a->eta >= 0) c->sample_eta = a->eta;
+    if (a->spacing >= 0) c->sample_spacing = (dm_spacing)a->spacing;
+    const char *why = solver_check(c->objective, c->sampler, c->sample_spacing,
+                                   solver_steps(c->objective,
+                                                c->conditioning == CONDITIONING_CLASS,
+                                                c->sample_steps),
+                                   c->sample_eta);
+    if (!why) return DM_OK;
+    dm_error("%s: %s (--sampler, --steps, --eta, --spacing)", a->checkpoint, why);
+    return DM_EUSAGE;
+}
+
+/* /noise [N,1,28,28] (or [N,28,28]) float32 of --noise FILE: N images of
+ * initial noise; sets *n. */
+static dm_status read_noise(const char *path, float **noise, int *n) {
+    hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    if (f < 0) {
+        dm_error("--noise %s: cannot open it as an HDF5 file", path);
+        return DM_EUSAGE;
+    }
+    int nd = 0;
+    hsize_t dims[4] = {0};
+    H5T_class_t cls;
+    size_t ts;
+    dm_status st = h5_shape(f, path, "/noise", &nd, dims, &cls, &ts);
+    int ok = st == DM_OK && cls == H5T_FLOAT && dims[0] >= 1 && dims[0] <= 100000 &&
+             ((nd == 4 && dims[1] == 1 && dims[2] == DM_IMG && dims[3] == DM_IMG) ||
+              (nd == 3 && dims[1] == DM_IMG && dims[2] == DM_IMG));
+    if (st == DM_OK && !ok) {
+        dm_error("--noise %s: /noise must be float [N,1,28,28] with 1 <= N <= 100000", path);
+        st = DM_EUSAGE;
+    }
+    if (st == DM_OK) {
+        *n = (int)dims[0];
+        *noise = dm_malloc(sizeof(float) * (size_t)*n * DM_PIX);
+        st = h5_read_f32(f, path, "/noise", *noise, nd, dims);
+    }
+    return h5_close_file(f, path, "noise file", st);
+}
+
 /* Checks that need the checkpoint's configuration; identical on every rank. */
-static dm_status resolve(const sample_args *a, const dm_config *c, sampler_request *q) {
+static dm_status resolve(const sample_args *a, dm_config *c, sampler_request *q,
+                         const float *noise, int noise_n) {
     if (!objective_get(c->objective)->diffusion) {
         dm_error("%s: a %s model cannot sample (sample needs objective ddpm or flow)",
                  a->checkpoint, config_objective_name(c->objective));
@@ -81,16 +124,25 @@ static dm_status resolve(const sample_args *a, const dm_config *c, sampler_reque
         dm_error("--class: %s is not a class-conditioned model", a->checkpoint);
         return DM_EUSAGE;
     }
-    q->n = a->n;
-    q->guidance = a->guidance >= 0 ? (float)a->guidance : (float)c->guidance;
-    q->steps = a->steps > 0 ? a->steps : diffusion_steps(c);
-    q->seed = a->has_seed ? a->seed : c->seed;
+    if (noise && a->n > 0 && a->n != noise_n) {
+        dm_error("--noise %s holds %d images, --n asks for %d", a->noise, noise_n, a->n);
+        return DM_EUSAGE;
+    }
+    DM_TRY(sampler_options(a, c));
+    sampler_request_init(q, c);
+    q->n = noise ? noise_n : a->n > 0 ? a->n : SAMPLE_DEFAULT_N;
+    q->noise = noise;
+    if (a->guidance >= 0) q->guidance = (float)a->guidance;
+    if (a->has_seed) q->seed = a->seed;
     q->frames = a->trajectory ? (q->steps + 1 < MAX_FRAMES ? q->steps + 1 : MAX_FRAMES) : 0;
     return DM_OK;
 }
 
 /* Configuration, request and model from the checkpoint (every rank). */
-static dm_status load(sample_args *a, dm_config *c, sampler_request *q, unet *u) {
+static dm_status load(sample_args *a, dm_config *c, sampler_request *q, unet *u,
+                      float **noise) {
+    int noise_n = 0;
+    if (a->noise) DM_TRY(read_noise(a->noise, noise, &noise_n));
     DM_TRY(ckpt_read_config(a->checkpoint, c));
     if (a->precision >= 0) c->precision = (dm_precision)a->precision;
     /* --precision auto: rank 0 measures, every rank runs its answer. */
@@ -99,7 +151,7 @@ static dm_status load(sample_args *a, dm_config *c, sampler_request *q, unet *u)
     c->precision = (dm_precision)dm_from_rank0(
         rank == 0 ? (int)gemm_resolve_precision(c->engine, c->precision) : 0);
     DM_TRY(gemm_setup(c->engine, c->precision, c->threads));
-    DM_TRY(resolve(a, c, q));
+    DM_TRY(resolve(a, c, q, *noise, noise_n));
     unet_shape sh = diffusion_shape(c, sampler_model_rows(c), 1, 1);
     unet_init(u, &sh);
     return ckpt_read_weights(a->checkpoint, u, (ckpt_weights)a->weights, &a->used_ema);
@@ -114,11 +166,13 @@ int sample_run(sample_args *a) {
     unet u;
     memset(&u, 0, sizeof u);
     dm_set_quiet(rank != 0);
-    dm_status st = load(a, &c, &q, &u);
+    float *noise = NULL;
+    dm_status st = load(a, &c, &q, &u, &noise);
     dm_set_quiet(0);
     st = dm_agree(st);
     if (st != DM_OK) {
         if (u.arena) unet_free(&u);
+        free(noise);
         gemm_teardown();
         return dm_exit_code(st);
     }
@@ -147,14 +201,16 @@ int sample_run(sample_args *a) {
         char guided[48] = "no guidance: no class to guide by";
         if (c.conditioning == CONDITIONING_CLASS)
             snprintf(guided, sizeof guided, "guidance %g", q.guidance);
-        printf("sampled %d images (%d steps, %s, seed %llu, %s weights, %s) in "
-               "%.2f s\n", q.n, q.steps, guided, (unsigned long long)q.seed,
-               a->used_ema ? "EMA" : "raw", gemm_describe(), secs);
+        printf("sampled %d images (%s, %d steps, %d network evaluations each, %s, %s %llu, "
+               "%s weights, %s) in %.2f s\n", q.n, solver_get(q.sampler)->name, q.steps,
+               solver_evals(q.sampler, q.steps), guided,
+               a->noise ? "noise from --noise, step noise seed" : "seed",
+               (unsigned long long)q.seed, a->used_ema ? "EMA" : "raw", gemm_describe(), secs);
         st = write_outputs(a, &c, &q, img, labels, traj, traj_t);
     }
     /* Only rank 0 wrote: its status is the job's. */
     int v = dm_from_rank0((int)st);
-    free(labels), free(img), free(traj);
+    free(labels), free(img), free(traj), free(noise);
     unet_free(&u);
     gemm_teardown();
     return v == DM_OK ? DM_EXIT_OK : DM_EXIT_RUNTIME;

@@ -20,6 +20,7 @@
 #include "diffmpi/data.h"
 #include "diffmpi/diffusion.h"
 #include "diffmpi/fault.h"
+#include "diffmpi/figures.h"
 #include "diffmpi/gemm.h"
 #include "diffmpi/dist.h"
 #include "diffmpi/h5log.h"
@@ -885,9 +886,12 @@ static dm_status score_epoch(dm_trainer *t, int epoch, dm_eval_row *row) {
     for (int i = 0; i < n; i++) labels[i] = cls ? (int32_t)((long)i * 10 / n) : -1;
     char what[96];
     snprintf(what, sizeof what, "epoch %d: sampling %d images for the judge", epoch, n);
-    sampler_request q = {.n = n, .labels = labels, .guidance = (float)c->guidance,
-                         .steps = diffusion_steps(c), .seed = c->seed + SCORE_SEED,
-                         .progress = what, .log_every = c->log_every};
+    sampler_request q;
+    sampler_request_init(&q, c);
+    q.n = n;
+    q.labels = labels;
+    q.seed = c->seed + SCORE_SEED;
+    q.progress = what;
     double t0 = dm_now();
     sampler_run(&t->sampler, c, &q, img, NULL, NULL);
     MPI_Bcast(img, n * DM_PIX, MPI_FLOAT, 0, MPI_COMM_WORLD);
@@ -975,6 +979,44 @@ static void bn_recalibrate(dm_trainer *t, int epoch) {
     }
 }
 
+/* ---- figures: computed by figures.h, written by samples.h (rank 0) ------------ */
+
+static dm_status noising_figure(dm_trainer *t) {
+    float *img = dm_malloc(sizeof(float) * DM_NSIGMAS * SAMPLES_K * DM_PIX);
+    figures_noising(&t->cfg, &t->test, img);
+    dm_status st = samples_write_noising(t->out, &t->cfg, img);
+    free(img);
+    return st;
+}
+
+static dm_status denoise_figures(dm_trainer *t, int epoch) {
+    if (t->rank != 0) return DM_OK;
+    float *img = dm_malloc(sizeof(float) * 3 * SAMPLES_K * DM_PIX);
+    figures_denoise(&t->net, &t->cfg, &t->test, img);
+    dm_status st = samples_write_denoise(t->out, &t->cfg, epoch, img);
+    free(img);
+    return st;
+}
+
+static dm_status ood_figures(dm_trainer *t, const double *mses) {
+    if (t->rank != 0) return DM_OK;
+    float *img = dm_malloc(sizeof(float) * 2 * DM_NSIGMAS * DM_PIX);
+    figures_ood(&t->net, &t->cfg, &t->test, img);
+    dm_status st = samples_write_ood(t->out, &t->cfg, img, mses);
+    free(img);
+    return st;
+}
+
+/* Collective: the samples spread over the ranks, rank 0 writes. */
+static dm_status diffusion_figures(dm_trainer *t, int epoch) {
+    figures_diffusion f;
+    figures_diffusion_run(&f, &t->net, &t->sampler, &t->cfg, &t->sched, &t->train, epoch,
+                          t->rank);
+    dm_status st = t->rank == 0 ? samples_write_diffusion(t->out, &t->cfg, &f.data) : DM_OK;
+    figures_diffusion_free(&f);
+    return st;
+}
+
 static dm_status epoch_end(dm_trainer *t) {
     const dm_config *c = &t->cfg;
     const dm_objective_def *o = objective_get(c->objective);
@@ -1000,19 +1042,18 @@ static dm_status epoch_end(dm_trainer *t) {
     dm_status st = DM_OK;
     if (o->diffusion && config_sample_epoch(c, epoch)) {
         trainer_sync_sampler(t);
-        st = samples_diffusion(t->out, &t->net, &t->sampler, c, &t->sched, &t->train,
-                               epoch, t->rank);
+        st = diffusion_figures(t, epoch);
     }
     st = dm_agree(st);
     if (st == DM_OK && t->judge.ref_n && config_sample_epoch(c, epoch))
         st = score_epoch(t, epoch, &row);
     if (st == DM_OK && o->denoiser && (epoch == 1 || epoch == c->epochs))
-        st = samples_epoch(t->out, &t->net, c, &t->test, epoch, t->rank);
+        st = denoise_figures(t, epoch);
     if (st == DM_OK && o->denoiser && epoch == c->epochs) {
         double mses[DM_NSIGMAS];
         for (int s = 0; s < DM_NSIGMAS; s++) /* the epoch's own figure is mses[DM_SIGMA_EVAL] */
             mses[s] = s == DM_SIGMA_EVAL ? loss : train_test_loss(t, dm_sigmas[s], s, NULL);
-        st = samples_ood(t->out, &t->net, c, &t->test, mses, t->rank);
+        st = ood_figures(t, mses);
     }
     st = dm_agree(st);
     if (st == DM_OK && t->rank == 0) st = log_eval(&t->log, &row);
@@ -1033,7 +1074,7 @@ static dm_status loop(dm_trainer *t) {
     int64_t test_stop_step = env ? atoll(env) : 0;
     dm_status st = DM_OK;
     if (t->rank == 0 && t->st.step == 0 && objective_get(c->objective)->denoiser)
-        st = samples_noising(t->out, c, &t->test);
+        st = noising_figure(t);
     st = dm_agree(st);
     while (st == DM_OK && t->st.epoch < c->epochs) {
         if (loaded_epoch != t->st.epoch) {

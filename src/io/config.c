@@ -74,6 +74,8 @@ _Static_assert(sizeof(dm_bn_sync) == sizeof(int), "enum size");
 _Static_assert(sizeof(dm_conv_algo) == sizeof(int), "enum size");
 _Static_assert(sizeof(dm_precision) == sizeof(int), "enum size");
 _Static_assert(sizeof(dm_engine) == sizeof(int), "enum size");
+_Static_assert(sizeof(dm_sampler) == sizeof(int), "enum size");
+_Static_assert(sizeof(dm_spacing) == sizeof(int), "enum size");
 _Static_assert(MAX_PATH_CHARS < (int)sizeof(((dm_config *)0)->data_dir),
                "data_dir buffer");
 _Static_assert(sizeof(((dm_config *)0)->judge) == sizeof(((dm_config *)0)->data_dir),
@@ -212,10 +214,26 @@ static const config_key keys[] = {
     {.name = "guidance", .kind = KEY_REAL, .offset = OFF(guidance), .lo = 0,
      .hi = 1000, .def = "5",
      .help = "class models: classifier-free guidance scale when sampling"},
+    {.name = "sampler", .kind = KEY_ENUM, .offset = OFF(sampler),
+     .name_of = solver_name, .def = "auto",
+     .help = "how diffusion models draw images (docs/sampling.md): ddpm "
+             "(the course's ancestral steps), ddim (deterministic at "
+             "sample_eta = 0), dpmpp2m (DPM-Solver++(2M); ddpm and flow), "
+             "euler (the course's flow sampler) or heun (flow, two network "
+             "evaluations a step); auto: ddpm for ddpm, euler for flow"},
     {.name = "sample_steps", .kind = KEY_INT, .offset = OFF(sample_steps),
      .lo = 0, .hi = 100000, .def = "0",
-     .help = "sampler steps; 0 = the objective's default: 300 (ddpm), 50 "
-             "(flow, time), 300 (flow, class)"},
+     .help = "sampler steps (at most 300 for ddpm); 0 = the objective's "
+             "default: 300 (ddpm), 50 (flow, time), 300 (flow, class)"},
+    {.name = "sample_spacing", .kind = KEY_ENUM, .offset = OFF(sample_spacing),
+     .name_of = solver_spacing_name, .def = "uniform",
+     .help = "the sampler's time grid from the last trained time to the "
+             "image: uniform in t, or logsnr (ddpm only: even steps of the "
+             "log signal-to-noise ratio, rounded to trained times)"},
+    {.name = "sample_eta", .kind = KEY_REAL, .offset = OFF(sample_eta), .lo = 0,
+     .hi = 1, .def = "0",
+     .help = "sampler = ddim: 0 deterministic, 1 the DDPM posterior's "
+             "variance (valid for skipped steps)"},
     {.name = "sample_epochs", .kind = KEY_EPOCHS, .offset = OFF(sample_epochs),
      .def = "1,5,10,15,20",
      .help = "diffusion models sample 40 images after these epochs (and "
@@ -870,6 +888,15 @@ dm_status config_validate(const dm_config *c) {
         dm_error("invalid configuration: objective = %s needs conditioning = "
                  "time or class (got none)",
                  config_objective_name(c->objective));
+        return DM_EUSAGE;
+    }
+    const char *why = unconditional ? NULL
+                      : solver_check(c->objective, c->sampler, c->sample_spacing,
+                                     solver_steps(c->objective, c->conditioning == CONDITIONING_CLASS,
+                                                  c->sample_steps),
+                                     c->sample_eta);
+    if (why) {
+        dm_error("invalid configuration: %s", why);
         return DM_EUSAGE;
     }
     return DM_OK;

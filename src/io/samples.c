@@ -2,6 +2,7 @@
 #include "diffmpi/samples.h"
 
 #include <fcntl.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,7 +11,6 @@
 #include "diffmpi/fault.h"
 #include "diffmpi/h5util.h"
 #include "diffmpi/png.h"
-#include "diffmpi/sampler.h"
 
 const double dm_sigmas[DM_NSIGMAS] = {0.0, 0.2, 0.4, 0.5, 0.6, 0.8, 1.0};
 
@@ -143,25 +143,12 @@ static dm_status write_noising(hid_t f, const char *tmp, const dm_config *c,
     return close_group(g, tmp, "/noising", h5_write_f32(g, tmp, "images", img, 4, dims));
 }
 
-static dm_status noising(const char *out, const dm_config *c,
-                         const dm_dataset *test, float *img) {
-    for (int s = 0; s < DM_NSIGMAS; s++)
-        for (int i = 0; i < SAMPLES_K; i++)
-            diffusion_noisy_at(c, img + (long)(s * SAMPLES_K + i) * DM_PIX,
-                            test->images + (long)i * DM_PIX, dm_sigmas[s], s, i);
+dm_status samples_write_noising(const char *out, const dm_config *c, const float *img) {
     char tmp[4300];
     hid_t f = open_copy(out, tmp, sizeof tmp);
     if (f < 0) return DM_EIO;
     DM_TRY(commit_copy(f, out, tmp, write_noising(f, tmp, c, img)));
     return png(out, "noising.png", img, DM_NSIGMAS, SAMPLES_K);
-}
-
-dm_status samples_noising(const char *out, const dm_config *c,
-                          const dm_dataset *test) {
-    float *img = dm_malloc(sizeof(float) * DM_NSIGMAS * SAMPLES_K * DM_PIX);
-    dm_status st = noising(out, c, test, img);
-    free(img);
-    return st;
 }
 
 /* img = [clean | noisy | denoised], each [SAMPLES_K][784]. */
@@ -183,30 +170,14 @@ static dm_status write_denoise(hid_t f, const char *tmp, const dm_config *c,
     return close_group(g, tmp, name, denoise_body(g, tmp, epoch, img));
 }
 
-static dm_status denoise(const char *out, unet *u, const dm_config *c,
-                         const dm_dataset *test, int epoch, float *img) {
-    float *clean = img, *noisy = img + SAMPLES_K * DM_PIX,
-          *den = img + 2 * SAMPLES_K * DM_PIX;
-    memcpy(clean, test->images, sizeof(float) * SAMPLES_K * DM_PIX);
-    for (int i = 0; i < SAMPLES_K; i++)
-        diffusion_noisy_at(c, noisy + (long)i * DM_PIX, clean + (long)i * DM_PIX,
-                        dm_sigmas[DM_SIGMA_EVAL], DM_SIGMA_EVAL, i);
-    unet_predict(u, den, noisy, NULL, NULL, SAMPLES_K);
+dm_status samples_write_denoise(const char *out, const dm_config *c, int epoch,
+                                const float *img) {
     char tmp[4300], name[64];
     hid_t f = open_copy(out, tmp, sizeof tmp);
     if (f < 0) return DM_EIO;
     DM_TRY(commit_copy(f, out, tmp, write_denoise(f, tmp, c, epoch, img)));
     snprintf(name, sizeof name, "denoise-epoch-%d.png", epoch);
     return png(out, name, img, 3, SAMPLES_K);
-}
-
-dm_status samples_epoch(const char *out, unet *u, const dm_config *c,
-                        const dm_dataset *test, int epoch, int rank) {
-    if (rank != 0) return DM_OK;
-    float *img = dm_malloc(sizeof(float) * 3 * SAMPLES_K * DM_PIX);
-    dm_status st = denoise(out, u, c, test, epoch, img);
-    free(img);
-    return st;
 }
 
 /* img = [noisy | denoised], each [DM_NSIGMAS][784]. */
@@ -225,48 +196,13 @@ static dm_status write_ood(hid_t f, const char *tmp, const dm_config *c,
     return close_group(g, tmp, "/ood", ood_body(g, tmp, img, test_mse));
 }
 
-static dm_status ood(const char *out, unet *u, const dm_config *c,
-                     const dm_dataset *test, const double *test_mse, float *img) {
-    float *noisy = img, *den = img + DM_NSIGMAS * DM_PIX;
-    for (int s = 0; s < DM_NSIGMAS; s++)
-        diffusion_noisy_at(c, noisy + (long)s * DM_PIX, test->images, dm_sigmas[s], s, 0);
-    unet_predict(u, den, noisy, NULL, NULL, DM_NSIGMAS);
+dm_status samples_write_ood(const char *out, const dm_config *c, const float *img,
+                            const double *test_mse) {
     char tmp[4300];
     hid_t f = open_copy(out, tmp, sizeof tmp);
     if (f < 0) return DM_EIO;
     DM_TRY(commit_copy(f, out, tmp, write_ood(f, tmp, c, img, test_mse)));
     return png(out, "ood.png", img, 2, DM_NSIGMAS);
-}
-
-dm_status samples_ood(const char *out, unet *u, const dm_config *c,
-                      const dm_dataset *test, const double *test_mse,
-                      int rank) {
-    if (rank != 0) return DM_OK;
-    float *img = dm_malloc(sizeof(float) * 2 * DM_NSIGMAS * DM_PIX);
-    dm_status st = ood(out, u, c, test, test_mse, img);
-    free(img);
-    return st;
-}
-
-/* The first 8 training images at 8 fixed times, and the model's estimate of
- * the clean image: img = [x0 | xt | x0_hat] each [8][784]. */
-static void batch_vis(unet *net, const dm_config *c, const ddpm_schedule *s,
-                      const dm_dataset *train, float *img, float *t) {
-    enum { K = 8 };
-    float *target = dm_malloc(sizeof(float) * 2 * K * DM_PIX), *out = target + K * DM_PIX;
-    int32_t labels[K];
-    float *x0 = img, *xt = img + K * DM_PIX, *est = img + 2 * K * DM_PIX;
-    memcpy(x0, train->images, sizeof(float) * K * DM_PIX);
-    for (int i = 0; i < K; i++) {
-        diffusion_example_at(c, s, xt + i * DM_PIX, target + i * DM_PIX, &t[i],
-                             x0 + i * DM_PIX, train->labels[i], (i + 0.5) / K, 2000, i);
-        labels[i] = c->conditioning == CONDITIONING_CLASS ? train->labels[i] : -1;
-    }
-    unet_predict(net, out, xt, t, labels, K);
-    for (int i = 0; i < K; i++)
-        diffusion_x0_hat(c, s, est + i * DM_PIX, xt + i * DM_PIX, out + i * DM_PIX, t[i],
-                         DM_PIX);
-    free(target);
 }
 
 /* 40 samples as 4 rows x 10 columns; class models: column = digit. */
@@ -278,30 +214,27 @@ static void sample_grid(float *grid, const float *img, int class_model) {
     }
 }
 
-/* What one epoch of a diffusion model adds to samples.h5 (rank 0). */
-typedef struct {
-    int epoch, steps;
-    const float *img;        /* [SAMPLES_N][784] samples */
-    const int32_t *labels;   /* [SAMPLES_N] */
-    const float *vis, *vt;   /* batch_vis: [x0 | xt | x0_hat] [3][8][784], t [8] */
-    const float *traj;       /* [SAMPLES_FRAMES][SAMPLES_N][784] or NULL */
-    const float *traj_t;     /* [SAMPLES_FRAMES] */
-} diffusion_epoch;
+dm_status samples_sampler_attrs(hid_t loc, const char *file, const samples_sampler *s) {
+    if (!isnan(s->guidance)) /* nothing to guide by otherwise */
+        DM_TRY(h5_attr_f64(loc, file, "guidance", s->guidance));
+    DM_TRY(h5_attr_str(loc, file, "sampler", s->sampler));
+    DM_TRY(h5_attr_i64(loc, file, "steps", s->steps));
+    DM_TRY(h5_attr_i64(loc, file, "evaluations", s->evaluations));
+    DM_TRY(h5_attr_str(loc, file, "spacing", s->spacing));
+    DM_TRY(h5_attr_f64(loc, file, "eta", s->eta));
+    DM_TRY(h5_attr_u64(loc, file, "seed", s->seed));
+    return h5_attr_str(loc, file, "objective", s->objective);
+}
 
-static dm_status samples_body(hid_t g, const char *tmp, const dm_config *c,
-                              const diffusion_epoch *e) {
+static dm_status samples_body(hid_t g, const char *tmp, const samples_diffusion *e) {
     hsize_t d3[3] = {SAMPLES_N, DM_IMG, DM_IMG}, n1 = SAMPLES_N;
     DM_TRY(h5_write_f32(g, tmp, "images", e->img, 3, d3));
     DM_TRY(h5_write_i32(g, tmp, "labels", e->labels, 1, &n1));
     DM_TRY(h5_attr_i64(g, tmp, "epoch", e->epoch));
-    if (c->conditioning == CONDITIONING_CLASS) /* nothing to guide by otherwise */
-        DM_TRY(h5_attr_f64(g, tmp, "guidance", c->guidance));
-    DM_TRY(h5_attr_i64(g, tmp, "steps", e->steps));
-    DM_TRY(h5_attr_u64(g, tmp, "seed", c->seed));
-    return h5_attr_str(g, tmp, "objective", config_objective_name(c->objective));
+    return samples_sampler_attrs(g, tmp, &e->how);
 }
 
-static dm_status batch_vis_body(hid_t g, const char *tmp, const diffusion_epoch *e) {
+static dm_status batch_vis_body(hid_t g, const char *tmp, const samples_diffusion *e) {
     hsize_t v3[3] = {8, DM_IMG, DM_IMG}, v1 = 8;
     DM_TRY(h5_write_f32(g, tmp, "x0", e->vis, 3, v3));
     DM_TRY(h5_write_f32(g, tmp, "xt", e->vis + 8 * DM_PIX, 3, v3));
@@ -310,20 +243,20 @@ static dm_status batch_vis_body(hid_t g, const char *tmp, const diffusion_epoch 
     return h5_attr_i64(g, tmp, "epoch", e->epoch);
 }
 
-static dm_status trajectory_body(hid_t g, const char *tmp, const diffusion_epoch *e) {
-    hsize_t t4[4] = {SAMPLES_FRAMES, SAMPLES_N, DM_IMG, DM_IMG}, t1 = SAMPLES_FRAMES;
+static dm_status trajectory_body(hid_t g, const char *tmp, const samples_diffusion *e) {
+    hsize_t t4[4] = {(hsize_t)e->frames, SAMPLES_N, DM_IMG, DM_IMG}, t1 = (hsize_t)e->frames;
     DM_TRY(h5_write_f32(g, tmp, "images", e->traj, 4, t4));
     DM_TRY(h5_write_f32(g, tmp, "t", e->traj_t, 1, &t1));
     return h5_attr_i64(g, tmp, "epoch", e->epoch);
 }
 
 static dm_status write_diffusion(hid_t f, const char *tmp, const dm_config *c,
-                                 const diffusion_epoch *e) {
+                                 const samples_diffusion *e) {
     char name[64];
     snprintf(name, sizeof name, "/samples/epoch_%04d", e->epoch);
     hid_t g = new_group(f, tmp, name, c);
     if (g < 0) return DM_EIO;
-    DM_TRY(close_group(g, tmp, name, samples_body(g, tmp, c, e)));
+    DM_TRY(close_group(g, tmp, name, samples_body(g, tmp, e)));
     snprintf(name, sizeof name, "/batch_vis/epoch_%04d", e->epoch);
     g = new_group(f, tmp, name, c);
     if (g < 0) return DM_EIO;
@@ -334,14 +267,9 @@ static dm_status write_diffusion(hid_t f, const char *tmp, const dm_config *c,
     return close_group(g, tmp, "/trajectory", trajectory_body(g, tmp, e));
 }
 
-/* Rank 0: write the epoch's groups, then its two PNGs. */
-static dm_status diffusion_outputs(const char *out, unet *net, const dm_config *c,
-                                   const ddpm_schedule *s, const dm_dataset *train,
-                                   diffusion_epoch *e, float *vis, float *grid) {
-    float vt[8];
-    batch_vis(net, c, s, train, vis, vt);
-    e->vis = vis;
-    e->vt = vt;
+/* The epoch's groups, then its two PNGs. */
+static dm_status diffusion_outputs(const char *out, const dm_config *c,
+                                   const samples_diffusion *e, float *grid) {
     char tmp[4300], name[64];
     hid_t f = open_copy(out, tmp, sizeof tmp);
     if (f < 0) return DM_EIO;
@@ -350,39 +278,13 @@ static dm_status diffusion_outputs(const char *out, unet *net, const dm_config *
     snprintf(name, sizeof name, "samples-epoch-%d.png", e->epoch);
     DM_TRY(png(out, name, grid, 4, 10));
     snprintf(name, sizeof name, "batch-epoch-%d.png", e->epoch);
-    return png(out, name, vis, 3, 8);
+    return png(out, name, e->vis, 3, 8);
 }
 
-dm_status samples_diffusion(const char *out, unet *net, unet *sampler,
-                            const dm_config *c, const ddpm_schedule *s,
-                            const dm_dataset *train, int epoch, int rank) {
-    int class_model = c->conditioning == CONDITIONING_CLASS, last = epoch == c->epochs;
-    int steps = diffusion_steps(c);
-    int32_t labels[SAMPLES_N];
-    for (int i = 0; i < SAMPLES_N; i++) labels[i] = class_model ? i / 4 : -1;
-    char what[64];
-    snprintf(what, sizeof what, "epoch %d: sampling %d images", epoch, SAMPLES_N);
-    sampler_request q = {.n = SAMPLES_N, .labels = labels, .guidance = (float)c->guidance,
-                         .steps = steps, .seed = c->seed,
-                         .frames = last ? SAMPLES_FRAMES : 0, .progress = what,
-                         .log_every = c->log_every};
-    float *img = rank == 0 ? dm_calloc(SAMPLES_N * DM_PIX, sizeof(float)) : NULL;
-    float *traj = rank == 0 && last
-                      ? dm_calloc((size_t)SAMPLES_FRAMES * SAMPLES_N * DM_PIX, sizeof(float))
-                      : NULL;
-    float traj_t[SAMPLES_FRAMES];
-    sampler_run(sampler, c, &q, img, traj, traj_t);
-    dm_status st = DM_OK;
-    if (rank == 0) {
-        diffusion_epoch e = {.epoch = epoch, .steps = steps, .img = img,
-                             .labels = labels, .traj = traj, .traj_t = traj_t};
-        float *vis = dm_malloc(sizeof(float) * 24 * DM_PIX);
-        float *grid = dm_malloc(sizeof(float) * SAMPLES_N * DM_PIX);
-        st = diffusion_outputs(out, net, c, s, train, &e, vis, grid);
-        free(vis);
-        free(grid);
-    }
-    free(img);
-    free(traj);
+dm_status samples_write_diffusion(const char *out, const dm_config *c,
+                                  const samples_diffusion *e) {
+    float *grid = dm_malloc(sizeof(float) * SAMPLES_N * DM_PIX);
+    dm_status st = diffusion_outputs(out, c, e, grid);
+    free(grid);
     return st;
 }

@@ -91,12 +91,6 @@ void diffusion_x0_hat(const dm_config *c, const ddpm_schedule *s, float *x0,
     objective_get(c->objective)->x0_hat(s, x0, z, out, t, n);
 }
 
-int diffusion_steps(const dm_config *c) {
-    const dm_objective_def *o = objective_get(c->objective);
-    if (c->sample_steps) return c->sample_steps;
-    return c->conditioning == CONDITIONING_CLASS ? o->steps_class : o->steps_time;
-}
-
 void guidance_combine(float *out, const float *ec, const float *eu, float g, long n) {
     for (long k = 0; k < n; k++) out[k] = eu[k] + g * (ec[k] - eu[k]);
 }

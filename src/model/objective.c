@@ -1,5 +1,6 @@
 /* objective.c: the objective table (see objective.h) and each row's
- * functions, with the DDPM schedule and the two sampler steps. */
+ * functions, with the DDPM schedule, the time grids of the samplers and
+ * the DDPM ancestral step. */
 #include "diffmpi/objective.h"
 
 #include <math.h>
@@ -8,6 +9,7 @@
 #include "diffmpi/common.h"
 #include "diffmpi/data.h"
 #include "diffmpi/layers.h"
+#include "diffmpi/solver.h"
 
 /* ---- losses ------------------------------------------------------------------ */
 
@@ -68,14 +70,40 @@ static void ddpm_x0(const ddpm_schedule *s, float *x0, const float *z, const flo
     for (long k = 0; k < n; k++) x0[k] = (z[k] - b * out[k]) / a;
 }
 
-static float ddpm_sample_time(int si, int S) {
-    return (float)ddpm_timestep(si, S) / (float)DDPM_T;
+/* sample_spacing = logsnr: S timesteps evenly spaced in lambda_t =
+ * ln(sqrt(abar_t / (1 - abar_t))) from t = T-1 to 0, each the trained
+ * timestep nearest in lambda, then made strictly decreasing (S <= T) by
+ * pushing up from t = 0, then down from t = T-1. */
+static void ddpm_logsnr_steps(const ddpm_schedule *s, int S, int *ts) {
+    double lam[DDPM_T];
+    for (int t = 0; t < s->T; t++) lam[t] = 0.5 * log(s->abar[t] / (1.0 - s->abar[t]));
+    for (int i = 0; i < S; i++) {
+        double want = S == 1 ? lam[s->T - 1]
+                             : lam[s->T - 1] + (lam[0] - lam[s->T - 1]) * i / (S - 1);
+        int best = 0;
+        for (int t = 1; t < s->T; t++)
+            if (fabs(lam[t] - want) < fabs(lam[best] - want)) best = t;
+        ts[i] = best;
+    }
+    for (int i = S - 2; i >= 0; i--)
+        if (ts[i] <= ts[i + 1]) ts[i] = ts[i + 1] + 1;
+    for (int i = 1; i < S; i++)
+        if (ts[i] >= ts[i - 1]) ts[i] = ts[i - 1] - 1;
 }
 
-static void ddpm_sample_step(const ddpm_schedule *s, int si, int S, float *x,
-                             const float *out, const float *z, long n) {
-    int tp = si + 1 < S ? ddpm_timestep(si + 1, S) : -1;
-    ddpm_step(s, ddpm_timestep(si, S), tp, x, out, z, n);
+static path_point ddpm_point(const ddpm_schedule *s, int t) {
+    double abar = t >= 0 ? s->abar[t] : 1.0;
+    return (path_point){.t = (float)t / (float)s->T, .a = sqrt(abar), .s = sqrt(1.0 - abar),
+                        .tq = (double)t / s->T, .index = t};
+}
+
+static const char *ddpm_grid(const ddpm_schedule *s, dm_spacing sp, int S, path_point *p) {
+    if (S > s->T) return "a DDPM has 300 trained times, so at most 300 steps";
+    int ts[DDPM_T];
+    if (sp == SPACING_LOGSNR) ddpm_logsnr_steps(s, S, ts);
+    for (int i = 0; i < S; i++) p[i] = ddpm_point(s, sp == SPACING_LOGSNR ? ts[i] : ddpm_timestep(i, S));
+    p[S] = ddpm_point(s, -1);
+    return NULL;
 }
 
 /* ---- flow matching: target x - eps ---------------------------------------- */
@@ -98,11 +126,17 @@ static void flow_x0(const ddpm_schedule *s, float *x0, const float *z, const flo
     for (long k = 0; k < n; k++) x0[k] = z[k] + (1.0f - t) * out[k];
 }
 
-static float flow_sample_time(int si, int S) { return (float)si / (float)S; }
-
-static void flow_sample_step(const ddpm_schedule *s, int si, int S, float *x,
-                             const float *out, const float *z, long n) {
-    flow_step(x, out, S, n);
+/* t_i = i/S from noise (t = 0) to the image (t = 1). */
+static const char *flow_grid(const ddpm_schedule *s, dm_spacing sp, int S, path_point *p) {
+    if (sp == SPACING_LOGSNR)
+        return "a flow model's grid starts at t = 0, where the log-SNR is -infinity, "
+               "so only sample_spacing = uniform";
+    for (int i = 0; i <= S; i++) {
+        double tq = (double)i / S;
+        p[i] = (path_point){.t = (float)i / (float)S, .a = tq, .s = 1.0 - tq, .tq = tq,
+                            .index = -1};
+    }
+    return NULL;
 }
 
 /* ---- classifier: target onehot(label) ----------------------------------------- */
@@ -124,13 +158,12 @@ static const dm_objective_def objectives[OBJ_COUNT] = {
                         .x0_hat = identity_x0},
     [OBJ_DDPM] = {.name = "ddpm", .diffusion = 1, MSE, .time_mix = COND_MIX_ADD,
                   .draw_time = ddpm_draw_time, .make = ddpm_make, .x0_hat = ddpm_x0,
-                  .steps_time = DDPM_T, .steps_class = DDPM_T,
-                  .sample_time = ddpm_sample_time, .step_noise = 1,
-                  .sample_step = ddpm_sample_step},
+                  .sampler = SAMPLER_DDPM, .steps_time = DDPM_T, .steps_class = DDPM_T,
+                  .grid = ddpm_grid},
     [OBJ_FLOW] = {.name = "flow", .diffusion = 1, MSE, .time_mix = COND_MIX_MUL,
                   .draw_time = flow_draw_time, .make = flow_make, .x0_hat = flow_x0,
-                  .steps_time = 50, .steps_class = 300,
-                  .sample_time = flow_sample_time, .sample_step = flow_sample_step},
+                  .sampler = SAMPLER_EULER, .steps_time = 50, .steps_class = 300,
+                  .grid = flow_grid},
     [OBJ_CLASSIFY] = {.name = "classify", .classes = DM_CLASSES, .loss = xent_loss,
                       .target_floats = DM_CLASSES, .loss_per_image = 1,
                       .make = classify_make},
@@ -173,14 +206,10 @@ void ddpm_step(const ddpm_schedule *s, int t, int tp, float *x,
     float ra = (float)sqrt(abar), rb = (float)sqrt(1.0 - abar);
     float c0 = (float)(sqrt(prev) * beta / (1.0 - abar));
     float c1 = (float)(sqrt(alpha) * (1.0 - prev) / (1.0 - abar));
-    float sd = tp >= 0 ? (float)sqrt(beta) : 0.0f;
+    double var = tp == t - 1 ? beta : beta * (1.0 - prev) / (1.0 - abar);
+    float sd = tp >= 0 ? (float)sqrt(var) : 0.0f;
     for (long k = 0; k < n; k++) {
         float x0 = (x[k] - rb * eps[k]) / ra;
         x[k] = c0 * x0 + c1 * x[k] + (tp >= 0 ? sd * z[k] : 0.0f);
     }
-}
-
-void flow_step(float *x, const float *u, int N, long n) {
-    float h = 1.0f / (float)N;
-    for (long k = 0; k < n; k++) x[k] += u[k] * h;
 }

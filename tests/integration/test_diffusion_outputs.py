@@ -34,18 +34,23 @@ with h5py.File(os.path.join(out, "samples.h5"), "r") as f:
         check(g["images"].shape == (40, 28, 28) and g["images"].dtype == np.float32,
               f"/samples/epoch_{ep:04d}/images [40,28,28]")
         check(list(g["labels"][()]) == [i // 4 for i in range(40)], "4 samples of each digit")
-        check(g.attrs["guidance"] == 5 and g.attrs["steps"] == 10 and g.attrs["seed"] == 0,
-              "sampling attrs")
+        check(g.attrs["guidance"] == 5 and g.attrs["steps"] == 10 and g.attrs["seed"] == 0
+              and g.attrs["sampler"] == "ddpm" and g.attrs["evaluations"] == 10
+              and g.attrs["spacing"] == "uniform" and g.attrs["eta"] == 0,
+              "sampling attrs (guidance, steps, seed, sampler, evaluations, spacing, eta)")
         v = f[f"batch_vis/epoch_{ep:04d}"]
         check(all(v[k].shape == (8, 28, 28) for k in ("x0", "xt", "x0_hat")) and
               v["t"].shape == (8,), "batch visualisation datasets")
     ts = f["batch_vis/epoch_0002/t"][()]
     check(np.all(np.diff(ts) > 0) and ts[0] >= 0 and ts[-1] < 1, f"batch vis times {ts}")
     tr = f["trajectory/images"]
-    check(tr.shape == (31, 40, 28, 28) and f["trajectory"].attrs["epoch"] == 2,
-          "trajectory of the last epoch [31,40,28,28]")
+    check(tr.shape == (11, 40, 28, 28) and f["trajectory"].attrs["epoch"] == 2,
+          "trajectory of the last epoch, every one of its 10 steps [11,40,28,28]")
     tt = f["trajectory/t"][()]
-    check(tt[0] == 0 and tt[-1] == 1, "trajectory from noise (t=0) to image (t=1)")
+    want = np.array([((299 * (9 - i) + 4) // 9) / 300 for i in range(10)] + [-1 / 300],
+                    np.float32)
+    check(np.array_equal(tt, want),
+          f"trajectory times: the network time of each step, 299/300 to 0, then -1/300 ({tt})")
     check(np.array_equal(tr[-1], f["samples/epoch_0002/images"][()]),
           "last trajectory frame is the final sample")
     run_samples = f["samples/epoch_0002/images"][()]

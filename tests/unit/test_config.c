@@ -69,6 +69,8 @@ static void expect_same(const dm_config *a, const dm_config *b,
                a->train_limit == b->train_limit &&
                a->eval_limit == b->eval_limit &&
                a->guidance == b->guidance && a->sample_steps == b->sample_steps &&
+               a->sampler == b->sampler && a->sample_spacing == b->sample_spacing &&
+               a->sample_eta == b->sample_eta &&
                a->sample_chunk == b->sample_chunk && a->watchdog == b->watchdog &&
                strcmp(a->sample_epochs, b->sample_epochs) == 0 &&
                strcmp(a->keep_epochs, b->keep_epochs) == 0 &&
@@ -106,6 +108,8 @@ static void test_defaults(void) {
     EXPECT(c.precision == DM_FP32 && c.engine == DM_ENGINE_AUTO && c.conv_algo == CONV_IM2COL &&
                c.winograd_min_width == 1 && c.winograd4_min_width == 0,
            "precision/engine/conv_algo/winograd_min_width/winograd4_min_width");
+    EXPECT(c.sampler == SAMPLER_AUTO && c.sample_spacing == SPACING_UNIFORM && c.sample_eta == 0,
+           "sampler/sample_spacing/sample_eta");
     EXPECT(c.guidance == 5.0 && c.sample_steps == 0 && c.sample_chunk == 4 &&
                c.watchdog == 300.0 &&
                strcmp(c.sample_epochs, "1,5,10,15,20") == 0,
@@ -125,7 +129,8 @@ static void test_defaults(void) {
                   "keep = 3\nkeep_epochs = \nthreads = 1\nprecision = fp32\nengine = auto\n"
                   "conv_algo = im2col\nwinograd_min_width = 1\nwinograd4_min_width = 0\nbn_sync = global\n"
                   "log_every = 10\n"
-                  "p_uncond = 0.1\nguidance = 5\nsample_steps = 0\n"
+                  "p_uncond = 0.1\nguidance = 5\nsampler = auto\nsample_steps = 0\n"
+                  "sample_spacing = uniform\nsample_eta = 0\n"
                   "sample_epochs = 1,5,10,15,20\nwatchdog = 300\n"
                   "sample_chunk = 4\nema_decay = 0\nbn_recalibrate = 0\njudge = \n"
                   "score_n = 200\n") == 0,
@@ -465,6 +470,7 @@ static void test_round_trip(void) {
     a.eval_limit = 1234;
     a.guidance = 2.5;
     a.sample_steps = 77;
+    a.sampler = SAMPLER_HEUN;
     a.sample_chunk = 5;
     a.watchdog = 12.5;
     a.precision = DM_BF16;
@@ -480,7 +486,7 @@ static void test_round_trip(void) {
     char text[4096], text2[4096];
     int n = config_to_string(&a, text, sizeof text);
     EXPECT(n == (int)strlen(text) && n > 0, "to_string length %d", n);
-    EXPECT(count_lines(text) == 36, "36 lines, got %d", count_lines(text));
+    EXPECT(count_lines(text) == 39, "39 lines, got %d", count_lines(text));
     EXPECT(strncmp(text, "objective = flow\nconditioning = class\n", 38) == 0,
            "to_string starts '%.40s'", text);
     EXPECT(strstr(text, "\nlr = 0.30000000000000004\n") != NULL,

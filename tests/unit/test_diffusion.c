@@ -1,6 +1,7 @@
-/* test_diffusion.c: the DDPM schedule against closed forms, one sampler
- * step of each kind against a hand computation, classifier-free guidance,
- * and the training examples of every objective. */
+/* test_diffusion.c: the DDPM schedule against closed forms, the course's
+ * DDPM step against a hand computation, classifier-free guidance, and the
+ * training examples of every objective (the other samplers:
+ * test_sampler.c). */
 #include <math.h>
 #include <string.h>
 
@@ -54,11 +55,6 @@ static void test_steps(void) {
     double x0 = (0.4 - sqrt(1 - s.abar[0]) * 0.2) / sqrt(s.abar[0]);
     ddpm_step(&s, 0, -1, y, e0, z0, 1);
     EXPECT_CLOSE(y[0], x0, 1e-6, 1e-5, "last ddpm step returns x0_hat");
-    /* Euler: x + u/N. */
-    float f[2] = {1.0f, 2.0f}, u[2] = {5.0f, -10.0f};
-    flow_step(f, u, 50, 2);
-    EXPECT_CLOSE(f[0], 1.1, 1e-6, 0, "flow step [0]");
-    EXPECT_CLOSE(f[1], 1.8, 1e-6, 0, "flow step [1]");
     float ec[2] = {1.0f, 3.0f}, eu[2] = {0.5f, 1.0f}, out[2];
     guidance_combine(out, ec, eu, 5.0f, 2);
     EXPECT_CLOSE(out[0], 3.0, 1e-6, 0, "cfg [0] = eu + 5 (ec - eu)");
@@ -111,11 +107,10 @@ static void test_examples(void) {
     double err = 0;
     for (int k = 0; k < DM_PIX; k++) err = fmax(err, fabs(est[k] - x[k]));
     EXPECT(err < 1e-5, "flow: x_t + (1-t) u = x (err %g)", err);
-    EXPECT(diffusion_steps(&c) == 50, "flow time model samples with 50 steps");
-    c.conditioning = CONDITIONING_CLASS;
-    EXPECT(diffusion_steps(&c) == 300, "flow class model samples with 300 steps");
-    c.objective = OBJ_DDPM;
-    EXPECT(diffusion_steps(&c) == 300, "DDPM samples with 300 steps");
+    EXPECT(solver_steps(OBJ_FLOW, 0, 0) == 50, "flow time model samples with 50 steps");
+    EXPECT(solver_steps(OBJ_FLOW, 1, 0) == 300, "flow class model samples with 300 steps");
+    EXPECT(solver_steps(OBJ_DDPM, 1, 0) == 300, "DDPM samples with 300 steps");
+    EXPECT(solver_steps(OBJ_DDPM, 1, 20) == 20, "sample_steps wins over the default");
 }
 
 int main(void) {

@@ -1,0 +1,121 @@
+"""integration.samplers: every sampler of the table on a tiny class DDPM and
+a tiny time flow model: the same bits on 1 and 3 ranks, what the files and
+`inspect` record, --noise (a deterministic sampler redraws the same images
+whatever the seed), the training-time samples with the sampler keys, and
+one clear line with exit code 2 for every value that cannot work."""
+import os
+
+import h5py
+import numpy as np
+
+from common import check, finish, mpirun, tmpdir, train
+
+base = tmpdir()
+one_epoch = ["epochs=1", "train_limit=96", "sample_epochs=1"]
+ddpm = os.path.join(base, "ddpm")
+r = train(2, ddpm, ["objective=ddpm", "conditioning=class", "sample_steps=5", "sampler=dpmpp2m",
+                    "sample_spacing=logsnr"] + one_epoch)
+check(r.returncode == 0, f"class DDPM with sampler = dpmpp2m ({r.stderr[-300:]})")
+flow = os.path.join(base, "flow")
+r = train(2, flow, ["objective=flow", "conditioning=time", "sample_steps=4", "sampler=heun"]
+          + one_epoch)
+check(r.returncode == 0, f"time flow with sampler = heun ({r.stderr[-300:]})")
+ck = {m: os.path.join(d, "checkpoints", "ckpt-4.h5") for m, d in (("ddpm", ddpm), ("flow", flow))}
+
+with h5py.File(os.path.join(ddpm, "samples.h5"), "r") as f:
+    g = f["samples/epoch_0001"]
+    check(g.attrs["sampler"] == "dpmpp2m" and g.attrs["steps"] == 5 and
+          g.attrs["spacing"] == "logsnr" and g.attrs["evaluations"] == 5,
+          "the run's samples record sampler, steps, spacing, evaluations")
+    check(f["trajectory/images"].shape == (6, 40, 28, 28),
+          "the last epoch's trajectory keeps each of the 5 steps (6 frames)")
+    run_ddpm = g["images"][()]
+with h5py.File(os.path.join(flow, "samples.h5"), "r") as f:
+    g = f["samples/epoch_0001"]
+    check(g.attrs["sampler"] == "heun" and g.attrs["evaluations"] == 7 and
+          "guidance" not in g.attrs, "heun: 4 steps are 7 network evaluations; no guidance")
+    tt = f["trajectory/t"][()]
+    check(np.array_equal(tt, np.float32([0, 0.25, 0.5, 0.75, 1])), f"flow trajectory times {tt}")
+
+# Every sampler, 1 and 3 ranks (chunks of 4 images: 3 ranks get 2, 1, 1 chunks).
+cases = [("ddpm", ["--sampler", "ddpm", "--steps", "7"]),
+         ("ddpm", ["--sampler", "ddim", "--steps", "6"]),
+         ("ddpm", ["--sampler", "ddim", "--steps", "6", "--eta", "0.5", "--spacing", "logsnr"]),
+         ("ddpm", ["--sampler", "dpmpp2m", "--steps", "5", "--spacing", "logsnr"]),
+         ("flow", ["--sampler", "euler", "--steps", "5"]),
+         ("flow", ["--sampler", "heun", "--steps", "4"]),
+         ("flow", ["--sampler", "dpmpp2m", "--steps", "5"])]
+for model, opts in cases:
+    got = {}
+    for p in (1, 3):
+        path = os.path.join(base, f"{model}-{'-'.join(opts[1::2])}-{p}.h5")
+        r = mpirun(p, ["sample", "--checkpoint", ck[model], "--out", path, "--n", "16"] + opts)
+        ok = r.returncode == 0
+        if ok:
+            with h5py.File(path, "r") as f:
+                got[p] = f["images"][()]
+                attrs = dict(f.attrs)
+        check(ok and np.all(np.isfinite(got[p])), f"sample {' '.join(opts)} on {p} rank(s) "
+                                                  f"({r.stderr[-200:]})")
+    if len(got) == 2:
+        check(got[1].tobytes() == got[3].tobytes(), f"{' '.join(opts)}: 1 and 3 ranks, same bits")
+        check(attrs["sampler"] == opts[1] and attrs["steps"] == int(opts[3]),
+              f"{' '.join(opts)}: the file records sampler and steps")
+r = mpirun(1, ["sample", "--checkpoint", ck["ddpm"], "--out", os.path.join(base, "own.h5"),
+               "--n", "40"])
+with h5py.File(os.path.join(base, "own.h5"), "r") as f:
+    check(r.returncode == 0 and f["images"][()].tobytes() == run_ddpm.tobytes(),
+          "sample with the run's keys reproduces its samples bit for bit")
+r = mpirun(1, ["inspect", os.path.join(base, "own.h5")])
+check("sampler: dpmpp2m, 5 steps (5 network evaluations), spacing logsnr, eta 0, guidance 5"
+      in r.stdout, f"inspect names the sampler ({r.stdout[:300]})")
+r = mpirun(1, ["inspect", os.path.join(ddpm, "samples.h5")])
+check("/samples/epoch_0001: sampler: dpmpp2m, 5 steps" in r.stdout,
+      "inspect names each epoch's sampler in samples.h5")
+
+# --noise: the images start from given noise; a deterministic sampler then
+# ignores the seed, a stochastic one does not.
+noise = os.path.join(base, "noise.h5")
+with h5py.File(noise, "w") as f:
+    f["noise"] = np.random.default_rng(3).standard_normal((6, 1, 28, 28)).astype(np.float32)
+imgs = {}
+for smp, seed in (("ddim", "1"), ("ddim", "2"), ("ddpm", "1"), ("ddpm", "2")):
+    path = os.path.join(base, f"n-{smp}-{seed}.h5")
+    r = mpirun(2, ["sample", "--checkpoint", ck["ddpm"], "--out", path, "--noise", noise,
+                   "--sampler", smp, "--steps", "6", "--seed", seed])
+    check(r.returncode == 0, f"sample --noise with {smp}, seed {seed} ({r.stderr[-200:]})")
+    with h5py.File(path, "r") as f:
+        imgs[smp, seed] = f["images"][()]
+        check(f.attrs["noise"] == noise and len(imgs[smp, seed]) == 6,
+              "--noise: N from the file, its path recorded")
+check(imgs["ddim", "1"].tobytes() == imgs["ddim", "2"].tobytes(),
+      "ddim from the same noise: the same images whatever the seed")
+check(imgs["ddpm", "1"].tobytes() != imgs["ddpm", "2"].tobytes(),
+      "ddpm from the same noise: its step noise follows the seed")
+
+# Values that cannot work: one line, exit 2.
+bad = [(ck["ddpm"], ["--sampler", "euler"], "sampler = euler cannot sample a ddpm model"),
+       (ck["ddpm"], ["--sampler", "heun"], "sampler = heun cannot sample a ddpm model"),
+       (ck["flow"], ["--sampler", "ddpm"], "sampler = ddpm cannot sample a flow model"),
+       (ck["ddpm"], ["--sampler", "plms"], "--sampler: expected one of auto, ddpm, ddim"),
+       (ck["ddpm"], ["--steps", "0"], "--steps: expected an integer in 1..100000"),
+       (ck["ddpm"], ["--steps", "301"], "at most 300 steps"),
+       (ck["ddpm"], ["--sampler", "ddim", "--eta", "1.5"], "--eta: expected a number in [0, 1]"),
+       (ck["ddpm"], ["--sampler", "dpmpp2m", "--eta", "0.5"], "read by sampler = ddim only"),
+       (ck["flow"], ["--spacing", "logsnr"], "only sample_spacing = uniform"),
+       (ck["ddpm"], ["--noise", os.path.join(base, "none.h5")], "--noise"),
+       (ck["ddpm"], ["--noise", noise, "--n", "5"], "holds 6 images, --n asks for 5")]
+for path, opts, words in bad:
+    r = mpirun(2, ["sample", "--checkpoint", path, "--out", os.path.join(base, "bad.h5")] + opts)
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("diffmpi:")]  # not mpirun's
+    check(r.returncode == 2 and len(lines) == 1 and words in lines[0],
+          f"sample {' '.join(opts)}: exit 2, one line with '{words}' (rc {r.returncode}: "
+          f"{r.stderr.strip()[-200:]})")
+for keys, words in ((["sampler=euler"], "sampler = euler cannot sample a ddpm"),
+                    (["sample_eta=0.3"], "read by sampler = ddim only, not ddpm"),
+                    (["sample_steps=400"], "at most 300 steps"),
+                    (["sampler=ddim", "sample_eta=2"], "sample_eta")):
+    r = train(1, os.path.join(base, "bad"), ["objective=ddpm", "conditioning=time"] + keys)
+    check(r.returncode == 2 and words in r.stderr, f"train --set {' '.join(keys)}: exit 2 "
+                                                   f"naming it ({r.stderr.strip()[-200:]})")
+finish()
