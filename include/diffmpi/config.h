@@ -105,6 +105,10 @@ void config_defaults(dm_config *c);
 dm_status config_load_file(dm_config *c, const char *path);
 /* Apply one "key=value" override. */
 dm_status config_set(dm_config *c, const char *assignment);
+/* NULL when the sampler keys (sampler, sample_steps, sample_spacing,
+ * sample_eta) can sample c's diffusion objective; else why not, one
+ * phrase (solver_check). config_validate asks it for diffusion models. */
+const char *config_sampler_problem(const dm_config *c);
 /* Cross-key checks (micro_batch <= batch, conditioning vs objective, ...). */
 dm_status config_validate(const dm_config *c);
 /* Write the resolved configuration as INI text ("key = value" lines) into

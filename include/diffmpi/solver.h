@@ -83,7 +83,6 @@ typedef struct solver_plan {
     ddpm_schedule sch;
     int S;            /* steps */
     double eta;       /* ddim: sample_eta */
-    dm_spacing spacing;
     path_point *p;    /* [S + 1], p[S] the image */
     solver_model m;
 } solver_plan;

@@ -176,10 +176,9 @@ int bench_run(const dm_config *cfg, int steps, int sample, int verbose) {
         if (t.rank == 0) dm_error("--sample needs a diffusion model (objective ddpm or flow)");
         st = DM_EUSAGE;
     }
-    const char *why = st == DM_OK && sample ? solver_check(cfg->objective, cfg->sampler,
-                                                           cfg->sample_spacing, steps,
-                                                           cfg->sample_eta)
-                                            : NULL;
+    dm_config timed = *cfg; /* --steps N sampler steps are what is timed */
+    timed.sample_steps = steps;
+    const char *why = st == DM_OK && sample ? config_sampler_problem(&timed) : NULL;
     if (why) {
         if (t.rank == 0) dm_error("--sample --steps %d: %s", steps, why);
         st = DM_EUSAGE;

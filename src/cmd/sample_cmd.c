@@ -74,11 +74,7 @@ static dm_status sampler_options(const sample_args *a, dm_config *c) {
     if (a->steps > 0) c->sample_steps = a->steps;
     if (a->eta >= 0) c->sample_eta = a->eta;
     if (a->spacing >= 0) c->sample_spacing = (dm_spacing)a->spacing;
-    const char *why = solver_check(c->objective, c->sampler, c->sample_spacing,
-                                   solver_steps(c->objective,
-                                                c->conditioning == CONDITIONING_CLASS,
-                                                c->sample_steps),
-                                   c->sample_eta);
+    const char *why = config_sampler_problem(c);
     if (!why) return DM_OK;
     dm_error("%s: %s (--sampler, --steps, --eta, --spacing)", a->checkpoint, why);
     return DM_EUSAGE;

@@ -890,16 +890,19 @@ dm_status config_validate(const dm_config *c) {
                  config_objective_name(c->objective));
         return DM_EUSAGE;
     }
-    const char *why = unconditional ? NULL
-                      : solver_check(c->objective, c->sampler, c->sample_spacing,
-                                     solver_steps(c->objective, c->conditioning == CONDITIONING_CLASS,
-                                                  c->sample_steps),
-                                     c->sample_eta);
+    const char *why = unconditional ? NULL : config_sampler_problem(c);
     if (why) {
         dm_error("invalid configuration: %s", why);
         return DM_EUSAGE;
     }
     return DM_OK;
+}
+
+const char *config_sampler_problem(const dm_config *c) {
+    return solver_check(c->objective, c->sampler, c->sample_spacing,
+                        solver_steps(c->objective, c->conditioning == CONDITIONING_CLASS,
+                                     c->sample_steps),
+                        c->sample_eta);
 }
 
 int config_to_string(const dm_config *c, char *buf, int bufsize) {

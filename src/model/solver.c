@@ -171,7 +171,7 @@ const char *solver_check(dm_objective o, dm_sampler s, dm_spacing sp, int S, dou
     const char *bad = od->grid(&sch, sp, S, p);
     free(p);
     if (bad) {
-        snprintf(why, sizeof why, "%s steps of %s: %s", od->name, d->name, bad);
+        snprintf(why, sizeof why, "sampler = %s on a %s model: %s", d->name, od->name, bad);
         return why;
     }
     return NULL;
@@ -187,7 +187,6 @@ const char *solver_plan_init(solver_plan *pl, dm_objective o, dm_sampler s, dm_s
     ddpm_schedule_init(&pl->sch);
     pl->S = S;
     pl->eta = eta;
-    pl->spacing = sp;
     pl->p = dm_malloc(sizeof(path_point) * ((size_t)S + 1));
     DM_CHECK(pl->o->grid(&pl->sch, sp, S, pl->p) == NULL, "grid refused after its check");
     pl->m = m;

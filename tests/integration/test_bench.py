@@ -44,6 +44,10 @@ check(r.returncode == 0 and "sampling: 2 steps of 40 images (x2 for guidance)" i
       f"bench --sample on a class model ({r.stderr[-200:]})")
 check("projected: 40 images with 300 steps" in r.stdout, "projects the full sampling time")
 
+r = mpirun(1, ["bench"] + TINY + ["--set", "objective=ddpm", "--set", "conditioning=time",
+                                   "--steps", "301", "--sample"])
+check(r.returncode == 2 and "--sample --steps 301" in r.stderr and "at most 300 steps" in r.stderr,
+      f"bench --sample --steps 301 on a DDPM: usage error ({r.stderr.strip()[-200:]})")
 r = mpirun(1, ["bench"] + TINY + ["--sample"])
 check(r.returncode == 2 and "--sample needs a diffusion model" in r.stderr,
       "bench --sample on a denoiser is a usage error")
