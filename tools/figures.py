@@ -23,6 +23,7 @@ try:
     import h5py
     import matplotlib
     matplotlib.use("Agg")
+    import matplotlib.ticker
     import matplotlib.pyplot as plt
     from matplotlib import animation
 except ImportError as exc:  # the pyenv python3 on PATH lacks these
@@ -64,6 +65,10 @@ names with underscores are drawn here.
   trajectory.gif         Part 2: sampling of the last epoch, noise to image
   sample_STEM.png/.gif   for each --sample FILE: its images, and its
                          trajectory when the file has one
+  sweep_STEM.png         for each --sweep TABLE (tools/sampler_sweep.py):
+                         judge accuracy and Fréchet distance against network
+                         evaluations, one line per sampler (RUN_DIR may be
+                         left out, with --out)
 
 exit status: 0 all figures written; 1 some file or dataset could not be read,
 a PNG that training draws is missing from RUN_DIR, or a figure could not be
@@ -532,9 +537,9 @@ def sample_title(grp, ep, default_obj):
     g = attr(grp, "guidance")
     if g is not None:
         bits.append(f"guidance γ = {fmt(g)}")
-    st = attr(grp, "steps")
+    st, smp = attr(grp, "steps"), attr(grp, "sampler")
     if st is not None:
-        bits.append(f"{fmt(st)} steps")
+        bits.append((f"{smp} " if smp is not None else "") + f"{fmt(st)} steps")
     sd = attr(grp, "seed")
     if sd is not None:
         bits.append(f"seed {fmt(sd)}")
@@ -606,7 +611,7 @@ def sample_file(path, figdir, written, max_frames):
                            f"{len(imgs)} images")
         index, cols = arrange(labels, len(imgs))
         bits = []
-        for key, name in (("guidance", "guidance γ = "), ("steps", ""),
+        for key, name in (("guidance", "guidance γ = "), ("sampler", ""), ("steps", ""),
                           ("seed", "seed ")):
             v = attr(f, key)
             if v is not None:
@@ -631,6 +636,45 @@ def sample_file(path, figdir, written, max_frames):
                          max_frames)
 
 
+def fig_sweep(path, out, written):
+    """tools/sampler_sweep.py's table: accuracy and Frechet distance against
+    network evaluations, one line per sampler and spacing, mean and standard
+    deviation over the seeds."""
+    with open_h5(path) as f:
+        if "rows" not in f:
+            raise FigError(f"{path}: no /rows (not a tools/sampler_sweep.py table)")
+        rows = f["rows"][()]
+        ck = attr(f, "checkpoint", "")
+    if len(rows) == 0:
+        raise FigError(f"{path}: /rows is empty")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for s, sp in sorted({(r["sampler"], r["spacing"]) for r in rows}):
+        sel = rows[(rows["sampler"] == s) & (rows["spacing"] == sp)]
+        es = sorted(set(int(e) for e in sel["evaluations"]))
+        for ax, key in zip(axes, ("accuracy", "frechet_distance")):
+            v = [sel[key][sel["evaluations"] == e] for e in es]
+            m = [x.mean() for x in v]
+            sd = [x.std(ddof=1) if len(x) > 1 else 0.0 for x in v]
+            ax.errorbar(es, m, yerr=sd, marker="o", ms=4, capsize=3,
+                        label=f"{s.decode()} ({sp.decode()})")
+    ticks = sorted(set(int(e) for e in rows["evaluations"]))
+    for ax, name in zip(axes, ("judge accuracy", "Fréchet distance (judge features)")):
+        ax.set_xscale("log")
+        ax.set_xticks(ticks)
+        ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_xlabel("network evaluations per image")
+        ax.set_ylabel(name)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[1].set_yscale("log")
+    axes[1].yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    axes[1].yaxis.set_minor_formatter(matplotlib.ticker.ScalarFormatter())
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"Samplers of {os.path.basename(os.path.dirname(os.path.dirname(ck))) or ck}: "
+                 f"mean ± sd over seeds, {int(rows['n'][0])} images a point")
+    save(fig, out, written)
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -645,8 +689,13 @@ def main(argv=None):
                     "train` drew, where it drew one), and prints each path "
                     "written.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("run_dir", metavar="RUN_DIR",
-                    help="output directory of `diffmpi train`")
+    ap.add_argument("run_dir", metavar="RUN_DIR", nargs="?",
+                    help="output directory of `diffmpi train` (may be left out "
+                         "with --sweep and --out)")
+    ap.add_argument("--sweep", metavar="TABLE", action="append", default=[],
+                    help="a tools/sampler_sweep.py table; draws sweep_STEM.png "
+                         "(accuracy and Fréchet distance against network "
+                         "evaluations per sampler; repeatable)")
     ap.add_argument("--out", metavar="FIGDIR",
                     help="where to write the figures (default RUN_DIR/figures; "
                          "created if missing)")
@@ -669,6 +718,22 @@ def main(argv=None):
         return 2
 
     run = args.run_dir
+    for t in args.sweep:
+        if not os.path.isfile(t):
+            return usage_error(f"--sweep {t}: no such file")
+    if run is None:
+        if not (args.sweep and args.out):
+            return usage_error("RUN_DIR is required (without it: --sweep TABLE and --out)")
+        os.makedirs(args.out, exist_ok=True)
+        written, errors = [], []
+        for t in args.sweep:
+            stem = os.path.splitext(os.path.basename(t))[0]
+            try:
+                fig_sweep(t, os.path.join(args.out, f"sweep_{stem}.png"), written)
+            except (FigError, OSError, KeyError, ValueError) as exc:
+                errors.append(str(exc))
+                sys.stderr.write(f"figures: {exc}\n")
+        return 1 if errors else 0
     if not os.path.isdir(run):
         return usage_error(f"{run}: no such run directory")
     if not os.access(run, os.R_OK | os.X_OK):
@@ -735,6 +800,9 @@ def main(argv=None):
 
     for s in args.sample:
         attempt(s, sample_file, s, figdir, written, args.max_frames)
+    for t in args.sweep:
+        stem = os.path.splitext(os.path.basename(t))[0]
+        attempt(t, fig_sweep, t, out(f"sweep_{stem}.png"), written)
 
     return 1 if errors else 0
 

@@ -347,6 +347,29 @@ try:
           "| 2 |" in r.stdout,
           f"summary: a file that is not a log is one line, the others still printed "
           f"(rc {r.returncode}, stderr {r.stderr!r})")
+
+    # ---- --sweep: a tools/sampler_sweep.py table, with or without RUN_DIR
+    sw = os.path.join(base, "sw.h5")
+    row = np.dtype([("sampler", "S16"), ("spacing", "S16"), ("steps", "i4"),
+                    ("evaluations", "i4"), ("seed", "i8"), ("n", "i4"), ("accuracy", "f8"),
+                    ("frechet_distance", "f8"), ("seconds", "f8")])
+    rows = np.array([(smp, b"uniform", e, e, k, 200, 0.9 + 0.01 * k, 3.0 / e + k, e * 1.5)
+                     for smp in (b"ddim", b"dpmpp2m") for e in (10, 20, 50) for k in (0, 1, 2)],
+                    row)
+    with h5py.File(sw, "w") as f:
+        f["rows"] = rows
+        f.attrs["checkpoint"] = "runs/x/checkpoints/ckpt-1.h5"
+    swdir = os.path.join(base, "swfigs")
+    r = run("--sweep", sw, "--out", swdir)
+    check(r.returncode == 0 and r.stdout.split() == [os.path.join(swdir, "sweep_sw.png")] and
+          valid_png(os.path.join(swdir, "sweep_sw.png")),
+          f"--sweep without RUN_DIR draws sweep_sw.png ({r.stderr.strip()[-200:]})")
+    r = run("--sweep", sw)
+    one_error_line("--sweep without RUN_DIR or --out", r, 2, "RUN_DIR is required")
+    with h5py.File(os.path.join(base, "nosweep.h5"), "w") as f:
+        f["x"] = np.zeros(3)
+    r = run("--sweep", os.path.join(base, "nosweep.h5"), "--out", swdir)
+    one_error_line("--sweep on a file without /rows", r, 1, "no /rows")
 finally:
     shutil.rmtree(base, ignore_errors=True)
 

@@ -4,11 +4,12 @@ a tiny time flow model: the same bits on 1 and 3 ranks, what the files and
 whatever the seed), the training-time samples with the sampler keys, and
 one clear line with exit code 2 for every value that cannot work."""
 import os
+import subprocess
 
 import h5py
 import numpy as np
 
-from common import check, finish, mpirun, tmpdir, train
+from common import BIN, SRC, check, finish, mpirun, tmpdir, train
 
 base = tmpdir()
 one_epoch = ["epochs=1", "train_limit=96", "sample_epochs=1"]
@@ -118,4 +119,27 @@ for keys, words in ((["sampler=euler"], "sampler = euler cannot sample a ddpm"),
     r = train(1, os.path.join(base, "bad"), ["objective=ddpm", "conditioning=time"] + keys)
     check(r.returncode == 2 and words in r.stderr, f"train --set {' '.join(keys)}: exit 2 "
                                                    f"naming it ({r.stderr.strip()[-200:]})")
+
+# tools/sampler_sweep.py: rows measured, kept, not redrawn when run again.
+judge = os.path.join(base, "judge")
+r = train(2, judge, ["objective=classify", "conditioning=none", "epochs=1", "train_limit=96"])
+check(r.returncode == 0, f"a tiny judge ({r.stderr[-200:]})")
+table = os.path.join(base, "sweep.h5")
+sweep = ["/usr/bin/python3", os.path.join(SRC, "tools", "sampler_sweep.py"), ck["flow"],
+         "--judge", os.path.join(judge, "checkpoints", "ckpt-4.h5"), "--out", table,
+         "--samplers", "euler,heun", "--nfe", "3,4", "--seeds", "0,1", "--n", "8", "--bin", BIN]
+r = subprocess.run(sweep, capture_output=True, text=True, timeout=600)
+check(r.returncode == 0 and r.stdout.count("] ") == 6,
+      f"sampler_sweep: 6 points measured (heun's 3 and 4 evaluations are one point) "
+      f"({r.stderr.strip()[-300:]})")
+with h5py.File(table, "r") as f:
+    rows = f["rows"][()]
+heun = rows[rows["sampler"] == b"heun"]
+check(len(rows) == 6 and list(heun["steps"]) == [2, 2] and
+      sorted(set(heun["evaluations"])) == [3] and np.all(np.isfinite(rows["frechet_distance"])),
+      f"sweep rows: heun at 3 and 4 evaluations is 2 steps (3 evaluations) "
+      f"({rows[['sampler', 'steps', 'evaluations']]})")
+r = subprocess.run(sweep, capture_output=True, text=True, timeout=600)
+check(r.returncode == 0 and "] " not in r.stdout and "| heun | uniform | 2 | 3 | 2 |" in r.stdout,
+      f"sampler_sweep again: nothing redrawn, heun's 2 seeds in one line ({r.stdout[-400:]})")
 finish()
