@@ -1,5 +1,6 @@
 /* sample_cmd.h: `diffmpi sample`, drawing images from a diffusion
- * checkpoint under mpirun (see sampler.h for the distribution). */
+ * checkpoint under mpirun (see sampler.h for the distribution), and
+ * `diffmpi invert`, the way back from images to their noise. */
 #ifndef DIFFMPI_SAMPLE_CMD_H
 #define DIFFMPI_SAMPLE_CMD_H
 
@@ -20,6 +21,8 @@ typedef struct {
     double eta;             /* --eta, < 0: the run's sample_eta */
     int spacing;            /* --spacing: a dm_spacing, < 0: the run's */
     const char *noise;      /* --noise FILE: /noise [N,1,28,28] to start from */
+    int invert;             /* diffmpi invert: images to their noise */
+    const char *input;      /* invert --input FILE: /images [N,28,28] */
     uint64_t seed;          /* --seed */
     int has_seed;
     int trajectory;         /* --trajectory: keep every step's frame, up to 101 */
@@ -30,7 +33,8 @@ typedef struct {
                                < 0: the run's log_every */
 } sample_args;
 
-/* Returns the exit code; collective. */
+/* `sample`, or with a->invert `invert` (the sampler run backwards from
+ * --input's images, writing /noise). Returns the exit code; collective. */
 int sample_run(sample_args *a);
 
 #endif

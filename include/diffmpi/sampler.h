@@ -37,6 +37,8 @@ typedef struct {
     uint64_t seed;
     const float *noise;     /* [n][784] the initial noise on every rank;
                                NULL: drawn from the seed */
+    int invert;             /* 1: walk the grid backwards from noise = the
+                               images to their noise (solver_plan_reverse) */
     int frames;             /* trajectory frames to keep (0 = none) */
     const char *progress;   /* rank 0 prints "<progress>: step s/S" every
                                log_every seconds; NULL: quiet */

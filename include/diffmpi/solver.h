@@ -74,6 +74,8 @@ typedef struct {
     int state, work;      /* [k][784] arrays kept between steps / scratch */
     int noise;            /* SOLVER_NOISE_* */
     int uses_eta;         /* reads sample_eta */
+    int invertible;       /* deterministic and first order: run backwards
+                             over the reversed grid it maps images to noise */
     void (*step)(const struct solver_plan *pl, int i, solver_block *b);
 } dm_sampler_def;
 
@@ -109,6 +111,14 @@ const char *solver_check(dm_objective o, dm_sampler s, dm_spacing sp, int S, dou
 const char *solver_plan_init(solver_plan *pl, dm_objective o, dm_sampler s, dm_spacing sp,
                              int S, double eta, solver_model m);
 void solver_plan_free(solver_plan *pl);
+
+/* The grid walked backwards, from the image to the noise (DDIM's
+ * inversion, section 5): p reversed, and the image's network time, where it
+ * lies outside what was trained (the DDPM's -1/T), its neighbour's. Only
+ * for rows with `invertible` (and eta 0). */
+void solver_plan_reverse(solver_plan *pl);
+/* The first invertible row that samples objective o. */
+dm_sampler solver_inverse_default(dm_objective o);
 
 /* Does step i need fresh noise in b->z? */
 int solver_step_noise(const solver_plan *pl, int i);

@@ -28,6 +28,7 @@ static const char *usage_main =
     "  train     train a model (diffmpi train --help)\n"
     "  predict   run a checkpoint's network on images from an HDF5 file\n"
     "  sample    draw images from a diffusion checkpoint (DDPM or flow)\n"
+    "  invert    run a deterministic sampler backwards: images to their noise\n"
     "  score     judge samples with a classifier trained by diffmpi: accuracy,\n"
     "            Frechet distance of its features, coverage of the digits\n"
     "  bench     measure training or sampling speed against the sgemm peak\n"
@@ -85,6 +86,8 @@ static const char *usage_sample =
     "                 redraws the same images)\n"
     "  --trajectory   also store every step's images (/trajectory [F,N,28,28],\n"
     "                 at most 101 frames) and their network times (/trajectory_t)\n"
+    "  --noise FILE may be the output of diffmpi invert: its /labels are then\n"
+    "                 the default --class of each image\n"
     "  --precision P  of the convolutions (default: the run's; bf16 needs\n"
     "                 AVX512-BF16 or AMX; auto: bf16 where it is faster here)\n"
     "  --weights W    ema: the weight average (ema_decay > 0); raw: the\n"
@@ -94,6 +97,27 @@ static const char *usage_sample =
     "OUT.h5 gets /images [N,28,28] and /labels [N]; OUT.h5.png a grid. Under\n"
     "mpirun the images are spread over the ranks; the result does not depend\n"
     "on their number.\n";
+
+static const char *usage_invert =
+    "usage: diffmpi invert --checkpoint FILE --input IN.h5 --output OUT.h5\n"
+    "                      [--class K] [--guidance G] [--sampler ddim|euler]\n"
+    "                      [--steps S] [--spacing uniform|logsnr] [--trajectory]\n"
+    "                      [--precision fp32|bf16|auto] [--weights auto|ema|raw]\n"
+    "                      [--log-every SECONDS]\n"
+    "\n"
+    "  Runs a deterministic sampler backwards (DDIM's inversion): from the\n"
+    "  images /images [N,28,28] (or [N,1,28,28]) of IN.h5 to the noise that\n"
+    "  sampler draws them from. OUT.h5 gets /noise [N,1,28,28], /images (the\n"
+    "  inputs) and /labels; `diffmpi sample --noise OUT.h5` with the same\n"
+    "  sampler, steps and guidance redraws the images (exactly only in the\n"
+    "  limit of many steps; docs/sampling.md).\n"
+    "  --class K      class models: the digit of every image (default: IN.h5's\n"
+    "                 /labels, else none: the unconditional model)\n"
+    "  --guidance G   classifier-free guidance scale (default: the run's)\n"
+    "  --sampler S    ddim (DDPM, eta 0) or euler (flow); default: the run's\n"
+    "                 where it can run backwards, else these\n"
+    "  --steps S      steps (default: the run's sample_steps)\n"
+    "  other options as for diffmpi sample\n";
 
 static const char *usage_score =
     "usage: diffmpi score --judge J.h5 --samples S.h5 [--out SCORE.h5] [--features]\n"
@@ -353,33 +377,47 @@ static int parse_class(const char *v, int *out) {
     return DM_EXIT_OK;
 }
 
-static int cmd_sample(int argc, char **argv) {
-    if (wants_help(argc, argv)) return print_usage(usage_sample, 0);
+/* sample, or (invert) the way back: the options both take, and each its
+ * own (sample: --out, --n, --seed, --noise, --eta; invert: --input,
+ * --output). */
+static int sampling_command(int argc, char **argv, int invert) {
+    const char *cmd = invert ? "invert" : "sample";
+    if (wants_help(argc, argv)) return print_usage(invert ? usage_invert : usage_sample, 0);
     sample_args a = {.class_label = SAMPLE_CLASS_NONE, .guidance = -1, .precision = -1,
-                     .log_every = -1, .sampler = -1, .eta = -1, .spacing = -1};
+                     .log_every = -1, .sampler = -1, .eta = -1, .spacing = -1,
+                     .invert = invert};
     const char *cls = NULL, *guid = NULL, *prec = NULL, *wts = NULL, *every = NULL,
                *smp = NULL, *eta = NULL, *spc = NULL;
     long n = 0, steps = 0, seed = -1;
-    static const char required[] = "sample: --checkpoint and --out are required";
-    const cli_option opts[] = {
-        {"--checkpoint", .text = &a.checkpoint, .missing = required},
-        {"--out", .text = &a.out, .missing = required},
-        {"--n", .number = &n, .lo = 1, .hi = 100000, .expected = "an integer in 1..100000"},
+    const char *required = invert ? "invert: --checkpoint, --input and --output are required"
+                                  : "sample: --checkpoint and --out are required";
+    cli_option opts[20] = {{"--checkpoint", .text = &a.checkpoint, .missing = required}};
+    int k = 1;
+    if (invert) {
+        opts[k++] = (cli_option){"--input", .text = &a.input, .missing = required};
+        opts[k++] = (cli_option){"--output", .text = &a.out, .missing = required};
+    } else {
+        opts[k++] = (cli_option){"--out", .text = &a.out, .missing = required};
+        opts[k++] = (cli_option){"--n", .number = &n, .lo = 1, .hi = 100000,
+                                 .expected = "an integer in 1..100000"};
+        opts[k++] = (cli_option){"--seed", .number = &seed, .lo = 0, .hi = LONG_MAX,
+                                 .expected = "an integer >= 0"};
+        opts[k++] = (cli_option){"--noise", .text = &a.noise};
+        opts[k++] = (cli_option){"--eta", .text = &eta};
+    }
+    const cli_option common[] = {
         {"--class", .text = &cls},
         {"--guidance", .text = &guid},
         {"--sampler", .text = &smp},
         {"--steps", .number = &steps, .lo = 1, .hi = 100000,
          .expected = "an integer in 1..100000"},
-        {"--eta", .text = &eta},
         {"--spacing", .text = &spc},
-        {"--seed", .number = &seed, .lo = 0, .hi = LONG_MAX, .expected = "an integer >= 0"},
-        {"--noise", .text = &a.noise},
         {"--trajectory", .flag = &a.trajectory},
         {"--precision", .text = &prec},
         {"--weights", .text = &wts},
         {"--log-every", .text = &every},
         {NULL}};
-    int code = parse_options("sample", argc, argv, opts, NULL);
+    int code = parse_options(cmd, argc, argv, opts, common);
     if (code == DM_EXIT_OK && cls) code = parse_class(cls, &a.class_label);
     if (code == DM_EXIT_OK && guid) code = parse_real("--guidance", guid, 0, 1000, &a.guidance);
     if (code == DM_EXIT_OK && smp) code = parse_name("--sampler", smp, solver_name, &a.sampler);
@@ -397,6 +435,9 @@ static int cmd_sample(int argc, char **argv) {
     dm_set_quiet(0);
     return sample_run(&a);
 }
+
+static int cmd_sample(int argc, char **argv) { return sampling_command(argc, argv, 0); }
+static int cmd_invert(int argc, char **argv) { return sampling_command(argc, argv, 1); }
 
 static int cmd_score(int argc, char **argv) {
     if (wants_help(argc, argv)) return print_usage(usage_score, 0);
@@ -468,7 +509,7 @@ static const struct {
 } commands[] = {
     {"help", cmd_help},       {"train", cmd_train},   {"predict", cmd_predict},
     {"bench", cmd_bench},     {"sample", cmd_sample}, {"inspect", cmd_inspect},
-    {"score", cmd_score},
+    {"score", cmd_score},     {"invert", cmd_invert},
 };
 
 int main(int argc, char **argv) {
@@ -482,7 +523,7 @@ int main(int argc, char **argv) {
     int code = -1;
     if (argc < 2) {
         /* One line like every other usage error; the usage is on --help. */
-        code = usage_error("no command given: expected train, predict, sample, score, bench or inspect");
+        code = usage_error("no command given: expected train, predict, sample, invert, score, bench or inspect");
     } else if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
         code = print_usage(usage_main, 0);
     } else {

@@ -130,6 +130,8 @@ void sampler_run(unet *u, const dm_config *c, const sampler_request *q,
     const char *bad = solver_plan_init(&pl, c->objective, q->sampler, q->spacing, q->steps,
                                        q->eta, (solver_model){unet_eval, &um});
     DM_CHECK(!bad, "sampler request not checked: %s", bad);
+    DM_CHECK(!q->invert || q->noise, "inversion needs the images");
+    if (q->invert) solver_plan_reverse(&pl);
     DM_CHECK(q->frames <= q->steps + 1, "%d frames of %d steps", q->frames, q->steps);
     float *x = dm_calloc((size_t)nl * DM_PIX + 1, sizeof(float));
     int F = q->frames;

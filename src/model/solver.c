@@ -40,7 +40,9 @@ static void ddim_row(const solver_plan *pl, int i, solver_block *b) {
     eval_at(pl, i, b, b->x);
     x0_at(pl, i, b, x0);
     /* sigma = eta sqrt((1-abar')/(1-abar)) sqrt(1 - abar/abar'), abar = a^2 */
-    double sig = pl->eta * (q->s / p->s) * sqrt(fmax(0.0, 1.0 - p->a * p->a / (q->a * q->a)));
+    double sig = pl->eta > 0 ? pl->eta * (q->s / p->s) *
+                                   sqrt(fmax(0.0, 1.0 - p->a * p->a / (q->a * q->a)))
+                             : 0.0; /* eta 0: also from the image (s = 0) backwards */
     float ca = (float)q->a, ce = (float)sqrt(fmax(0.0, q->s * q->s - sig * sig));
     float cz = (float)sig;
     const float *e = b->out; /* a DDPM's output is the noise estimate */
@@ -115,10 +117,11 @@ static const dm_sampler_def samplers[SAMPLER_COUNT] = {
     [SAMPLER_DDPM] = {.name = "ddpm", .objectives = DDPM_ONLY, .evals = 1,
                       .noise = SOLVER_NOISE_ALWAYS, .step = ddpm_row},
     [SAMPLER_DDIM] = {.name = "ddim", .objectives = DDPM_ONLY, .evals = 1, .work = 1,
-                      .noise = SOLVER_NOISE_ETA, .uses_eta = 1, .step = ddim_row},
+                      .noise = SOLVER_NOISE_ETA, .uses_eta = 1, .invertible = 1,
+                      .step = ddim_row},
     [SAMPLER_DPMPP2M] = {.name = "dpmpp2m", .objectives = DDPM_ONLY | FLOW_ONLY, .evals = 1,
                          .state = 1, .work = 1, .step = dpmpp2m_row},
-    [SAMPLER_EULER] = {.name = "euler", .objectives = FLOW_ONLY, .evals = 1,
+    [SAMPLER_EULER] = {.name = "euler", .objectives = FLOW_ONLY, .evals = 1, .invertible = 1,
                        .step = euler_row},
     [SAMPLER_HEUN] = {.name = "heun", .objectives = FLOW_ONLY, .evals = 2, .work = 2,
                       .step = heun_row},
@@ -196,6 +199,22 @@ const char *solver_plan_init(solver_plan *pl, dm_objective o, dm_sampler s, dm_s
 void solver_plan_free(solver_plan *pl) {
     free(pl->p);
     pl->p = NULL;
+}
+
+void solver_plan_reverse(solver_plan *pl) {
+    DM_CHECK(pl->def->invertible && pl->eta == 0, "%s cannot run backwards", pl->def->name);
+    for (int i = 0, j = pl->S; i < j; i++, j--) {
+        path_point t = pl->p[i];
+        pl->p[i] = pl->p[j];
+        pl->p[j] = t;
+    }
+    if (pl->p[0].t < 0) pl->p[0].t = pl->p[1].t;
+}
+
+dm_sampler solver_inverse_default(dm_objective o) {
+    for (int s = SAMPLER_AUTO + 1; s < SAMPLER_COUNT; s++)
+        if (samplers[s].invertible && (samplers[s].objectives & (1u << o))) return (dm_sampler)s;
+    return SAMPLER_AUTO;
 }
 
 int solver_step_noise(const solver_plan *pl, int i) {

@@ -104,8 +104,12 @@ bad = [(ck["ddpm"], ["--sampler", "euler"], "sampler = euler cannot sample a ddp
        (ck["ddpm"], ["--sampler", "ddim", "--eta", "1.5"], "--eta: expected a number in [0, 1]"),
        (ck["ddpm"], ["--sampler", "dpmpp2m", "--eta", "0.5"], "read by sampler = ddim only"),
        (ck["flow"], ["--spacing", "logsnr"], "only sample_spacing = uniform"),
-       (ck["ddpm"], ["--noise", os.path.join(base, "none.h5")], "--noise"),
+
        (ck["ddpm"], ["--noise", noise, "--n", "5"], "holds 6 images, --n asks for 5")]
+r = mpirun(1, ["sample", "--checkpoint", ck["ddpm"], "--out", os.path.join(base, "bad.h5"),
+               "--noise", os.path.join(base, "none.h5")])
+check(r.returncode == 1 and "--noise" in r.stderr and "none.h5" in r.stderr,
+      "sample --noise of a missing file: exit 1 naming it")
 for path, opts, words in bad:
     r = mpirun(2, ["sample", "--checkpoint", path, "--out", os.path.join(base, "bad.h5")] + opts)
     lines = [ln for ln in r.stderr.splitlines() if ln.startswith("diffmpi:")]  # not mpirun's
@@ -119,6 +123,61 @@ for keys, words in ((["sampler=euler"], "sampler = euler cannot sample a ddpm"),
     r = train(1, os.path.join(base, "bad"), ["objective=ddpm", "conditioning=time"] + keys)
     check(r.returncode == 2 and words in r.stderr, f"train --set {' '.join(keys)}: exit 2 "
                                                    f"naming it ({r.stderr.strip()[-200:]})")
+
+# invert: ddim / euler backwards. Sample from known noise, invert the images:
+# the noise comes back, closer with more steps; 1 and 3 ranks give the same
+# bits; the labels travel with the noise to sample --noise.
+for model, smp in (("ddpm", "ddim"), ("flow", "euler")):
+    err = {}
+    for st in (8, 32):
+        fwd = os.path.join(base, f"fwd-{model}-{st}.h5")
+        r = mpirun(2, ["sample", "--checkpoint", ck[model], "--out", fwd, "--noise", noise,
+                       "--sampler", smp, "--steps", str(st), "--guidance", "1"])
+        check(r.returncode == 0, f"{model}: sample {st} steps from known noise")
+        inv = {}
+        for p in (1, 3):
+            path = os.path.join(base, f"inv-{model}-{st}-{p}.h5")
+            r = mpirun(p, ["invert", "--checkpoint", ck[model], "--input", fwd, "--output",
+                           path, "--steps", str(st), "--guidance", "1"])
+            check(r.returncode == 0 and "inverted 6 images" in r.stdout,
+                  f"{model}: invert on {p} rank(s) ({r.stderr.strip()[-200:]})")
+            with h5py.File(path, "r") as f:
+                inv[p] = f["noise"][()]
+                if p == 1:
+                    check(f["noise"].shape == (6, 1, 28, 28) and f.attrs["sampler"] == smp and
+                          np.array_equal(f["images"][()], h5py.File(fwd, "r")["images"][()]),
+                          f"{model}: /noise [6,1,28,28], /images the inputs, sampler {smp}")
+        check(inv[1].tobytes() == inv[3].tobytes(), f"{model}: invert, 1 and 3 ranks, same bits")
+        with h5py.File(noise, "r") as f:
+            err[st] = float(np.sqrt(np.mean((inv[1] - f["noise"][()]) ** 2)))
+    check(err[32] < err[8] / 2, f"{model}: the noise comes back closer with more steps "
+                                f"({err[8]:.2e} at 8, {err[32]:.2e} at 32)")
+lab = os.path.join(base, "lab.h5")
+with h5py.File(lab, "w") as f:
+    f["images"] = np.zeros((4, 28, 28), np.float32)
+    f["labels"] = np.array([7, 7, 2, -1], np.int32)
+r = mpirun(1, ["invert", "--checkpoint", ck["ddpm"], "--input", lab, "--output",
+               os.path.join(base, "lab-inv.h5"), "--steps", "3"])
+check(r.returncode == 0, "invert images with labels")
+r = mpirun(1, ["sample", "--checkpoint", ck["ddpm"], "--out", os.path.join(base, "lab-s.h5"),
+               "--noise", os.path.join(base, "lab-inv.h5"), "--sampler", "ddim", "--steps", "3"])
+with h5py.File(os.path.join(base, "lab-inv.h5"), "r") as f, \
+        h5py.File(os.path.join(base, "lab-s.h5"), "r") as g:
+    check(list(f["labels"][()]) == [7, 7, 2, -1] and list(g["labels"][()]) == [7, 7, 2, -1],
+          "the input's labels go to invert's file and from there to sample --noise")
+for opts, words in ((["--sampler", "dpmpp2m"], "invert runs a deterministic first-order"),
+                    (["--sampler", "ddpm"], "invert runs a deterministic first-order"),
+                    (["--sampler", "euler"], "sampler = euler cannot sample a ddpm"),
+                    (["--eta", "0.5"], "invert: unknown argument '--eta'")):
+    r = mpirun(2, ["invert", "--checkpoint", ck["ddpm"], "--input", lab, "--output",
+                   os.path.join(base, "bad.h5")] + opts)
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("diffmpi:")]
+    check(r.returncode == 2 and len(lines) == 1 and words in lines[0],
+          f"invert {' '.join(opts)}: exit 2, one line with '{words}' ({r.stderr.strip()[-200:]})")
+r = mpirun(1, ["invert", "--checkpoint", ck["ddpm"], "--input", noise, "--output",
+               os.path.join(base, "bad.h5")])
+check(r.returncode == 1 and noise in r.stderr and "/images" in r.stderr,
+      f"invert of a file without /images: exit 1 naming the file and /images ({r.stderr[-200:]})")
 
 # tools/sampler_sweep.py: rows measured, kept, not redrawn when run again.
 judge = os.path.join(base, "judge")

@@ -225,10 +225,52 @@ static void test_strided_ddpm(void) {
     solver_plan_free(&pl);
 }
 
+/* DDIM's inversion: S steps forward from noise, then the same grid
+ * backwards from the image, must come back to the noise, the closer the
+ * more steps (as 1/S: two first-order walks; the data's small variances
+ * make the noise far more sensitive than the images). */
+static double round_trip(dm_objective o, dm_sampler s, int S) {
+    static gauss_model g;
+    gauss_init(&g, o);
+    static float x[NPIX], x0[NPIX], out[NPIX], work[2 * NPIX];
+    for (int p = 0; p < NPIX; p++) x[p] = x0[p] = (float)(2.0 * sin(1.3 * p + 0.1));
+    solver_block b = {.x = x, .out = out, .work = work, .k = 1};
+    solver_plan pl;
+    for (int dir = 0; dir < 2; dir++) {
+        EXPECT(!solver_plan_init(&pl, o, s, SPACING_UNIFORM, S, 0.0,
+                                 (solver_model){gauss_eval, &g}),
+               "round trip plan");
+        if (dir == 1) solver_plan_reverse(&pl);
+        for (int i = 0; i < S; i++) solver_step(&pl, i, &b);
+        if (dir == 1)
+            EXPECT(pl.p[0].a == 1.0 && pl.p[0].s == 0.0 && pl.p[S].s > 0.9 && pl.p[0].t >= 0,
+                   "reversed grid: from the image (a = 1) to the noise");
+        solver_plan_free(&pl);
+    }
+    double e2 = 0;
+    for (int p = 0; p < NPIX; p++) e2 += (x[p] - x0[p]) * (x[p] - x0[p]);
+    return sqrt(e2 / NPIX);
+}
+
+static void test_inversion(void) {
+    for (int m = 0; m < 2; m++) {
+        dm_objective o = m ? OBJ_FLOW : OBJ_DDPM;
+        dm_sampler s = solver_inverse_default(o);
+        EXPECT(s == (m ? SAMPLER_EULER : SAMPLER_DDIM), "invert's sampler for %s: %s",
+               objective_get(o)->name, solver_name(s));
+        double e20 = round_trip(o, s, 20), e80 = round_trip(o, s, 80);
+        printf("inversion %-5s %-5s: noise back within %.3g (20 steps), %.3g (80 steps)\n",
+               solver_name(s), objective_get(o)->name, e20, e80);
+        EXPECT(e80 < e20 / 3 && e20 < 0.5, "%s: inversion error %.3g at 20, %.3g at 80 steps",
+               solver_name(s), e20, e80);
+    }
+}
+
 int main(void) {
     test_grids();
     test_refusals();
     test_strided_ddpm();
     test_convergence();
+    test_inversion();
     return test_finish("test_sampler");
 }
