@@ -65,6 +65,11 @@ names with underscores are drawn here.
   trajectory.gif         Part 2: sampling of the last epoch, noise to image
   sample_STEM.png/.gif   for each --sample FILE: its images, and its
                          trajectory when the file has one
+  reconstruction.png     --inversion DIR (tools/inversion.py): 10 test digits,
+                         the noise diffmpi invert found, the digits redrawn
+                         from it at each number of steps
+  interpolation.png      --inversion DIR: spherical interpolation between two
+                         noises, one row per digit
   sweep_STEM.png         for each --sweep TABLE (tools/sampler_sweep.py):
                          judge accuracy and Fréchet distance against network
                          evaluations, one line per sampler (RUN_DIR may be
@@ -636,6 +641,10 @@ def sample_file(path, figdir, written, max_frames):
                          max_frames)
 
 
+def sweep_stem(path):
+    return os.path.splitext(os.path.basename(path))[0]
+
+
 def fig_sweep(path, out, written):
     """tools/sampler_sweep.py's table: accuracy and Frechet distance against
     network evaluations, one line per sampler and spacing, mean and standard
@@ -675,6 +684,46 @@ def fig_sweep(path, out, written):
     save(fig, out, written)
 
 
+def fig_inversion(d, out_rec, out_int, written):
+    """tools/inversion.py's DIR: 10 test digits, the noise `diffmpi invert`
+    found for them, and the digits redrawn from it at each number of steps;
+    then the interpolation grid (spherical, between two noises a row)."""
+    with open_h5(os.path.join(d, "inversion.h5")) as f:
+        rows = f["rows"][()]
+        big = int(attr(f, "largest_steps", rows["steps"].max()))
+    with open_h5(os.path.join(d, "digits.h5")) as f:
+        digits = read(f, "images", ndim=3, tail=(28, 28))[:10]
+    k = len(digits)
+    with open_h5(os.path.join(d, f"reconstruct-{big}.h5")) as f:
+        noise = read(f, "noise", ndim=4, tail=(28, 28))[:k, 0]
+        smp = attr(f, "sampler", "?")
+    cells, labels = [digits, np.clip(0.5 + noise / 5.0, 0, 1)], ["test digit", f"noise ({big})"]
+    for r in rows:
+        st = int(r["steps"])
+        with open_h5(os.path.join(d, f"redrawn-{st}.h5")) as f:
+            cells.append(read(f, "images", ndim=3, tail=(28, 28))[:k])
+        labels.append(f"{st} steps")
+    fig, *_ = grid_figure(np.stack(cells), f"Inversion by {smp}: digit, its noise "
+                          f"(0.5 + z/5), redrawn from it\nreconstruction MSE over "
+                          f"{int(rows['n'][0])} test digits: " +
+                          ", ".join(f"{r['mse_mean']:.2g} at {int(r['steps'])}" for r in rows),
+                          row_labels=labels)
+    save(fig, out_rec, written)
+    with open_h5(os.path.join(d, "interpolation.h5")) as f:
+        img = read(f, "images", ndim=3, tail=(28, 28))
+        lab = read(f, "labels", ndim=1, dtype=np.int64)
+    with open_h5(os.path.join(d, "interpolation-noise.h5")) as f:
+        cols = int(attr(f, "cols"))
+    if len(img) % cols:
+        raise FigError(f"{d}/interpolation.h5: {len(img)} images are not rows of {cols}")
+    R = len(img) // cols
+    names = [str(lab[r * cols]) if lab[r * cols] >= 0 else f"pair {r}" for r in range(R)]
+    fig, *_ = grid_figure(img.reshape(R, cols, 28, 28),
+                          f"Spherical interpolation between two noises a row ({smp}, {big} "
+                          f"steps)", row_labels=names)
+    save(fig, out_int, written)
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -692,6 +741,9 @@ def main(argv=None):
     ap.add_argument("run_dir", metavar="RUN_DIR", nargs="?",
                     help="output directory of `diffmpi train` (may be left out "
                          "with --sweep and --out)")
+    ap.add_argument("--inversion", metavar="DIR",
+                    help="a tools/inversion.py output directory; draws "
+                         "reconstruction.png and interpolation.png")
     ap.add_argument("--sweep", metavar="TABLE", action="append", default=[],
                     help="a tools/sampler_sweep.py table; draws sweep_STEM.png "
                          "(accuracy and Fréchet distance against network "
@@ -721,15 +773,23 @@ def main(argv=None):
     for t in args.sweep:
         if not os.path.isfile(t):
             return usage_error(f"--sweep {t}: no such file")
+    if args.inversion and not os.path.isdir(args.inversion):
+        return usage_error(f"--inversion {args.inversion}: no such directory")
     if run is None:
-        if not (args.sweep and args.out):
-            return usage_error("RUN_DIR is required (without it: --sweep TABLE and --out)")
+        if not ((args.sweep or args.inversion) and args.out):
+            return usage_error("RUN_DIR is required (without it: --sweep TABLE or "
+                               "--inversion DIR, and --out)")
         os.makedirs(args.out, exist_ok=True)
         written, errors = [], []
-        for t in args.sweep:
-            stem = os.path.splitext(os.path.basename(t))[0]
+        jobs = [(fig_sweep, t, os.path.join(args.out, f"sweep_{sweep_stem(t)}.png"))
+                for t in args.sweep]
+        if args.inversion:
+            jobs.append((fig_inversion, args.inversion, os.path.join(args.out,
+                                                                     "reconstruction.png"),
+                         os.path.join(args.out, "interpolation.png")))
+        for fn, *a in jobs:
             try:
-                fig_sweep(t, os.path.join(args.out, f"sweep_{stem}.png"), written)
+                fn(*a, written)
             except (FigError, OSError, KeyError, ValueError) as exc:
                 errors.append(str(exc))
                 sys.stderr.write(f"figures: {exc}\n")
@@ -801,8 +861,10 @@ def main(argv=None):
     for s in args.sample:
         attempt(s, sample_file, s, figdir, written, args.max_frames)
     for t in args.sweep:
-        stem = os.path.splitext(os.path.basename(t))[0]
-        attempt(t, fig_sweep, t, out(f"sweep_{stem}.png"), written)
+        attempt(t, fig_sweep, t, out(f"sweep_{sweep_stem(t)}.png"), written)
+    if args.inversion:
+        attempt(args.inversion, fig_inversion, args.inversion, out("reconstruction.png"),
+                out("interpolation.png"), written)
 
     return 1 if errors else 0
 

@@ -23,12 +23,14 @@ usage: tools/sampler_sweep.py CHECKPOINT --judge J.h5 --out TABLE.h5
 import argparse
 import os
 import re
-import subprocess
 import sys
 import tempfile
 
 import h5py
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from diffmpi_cli import run  # noqa: E402
 
 ROW = np.dtype([("sampler", "S16"), ("spacing", "S16"), ("steps", "i4"),
                 ("evaluations", "i4"), ("seed", "i8"), ("n", "i4"),
@@ -37,14 +39,6 @@ ROW = np.dtype([("sampler", "S16"), ("spacing", "S16"), ("steps", "i4"),
 
 def steps_for(sampler, nfe):
     return (nfe + 1) // 2 if sampler == "heun" else nfe
-
-
-def run(cmd, env):
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if r.returncode != 0:
-        sys.exit(f"sampler_sweep: {' '.join(cmd)} failed ({r.returncode}):\n"
-                 f"{r.stderr.strip()[-800:]}")
-    return r.stdout
 
 
 def read_rows(path):
@@ -65,20 +59,20 @@ def write_rows(path, rows, attrs):
     os.replace(tmp, path)
 
 
-def measure(a, sampler, nfe, seed, env, tmp):
+def measure(a, sampler, nfe, seed, tmp):
     steps = steps_for(sampler, nfe)
     smp = os.path.join(tmp, "s.h5")
-    mpi = ["mpirun", "--bind-to", "none", "-np", str(a.np)]
-    out = run(mpi + [a.bin, "sample", "--checkpoint", a.checkpoint, "--out", smp,
-                     "--n", str(a.n), "--sampler", sampler, "--steps", str(steps),
-                     "--spacing", a.spacing, "--seed", str(seed)], env)
+    out = run("sampler_sweep", a.bin, a.np,
+              ["sample", "--checkpoint", a.checkpoint, "--out", smp, "--n", a.n,
+               "--sampler", sampler, "--steps", steps, "--spacing", a.spacing, "--seed", seed])
     m = re.search(r"network evaluations each.* in ([0-9.]+) s", out)
     if not m:
         sys.exit(f"sampler_sweep: no timing in the sample output:\n{out[-500:]}")
     with h5py.File(smp, "r") as f:
         evals = int(f.attrs["evaluations"])
     score = os.path.join(tmp, "score.h5")
-    run(mpi + [a.bin, "score", "--judge", a.judge, "--samples", smp, "--out", score], env)
+    run("sampler_sweep", a.bin, a.np,
+        ["score", "--judge", a.judge, "--samples", smp, "--out", score])
     with h5py.File(score, "r") as f:
         acc, fd = float(f.attrs["accuracy"]), float(f.attrs["frechet_distance"])
     return (sampler, a.spacing, steps, evals, seed, a.n, acc, fd, float(m.group(1)))
@@ -125,9 +119,6 @@ def main():
     if min(nfes) < 1 or min(seeds) < 0 or a.n < 2 or a.np < 1:
         ap.error("--nfe >= 1, --seeds >= 0, --n >= 2, --np >= 1")
     rows = read_rows(a.out)
-    env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
-    if os.geteuid() == 0:
-        env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
     attrs = {"checkpoint": a.checkpoint, "judge": a.judge}
     todo = [] if a.print_only else [(s, e, k) for s in a.samplers.split(",") for e in nfes
                                     for k in seeds]
@@ -138,7 +129,7 @@ def main():
                     & (rows["steps"] == st) & (rows["seed"] == k) & (rows["n"] == a.n))
             if done.any():
                 continue
-            row = np.array([measure(a, s, e, k, env, tmp)], ROW)
+            row = np.array([measure(a, s, e, k, tmp)], ROW)
             rows = np.concatenate([rows, row])
             write_rows(a.out, rows, attrs)
             r = row[0]

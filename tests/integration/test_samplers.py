@@ -201,4 +201,32 @@ check(len(rows) == 6 and list(heun["steps"]) == [2, 2] and
 r = subprocess.run(sweep, capture_output=True, text=True, timeout=600)
 check(r.returncode == 0 and "] " not in r.stdout and "| heun | uniform | 2 | 3 | 2 |" in r.stdout,
       f"sampler_sweep again: nothing redrawn, heun's 2 seeds in one line ({r.stdout[-400:]})")
+
+# tools/inversion.py: reconstruction table and interpolation, then the figures.
+inv = os.path.join(base, "inversion")
+r = subprocess.run(["/usr/bin/python3", os.path.join(SRC, "tools", "inversion.py"), ck["ddpm"],
+                    "--out", inv, "--n", "12", "--steps", "2,6", "--cols", "3", "--bin", BIN,
+                    "--data", os.path.join(SRC, "data", "mnist")],
+                   capture_output=True, text=True, timeout=600)
+check(r.returncode == 0 and "| 6 | 12 |" in r.stdout, f"inversion.py ({r.stderr[-300:]})")
+if r.returncode == 0:
+    with h5py.File(os.path.join(inv, "inversion.h5"), "r") as f:
+        rows = f["rows"][()]
+    with h5py.File(os.path.join(inv, "digits.h5"), "r") as f, \
+            h5py.File(os.path.join(inv, "redrawn-6.h5"), "r") as g:
+        mse = float(((f["images"][()] - g["images"][()]) ** 2).mean())
+        check(list(g["labels"][()]) == list(f["labels"][()]) and g.attrs["sampler"] == "ddim",
+              "redrawn with ddim and the digits' own labels")
+    check(list(rows["steps"]) == [2, 6] and np.isclose(rows["mse_mean"][1], mse),
+          f"the table's MSE is the digits' against the redrawn ({rows['mse_mean']}, {mse})")
+    with h5py.File(os.path.join(inv, "interpolation.h5"), "r") as f:
+        check(f["images"].shape == (30, 28, 28) and
+              list(f["labels"][()]) == [d for d in range(10) for _ in range(3)],
+              "interpolation: 10 rows (digits) of 3")
+    figs = os.path.join(base, "invfigs")
+    r = subprocess.run(["/usr/bin/python3", os.path.join(SRC, "tools", "figures.py"),
+                        "--inversion", inv, "--out", figs], capture_output=True, text=True)
+    check(r.returncode == 0 and sorted(os.listdir(figs)) == ["interpolation.png",
+                                                             "reconstruction.png"],
+          f"figures.py --inversion draws both ({r.stderr[-200:]})")
 finish()
