@@ -76,7 +76,7 @@ static dm_status write_outputs(const sample_args *a, const dm_config *c,
 /* The sampler options over the run's configuration, checked like the
  * configuration keys they set. */
 static dm_status sampler_options(const sample_args *a, dm_config *c) {
-    if (a->sampler >= 0) c->sampler = (dm_sampler)a->sampler;
+    if (a->sampler >= 0 && !a->invert) c->sampler = (dm_sampler)a->sampler; /* invert_sampler */
     if (a->steps > 0) c->sample_steps = a->steps;
     if (a->eta >= 0) c->sample_eta = a->eta;
     if (a->spacing >= 0) c->sample_spacing = (dm_spacing)a->spacing;
@@ -144,10 +144,10 @@ static dm_status read_start(start_file *s) {
 /* invert: the run's sampler where it can run backwards, else the
  * objective's first that can (ddim at eta 0 for a DDPM, euler for flow). */
 static dm_status invert_sampler(const sample_args *a, dm_config *c) {
-    dm_sampler s = a->sampler >= 0 ? (dm_sampler)a->sampler
-                                   : solver_resolve(c->sampler, c->objective);
-    if (a->sampler < 0 && !solver_get(s)->invertible) s = solver_inverse_default(c->objective);
-    if (s == SAMPLER_AUTO || !solver_get(solver_resolve(s, c->objective))->invertible) {
+    int given = a->sampler > SAMPLER_AUTO; /* --sampler auto: as not given */
+    dm_sampler s = given ? (dm_sampler)a->sampler : solver_resolve(c->sampler, c->objective);
+    if (!given && !solver_get(s)->invertible) s = solver_inverse_default(c->objective);
+    if (!solver_get(s)->invertible) {
         dm_error("--sampler %s: invert runs a deterministic first-order sampler backwards "
                  "(ddim for a DDPM, euler for flow)", solver_name(s));
         return DM_EUSAGE;

@@ -174,6 +174,11 @@ for opts, words in ((["--sampler", "dpmpp2m"], "invert runs a deterministic firs
     lines = [ln for ln in r.stderr.splitlines() if ln.startswith("diffmpi:")]
     check(r.returncode == 2 and len(lines) == 1 and words in lines[0],
           f"invert {' '.join(opts)}: exit 2, one line with '{words}' ({r.stderr.strip()[-200:]})")
+r = mpirun(1, ["invert", "--checkpoint", ck["ddpm"], "--input", lab, "--output",
+               os.path.join(base, "auto-inv.h5"), "--steps", "3", "--sampler", "auto"])
+with h5py.File(os.path.join(base, "auto-inv.h5"), "r") as f:
+    check(r.returncode == 0 and f.attrs["sampler"] == "ddim",
+          "invert --sampler auto on a DDPM whose run samples with dpmpp2m: ddim")
 r = mpirun(1, ["invert", "--checkpoint", ck["ddpm"], "--input", noise, "--output",
                os.path.join(base, "bad.h5")])
 check(r.returncode == 1 and noise in r.stderr and "/images" in r.stderr,
