@@ -49,14 +49,17 @@ typedef struct {
     int nmb, lo, hi;
     int *counts, *displs;   /* [size] scratch for Allgatherv */
     double *gather;         /* [max_nmb][max_width] */
-    /* gradient tree: local stack schedule for leaves lo..hi-1 */
-    int nslots;
-    float *slot[DIST_MAX_SLOTS]; /* [nparams] each */
-    int *leaf_slot, *leaf_merges; /* [max_nmb] */
+    /* gradient tree: one stack per thread over its part of lo..hi-1 */
+    int nthreads;           /* the rank's threads (dist_set_threads) */
+    int nslots;             /* slots per thread */
+    float **slot;           /* [nthreads * nslots][nparams] */
+    int *leaf_slot, *leaf_merges; /* [max_nmb], by local micro-batch */
     int nblocks_local;
+    int *local_slot;        /* [nblocks_local]: the slot of each local block */
     /* global blocks (rank order) and the tree's evaluation ops */
     int nblocks;
-    int *block_rank, *block_a, *block_k, *block_local; /* [nblocks] */
+    int *block_rank, *block_a, *block_k; /* [nblocks] */
+    int *block_local;       /* [nblocks]: its slot on its rank (message tags) */
     int nops;
     int *op_l, *op_r;       /* block index pairs: value[l] += value[r] */
     int cap;                /* bound on blocks and ops */
@@ -105,8 +108,22 @@ void dist_gather_items(dm_dist *d, double *out, const double *local,
  * inside one. Without this call the whole vector is one segment, sent when
  * its last leaf is done. */
 void dist_set_segments(dm_dist *d, int nseg, const long *off, const long *len);
-/* unet_leaf_dst_fn / unet_leaf_done_fn for the gradient tree. */
+/* The rank's threads share its micro-batches: thread t of T takes local
+ * micro-batches par_range(nloc, T, t) (par.h; as unet_forward does) and
+ * folds their leaves on a stack of its own. The blocks left on those
+ * stacks are aligned nodes of the same fixed tree, so the sums do not
+ * change; only more blocks travel. Set between steps (default 1). */
+void dist_set_threads(dm_dist *d, int nthreads);
+/* The unet_leaf_*_fn callbacks of the gradient tree. dist_leaf_dst gives
+ * local micro-batch j's leaf; dist_leaf_merge folds leaf j's [off, off+len)
+ * into its thread's stack (threads may call these at once, each for its own
+ * micro-batches); dist_segment_done, once every local leaf of [off,
+ * off+len) is merged (one thread), sends what became final.
+ * dist_leaf_done = merge, then segment_done after the last local j: for
+ * callers that hand in leaves in order on one thread. */
 float *dist_leaf_dst(void *ctx, int j);
+void dist_leaf_merge(void *ctx, int j, long off, long len);
+void dist_segment_done(void *ctx, long off, long len);
 void dist_leaf_done(void *ctx, int j, long off, long len);
 /* Finish the tree: grads[nparams] becomes the global sum on every rank. */
 void dist_reduce_grads(dm_dist *d, float *grads);

@@ -81,12 +81,12 @@ void im2col_part(float *col, const float *im, int N, int n0, int n1, int C,
                  int H, int W, int k, int s, int p);
 /* im2col_part into a column matrix of element type t: float, or bf16 bits
  * (each pixel rounded to nearest even), which bf16 products take as is.
- * bf16 needs stage: im2col_stage_floats(n1 - n0, H, W) floats of scratch
- * (one channel's planes, rounded once); NULL for float. The convolutions'
+ * bf16 needs stage: im2col_stage_floats(C, n1 - n0, H, W) floats of scratch
+ * (every channel's planes of the group, rounded once); NULL for float. The convolutions'
  * scratch sizes include it. */
 void im2col_part_typed(void *col, dm_dtype t, unsigned short *stage, const float *im, int N,
                        int n0, int n1, int C, int H, int W, int k, int s, int p);
-long im2col_stage_floats(int g, int H, int W);
+long im2col_stage_floats(int C, int g, int H, int W);
 void col2im_part(float *im, const float *col, int N, int n0, int n1, int C,
                  int H, int W, int k, int s, int p);
 

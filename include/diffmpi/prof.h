@@ -7,12 +7,15 @@
  * When disabled (training, tests) prof_start() returns 0 without reading
  * the clock and prof_add() does nothing, so instrumented kernels cost one
  * branch. Phases nest: only the innermost instrumented code is timed (GEMM
- * inside a convolution is GEMM, not "conv").
+ * inside a convolution is GEMM, not "conv"). Where the rank's threads share
+ * its micro-batches, thread 0 alone adds (its share of the work stands for
+ * the rank's, and nothing races on the totals).
  */
 #ifndef DIFFMPI_PROF_H
 #define DIFFMPI_PROF_H
 
 #include "diffmpi/common.h"
+#include "diffmpi/par.h"
 
 typedef enum {
     PROF_GEMM,      /* matrix products (gemm.h) */
@@ -33,7 +36,7 @@ void prof_reset(void);
 /* The clock is dm_now() (common.h), the one monotonic clock of diffmpi. */
 static inline double prof_start(void) { return prof_on ? dm_now() : 0.0; }
 static inline void prof_add(prof_phase p, double t0) {
-    if (prof_on) prof_total[p] += dm_now() - t0;
+    if (prof_on && par_thread() == 0) prof_total[p] += dm_now() - t0;
 }
 const char *prof_name(prof_phase p);
 

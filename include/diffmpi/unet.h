@@ -115,6 +115,7 @@ typedef struct {
     int winograd;       /* 3x3 stride-1 convolutions by Winograd in fp32 ... */
     int winograd_min;   /* ... on images at least this wide, by F(2x2,3x3) ... */
     int winograd4_min;  /* ... or by F(4x4,3x3) on those at least this wide (0: none) */
+    int threads;        /* the rank's threads (0 or 1: one); see unet_forward */
 } unet_shape;
 
 /* Communication hooks so that unet.c does not depend on the trainer's
@@ -136,7 +137,9 @@ typedef struct unet {
     unet_condpt condpts[UNET_MAX_COND];
     float *t_in;        /* [max_mb][m] time input in [0,1] */
     float *c_in;        /* [max_mb][m][10] one-hot class or zeros */
-    float *fc_scratch;  /* backward: det, dec, dg, dh, each [m][2D] */
+    float *fc_scratch;  /* backward: [nscratch] x det, dec, dg, dh, each [m][2D] */
+    int nthreads;       /* threads sharing the local micro-batches */
+    int nscratch;       /* copies of col and fc_scratch: min(nthreads, max_mb) */
     int nunits;
     unet_unit units[UNET_MAX_UNITS];
     int nparams_t;      /* number of named tensors */
@@ -152,7 +155,7 @@ typedef struct unet {
     int feat_buf;                 /* classifier: pooled features [2D][m]; else -1 */
     float *scratch_a, *scratch_b; /* [max_mb][scratch_stride] */
     long scratch_stride;          /* largest unit output per micro-batch */
-    float *col;                   /* im2col scratch for one micro-batch */
+    float *col;                   /* [nscratch][col_floats] im2col scratch, one per thread */
     long col_floats;
     double *sums;                 /* [max_mb][2*maxC] staging for combine */
     double *gsums;                /* [2*maxC] combined */
@@ -214,7 +217,12 @@ typedef struct unet_norm_ops {
 const unet_norm_ops *unet_norm_get(dm_norm k);
 
 /* Forward over nmb local micro-batches with sizes n[j] (input already in
- * act[in_buf] slots). train != 0: BatchNorm uses global batch statistics
+ * act[in_buf] slots). The rank's threads (shape.threads) share them: thread
+ * r of min(threads, nmb) takes micro-batches par_range(nmb, threads, r)
+ * with scratch copy r, and every product of a micro-batch runs on that one
+ * thread, so each micro-batch's numbers are those of a one-thread run; with
+ * one micro-batch (sampling, evaluation) its layers' other work is cut over
+ * the threads by channel instead (par.h). train != 0: BatchNorm uses global batch statistics
  * through `combine` and updates the running statistics (count = total
  * elements per channel over the global batch is computed by combine's
  * caller: pass the global number of images); train == 0: running stats.
@@ -231,12 +239,16 @@ void unet_zero_grad(unet *u, int nmb);
  * weight gradient of micro-batch j is written into the [nparams] array
  * returned by `leaf_dst(ctx, j)` (only the unit's contiguous slice
  * [off, off+len) is written) and then announced with leaf_done(ctx, j, off,
- * len), so the caller can combine per-micro-batch leaves in a fixed tree. */
+ * len), so the caller can combine per-micro-batch leaves in a fixed tree;
+ * both are called on the thread that owns j (as in unet_forward), at once
+ * for different j. When every local j's leaf of [off, off+len) is done,
+ * seg_done(ctx, off, len) is called once, on the calling thread. */
 typedef float *(*unet_leaf_dst_fn)(void *ctx, int j);
 typedef void (*unet_leaf_done_fn)(void *ctx, int j, long off, long len);
+typedef void (*unet_seg_done_fn)(void *ctx, long off, long len);
 void unet_backward(unet *u, int nmb, const int *n, long global_n,
-                   unet_combine_fn combine, void *ctx,
-                   unet_leaf_dst_fn leaf_dst, unet_leaf_done_fn leaf_done);
+                   unet_combine_fn combine, void *ctx, unet_leaf_dst_fn leaf_dst,
+                   unet_leaf_done_fn leaf_done, unet_seg_done_fn seg_done);
 
 /* Eval-mode forward (running BN statistics, no communication) of n images
  * x [n][28][28] into y [n][28][28], micro-batch by micro-batch in slot 0;

@@ -129,7 +129,8 @@ double train_batch(unet *net, dm_dist *dist, const dm_objective_def *o, float *g
                          target + (long)j * net->m * o->target_floats, n[j], scale);
     }
     prof_add(PROF_ELEM, t0);
-    unet_backward(net, nloc, n, bn_n, dist_combine, dist, dist_leaf_dst, dist_leaf_done);
+    unet_backward(net, nloc, n, bn_n, dist_combine, dist, dist_leaf_dst, dist_leaf_merge,
+                  dist_segment_done);
     fault_point("backward");
     dist_reduce_grads(dist, grads);
     double total = 0;
@@ -803,6 +804,7 @@ dm_status trainer_setup(dm_trainer *t, const dm_config *cfg, const char *out_dir
         if (t->net.units[u].cout > maxc) maxc = t->net.units[u].cout;
     dist_init(&t->dist, MPI_COMM_WORLD, t->net.nparams, t->nmb_full, 2 * maxc,
               c->bn_sync == BN_RANK);
+    dist_set_threads(&t->dist, t->net.nthreads);
     long seg_off[UNET_MAX_SEGMENTS], seg_len[UNET_MAX_SEGMENTS];
     int nseg = unet_grad_segments(&t->net, seg_off, seg_len);
     dist_set_segments(&t->dist, nseg, seg_off, seg_len);

@@ -6,8 +6,18 @@
 
 #include "diffmpi/common.h"
 #include "diffmpi/fault.h"
+#include "diffmpi/par.h"
 #include "diffmpi/prof.h"
 #include "diffmpi/watchdog.h"
+
+/* dst += src over n floats, on the rank's threads (elementwise: the same
+ * floats for any cut). */
+static void add_into(float *dst, const float *src, long n) {
+    PAR_FOR(n, n) {
+        const long hi = PAR_HI;
+        for (long i = PAR_LO; i < hi; i++) dst[i] += src[i];
+    }
+}
 
 void dist_range(int nmb, int size, int r, int *lo, int *hi) {
     *lo = (int)((long)r * nmb / size);
@@ -81,24 +91,47 @@ void dist_init(dm_dist *d, MPI_Comm comm, long nparams, int max_nmb,
     while ((1 << (depth - 1)) < max_nmb) depth++;
     d->nslots = depth + 1;
     DM_CHECK(d->nslots <= DIST_MAX_SLOTS, "too many micro-batches (%d)", max_nmb);
-    /* A rank's blocks are what is left on its stack: at most nslots. All
-     * blocks, the tree's ops and the messages are bounded by that. */
-    int cap = d->size * d->nslots + 4;
+    d->slot = NULL;
+    dist_set_threads(d, 1);
+    long whole = nparams;
+    dist_set_segments(d, 1, (long[]){0}, &whole);
+}
+
+static void free_blocks(dm_dist *d) {
+    free(d->block_rank), free(d->block_a), free(d->block_k), free(d->block_local);
+    free(d->local_slot), free(d->op_l), free(d->op_r), free(d->ptr), free(d->recv);
+    for (int s = 0; d->slot && s < d->nthreads * d->nslots; s++) free(d->slot[s]);
+    free(d->slot);
+}
+
+void dist_set_threads(dm_dist *d, int nthreads) {
+    DM_CHECK(nthreads >= 1 && d->nreq == 0, "dist_set_threads(%d) between steps", nthreads);
+    if (d->slot) free_blocks(d);
+    d->nthreads = nthreads;
+    /* A rank's blocks are what is left on its threads' stacks: at most
+     * nthreads * nslots. All blocks, the tree's ops and the messages are
+     * bounded by that. */
+    int per = nthreads * d->nslots;
+    int cap = d->size * per + 4;
     d->block_rank = dm_calloc((size_t)cap, sizeof(int));
     d->block_a = dm_calloc((size_t)cap, sizeof(int));
     d->block_k = dm_calloc((size_t)cap, sizeof(int));
     d->block_local = dm_calloc((size_t)cap, sizeof(int));
+    d->local_slot = dm_calloc((size_t)per, sizeof(int));
     d->op_l = dm_calloc((size_t)cap, sizeof(int));
     d->op_r = dm_calloc((size_t)cap, sizeof(int));
     d->ptr = dm_calloc((size_t)cap, sizeof(float *));
     d->cap = cap;
-    for (int s = 0; s < d->nslots; s++)
-        d->slot[s] = dm_calloc((size_t)nparams, sizeof(float));
+    d->slot = dm_calloc((size_t)per, sizeof(float *));
+    for (int s = 0; s < per; s++) d->slot[s] = dm_calloc((size_t)d->nparams, sizeof(float));
     /* Other ranks' blocks for this rank's slice of the parameters. */
-    long slice = nparams / d->size + 1;
-    d->recv = dm_calloc((size_t)slice * (size_t)((d->size - 1) * d->nslots + 1), sizeof(float));
-    long whole = nparams;
-    dist_set_segments(d, 1, (long[]){0}, &whole);
+    long slice = d->nparams / d->size + 1;
+    d->recv = dm_calloc((size_t)slice * (size_t)((d->size - 1) * per + 1), sizeof(float));
+    if (d->nseg > 0) {
+        d->max_req = 2 * d->nseg * d->cap;
+        free(d->reqs);
+        d->reqs = dm_calloc((size_t)d->max_req, sizeof(MPI_Request));
+    }
 }
 
 void dist_set_segments(dm_dist *d, int nseg, const long *off, const long *len) {
@@ -112,7 +145,8 @@ void dist_set_segments(dm_dist *d, int nseg, const long *off, const long *len) {
     DM_CHECK(at == d->nparams, "gradient segments cover %ld of %ld parameters", at,
              d->nparams);
     /* Tags are block * nseg + segment; MPI guarantees tags up to 32767. */
-    DM_CHECK((long)d->nslots * nseg <= 32767, "%d gradient segments are too many", nseg);
+    DM_CHECK((long)d->nthreads * d->nslots * nseg <= 32767, "%d gradient segments are too "
+             "many for %d threads", nseg, d->nthreads);
     free(d->seg_off), free(d->seg_len), free(d->seg_done), free(d->reqs);
     d->nseg = nseg;
     d->seg_off = dm_calloc((size_t)nseg, sizeof(long));
@@ -129,33 +163,41 @@ void dist_set_segments(dm_dist *d, int nseg, const long *off, const long *len) {
 void dist_free(dm_dist *d) {
     free(d->counts), free(d->displs), free(d->gather);
     free(d->leaf_slot), free(d->leaf_merges);
-    free(d->block_rank), free(d->block_a), free(d->block_k), free(d->block_local);
-    free(d->op_l), free(d->op_r), free(d->ptr), free(d->reqs), free(d->recv);
-    free(d->seg_off), free(d->seg_len), free(d->seg_done);
-    for (int s = 0; s < d->nslots; s++) free(d->slot[s]);
+    free_blocks(d);
+    free(d->reqs), free(d->seg_off), free(d->seg_len), free(d->seg_done);
     memset(d, 0, sizeof *d);
+}
+
+/* The blocks left on the stacks of rank r's threads, appended to the global
+ * list; for this rank also each leaf's slot and merges. Thread t's stack
+ * lives in slots [t*nslots, (t+1)*nslots). */
+static void rank_blocks(dm_dist *d, int r) {
+    int lo, hi, a[DIST_MAX_SLOTS + 2], k[DIST_MAX_SLOTS + 2];
+    dist_range(d->nmb, d->size, r, &lo, &hi);
+    for (int t = 0; t < d->nthreads; t++) {
+        int tlo, thi;
+        par_range(hi - lo, d->nthreads, t, &tlo, &thi);
+        const int mine = r == d->rank, base = t * d->nslots;
+        int nb = stack_schedule(lo + tlo, lo + thi, a, k, mine ? d->leaf_slot + tlo : NULL,
+                                mine ? d->leaf_merges + tlo : NULL);
+        for (int j = tlo; mine && j < thi; j++) d->leaf_slot[j] += base;
+        for (int b = 0; b < nb; b++) {
+            d->block_rank[d->nblocks] = r;
+            d->block_a[d->nblocks] = a[b];
+            d->block_k[d->nblocks] = k[b];
+            d->block_local[d->nblocks] = base + b;
+            if (mine) d->local_slot[d->nblocks_local++] = base + b;
+            d->nblocks++;
+        }
+    }
 }
 
 void dist_set_batch(dm_dist *d, int nmb) {
     DM_CHECK(nmb >= 1 && nmb <= d->max_nmb, "batch of %d micro-batches", nmb);
     d->nmb = nmb;
     dist_range(nmb, d->size, d->rank, &d->lo, &d->hi);
-    int a[DIST_MAX_SLOTS + 2], k[DIST_MAX_SLOTS + 2];
-    d->nblocks_local = stack_schedule(d->lo, d->hi, a, k, d->leaf_slot,
-                                      d->leaf_merges);
-    d->nblocks = 0;
-    for (int r = 0; r < d->size; r++) {
-        int lo, hi;
-        dist_range(nmb, d->size, r, &lo, &hi);
-        int nb = stack_schedule(lo, hi, a, k, NULL, NULL);
-        for (int b = 0; b < nb; b++) {
-            d->block_rank[d->nblocks] = r;
-            d->block_a[d->nblocks] = a[b];
-            d->block_k[d->nblocks] = k[b];
-            d->block_local[d->nblocks] = b;
-            d->nblocks++;
-        }
-    }
+    d->nblocks = d->nblocks_local = 0;
+    for (int r = 0; r < d->size; r++) rank_blocks(d, r);
     int top = 0;
     while ((1 << top) < nmb) top++;
     d->nops = 0;
@@ -299,29 +341,30 @@ static void send_segment(dm_dist *d, int s, int early) {
         slice_of(d, r, &so, &sl);
         long n = overlap(d->seg_off[s], d->seg_len[s], so, sl, &o);
         for (int b = 0; n > 0 && b < d->nblocks_local; b++) {
+            const int q = d->local_slot[b];
             DM_CHECK(d->nreq < d->max_req, "gradient sends exceed %d", d->max_req);
-            MPI_Isend(d->slot[b] + o, (int)n, MPI_FLOAT, r, tag_of(d, b, s), d->comm,
+            MPI_Isend(d->slot[q] + o, (int)n, MPI_FLOAT, r, tag_of(d, q, s), d->comm,
                       &d->reqs[d->nreq++]);
         }
     }
     d->seg_done[s] = d->seg_len[s] + 1; /* sent */
 }
 
-void dist_leaf_done(void *ctx, int j, long off, long len) {
+void dist_leaf_merge(void *ctx, int j, long off, long len) {
     dm_dist *d = ctx;
     double t0 = prof_start();
     int depth = d->leaf_slot[j] + 1;
-    for (int m = 0; m < d->leaf_merges[j]; m++, depth--) {
-        float *dst = d->slot[depth - 2] + off;
-        const float *src = d->slot[depth - 1] + off;
-        for (long i = 0; i < len; i++) dst[i] += src[i];
-    }
+    for (int m = 0; m < d->leaf_merges[j]; m++, depth--)
+        add_into(d->slot[depth - 2] + off, d->slot[depth - 1] + off, len);
     prof_add(PROF_ELEM, t0);
-    /* j counts this rank's micro-batches from 0. */
-    if (d->size == 1 || j != d->hi - d->lo - 1) return;
-    /* The rank's last leaf of [off, off+len): that range of its blocks is
-     * final. Send each segment as soon as all of it is. */
-    t0 = prof_start();
+}
+
+void dist_segment_done(void *ctx, long off, long len) {
+    dm_dist *d = ctx;
+    if (d->size == 1 || d->hi == d->lo) return;
+    /* Every local leaf of [off, off+len) is in: that range of the rank's
+     * blocks is final. Send each segment as soon as all of it is. */
+    double t0 = prof_start();
     post_recvs(d);
     int s = 0;
     while (s + 1 < d->nseg && d->seg_off[s + 1] <= off) s++;
@@ -332,6 +375,13 @@ void dist_leaf_done(void *ctx, int j, long off, long len) {
     int flag;
     MPI_Testall(d->nreq, d->reqs, &flag, MPI_STATUSES_IGNORE);
     prof_add(PROF_COMM, t0);
+}
+
+void dist_leaf_done(void *ctx, int j, long off, long len) {
+    dm_dist *d = ctx;
+    dist_leaf_merge(ctx, j, off, len);
+    /* j counts this rank's micro-batches from 0. */
+    if (j == d->hi - d->lo - 1) dist_segment_done(ctx, off, len);
 }
 
 void dist_reduce_grads(dm_dist *d, float *grads) {
@@ -352,9 +402,7 @@ void dist_reduce_grads(dm_dist *d, float *grads) {
     prof_add(PROF_COMM, t0);
     t0 = prof_start();
     for (int o = 0; o < d->nops; o++) {
-        float *dst = d->ptr[d->op_l[o]];
-        const float *src = d->ptr[d->op_r[o]];
-        for (long i = 0; i < len; i++) dst[i] += src[i];
+        add_into(d->ptr[d->op_l[o]], d->ptr[d->op_r[o]], len);
     }
     memcpy(grads + off, d->ptr[d->root], (size_t)len * sizeof(float));
     prof_add(PROF_ELEM, t0);

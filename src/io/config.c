@@ -157,7 +157,10 @@ static const config_key keys[] = {
              "picks: to sample or score an earlier epoch after the run; "
              "empty = none"},
     {.name = "threads", .kind = KEY_INT, .offset = OFF(threads), .lo = 1,
-     .hi = 256, .def = "1", .help = "OpenBLAS and oneDNN threads per rank"},
+     .hi = 256, .def = "1",
+     .help = "threads per rank: they share its micro-batches, one micro-batch "
+             "per thread at a time (the same bits for any count; see "
+             "docs/design.md, Threads)"},
     {.name = "precision", .kind = KEY_ENUM, .offset = OFF(precision),
      .name_of = gemm_precision_name, .def = "fp32",
      .help = "fp32, or bf16: convolution operands rounded to bfloat16, "

@@ -23,6 +23,7 @@ unet_shape diffusion_shape(const dm_config *c, int m, int max_mb, int inference)
     sh.winograd = c->conv_algo == CONV_WINOGRAD; /* auto: decided by train and bench */
     sh.winograd_min = c->winograd_min_width;
     sh.winograd4_min = c->winograd4_min_width;
+    sh.threads = c->threads;
     return sh;
 }
 

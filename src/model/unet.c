@@ -9,6 +9,7 @@
 
 #include "diffmpi/gemm.h"
 #include "diffmpi/layers.h"
+#include "diffmpi/par.h"
 #include "diffmpi/prof.h"
 #include "diffmpi/rng.h"
 
@@ -280,12 +281,13 @@ static size_t layout(unet *u, char *base) {
             fs[q]->e = take(base, &used, n);
         }
     }
-    u->fc_scratch = take(base, &used, sizeof(float) * (size_t)(4 * m * 2 * u->D));
+    u->nscratch = u->nthreads < max_mb ? u->nthreads : max_mb;
+    u->fc_scratch = take(base, &used, sizeof(float) * (size_t)(u->nscratch * 4 * m * 2 * u->D));
     u->scratch_stride = maxout;
     if (u->inference) maxout = 0;
     u->scratch_a = take(base, &used, sizeof(float) * (size_t)(maxout * max_mb));
     u->scratch_b = take(base, &used, sizeof(float) * (size_t)(maxout * max_mb));
-    u->col = take(base, &used, sizeof(float) * (size_t)u->col_floats);
+    u->col = take(base, &used, sizeof(float) * (size_t)(u->nscratch * u->col_floats));
     u->sums = take(base, &used, sizeof(double) * (size_t)(2 * maxc * max_mb));
     u->gsums = take(base, &used, sizeof(double) * (size_t)(2 * maxc));
     return used;
@@ -294,6 +296,7 @@ static size_t layout(unet *u, char *base) {
 void unet_init(unet *u, const unet_shape *sh) {
     memset(u, 0, sizeof *u);
     u->D = sh->D, u->m = sh->m, u->max_mb = sh->max_mb;
+    u->nthreads = sh->threads > 1 ? sh->threads : 1;
     u->inference = sh->inference;
     u->winograd = sh->winograd;
     u->winograd_min = sh->winograd_min;
@@ -456,13 +459,20 @@ static int unit_algo(const unet *u, const unet_unit *t) {
     return tile == 4 ? CONV_ROW_WINOGRAD4 : tile == 2 ? CONV_ROW_WINOGRAD2 : CONV_ROW_IM2COL;
 }
 
+/* Scratch copy r (im2col columns, Winograd planes) of thread range r. */
+static float *col_of(const unet *u, int r) { return u->col + (long)r * u->col_floats; }
+
+/* The local micro-batches over the rank's threads: range r of nranges()
+ * is par_range(nmb, nthreads, r), run by one thread with scratch r. */
+static int nranges(const unet *u, int nmb) { return u->nthreads < nmb ? u->nthreads : nmb; }
+
 static void unit_linear_forward(unet *u, unet_unit *t, float *y,
-                                const float *x, int n) {
+                                const float *x, int n, float *col) {
     const float *w = u->p + t->w, *b = u->p + t->b;
     if (t->kind == UNIT_CONV)
-        conv_kernels[unit_algo(u, t)].forward(t, y, x, w, b, u->col, n);
+        conv_kernels[unit_algo(u, t)].forward(t, y, x, w, b, col, n);
     else if (t->kind == UNIT_CONVT)
-        convt2d_forward(y, x, w, b, u->col, n, t->cin, t->hin, t->hin, t->cout,
+        convt2d_forward(y, x, w, b, col, n, t->cin, t->hin, t->hin, t->cout,
                         t->k, t->s, t->p);
     else
         avgpool_forward(y, x, t->cin, n, t->hin * t->hin);
@@ -529,24 +539,35 @@ static void unit_forward(unet *u, unet_unit *t, int train, int nmb,
                          const int *n, long global_n, unet_combine_fn combine,
                          void *ctx, float momentum) {
     const unet_norm_ops *nm = t->norm;
-    long hw2 = (long)t->hout * t->hout;
-    for (int j = 0; j < nmb; j++) {
-        float *x = unet_at(u, t->in, j, n[j], 0);
-        float *y = t->y_buf >= 0 ? unet_slot(u, t->y_buf, j) : unet_at(u, t->out, j, n[j], 0);
-        unit_linear_forward(u, t, y, x, n[j]);
-        double t0 = prof_start();
-        if (nm) nm->stats(u, t, train, j, n[j]);
-        prof_add(PROF_ELEM, t0);
+    const long hw2 = (long)t->hout * t->hout;
+    const int nr = nranges(u, nmb);
+#pragma omp parallel for num_threads(nr) schedule(static, 1) if (nr > 1)
+    for (int r = 0; r < nr; r++) {
+        int lo, hi;
+        par_range(nmb, u->nthreads, r, &lo, &hi);
+        for (int j = lo; j < hi; j++) {
+            float *x = unet_at(u, t->in, j, n[j], 0);
+            float *y = t->y_buf >= 0 ? unet_slot(u, t->y_buf, j) : unet_at(u, t->out, j, n[j], 0);
+            unit_linear_forward(u, t, y, x, n[j], col_of(u, r));
+            double t0 = prof_start();
+            if (nm) nm->stats(u, t, train, j, n[j]);
+            prof_add(PROF_ELEM, t0);
+        }
     }
     if (nm) nm->finish(u, t, train, nmb, global_n, combine, ctx, momentum);
     if (!t->gelu) return;
     double t0 = prof_start();
-    for (int j = 0; j < nmb; j++) {
-        if (nm)
-            nm->apply(u, t, j, n[j]);
-        else
-            gelu_forward(unet_at(u, t->out, j, n[j], 0), unet_slot(u, t->y_buf, j),
-                         (long)t->cout * n[j] * hw2);
+#pragma omp parallel for num_threads(nr) schedule(static, 1) if (nr > 1)
+    for (int r = 0; r < nr; r++) {
+        int lo, hi;
+        par_range(nmb, u->nthreads, r, &lo, &hi);
+        for (int j = lo; j < hi; j++) {
+            if (nm)
+                nm->apply(u, t, j, n[j]);
+            else
+                gelu_forward(unet_at(u, t->out, j, n[j], 0), unet_slot(u, t->y_buf, j),
+                             (long)t->cout * n[j] * hw2);
+        }
     }
     prof_add(PROF_ELEM, t0);
 }
@@ -577,27 +598,34 @@ static void cond_point_forward(unet *u, const unet_condpt *cp, int j, int n) {
 void unet_forward(unet *u, int train, int nmb, const int *n, long global_n,
                   unet_combine_fn combine, void *ctx, float bn_momentum) {
     DM_CHECK(nmb <= u->max_mb, "%d micro-batches exceed %d slots", nmb, u->max_mb);
+    const int nr = nranges(u, nmb);
     for (int t = 0; t < u->nunits; t++) {
         unit_forward(u, &u->units[t], train, nmb, n, global_n, combine, ctx,
                      bn_momentum);
-        for (int k = 0; k < u->ncond; k++)
-            if (u->condpts[k].unit == t)
-                for (int j = 0; j < nmb; j++) cond_point_forward(u, &u->condpts[k], j, n[j]);
+        for (int k = 0; k < u->ncond; k++) {
+            if (u->condpts[k].unit != t) continue;
+#pragma omp parallel for num_threads(nr) schedule(static, 1) if (nr > 1)
+            for (int r = 0; r < nr; r++) {
+                int lo, hi;
+                par_range(nmb, u->nthreads, r, &lo, &hi);
+                for (int j = lo; j < hi; j++) cond_point_forward(u, &u->condpts[k], j, n[j]);
+            }
+        }
     }
 }
 
 /* ---- backward ----------------------------------------------------------- */
 
 static void unit_linear_backward(unet *u, unet_unit *t, float *leaf,
-                                 const float *dy, int j, int n) {
+                                 const float *dy, int j, int n, float *col) {
     float *x = unet_at(u, t->in, j, n, 0);
     /* The network input needs no gradient. */
     float *dx = t->in.buf == u->in_buf ? NULL : unet_at(u, t->in, j, n, 1);
     if (t->kind == UNIT_CONV)
         conv_kernels[unit_algo(u, t)].backward(t, dx, leaf + t->w, leaf + t->b, dy, x,
-                                               u->p + t->w, u->col, n);
+                                               u->p + t->w, col, n);
     else if (t->kind == UNIT_CONVT)
-        convt2d_backward(dx, leaf + t->w, leaf + t->b, dy, x, u->p + t->w, u->col,
+        convt2d_backward(dx, leaf + t->w, leaf + t->b, dy, x, u->p + t->w, col,
                          n, t->cin, t->hin, t->hin, t->cout, t->k, t->s, t->p);
     else
         avgpool_backward(dx, dy, t->cin, n, t->hin * t->hin);
@@ -616,20 +644,27 @@ static void unit_slice(const unet *u, const unet_unit *t, long *off, long *len) 
 
 static void unit_backward(unet *u, unet_unit *t, int nmb, const int *n,
                           long global_n, unet_combine_fn combine, void *ctx,
-                          unet_leaf_dst_fn leaf_dst, unet_leaf_done_fn leaf_done) {
+                          unet_leaf_dst_fn leaf_dst, unet_leaf_done_fn leaf_done,
+                          unet_seg_done_fn seg_done) {
     const unet_norm_ops *nm = t->norm;
-    int C = t->cout;
-    long hw2 = (long)t->hout * t->hout, stride = u->scratch_stride;
+    const int C = t->cout, nr = nranges(u, nmb);
+    const long hw2 = (long)t->hout * t->hout, stride = u->scratch_stride;
     /* Pass 1: gradient through GELU (and the norm's per-micro-batch sums). */
     double t0 = prof_start();
-    for (int j = 0; t->gelu && j < nmb; j++) {
-        long cnt = (long)C * n[j] * hw2;
-        float *dz = u->scratch_b + j * stride;
-        if (nm) {
-            nm->grad_stats(u, t, dz, j, n[j]);
-        } else {
-            memset(dz, 0, (size_t)cnt * sizeof(float));
-            gelu_backward(dz, unet_at(u, t->out, j, n[j], 1), unet_slot(u, t->y_buf, j), cnt);
+#pragma omp parallel for num_threads(nr) schedule(static, 1) if (nr > 1 && t->gelu)
+    for (int r = 0; r < nr; r++) {
+        int lo, hi;
+        par_range(nmb, u->nthreads, r, &lo, &hi);
+        for (int j = lo; t->gelu && j < hi; j++) {
+            long cnt = (long)C * n[j] * hw2;
+            float *dz = u->scratch_b + j * stride;
+            if (nm) {
+                nm->grad_stats(u, t, dz, j, n[j]);
+            } else {
+                par_zero(dz, cnt);
+                gelu_backward(dz, unet_at(u, t->out, j, n[j], 1), unet_slot(u, t->y_buf, j),
+                              cnt);
+            }
         }
     }
     prof_add(PROF_ELEM, t0);
@@ -637,76 +672,90 @@ static void unit_backward(unet *u, unet_unit *t, int nmb, const int *n,
     long off, len;
     unit_slice(u, t, &off, &len);
     /* Pass 2: through BN, then the conv; one weight-gradient leaf per j. */
-    for (int j = 0; j < nmb; j++) {
-        long cnt = (long)C * n[j] * hw2;
-        const float *dy = unet_at(u, t->out, j, n[j], 1);
-        if (t->gelu) dy = u->scratch_b + j * stride;
-        t0 = prof_start();
-        if (nm) {
-            float *dyc = u->scratch_a + j * stride;
-            memset(dyc, 0, (size_t)cnt * sizeof(float));
-            nm->grad_input(u, t, dyc, dy, j, n[j], global_n);
-            dy = dyc;
-        }
-        float *leaf = len ? leaf_dst(ctx, j) : NULL;
-        prof_add(PROF_ELEM, t0);
-        unit_linear_backward(u, t, leaf, dy, j, n[j]);
-        if (nm) {
-            const double *g1 = u->sums + (long)j * 2 * C, *g2 = g1 + C;
-            for (int c = 0; c < C; c++) {
-                leaf[t->gamma + c] = (float)g2[c];
-                leaf[t->beta + c] = (float)g1[c];
+#pragma omp parallel for num_threads(nr) schedule(static, 1) if (nr > 1)
+    for (int r = 0; r < nr; r++) {
+        int lo, hi;
+        par_range(nmb, u->nthreads, r, &lo, &hi);
+        for (int j = lo; j < hi; j++) {
+            long cnt = (long)C * n[j] * hw2;
+            const float *dy = unet_at(u, t->out, j, n[j], 1);
+            if (t->gelu) dy = u->scratch_b + j * stride;
+            double t1 = prof_start();
+            if (nm) {
+                float *dyc = u->scratch_a + j * stride;
+                par_zero(dyc, cnt);
+                nm->grad_input(u, t, dyc, dy, j, n[j], global_n);
+                dy = dyc;
             }
+            float *leaf = len ? leaf_dst(ctx, j) : NULL;
+            prof_add(PROF_ELEM, t1);
+            unit_linear_backward(u, t, leaf, dy, j, n[j], col_of(u, r));
+            if (nm) {
+                const double *g1 = u->sums + (long)j * 2 * C, *g2 = g1 + C;
+                for (int c = 0; c < C; c++) {
+                    leaf[t->gamma + c] = (float)g2[c];
+                    leaf[t->beta + c] = (float)g1[c];
+                }
+            }
+            if (len) leaf_done(ctx, j, off, len);
         }
-        if (len) leaf_done(ctx, j, off, len);
     }
+    if (len) seg_done(ctx, off, len);
 }
 
 void unet_zero_grad(unet *u, int nmb) {
     for (int b = 0; b < u->nbufs; b++)
-        if (u->act[b].grad) memset(u->act[b].grad, 0, (size_t)(u->act[b].mb_stride * nmb) * sizeof(float));
+        if (u->act[b].grad) par_zero(u->act[b].grad, u->act[b].mb_stride * nmb);
 }
 
 /* Gradient through the modulation into the unit output and the FCBlocks;
  * one leaf per micro-batch for each FCBlock's parameters. */
 static void cond_point_backward(unet *u, const unet_condpt *cp, int nmb, const int *n,
                                 void *ctx, unet_leaf_dst_fn leaf_dst,
-                                unet_leaf_done_fn leaf_done) {
+                                unet_leaf_done_fn leaf_done, unet_seg_done_fn seg_done) {
     const unet_unit *t = &u->units[cp->unit];
-    long w = (long)u->m * 2 * u->D;
-    float *de[2] = {u->fc_scratch, u->fc_scratch + w};
-    float *dg = u->fc_scratch + 2 * w, *dh = u->fc_scratch + 3 * w;
+    const long w = (long)u->m * 2 * u->D;
     const unet_fc *fs[2] = {&cp->t, &cp->c};
-    int nfc = u->nemb;
-    for (int j = 0; j < nmb; j++) {
-        double t0 = prof_start();
-        cond_backward(unet_at(u, t->out, j, n[j], 1), de[0], de[1], unet_at(u, cp->dst, j, n[j], 1),
-                      unet_at(u, t->out, j, n[j], 0), fc_at(u, cp->t.e, &cp->t, j),
-                      nfc == 2 ? fc_at(u, cp->c.e, &cp->c, j) : NULL, u->mix, cp->C,
-                      n[j], cp->hw * cp->hw);
-        prof_add(PROF_ELEM, t0);
-        const float *ins[2] = {u->t_in + (long)j * u->m, u->c_in + (long)j * u->m * 10};
-        float *leaf = leaf_dst(ctx, j);
-        for (int q = 0; q < nfc; q++) {
-            const unet_fc *f = fs[q];
-            fcblock_backward(leaf + f->w1, leaf + f->b1, leaf + f->w2, leaf + f->b2, dg, dh,
-                             de[q], ins[q], fc_at(u, f->h, f, j), fc_at(u, f->g, f, j),
-                             u->p + f->w2, n[j], f->in, f->out);
-            leaf_done(ctx, j, f->off, f->len);
+    const int nfc = u->nemb, nr = nranges(u, nmb);
+#pragma omp parallel for num_threads(nr) schedule(static, 1) if (nr > 1)
+    for (int r = 0; r < nr; r++) {
+        float *sc = u->fc_scratch + r * 4 * w;
+        float *de[2] = {sc, sc + w}, *dg = sc + 2 * w, *dh = sc + 3 * w;
+        int lo, hi;
+        par_range(nmb, u->nthreads, r, &lo, &hi);
+        for (int j = lo; j < hi; j++) {
+            double t0 = prof_start();
+            cond_backward(unet_at(u, t->out, j, n[j], 1), de[0], de[1],
+                          unet_at(u, cp->dst, j, n[j], 1), unet_at(u, t->out, j, n[j], 0),
+                          fc_at(u, cp->t.e, &cp->t, j),
+                          nfc == 2 ? fc_at(u, cp->c.e, &cp->c, j) : NULL, u->mix, cp->C,
+                          n[j], cp->hw * cp->hw);
+            prof_add(PROF_ELEM, t0);
+            const float *ins[2] = {u->t_in + (long)j * u->m, u->c_in + (long)j * u->m * 10};
+            float *leaf = leaf_dst(ctx, j);
+            for (int q = 0; q < nfc; q++) {
+                const unet_fc *f = fs[q];
+                fcblock_backward(leaf + f->w1, leaf + f->b1, leaf + f->w2, leaf + f->b2, dg,
+                                 dh, de[q], ins[q], fc_at(u, f->h, f, j), fc_at(u, f->g, f, j),
+                                 u->p + f->w2, n[j], f->in, f->out);
+                leaf_done(ctx, j, f->off, f->len);
+            }
         }
     }
+    for (int q = 0; q < nfc; q++) seg_done(ctx, fs[q]->off, fs[q]->len);
 }
 
 void unet_backward(unet *u, int nmb, const int *n, long global_n,
-                   unet_combine_fn combine, void *ctx,
-                   unet_leaf_dst_fn leaf_dst, unet_leaf_done_fn leaf_done) {
+                   unet_combine_fn combine, void *ctx, unet_leaf_dst_fn leaf_dst,
+                   unet_leaf_done_fn leaf_done, unet_seg_done_fn seg_done) {
     DM_CHECK(!u->inference, "backward on an inference-only model");
     for (int t = u->nunits - 1; t >= 0; t--) {
         for (int k = 0; k < u->ncond; k++)
             if (u->condpts[k].unit == t)
-                cond_point_backward(u, &u->condpts[k], nmb, n, ctx, leaf_dst, leaf_done);
+                cond_point_backward(u, &u->condpts[k], nmb, n, ctx, leaf_dst, leaf_done,
+                                    seg_done);
         unit_backward(u, &u->units[t], nmb, n, global_n, combine, ctx, leaf_dst,
-                      leaf_done);
+                      leaf_done, seg_done);
     }
 }
 

@@ -11,13 +11,15 @@
  * the leaf gradients of gamma and beta, so no separate kernel exists. */
 #include "diffmpi/layers.h"
 
+#include "diffmpi/par.h"
+
 #include <math.h>
 
 #include "lanes.h"
 
 /* x [C][M]; s1, s2 [C] OVERWRITTEN with this micro-batch's sums. */
 DM_VECTOR_CLONES
-void bn2d_stats(double *s1, double *s2, const float *x, int C, int M) {
+static void bn2d_stats_run(double *s1, double *s2, const float *x, int C, int M) {
     for (int c = 0; c < C; c++) {
         double a[LANES] = {0}, q[LANES] = {0};
         lanes_add_x_x2(a, q, x + (long)c * M, M);
@@ -57,7 +59,7 @@ void bn2d_update_running(float *run_mean, float *run_var, const double *s1,
 }
 
 /* x, y [C][M]; mean, invstd, gamma, beta [C]; y OVERWRITTEN. */
-void bn2d_forward(float *y, const float *x, const float *mean,
+static void bn2d_forward_run(float *y, const float *x, const float *mean,
                   const float *invstd, const float *gamma, const float *beta,
                   int C, int M) {
     for (int c = 0; c < C; c++) {
@@ -71,7 +73,7 @@ void bn2d_forward(float *y, const float *x, const float *mean,
 
 /* dy, x [C][M]; g1, g2 [C] OVERWRITTEN with this micro-batch's sums. */
 DM_VECTOR_CLONES
-void bn2d_backward_stats(double *g1, double *g2, const float *dy,
+static void bn2d_backward_stats_run(double *g1, double *g2, const float *dy,
                          const float *x, const float *mean, const float *invstd,
                          int C, int M) {
     for (int c = 0; c < C; c++) {
@@ -86,11 +88,10 @@ void bn2d_backward_stats(double *g1, double *g2, const float *dy,
 
 /* dy, x, dx [C][M]; G1, G2 [C] summed over the count elements of the whole
  * batch; dx ADDED (NULL: nothing to do). */
-void bn2d_backward(float *dx, const float *dy, const float *x,
+static void bn2d_backward_run(float *dx, const float *dy, const float *x,
                    const float *mean, const float *invstd, const float *gamma,
                    const double *G1, const double *G2, double count, int C,
                    int M) {
-    if (!dx) return;
     for (int c = 0; c < C; c++) {
         const float k = gamma[c] * invstd[c];
         const float m1 = (float)(G1[c] / count), m2 = (float)(G2[c] / count);
@@ -99,5 +100,45 @@ void bn2d_backward(float *dx, const float *dy, const float *x,
             const float xhat = (x[j] - mean[c]) * invstd[c];
             dx[j] += k * (dy[j] - m1 - xhat * m2);
         }
+    }
+}
+
+/* ---- over the rank's threads (par.h): whole channels per block; every
+ * sum above is one channel's. ---- */
+
+void bn2d_stats(double *s1, double *s2, const float *x, int C, int M) {
+    PAR_FOR(C, (long)C * M) {
+        const long c = PAR_LO;
+        bn2d_stats_run(s1 + c, s2 + c, x + c * M, (int)(PAR_HI - c), M);
+    }
+}
+
+void bn2d_forward(float *y, const float *x, const float *mean, const float *invstd,
+                  const float *gamma, const float *beta, int C, int M) {
+    PAR_FOR(C, (long)C * M) {
+        const long c = PAR_LO, o = c * M;
+        const int n = (int)(PAR_HI - c);
+        bn2d_forward_run(y + o, x + o, mean + c, invstd + c, gamma + c, beta + c, n, M);
+    }
+}
+
+void bn2d_backward_stats(double *g1, double *g2, const float *dy, const float *x,
+                         const float *mean, const float *invstd, int C, int M) {
+    PAR_FOR(C, (long)C * M) {
+        const long c = PAR_LO, o = c * M;
+        const int n = (int)(PAR_HI - c);
+        bn2d_backward_stats_run(g1 + c, g2 + c, dy + o, x + o, mean + c, invstd + c, n, M);
+    }
+}
+
+void bn2d_backward(float *dx, const float *dy, const float *x, const float *mean,
+                   const float *invstd, const float *gamma, const double *G1,
+                   const double *G2, double count, int C, int M) {
+    if (!dx) return;
+    PAR_FOR(C, (long)C * M) {
+        const long c = PAR_LO, o = c * M;
+        const int n = (int)(PAR_HI - c);
+        bn2d_backward_run(dx + o, dy + o, x + o, mean + c, invstd + c, gamma + c, G1 + c,
+                          G2 + c, count, n, M);
     }
 }

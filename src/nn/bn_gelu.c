@@ -7,12 +7,14 @@
  * Sums go through lanes.h, as bn2d.c's do. */
 #include "diffmpi/layers.h"
 
+#include "diffmpi/par.h"
+
 #include "lanes.h"
 #include "normal.h"
 
 /* x, a [C][M]; mean, invstd, gamma, beta [C]. a = gelu(bn(x)), OVERWRITTEN. */
 DM_VECTOR_CLONES
-void bn_gelu_forward(float *a, const float *x, const float *mean,
+static void bn_gelu_forward_run(float *a, const float *x, const float *mean,
                      const float *invstd, const float *gamma, const float *beta,
                      int C, int M) {
     for (int c = 0; c < C; c++) {
@@ -35,7 +37,7 @@ enum { CHUNK = 512 };
  * BN's output. g1[c] = sum dz, g2[c] = sum dz * xhat, OVERWRITTEN: this
  * micro-batch's backward sums for bn2d_backward (and dbeta, dgamma). */
 DM_VECTOR_CLONES
-void bn_gelu_backward_stats(float *dz, double *g1, double *g2, const float *da,
+static void bn_gelu_backward_stats_run(float *dz, double *g1, double *g2, const float *da,
                             const float *x, const float *mean,
                             const float *invstd, const float *gamma,
                             const float *beta, int C, int M) {
@@ -58,5 +60,28 @@ void bn_gelu_backward_stats(float *dz, double *g1, double *g2, const float *da,
         }
         g1[c] = lanes_total(s1);
         g2[c] = lanes_total(s2);
+    }
+}
+
+/* ---- over the rank's threads (par.h): whole channels per block; every
+ * sum above is one channel's. ---- */
+
+void bn_gelu_forward(float *a, const float *x, const float *mean, const float *invstd,
+                     const float *gamma, const float *beta, int C, int M) {
+    PAR_FOR(C, (long)C * M) {
+        const long c = PAR_LO, o = c * M;
+        const int n = (int)(PAR_HI - c);
+        bn_gelu_forward_run(a + o, x + o, mean + c, invstd + c, gamma + c, beta + c, n, M);
+    }
+}
+
+void bn_gelu_backward_stats(float *dz, double *g1, double *g2, const float *da,
+                            const float *x, const float *mean, const float *invstd,
+                            const float *gamma, const float *beta, int C, int M) {
+    PAR_FOR(C, (long)C * M) {
+        const long c = PAR_LO, o = c * M;
+        const int n = (int)(PAR_HI - c);
+        bn_gelu_backward_stats_run(dz + o, g1 + c, g2 + c, da + o, x + o, mean + c,
+                                   invstd + c, gamma + c, beta + c, n, M);
     }
 }

@@ -5,6 +5,8 @@
 
 #include "diffmpi/layers.h"
 
+#include "diffmpi/par.h"
+
 void fcblock_forward(float *e, float *h, float *g, const float *in,
                      const float *w1, const float *b1, const float *w2,
                      const float *b2, int N, int Fin, int Fout) {
@@ -26,7 +28,8 @@ void fcblock_backward(float *dw1, float *db1, float *dw2, float *db2,
 
 void cond_forward(float *y, const float *u, const float *et, const float *ec,
                   cond_mix mode, int C, int N, int HW) {
-    for (int c = 0; c < C; c++)
+    PAR_FOR(C, (long)C * N * HW)
+    for (int c = (int)PAR_LO; c < (int)PAR_HI; c++)
         for (int n = 0; n < N; n++) {
             const float *src = u + ((long)c * N + n) * HW;
             float *dst = y + ((long)c * N + n) * HW;
@@ -42,7 +45,8 @@ void cond_forward(float *y, const float *u, const float *et, const float *ec,
 void cond_backward(float *du, float *det, float *dec, const float *dy,
                    const float *u, const float *et, const float *ec,
                    cond_mix mode, int C, int N, int HW) {
-    for (int c = 0; c < C; c++)
+    PAR_FOR(C, (long)C * N * HW)
+    for (int c = (int)PAR_LO; c < (int)PAR_HI; c++)
         for (int n = 0; n < N; n++) {
             const float *g = dy + ((long)c * N + n) * HW;
             const float *x = u + ((long)c * N + n) * HW;

@@ -14,6 +14,8 @@
  * the micro-batch size, never on the rank count. */
 #include "diffmpi/layers.h"
 
+#include "diffmpi/par.h"
+
 #include "diffmpi/gemm.h"
 
 static int conv_out(int n, int k, int s, int p) {
@@ -79,32 +81,38 @@ static int plane_copy_pays(void) {
 #include "im2col_impl.h"
 
 /* Images [n0, n1) of im [C][N][H][W] -> col [C*k*k][(n1-n0)*Ho*Wo] of
- * element type t (overwritten); bf16 rounds each channel's planes into
- * stage first. */
+ * element type t (overwritten); bf16 rounds each channel's planes into its
+ * part of stage first. Channels over the rank's threads (par.h). */
 static void im2col_copy(void *col, dm_dtype t, unsigned short *stage, const float *im, int N,
                         int n0, int n1, int C, int H, int W, int k, int s, int p) {
     const int g = n1 - n0;
     const long rows = (long)k * k * g * conv_out(H, k, s, p) * conv_out(W, k, s, p);
     const long plane = (long)H * W;
-    for (int c = 0; c < C; c++) {
-        const float *im_c = im + ((long)c * N + n0) * plane;
-        if (t == DM_T_BF16) {
-            dm_round_bf16(stage, im_c, g * plane);
-            bf16_channel((unsigned short *)col + c * rows, stage, g, H, W, k, s, p);
-        } else {
-            f32_channel((float *)col + c * rows, im_c, g, H, W, k, s, p);
+    PAR_FOR(C, C * rows) {
+        const int hi = (int)PAR_HI;
+        for (int c = (int)PAR_LO; c < hi; c++) {
+            const float *im_c = im + ((long)c * N + n0) * plane;
+            if (t == DM_T_BF16) {
+                unsigned short *st = stage + (long)c * g * plane;
+                dm_round_bf16(st, im_c, g * plane);
+                bf16_channel((unsigned short *)col + c * rows, st, g, H, W, k, s, p);
+            } else {
+                f32_channel((float *)col + c * rows, im_c, g, H, W, k, s, p);
+            }
         }
     }
 }
 
 /* The adjoint of im2col_copy (float columns): col [C*k*k][(n1-n0)*Ho*Wo] is ADDED into
  * images [n0, n1) of im [C][N][H][W];
- * taps that fall in the padding are dropped. */
+ * taps that fall in the padding are dropped. Channels over the rank's
+ * threads: each channel's sums stay in its own planes. */
 static void col2im_add(float *im, const float *col, int N, int n0, int n1,
                        int C, int H, int W, int k, int s, int p) {
     const int Ho = conv_out(H, k, s, p), Wo = conv_out(W, k, s, p);
     const long P = (long)(n1 - n0) * Ho * Wo;
-    for (int c = 0; c < C; c++)
+    PAR_FOR(C, C * k * k * P)
+    for (int c = (int)PAR_LO; c < (int)PAR_HI; c++)
         for (int ki = 0; ki < k; ki++)
             for (int kj = 0; kj < k; kj++) {
                 const float *row = col + ((long)(c * k + ki) * k + kj) * P;
@@ -135,8 +143,8 @@ void im2col_part(float *col, const float *im, int N, int n0, int n1, int C,
     im2col_part_typed(col, DM_T_F32, NULL, im, N, n0, n1, C, H, W, k, s, p);
 }
 
-long im2col_stage_floats(int g, int H, int W) {
-    return ((long)g * H * W + 1) / 2;
+long im2col_stage_floats(int C, int g, int H, int W) {
+    return ((long)C * g * H * W + 1) / 2;
 }
 
 void col2im_part(float *im, const float *col, int N, int n0, int n1, int C,
@@ -162,7 +170,7 @@ static int din_as_conv(int k, int s, int p) {
 }
 
 /* The scratch: [column matrices (and the flipped weights of the input
- * gradient)][bf16 staging of one channel's planes]; stage_at is where the
+ * gradient)][bf16 staging of the group's planes]; stage_at is where the
  * staging starts. */
 static long stage_at(int N, int Cin, int H, int W, int Cout, int k, int s, int p) {
     const long K = (long)Cin * k * k, HWo = (long)conv_out(H, k, s, p) * conv_out(W, k, s, p);
@@ -178,9 +186,9 @@ static long stage_at(int N, int Cin, int H, int W, int Cout, int k, int s, int p
 long conv2d_scratch_floats(int N, int Cin, int H, int W, int Cout, int k,
                            int s, int p) {
     const int Ho = conv_out(H, k, s, p), Wo = conv_out(W, k, s, p);
-    long stage = im2col_stage_floats(conv_group(N, (long)Cin * k * k * Ho * Wo), H, W);
+    long stage = im2col_stage_floats(Cin, conv_group(N, (long)Cin * k * k * Ho * Wo), H, W);
     if (din_as_conv(k, s, p)) {
-        long d = im2col_stage_floats(conv_group(N, (long)Cout * k * k * H * W), Ho, Wo);
+        long d = im2col_stage_floats(Cout, conv_group(N, (long)Cout * k * k * H * W), Ho, Wo);
         if (d > stage) stage = d;
     }
     return stage_at(N, Cin, H, W, Cout, k, s, p) + stage;
@@ -209,12 +217,14 @@ void conv2d_forward(float *out, const float *in, const float *w, const float *b,
 }
 
 void conv_bias_add(float *out, const float *b, int C, long plane) {
-    for (int c = 0; c < C; c++)
+    PAR_FOR(C, C * plane)
+    for (int c = (int)PAR_LO; c < (int)PAR_HI; c++)
         for (long i = 0; i < plane; i++) out[(long)c * plane + i] += b[c];
 }
 
 void conv_bias_grad(float *db, const float *dout, int C, long plane) {
-    for (int c = 0; c < C; c++) {
+    PAR_FOR(C, C * plane)
+    for (int c = (int)PAR_LO; c < (int)PAR_HI; c++) {
         double acc = 0.0;
         for (long i = 0; i < plane; i++) acc += dout[(long)c * plane + i];
         db[c] = (float)acc;

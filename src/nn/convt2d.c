@@ -10,8 +10,8 @@
 
 #include "diffmpi/gemm.h"
 
-/* The scratch: [column matrix of a group][bf16 staging of one channel's
- * planes of dout for im2col]. */
+/* The scratch: [column matrix of a group][bf16 staging of the
+ * group's planes of dout for im2col]. */
 static long stage_at(int N, int Cout, int H, int W, int k) {
     const long K = (long)Cout * k * k, HW = (long)H * W;
     return K * conv_group(N, K * HW) * HW;
@@ -20,7 +20,7 @@ static long stage_at(int N, int Cout, int H, int W, int k) {
 long convt2d_col_floats(int N, int Cout, int H, int W, int k, int s, int p) {
     const long K = (long)Cout * k * k, HW = (long)H * W;
     const int Ho = (H - 1) * s - 2 * p + k, Wo = (W - 1) * s - 2 * p + k;
-    return stage_at(N, Cout, H, W, k) + im2col_stage_floats(conv_group(N, K * HW), Ho, Wo);
+    return stage_at(N, Cout, H, W, k) + im2col_stage_floats(Cout, conv_group(N, K * HW), Ho, Wo);
 }
 
 /* in [Cin][N][H][W], w [Cin][Cout][k][k], b [Cout] or NULL,

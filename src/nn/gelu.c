@@ -17,6 +17,7 @@
  * (test_layers checks a dense grid against double erf). */
 #include "diffmpi/layers.h"
 
+#include "diffmpi/par.h"
 #include "normal.h"
 
 float gelu_cdf(float x) {
@@ -27,7 +28,7 @@ float gelu_cdf(float x) {
 
 /* y[i] = x * Phi(x); y OVERWRITTEN (may alias x). */
 DM_VECTOR_CLONES
-void gelu_forward(float *y, const float *x, long n) {
+static void gelu_forward_run(float *y, const float *x, long n) {
     for (long i = 0; i < n; i++) {
         float c, p;
         normal_cdf_pdf(x[i], &c, &p);
@@ -37,11 +38,20 @@ void gelu_forward(float *y, const float *x, long n) {
 
 /* gelu'(x) = Phi(x) + x * phi(x). dx ADDED (NULL: nothing to do). */
 DM_VECTOR_CLONES
-void gelu_backward(float *dx, const float *dy, const float *x, long n) {
-    if (!dx) return;
+static void gelu_backward_run(float *dx, const float *dy, const float *x, long n) {
     for (long i = 0; i < n; i++) {
         float c, p;
         normal_cdf_pdf(x[i], &c, &p);
         dx[i] += dy[i] * (c + x[i] * p);
     }
+}
+
+/* Elementwise: any cut of [0, n) gives the same floats. */
+void gelu_forward(float *y, const float *x, long n) {
+    PAR_FOR(n, n) gelu_forward_run(y + PAR_LO, x + PAR_LO, PAR_HI - PAR_LO);
+}
+
+void gelu_backward(float *dx, const float *dy, const float *x, long n) {
+    if (!dx) return;
+    PAR_FOR(n, n) gelu_backward_run(dx + PAR_LO, dy + PAR_LO, x + PAR_LO, PAR_HI - PAR_LO);
 }

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "diffmpi/layers.h" /* DM_VECTOR_CLONES */
+#include "diffmpi/par.h"
 #include "gemm_engine.h"
 
 /* ---- OpenBLAS ---------------------------------------------------------- */
@@ -21,9 +22,16 @@ static int openblas_supports(dm_precision p, char *why, size_t size) {
     return 0;
 }
 
+/* OpenBLAS runs each product on one thread whatever `threads` says: its
+ * sums depend on how a product is cut (checked here with OpenBLAS 0.3.21's
+ * Haswell kernels: an sgemm computed as column or row strips differs from
+ * the whole in the last bits of 3-30 % of its elements), so no cut over
+ * threads, OpenBLAS's own or ours, would keep the bits. The rank's other
+ * work still runs on its threads (par.h); engine = onednn threads the
+ * products too. */
 static dm_status openblas_setup(dm_precision p, int threads) {
-    (void)p;
-    openblas_set_num_threads(threads);
+    (void)p, (void)threads;
+    openblas_set_num_threads(1);
     return DM_OK;
 }
 
@@ -171,6 +179,7 @@ dm_status gemm_setup(dm_engine e, dm_precision p, int threads) {
         return DM_EUSAGE;
     }
     gemm_teardown();
+    par_set_threads(threads > 0 ? threads : 1);
     DM_TRY(ops->setup(p, threads > 0 ? threads : 1));
     now.ops = ops;
     now.engine = ops == &openblas_ops ? DM_ENGINE_OPENBLAS : DM_ENGINE_ONEDNN;

@@ -15,16 +15,17 @@
 
 #include <math.h>
 
+#include "diffmpi/par.h"
 #include "lanes.h"
 #include "normal.h"
 
 /* x [C][N][HW]; mean, invstd [N][G] OVERWRITTEN. */
-void gn_stats(float *mean, float *invstd, const float *x, int C, int N, int HW, int G,
-              float eps) {
+static void gn_stats_run(float *mean, float *invstd, const float *x, int C, int N, int HW,
+                         int G, float eps, int g0, int g1) {
     int cg = C / G;
     double count = (double)cg * HW;
     for (int n = 0; n < N; n++)
-        for (int g = 0; g < G; g++) {
+        for (int g = g0; g < g1; g++) {
             double s1 = 0, s2 = 0;
             for (int c = g * cg; c < (g + 1) * cg; c++) {
                 double a[LANES] = {0}, q[LANES] = {0};
@@ -42,10 +43,11 @@ void gn_stats(float *mean, float *invstd, const float *x, int C, int N, int HW, 
 /* a = gelu(gn(x)) OVERWRITTEN; x, a [C][N][HW]; mean, invstd [N][G];
  * gamma, beta [C]. */
 DM_VECTOR_CLONES
-void gn_gelu_forward(float *a, const float *x, const float *mean, const float *invstd,
-                     const float *gamma, const float *beta, int C, int N, int HW, int G) {
+static void gn_gelu_forward_run(float *a, const float *x, const float *mean,
+                                const float *invstd, const float *gamma, const float *beta,
+                                int C, int N, int HW, int G, int c0, int c1) {
     int cg = C / G;
-    for (int c = 0; c < C; c++)
+    for (int c = c0; c < c1; c++)
         for (int n = 0; n < N; n++) {
             const int k = n * G + c / cg;
             const float scale = gamma[c] * invstd[k], mu = mean[k], b = beta[c];
@@ -64,12 +66,13 @@ void gn_gelu_forward(float *a, const float *x, const float *mean, const float *i
  * g1[c] = sum dz (dbeta), g2[c] = sum dz * xhat (dgamma) over this
  * micro-batch, OVERWRITTEN. */
 DM_VECTOR_CLONES
-void gn_gelu_backward_stats(float *dz, double *g1, double *g2, const float *da,
-                            const float *x, const float *mean, const float *invstd,
-                            const float *gamma, const float *beta, int C, int N, int HW,
-                            int G) {
+static void gn_gelu_backward_stats_run(float *dz, double *g1, double *g2, const float *da,
+                                       const float *x, const float *mean,
+                                       const float *invstd, const float *gamma,
+                                       const float *beta, int C, int N, int HW, int G, int c0,
+                                       int c1) {
     int cg = C / G;
-    for (int c = 0; c < C; c++) {
+    for (int c = c0; c < c1; c++) {
         double s1[LANES] = {0}, s2[LANES] = {0};
         for (int n = 0; n < N; n++) {
             const int k = n * G + c / cg;
@@ -97,13 +100,13 @@ void gn_gelu_backward_stats(float *dz, double *g1, double *g2, const float *da,
 /* dx (ADDED) from dz at GN's output: per image and group, with
  * dxhat = gamma*dz, A = sum dxhat, B = sum dxhat*xhat over the group's
  * count elements: dx = invstd * (dxhat - A/count - xhat*B/count). */
-void gn_backward(float *dx, const float *dz, const float *x, const float *mean,
-                 const float *invstd, const float *gamma, int C, int N, int HW, int G) {
-    if (!dx) return; /* the layer's input needs no gradient */
+static void gn_backward_run(float *dx, const float *dz, const float *x, const float *mean,
+                            const float *invstd, const float *gamma, int C, int N, int HW,
+                            int G, int g0, int g1) {
     int cg = C / G;
     double count = (double)cg * HW;
     for (int n = 0; n < N; n++)
-        for (int g = 0; g < G; g++) {
+        for (int g = g0; g < g1; g++) {
             const float mu = mean[n * G + g], is = invstd[n * G + g];
             double A = 0, B = 0;
             for (int c = g * cg; c < (g + 1) * cg; c++) {
@@ -123,4 +126,36 @@ void gn_backward(float *dx, const float *dz, const float *x, const float *mean,
                 }
             }
         }
+}
+
+/* ---- over the rank's threads (par.h): whole groups (statistics, the input
+ * gradient) or channels per block; every sum above is one group's or one
+ * channel's. ---- */
+
+void gn_stats(float *mean, float *invstd, const float *x, int C, int N, int HW, int G,
+              float eps) {
+    PAR_FOR(G, (long)C * N * HW) gn_stats_run(mean, invstd, x, C, N, HW, G, eps, (int)PAR_LO,
+                                             (int)PAR_HI);
+}
+
+void gn_gelu_forward(float *a, const float *x, const float *mean, const float *invstd,
+                     const float *gamma, const float *beta, int C, int N, int HW, int G) {
+    PAR_FOR(C, (long)C * N * HW) gn_gelu_forward_run(a, x, mean, invstd, gamma, beta, C, N, HW,
+                                                    G, (int)PAR_LO, (int)PAR_HI);
+}
+
+void gn_gelu_backward_stats(float *dz, double *g1, double *g2, const float *da,
+                            const float *x, const float *mean, const float *invstd,
+                            const float *gamma, const float *beta, int C, int N, int HW,
+                            int G) {
+    PAR_FOR(C, (long)C * N * HW)
+        gn_gelu_backward_stats_run(dz, g1, g2, da, x, mean, invstd, gamma, beta, C, N, HW, G,
+                                   (int)PAR_LO, (int)PAR_HI);
+}
+
+void gn_backward(float *dx, const float *dz, const float *x, const float *mean,
+                 const float *invstd, const float *gamma, int C, int N, int HW, int G) {
+    if (!dx) return; /* the layer's input needs no gradient */
+    PAR_FOR(G, (long)C * N * HW) gn_backward_run(dx, dz, x, mean, invstd, gamma, C, N, HW, G,
+                                                (int)PAR_LO, (int)PAR_HI);
 }

@@ -40,12 +40,17 @@
 #include <string.h>
 
 #include "diffmpi/gemm.h"
+#include "diffmpi/par.h"
 
 #define WINO_MAX_W 512 /* widest row a transform stages (the UNet's is 28) */
 
 static int tiles(int n, int m) { return (n + m - 1) / m; }
 
-static long plane_ld(long T) { return (T + 15) / 16 * 16; }
+/* A plane's row stride: T tiles and at least 7 floats of slack (rounded to
+ * 16), so that the junk a channel's last row of tiles writes past T (see
+ * ROUND8) stays in its own plane, and channels can be transformed on
+ * different threads. */
+static long plane_ld(long T) { return (T + 7 + 15) / 16 * 16; }
 
 /* The transforms' loops over a row of tiles run to tw rounded up to 8, so
  * that they are whole vectors, not one vector and a scalar tail (14 tiles at
@@ -99,8 +104,8 @@ long winograd_scratch_floats(int N, int Cin, int Cout, int H, int W, int m, int 
 int winograd_tile_ok(int m) { return m == 2 || m == 4; }
 
 /* U[e][o][c] = (G g G^T)[e] for g = w[o][c] (3x3). */
-static void weights2(float *U, const float *w, int Cout, int Cin) {
-    for (int o = 0; o < Cout; o++)
+static void weights2(float *U, const float *w, int Cout, int Cin, int o0, int o1) {
+    for (int o = o0; o < o1; o++)
         for (int c = 0; c < Cin; c++) {
             const float *g = w + ((long)o * Cin + c) * 9;
             float t[4][3];
@@ -303,9 +308,9 @@ static void input_adjoint2(float *dx, const float *dV, long es, long ld, int N, 
 }
 
 /* dw[o][c] = G^T dU[o][c] G (3x3 from 4x4), OVERWRITTEN. */
-static void weight_grad2(float *dw, const float *dU, int Cout, int Cin) {
+static void weight_grad2(float *dw, const float *dU, int Cout, int Cin, int o0, int o1) {
     const long plane = (long)Cout * Cin;
-    for (int o = 0; o < Cout; o++)
+    for (int o = o0; o < o1; o++)
         for (int c = 0; c < Cin; c++) {
             float x[4][4], s[3][4];
             for (int e = 0; e < 16; e++) x[e / 4][e % 4] = dU[e * plane + (long)o * Cin + c];
@@ -519,9 +524,9 @@ V8_HELPER void gt6(v8 s[3], const v8 x[6]) {
  * (the last block partly empty), so that the 36 planes are written whole
  * vectors at a time. */
 DM_VECTOR_CLONES
-static void weights4(float *U, const float *w, int Cout, int Cin) {
+static void weights4(float *U, const float *w, int Cout, int Cin, int o0, int o1) {
     const long plane = (long)Cout * Cin;
-    for (int o = 0; o < Cout; o++)
+    for (int o = o0; o < o1; o++)
         for (int c0 = 0; c0 < Cin; c0 += 8) {
             const int nl = Cin - c0 < 8 ? Cin - c0 : 8;
             v8 g[9] = {{0}};
@@ -545,9 +550,9 @@ static void weights4(float *U, const float *w, int Cout, int Cin) {
 /* dw[o][c] = G^T dU[o][c] G (3x3 from 6x6), OVERWRITTEN; 8 input channels
  * at a time, as weights4. */
 DM_VECTOR_CLONES
-static void weight_grad4(float *dw, const float *dU, int Cout, int Cin) {
+static void weight_grad4(float *dw, const float *dU, int Cout, int Cin, int o0, int o1) {
     const long plane = (long)Cout * Cin;
-    for (int o = 0; o < Cout; o++)
+    for (int o = o0; o < o1; o++)
         for (int c0 = 0; c0 < Cin; c0 += 8) {
             const int nl = Cin - c0 < 8 ? Cin - c0 : 8;
             v8 x[6][6], s[3][6], col[6], r[3];
@@ -751,8 +756,9 @@ static void input_adjoint4(float *dx, const float *dV, long es, long ld, int N, 
 /* The two tile sizes as rows of one table: the drivers below are the same
  * for both. */
 typedef struct {
-    void (*weights)(float *U, const float *w, int Cout, int Cin);
-    void (*weight_grad)(float *dw, const float *dU, int Cout, int Cin);
+    /* output channels [o0, o1) of Cout */
+    void (*weights)(float *U, const float *w, int Cout, int Cin, int o0, int o1);
+    void (*weight_grad)(float *dw, const float *dU, int Cout, int Cin, int o0, int o1);
     void (*input)(float *V, long es, long ld, const float *in, int N, int n0, int n1, int C,
                   int H, int W);
     void (*output)(float *out, int acc, const float *M, long es, long ld, int N, int n0, int n1,
@@ -772,26 +778,75 @@ static const wino_row *row_of(int m) {
     return &rows[m == 4];
 }
 
+/* The row's transforms over the rank's threads (par.h): blocks of whole
+ * channels (output channels for the weights); channel c of a transformed
+ * plane is at c * ld, of an image tensor [C][N][H][W] at c * N*H*W. No
+ * transform sums across channels, so the floats do not depend on the cut. */
+static void par_weights(const wino_row *k, float *U, const float *w, int Cout, int Cin) {
+    PAR_FOR(Cout, (long)Cout * Cin * 36) k->weights(U, w, Cout, Cin, (int)PAR_LO, (int)PAR_HI);
+}
+
+static void par_weight_grad(const wino_row *k, float *dw, const float *dU, int Cout, int Cin) {
+    PAR_FOR(Cout, (long)Cout * Cin * 36)
+        k->weight_grad(dw, dU, Cout, Cin, (int)PAR_LO, (int)PAR_HI);
+}
+
+static void par_input(const wino_row *k, float *V, long es, long ld, const float *in, int N,
+                      int n0, int n1, int C, int H, int W) {
+    const long img = (long)N * H * W;
+    PAR_FOR(C, (long)C * (n1 - n0) * H * W * 4) {
+        const long c = PAR_LO;
+        k->input(V + c * ld, es, ld, in + c * img, N, n0, n1, (int)(PAR_HI - c), H, W);
+    }
+}
+
+static void par_output(const wino_row *k, float *out, int acc, const float *M, long es,
+                       long ld, int N, int n0, int n1, int C, int H, int W) {
+    const long img = (long)N * H * W;
+    PAR_FOR(C, (long)C * (n1 - n0) * H * W * 4) {
+        const long c = PAR_LO;
+        k->output(out + c * img, acc, M + c * ld, es, ld, N, n0, n1, (int)(PAR_HI - c), H, W);
+    }
+}
+
+static void par_grad_output(const wino_row *k, float *Z, long es, long ld, const float *dout,
+                            int N, int n0, int n1, int C, int H, int W) {
+    const long img = (long)N * H * W;
+    PAR_FOR(C, (long)C * (n1 - n0) * H * W * 4) {
+        const long c = PAR_LO;
+        k->grad_output(Z + c * ld, es, ld, dout + c * img, N, n0, n1, (int)(PAR_HI - c), H, W);
+    }
+}
+
+static void par_input_adjoint(const wino_row *k, float *dx, const float *dV, long es, long ld,
+                              int N, int n0, int n1, int C, int H, int W) {
+    const long img = (long)N * H * W;
+    PAR_FOR(C, (long)C * (n1 - n0) * H * W * 4) {
+        const long c = PAR_LO;
+        k->input_adjoint(dx + c * img, dV + c * ld, es, ld, N, n0, n1, (int)(PAR_HI - c), H, W);
+    }
+}
+
 void winograd_conv3x3(float *out, int acc, const float *in, const float *w, float *scratch,
                       int N, int Cin, int H, int W, int Cout, int m) {
     const wino_row *k = row_of(m);
     const int g = wino_group(N, Cin, Cout, H, W, m), a2 = (m + 2) * (m + 2);
     float *U = scratch;
     double t0 = prof_start();
-    k->weights(U, w, Cout, Cin);
+    par_weights(k, U, w, Cout, Cin);
     prof_add(PROF_IM2COL, t0);
     for (int n0 = 0; n0 < N; n0 += g) {
         const int n1 = N - n0 < g ? N : n0 + g;
         const group_layout L = layout_of(n1 - n0, Cin, Cout, H, W, m, 1);
         float *V = scratch + L.v_at, *M = scratch + L.m_at;
         t0 = prof_start();
-        k->input(V, L.es_in, L.ld, in, N, n0, n1, Cin, H, W);
+        par_input(k, V, L.es_in, L.ld, in, N, n0, n1, Cin, H, W);
         prof_add(PROF_IM2COL, t0);
         for (int e = 0; e < a2; e++)
             dm_gemm(CblasNoTrans, CblasNoTrans, Cout, (int)L.T, Cin, U + (long)e * Cout * Cin,
                     Cin, V + e * L.es_in, (int)L.ld, 0.0f, M + e * L.es_out, (int)L.ld);
         t0 = prof_start();
-        k->output(out, acc, M, L.es_out, L.ld, N, n0, n1, Cout, H, W);
+        par_output(k, out, acc, M, L.es_out, L.ld, N, n0, n1, Cout, H, W);
         prof_add(PROF_IM2COL, t0);
     }
 }
@@ -804,15 +859,15 @@ void winograd_conv3x3_backward(float *dx, float *dw, const float *dout, const fl
     const long plane = (long)Cout * Cin;
     float *U = scratch, *dU = scratch + a2 * plane; /* dU summed over the groups */
     double t0 = prof_start();
-    if (dx) k->weights(U, w, Cout, Cin);
+    if (dx) par_weights(k, U, w, Cout, Cin);
     prof_add(PROF_IM2COL, t0);
     for (int n0 = 0; n0 < N; n0 += g) {
         const int n1 = N - n0 < g ? N : n0 + g;
         const group_layout L = layout_of(n1 - n0, Cin, Cout, H, W, m, 2);
         float *V = scratch + L.v_at, *Z = scratch + L.m_at;
         t0 = prof_start();
-        k->input(V, L.es_in, L.ld, in, N, n0, n1, Cin, H, W);
-        k->grad_output(Z, L.es_out, L.ld, dout, N, n0, n1, Cout, H, W);
+        par_input(k, V, L.es_in, L.ld, in, N, n0, n1, Cin, H, W);
+        par_grad_output(k, Z, L.es_out, L.ld, dout, N, n0, n1, Cout, H, W);
         prof_add(PROF_IM2COL, t0);
         for (int e = 0; e < a2; e++) {
             /* dU[e] (+)= Z[e] (Cout x T) V[e]^T (T x Cin) */
@@ -824,10 +879,10 @@ void winograd_conv3x3_backward(float *dx, float *dw, const float *dout, const fl
                         Z + e * L.es_out, (int)L.ld, 0.0f, V + e * L.es_in, (int)L.ld);
         }
         t0 = prof_start();
-        if (dx) k->input_adjoint(dx, V, L.es_in, L.ld, N, n0, n1, Cin, H, W);
+        if (dx) par_input_adjoint(k, dx, V, L.es_in, L.ld, N, n0, n1, Cin, H, W);
         prof_add(PROF_IM2COL, t0);
     }
     t0 = prof_start();
-    k->weight_grad(dw, dU, Cout, Cin);
+    par_weight_grad(k, dw, dU, Cout, Cin);
     prof_add(PROF_IM2COL, t0);
 }

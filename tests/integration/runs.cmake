@@ -8,7 +8,7 @@ set(DM_TEST_ENV
     OPENBLAS_NUM_THREADS=1)
 foreach(name ranks resume faults outputs diffusion_outputs bench kill diskfull watchdog
              help reduce torch_module precision checksums multihost score ema
-             bn_recal samplers)
+             bn_recal samplers layouts)
   add_test(NAME integration.${name}
            COMMAND ${DM_PY} ${CMAKE_CURRENT_LIST_DIR}/test_${name}.py
                    $<TARGET_FILE:diffmpi> ${CMAKE_SOURCE_DIR})

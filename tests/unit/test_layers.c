@@ -366,7 +366,7 @@ static void test_im2col_naive(int N, int C, int H, int W, int k, int s, int p) {
     EXPECT(bad == 0, "im2col %dx%d k%d s%d p%d: %ld wrong entries", H, W, k, s, p, bad);
     /* The bf16 columns are the float columns rounded, bit for bit. */
     unsigned short *col16 = malloc(sizeof *col16 * (size_t)ncol);
-    unsigned short *stage = malloc(sizeof(float) * (size_t)im2col_stage_floats(N, H, W));
+    unsigned short *stage = malloc(sizeof(float) * (size_t)im2col_stage_floats(C, N, H, W));
     for (long j = 0; j < ncol; j++) col16[j] = 0xdead;
     im2col_part_typed(col16, DM_T_BF16, stage, im, N, 0, N, C, H, W, k, s, p);
     bad = 0;

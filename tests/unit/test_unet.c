@@ -47,7 +47,8 @@ static double loss_and_grad(unet *u, dm_dist *d, float *grads) {
                                         (long)sizes[j] * 784, 1.0f / (B * 784));
     }
     if (grads) {
-        unet_backward(u, NMB, sizes, B, dist_combine, d, dist_leaf_dst, dist_leaf_done);
+        unet_backward(u, NMB, sizes, B, dist_combine, d, dist_leaf_dst, dist_leaf_merge,
+                      dist_segment_done);
         dist_reduce_grads(d, grads);
     }
     return sse / (B * per);
