@@ -58,10 +58,13 @@ samples_sampler sampler_describe(const sampler_request *q, const dm_config *c);
 /* The chunk size sampling uses for a configuration (sample_chunk). */
 int sampler_chunk(const dm_config *c);
 /* Rows a model used by sampler_run needs: 2*chunk for class models. */
+/* Slots of the sampling model: one per thread of the rank (`threads`),
+ * which draw chunks at once. */
+int sampler_model_slots(const dm_config *c);
 int sampler_model_rows(const dm_config *c);
 
-/* u: a model of the configuration with m >= sampler_model_rows() and one
- * slot. On rank 0, images [n][784] receive the samples and, if frames > 0,
+/* u: a model of the configuration with m >= sampler_model_rows() and
+ * sampler_model_slots() slots (fewer: fewer threads draw). On rank 0, images [n][784] receive the samples and, if frames > 0,
  * traj [frames][n][784] and traj_t [frames] the trajectory: frame f is the
  * state after floor(f*S/(frames-1)) steps (frames <= S+1), traj_t its
  * grid point's network time (frame 0 the initial noise at p[0].t, the last

@@ -231,6 +231,16 @@ const unet_norm_ops *unet_norm_get(dm_norm k);
 void unet_forward(unet *u, int train, int nmb, const int *n, long global_n,
                   unet_combine_fn combine, void *ctx, float bn_momentum);
 
+/* Evaluation of one slot, for the rank's threads each running a slot of
+ * its own at once (sampling): unet_eval_ready once, on one thread (it sets
+ * BatchNorm's evaluation statistics from the running ones), then
+ * unet_forward_one(u, j, n, r) on thread r with slot j: the n images in
+ * act[in_buf] slot j (and slot j's conditioning) through the network, with
+ * scratch copy r < nscratch. The same numbers as unet_forward(u, 0, 1, ...)
+ * on that slot. */
+void unet_eval_ready(unet *u);
+void unet_forward_one(unet *u, int j, int n, int r);
+
 /* Zero every activation gradient of the first nmb slots (once per step). */
 void unet_zero_grad(unet *u, int nmb);
 

@@ -199,7 +199,7 @@ static dm_status load(sample_args *a, dm_config *c, sampler_request *q, unet *u,
         rank == 0 ? (int)gemm_resolve_precision(c->engine, c->precision) : 0);
     DM_TRY(gemm_setup(c->engine, c->precision, c->threads));
     DM_TRY(resolve(a, c, q, start));
-    unet_shape sh = diffusion_shape(c, sampler_model_rows(c), 1, 1);
+    unet_shape sh = diffusion_shape(c, sampler_model_rows(c), sampler_model_slots(c), 1);
     unet_init(u, &sh);
     return ckpt_read_weights(a->checkpoint, u, (ckpt_weights)a->weights, &a->used_ema);
 }

@@ -26,6 +26,7 @@
 #include "diffmpi/h5log.h"
 #include "diffmpi/h5util.h"
 #include "diffmpi/layers.h"
+#include "diffmpi/par.h"
 #include "diffmpi/prof.h"
 #include "diffmpi/rng.h"
 #include "diffmpi/sampler.h"
@@ -231,24 +232,33 @@ static double train_test_loss(dm_trainer *t, double sigma, int sigma_idx, double
     int nch = (n + m - 1) / m, lo, hi;
     dist_range(nch, t->size, t->rank, &lo, &hi);
     fault_point("eval");
-    float *z = unet_slot(&t->net, t->net.in_buf, 0);
+    unet *net = &t->net;
+    unet_eval_ready(net);
     double last = dm_now();
+    /* Chunks over the rank's threads, each with a slot, target and scratch
+     * copy of its own (unet_forward_one): the same numbers on any thread. */
+    const int nr = net->nscratch;
+#pragma omp parallel for num_threads(nr) schedule(static) if (nr > 1 && hi - lo > 1)
     for (int ch = lo; ch < hi; ch++) {
+        const int r = par_thread();
         int k = n - ch * m < m ? n - ch * m : m;
-        watchdog_beat(t->st.step, "evaluation");
-        if (t->rank == 0 && dm_now() - last >= c->log_every) {
-            /* Rank 0's share stands for all: the ranks hold equal shares. */
-            last = dm_now();
-            char at[32] = "";
-            if (o->denoiser) snprintf(at, sizeof at, " at sigma %.1f", sigma);
-            printf("evaluating on %d test images%s: %d%%\n", n, at,
-                   (int)(100.0 * (ch - lo) / (hi - lo)));
-            fflush(stdout);
+        if (r == 0) {
+            watchdog_beat(t->st.step, "evaluation");
+            if (t->rank == 0 && dm_now() - last >= c->log_every) {
+                /* Rank 0's first thread stands for all: equal shares. */
+                last = dm_now();
+                char at[32] = "";
+                if (o->denoiser) snprintf(at, sizeof at, " at sigma %.1f", sigma);
+                printf("evaluating on %d test images%s: %d%%\n", n, at,
+                       (int)(100.0 * (ch - lo) * nr / (hi - lo)));
+                fflush(stdout);
+            }
         }
+        float *z = unet_slot(net, net->in_buf, r), *target = t->target + (long)r * m * o->target_floats;
         for (int i = 0; i < k; i++) {
             int img = ch * m + i, label = t->test.labels[img];
             const float *x = t->test.images + (long)img * DM_PIX;
-            float *tg = t->target + (long)i * o->target_floats, tin = 0;
+            float *tg = target + (long)i * o->target_floats, tin = 0;
             if (o->denoiser) {
                 diffusion_noisy_at(c, z + (long)i * DM_PIX, x, sigma, (uint64_t)sigma_idx, img);
                 memcpy(tg, x, sizeof(float) * DM_PIX);
@@ -257,16 +267,16 @@ static double train_test_loss(dm_trainer *t, double sigma, int sigma_idx, double
                 diffusion_example_at(c, &t->sched, z + (long)i * DM_PIX, tg, &tin, x, label,
                                      tq, 1000, img);
             }
-            if (t->net.nemb)
-                unet_set_cond(&t->net, 0, i, tin,
-                              c->conditioning == CONDITIONING_CLASS ? label : -1);
+            if (net->nemb)
+                unet_set_cond(net, r, i, tin, c->conditioning == CONDITIONING_CLASS ? label : -1);
         }
-        unet_forward(&t->net, 0, 1, &k, k, NULL, NULL, 0.0f);
+        unet_forward_one(net, r, k, r);
         int correct = 0;
         /* The output gradient slot is free outside a step: the loss's
          * gradient lands there unused. */
-        t->sse[ch - lo] = o->loss(t->net.act[t->net.out_buf].grad, &correct,
-                                  unet_slot(&t->net, t->net.out_buf, 0), t->target, k, 0.0f);
+        const unet_buf *ob = &net->act[net->out_buf];
+        t->sse[ch - lo] = o->loss(ob->grad + (long)r * ob->mb_stride, &correct,
+                                  unet_slot(net, net->out_buf, r), target, k, 0.0f);
         t->correct[ch - lo] = correct;
     }
     dist_gather_items(&t->dist, t->items, t->sse, nch);
@@ -796,7 +806,7 @@ dm_status trainer_setup(dm_trainer *t, const dm_config *cfg, const char *out_dir
     unet_init(&t->net, &sh);
     unet_init_params(&t->net, c->seed);
     if (objective_get(c->objective)->diffusion) {
-        unet_shape ss = diffusion_shape(c, sampler_model_rows(c), 1, 1);
+        unet_shape ss = diffusion_shape(c, sampler_model_rows(c), sampler_model_slots(c), 1);
         unet_init(&t->sampler, &ss);
     }
     int maxc = 0;

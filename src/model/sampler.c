@@ -11,10 +11,13 @@
 #include "diffmpi/data.h"
 #include "diffmpi/diffusion.h"
 #include "diffmpi/dist.h"
+#include "diffmpi/par.h"
 #include "diffmpi/rng.h"
 #include "diffmpi/watchdog.h"
 
 int sampler_chunk(const dm_config *c) { return c->sample_chunk; }
+
+int sampler_model_slots(const dm_config *c) { return c->threads > 1 ? c->threads : 1; }
 
 int sampler_model_rows(const dm_config *c) {
     return c->conditioning == CONDITIONING_CLASS ? 2 * c->sample_chunk : c->sample_chunk;
@@ -49,18 +52,18 @@ typedef struct {
 static void unet_eval(void *ctx, float *out, const float *x, float t, int first, int k) {
     const unet_model *um = ctx;
     unet *u = um->u;
-    int guided = um->guided, rows = guided ? 2 * k : k;
+    int guided = um->guided, rows = guided ? 2 * k : k, r = par_thread();
     const sampler_request *q = um->q;
-    float *in = unet_slot(u, u->in_buf, 0);
+    float *in = unet_slot(u, u->in_buf, r);
     for (int h = 0; h < (guided ? 2 : 1); h++) {
         memcpy(in + (long)h * k * DM_PIX, x, sizeof(float) * (size_t)k * DM_PIX);
         for (int i = 0; u->nemb && i < k; i++) {
             int label = h == 1 || !q->labels ? -1 : q->labels[first + i];
-            unet_set_cond(u, 0, h * k + i, t, label);
+            unet_set_cond(u, r, h * k + i, t, label);
         }
     }
-    unet_forward(u, 0, 1, &rows, rows, NULL, NULL, 0.0f);
-    const float *y = unet_slot(u, u->out_buf, 0);
+    unet_forward_one(u, r, rows, r);
+    const float *y = unet_slot(u, u->out_buf, r);
     if (guided)
         guidance_combine(out, y, y + (long)k * DM_PIX, q->guidance, (long)k * DM_PIX);
     else
@@ -79,14 +82,17 @@ static void step_noise(const sampler_request *q, int si, int first, int k, float
 /* This rank's images [i0, i0 + nl) through every step; frame f of F into
  * tl [F][nl][784] and tt [F] (rank 0 prints the progress). */
 static void walk(const solver_plan *pl, const sampler_request *q, int chunk, int i0, int nl,
-                 float *x, float *tl, float *tt) {
+                 int nthreads, float *x, float *tl, float *tt) {
     int rank, S = pl->S, F = q->frames, f = 0;
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     const dm_sampler_def *d = pl->def;
+    const long img = (long)chunk * DM_PIX;
     float *state = dm_calloc((size_t)d->state * nl * DM_PIX + 1, sizeof(float));
-    float *out = dm_calloc((size_t)chunk * DM_PIX, sizeof(float));
-    float *work = dm_calloc((size_t)d->work * chunk * DM_PIX + 1, sizeof(float));
-    float *z = dm_calloc((size_t)chunk * DM_PIX, sizeof(float));
+    /* per thread: the network's output, the row's scratch, the step's noise */
+    float *out = dm_calloc((size_t)(nthreads * img), sizeof(float));
+    float *work = dm_calloc((size_t)(nthreads * d->work * img) + 1, sizeof(float));
+    float *z = dm_calloc((size_t)(nthreads * img), sizeof(float));
+    const int nchunks = (nl + chunk - 1) / chunk;
     double last = MPI_Wtime();
     for (int si = 0; si <= S; si++) {
         if (q->progress && rank == 0 && si < S && MPI_Wtime() - last >= q->log_every) {
@@ -102,13 +108,18 @@ static void walk(const solver_plan *pl, const sampler_request *q, int chunk, int
         if (si == S) break;
         watchdog_touch("sampling");
         int noisy = solver_step_noise(pl, si);
-        for (int a = 0; a < nl; a += chunk) {
-            int k = nl - a < chunk ? nl - a : chunk;
-            if (noisy) step_noise(q, si, i0 + a, k, z);
+        /* Chunks over the rank's threads, each with a model slot of its own
+         * (unet_forward_one): a chunk's numbers do not depend on which
+         * thread draws it. */
+#pragma omp parallel for num_threads(nthreads) schedule(static) if (nthreads > 1 && nchunks > 1)
+        for (int ci = 0; ci < nchunks; ci++) {
+            const int a = ci * chunk, k = nl - a < chunk ? nl - a : chunk, r = par_thread();
+            float *zr = z + r * img;
+            if (noisy) step_noise(q, si, i0 + a, k, zr);
             solver_block b = {.x = x + (long)a * DM_PIX,
                               .state = state + (long)d->state * a * DM_PIX,
-                              .z = noisy ? z : NULL, .out = out, .work = work,
-                              .first = i0 + a, .k = k};
+                              .z = noisy ? zr : NULL, .out = out + r * img,
+                              .work = work + r * d->work * img, .first = i0 + a, .k = k};
             solver_step(pl, si, &b);
         }
     }
@@ -146,7 +157,8 @@ void sampler_run(unet *u, const dm_config *c, const sampler_request *q,
         else
             rng_fill_normal(&r, x + (long)i * DM_PIX, DM_PIX);
     }
-    walk(&pl, q, chunk, i0, nl, x, tl, tt);
+    unet_eval_ready(u);
+    walk(&pl, q, chunk, i0, nl, u->nscratch < u->max_mb ? u->nscratch : u->max_mb, x, tl, tt);
     if (traj_t && rank == 0) memcpy(traj_t, tt, sizeof(float) * (size_t)F);
     int *counts = dm_calloc((size_t)size, sizeof(int)), *displs = dm_calloc((size_t)size, sizeof(int));
     dist_gather_spread(MPI_COMM_WORLD, MPI_FLOAT, images, x, q->n, chunk, DM_PIX, 0, counts,

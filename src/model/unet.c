@@ -614,6 +614,33 @@ void unet_forward(unet *u, int train, int nmb, const int *n, long global_n,
     }
 }
 
+void unet_eval_ready(unet *u) {
+    for (int t = 0; t < u->nunits; t++)
+        if (u->units[t].norm) u->units[t].norm->finish(u, &u->units[t], 0, 1, 0, NULL, NULL, 0.0f);
+}
+
+void unet_forward_one(unet *u, int j, int n, int r) {
+    DM_CHECK(j < u->max_mb && r < u->nscratch, "slot %d / scratch %d of %d / %d", j, r,
+             u->max_mb, u->nscratch);
+    for (int k = 0; k < u->nunits; k++) {
+        unet_unit *t = &u->units[k];
+        const unet_norm_ops *nm = t->norm;
+        float *x = unet_at(u, t->in, j, n, 0);
+        float *y = t->y_buf >= 0 ? unet_slot(u, t->y_buf, j) : unet_at(u, t->out, j, n, 0);
+        unit_linear_forward(u, t, y, x, n, col_of(u, r));
+        if (nm) nm->stats(u, t, 0, j, n);
+        if (t->gelu) {
+            if (nm)
+                nm->apply(u, t, j, n);
+            else
+                gelu_forward(unet_at(u, t->out, j, n, 0), y,
+                             (long)t->cout * n * t->hout * t->hout);
+        }
+        for (int c = 0; c < u->ncond; c++)
+            if (u->condpts[c].unit == k) cond_point_forward(u, &u->condpts[c], j, n);
+    }
+}
+
 /* ---- backward ----------------------------------------------------------- */
 
 static void unit_linear_backward(unet *u, unet_unit *t, float *leaf,
