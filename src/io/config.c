@@ -227,7 +227,7 @@ static const config_key keys[] = {
     {.name = "sample_steps", .kind = KEY_INT, .offset = OFF(sample_steps),
      .lo = 0, .hi = 100000, .def = "0",
      .help = "sampler steps (at most 300 for ddpm); 0 = the objective's "
-             "default: 300 (ddpm), 50 (flow, time), 300 (flow, class)"},
+             "default (docs/sampling.md, Defaults)"},
     {.name = "sample_spacing", .kind = KEY_ENUM, .offset = OFF(sample_spacing),
      .name_of = solver_spacing_name, .def = "uniform",
      .help = "the sampler's time grid from the last trained time to the "

@@ -158,7 +158,9 @@ static const dm_objective_def objectives[OBJ_COUNT] = {
                         .x0_hat = identity_x0},
     [OBJ_DDPM] = {.name = "ddpm", .diffusion = 1, MSE, .time_mix = COND_MIX_ADD,
                   .draw_time = ddpm_draw_time, .make = ddpm_make, .x0_hat = ddpm_x0,
-                  .sampler = SAMPLER_DDPM, .steps_time = DDPM_T, .steps_class = DDPM_T,
+                  /* docs/sampling.md, Defaults: the fewest steps that score
+                   * within the course's 300 steps' spread */
+                  .sampler = SAMPLER_DDPM, .steps_time = DDPM_T, .steps_class = 10,
                   .grid = ddpm_grid},
     [OBJ_FLOW] = {.name = "flow", .diffusion = 1, MSE, .time_mix = COND_MIX_MUL,
                   .draw_time = flow_draw_time, .make = flow_make, .x0_hat = flow_x0,
