@@ -779,11 +779,15 @@ dm_status trainer_setup(dm_trainer *t, const dm_config *cfg, const char *out_dir
     int synthetic = out_dir == NULL;
     int m = c->micro_batch;
     t->nmb_full = (c->batch + m - 1) / m;
-    if (t->nmb_full < t->size) {
+    /* Every worker (rank x thread) needs a micro-batch of its own. */
+    const int workers = t->size * c->threads;
+    if (t->nmb_full < workers) {
         if (t->rank == 0)
-            dm_error("batch=%d with micro_batch=%d gives %d micro-batches, fewer than "
-                     "the %d ranks; lower micro_batch or use fewer ranks",
-                     c->batch, m, t->nmb_full, t->size);
+            dm_error("batch=%d with micro_batch=%d gives %d micro-batches, work for at most "
+                     "%d workers, but %d rank(s) x %d thread(s) are %d: use ranks x threads "
+                     "<= %d, or a smaller micro_batch (which changes the numerics)",
+                     c->batch, m, t->nmb_full, t->nmb_full, t->size, c->threads, workers,
+                     t->nmb_full);
         return DM_EUSAGE;
     }
     dm_status st = synthetic ? DM_OK : prepare_out(t, resume);
@@ -1175,6 +1179,10 @@ int train_run(const dm_config *cfg, const char *out_dir, const char *resume) {
             printf("model: D=%d, %ld parameters; %ld steps per epoch, %d micro-batches "
                    "of %d per full batch\n", cfg->hidden, t.net.nparams,
                    t.steps_per_epoch, t.nmb_full, cfg->micro_batch);
+            const int w = t.size * cfg->threads, lo = t.nmb_full / w;
+            printf("layout: %d rank(s) x %d thread(s) = %d workers, each %d%s micro-batch(es) "
+                   "of a full batch\n", t.size, cfg->threads, w, lo,
+                   t.nmb_full % w ? " or one more" : "");
             printf("convolution products: %s\n", gemm_describe());
             const char *conv_note = diffusion_conv_note(&t.cfg);
             if (*conv_note) printf("%s\n", conv_note);

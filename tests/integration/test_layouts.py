@@ -25,6 +25,8 @@ def run(name, ranks, threads, extra=()):
         args += ["--set", kv]
     r = mpirun(ranks, args, ENV, mpi_args=["--bind-to", "none"])
     check(r.returncode == 0, f"{name} {ranks}x{threads} exits 0 ({r.stderr[-300:]})")
+    with open(out + ".stdout", "w") as f:
+        f.write(r.stdout)
     return out
 
 
@@ -38,6 +40,21 @@ def same(name, a, b, files=FILES):
 ref = run("bn", 1, 1)
 for ranks, threads in ((2, 1), (1, 2), (16, 1), (4, 4)):
     same("bn", ref, run("bn", ranks, threads))
+log = open(os.path.join(base, "bn-4x4.stdout")).read()
+check("layout: 4 rank(s) x 4 thread(s) = 16 workers, each 1 micro-batch(es)" in log,
+      "the run prints its layout and each worker's share")
+
+# A layout without a micro-batch for every worker: one line, exit 2, nothing written.
+out = os.path.join(base, "too-many")
+args = ["train", "--out", out]
+for kv in list(TINY) + SMALL + ["threads=3"]:
+    args += ["--set", kv]
+r = mpirun(6, args, ENV, mpi_args=["--bind-to", "none"])
+lines = [l for l in r.stderr.splitlines() if l.startswith("diffmpi:")]
+check(r.returncode == 2 and len(set(lines)) == 1 and "work for at most 16 workers" in lines[0]
+      and "6 rank(s) x 3 thread(s) are 18" in lines[0] and "<= 16" in lines[0]
+      and not os.path.exists(out),
+      f"6 x 3 workers for 16 micro-batches refused in one line ({r.returncode}, {lines})")
 
 # The check can fail: another seed changes the bits.
 other = run("bn-seed1", 1, 2, ["seed=1"])
