@@ -464,7 +464,10 @@ static float *col_of(const unet *u, int r) { return u->col + (long)r * u->col_fl
 
 /* The local micro-batches over the rank's threads: range r of nranges()
  * is par_range(nmb, nthreads, r), run by one thread with scratch r. */
-static int nranges(const unet *u, int nmb) { return u->nthreads < nmb ? u->nthreads : nmb; }
+static int nranges(const unet *u, int nmb) {
+    const int n = u->nthreads < nmb ? u->nthreads : nmb;
+    return n > 1 ? n : 1; /* a rank without micro-batches runs one empty range */
+}
 
 static void unit_linear_forward(unet *u, unet_unit *t, float *y,
                                 const float *x, int n, float *col) {
