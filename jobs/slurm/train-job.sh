@@ -8,6 +8,12 @@
 # usage: jobs/slurm/train-job.sh CONFIG OUT [--set KEY=VALUE ...]
 # Environment: DIFFMPI (binary, default build/diffmpi), LAUNCH (default
 # "mpirun"; "srun --mpi=pmix" also works inside an allocation).
+#
+# The layout comes from the allocation: one rank per task (--ntasks, or
+# --nodes with --ntasks-per-node), and --cpus-per-task threads per rank
+# (`threads`, unless the command line sets it), each rank bound to its own
+# cores and its threads spread over them. diffmpi prints the layout and
+# refuses one with more workers than micro-batches, naming the limit.
 set -uo pipefail
 if [[ $# -lt 2 ]]; then
     echo "usage: jobs/slurm/train-job.sh CONFIG OUT [--set KEY=VALUE ...]" >&2
@@ -27,10 +33,31 @@ fi
 
 resume=()
 compgen -G "$out/checkpoints/ckpt-*.h5" >/dev/null && resume=(--resume auto)
-echo "diffmpi job ${SLURM_JOB_ID:-local} restart ${SLURM_RESTART_COUNT:-0}, launch ${LAUNCH:-mpirun}: $config -> $out ${resume[*]} $*"
+
+# Threads per rank: the allocation's cpus per task, unless --set threads=N.
+launch=${LAUNCH:-mpirun}
+layout=()
+cpus=${SLURM_CPUS_PER_TASK:-1}
+set_threads=0
+for a in "$@"; do [[ $a == threads=* ]] && set_threads=1; done
+if ((!set_threads && cpus > 1)); then
+    layout=(--set "threads=$cpus")
+fi
+if ((cpus > 1)); then
+    # Each rank on cpus cores of its own, its OpenMP threads one per core.
+    export OMP_PLACES=cores OMP_PROC_BIND=close
+    export SRUN_CPUS_PER_TASK=$cpus # srun (Slurm >= 22.05) no longer takes it from sbatch
+    if [[ $launch == mpirun* ]]; then
+        launch="$launch --map-by slot:PE=$cpus --bind-to core"
+    else
+        launch="$launch --cpu-bind=cores"
+    fi
+fi
+echo "diffmpi job ${SLURM_JOB_ID:-local} restart ${SLURM_RESTART_COUNT:-0}, launch $launch: $config -> $out ${resume[*]} ${layout[*]} $*"
+echo "allocation: ${SLURM_NTASKS:-?} task(s) on ${SLURM_JOB_NUM_NODES:-?} node(s), $cpus cpu(s) per task"
 
 # shellcheck disable=SC2086
-${LAUNCH:-mpirun} "$bin" train --config "$config" --out "$out" "${resume[@]}" "$@" &
+$launch "$bin" train --config "$config" --out "$out" "${resume[@]}" "${layout[@]}" "$@" &
 pid=$!
 trap 'caught=1; kill -USR1 "$pid" 2>/dev/null' USR1 TERM
 # A trapped signal makes `wait` return 128+N at once: wait again for the

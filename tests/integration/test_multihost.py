@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 
-from common import BIN, TINY, check, compare_h5, finish, tmpdir, train
+from common import BIN, SRC, TINY, check, compare_h5, finish, tmpdir, train
 from slurm import _instance_processes, _kill_all
 
 SKIP = 77
@@ -123,7 +123,7 @@ def slurm_two_nodes(ref, model):
     conf = os.path.join(d, "slurm.conf")
     for sub in ("state", "log", "tmp", "tmp-hostA", "tmp-hostB"):
         os.makedirs(os.path.join(d, sub))
-    nodes = "".join(f"NodeName={n} NodeAddr={a} CPUs=1 RealMemory=1 State=UNKNOWN\n"
+    nodes = "".join(f"NodeName={n} NodeAddr={a} CPUs=2 RealMemory=1 State=UNKNOWN\n"
                     for n, _, a in HOSTS[:2])
     with open(conf, "w") as f:
         f.write(f"""ClusterName=diffmpimh
@@ -196,6 +196,28 @@ MinJobAge=4
         for f in [] if r.returncode else ("log.h5", "checkpoints/ckpt-44.h5", "samples.h5"):
             bad = compare_h5(os.path.join(ref, f), os.path.join(out, f))
             check(not bad, f"Slurm, 2 nodes: {f} bitwise equal to the one-host run ({bad[:4]})")
+        # The job script takes the layout from the allocation: 2 nodes x 1
+        # task x 2 cpus = 2 ranks x 2 threads, bound, the same bits.
+        out = os.path.join(base, "slurm-2x2")
+        ini = os.path.join(d, "empty.ini")
+        open(ini, "w").close()
+        job_out = os.path.join(d, "job-2x2.out")
+        sets = [a for kv in list(TINY) + list(model) for a in ("--set", kv)]
+        r = subprocess.run(["nsenter", net[0], "sbatch", "--wait", "-N", "2",
+                            "--ntasks-per-node=1", "-c", "2", "-o", job_out,
+                            os.path.join(SRC, "jobs", "slurm", "train-job.sh"), ini, out] + sets,
+                           env=dict(env, LAUNCH="srun --mpi=pmix", DIFFMPI=BIN),
+                           capture_output=True, text=True, timeout=400, cwd=SRC)
+        text = open(job_out).read() if os.path.exists(job_out) else ""
+        check(r.returncode == 0, f"sbatch -N 2 -c 2 train-job.sh exits 0 ({r.stderr[-200:]} "
+                                 f"{text[-300:]})")
+        check("layout: 2 rank(s) x 2 thread(s) = 4 workers" in text
+              and "allocation: 2 task(s) on 2 node(s), 2 cpu(s) per task" in text,
+              f"the job prints the allocation and the layout ({text[:400]!r})")
+        for f in [] if r.returncode else ("log.h5", "checkpoints/ckpt-44.h5", "samples.h5"):
+            bad = compare_h5(os.path.join(ref, f), os.path.join(out, f))
+            check(not bad, f"Slurm, 2 nodes x 2 threads: {f} bitwise equal to the one-host "
+                           f"run ({bad[:4]})")
     finally:
         subprocess.run(["nsenter", net[0], "scontrol", "shutdown"], env=env,
                        capture_output=True, timeout=30)
