@@ -106,6 +106,8 @@ static void free_blocks(dm_dist *d) {
 
 void dist_set_threads(dm_dist *d, int nthreads) {
     DM_CHECK(nthreads >= 1 && d->nreq == 0, "dist_set_threads(%d) between steps", nthreads);
+    DM_CHECK((long)nthreads * d->nslots * (d->nseg > 0 ? d->nseg : 1) <= 32767,
+             "%d threads: too many gradient blocks for MPI's tags", nthreads);
     if (d->slot) free_blocks(d);
     d->nthreads = nthreads;
     /* A rank's blocks are what is left on its threads' stacks: at most
@@ -180,7 +182,13 @@ static void rank_blocks(dm_dist *d, int r) {
         const int mine = r == d->rank, base = t * d->nslots;
         int nb = stack_schedule(lo + tlo, lo + thi, a, k, mine ? d->leaf_slot + tlo : NULL,
                                 mine ? d->leaf_merges + tlo : NULL);
-        for (int j = tlo; mine && j < thi; j++) d->leaf_slot[j] += base;
+        DM_CHECK(nb <= d->nslots, "gradient tree: %d blocks on a stack of %d slots", nb,
+                 d->nslots);
+        for (int j = tlo; mine && j < thi; j++) {
+            DM_CHECK(d->leaf_slot[j] < d->nslots, "gradient tree: leaf %d at slot %d of %d",
+                     lo + j, d->leaf_slot[j], d->nslots);
+            d->leaf_slot[j] += base;
+        }
         for (int b = 0; b < nb; b++) {
             d->block_rank[d->nblocks] = r;
             d->block_a[d->nblocks] = a[b];
