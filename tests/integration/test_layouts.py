@@ -19,13 +19,14 @@ SMALL = ["batch=32", "micro_batch=2", "train_limit=370", "epochs=1", "checkpoint
 FILES = ("log.h5", "checkpoints/ckpt-6.h5", "checkpoints/ckpt-12.h5", "samples.h5")
 
 
-def run(name, ranks, threads, extra=()):
-    out = os.path.join(base, f"{name}-{ranks}x{threads}")
-    args = ["train", "--out", out]
+def run(name, ranks, threads, extra=(), env=None, resume=None, rc=0, out=None):
+    out = out or os.path.join(base, f"{name}-{ranks}x{threads}")
+    args = ["train", "--out", out] + (["--resume", resume] if resume else [])
     for kv in list(TINY) + SMALL + list(extra) + [f"threads={threads}"]:
         args += ["--set", kv]
-    r = mpirun(ranks, args, ENV, mpi_args=["--bind-to", "none"])
-    check(r.returncode == 0, f"{name} {ranks}x{threads} exits 0 ({r.stderr[-300:]})")
+    r = mpirun(ranks, args, dict(ENV, **(env or {})), mpi_args=["--bind-to", "none"])
+    check(r.returncode == rc, f"{name} {ranks}x{threads} exits {rc} (rc {r.returncode}: "
+                              f"{r.stderr[-300:]})")
     with open(out + ".stdout", "w") as f:
         f.write(r.stdout)
     return out
@@ -56,6 +57,22 @@ check(r.returncode == 2 and len(set(lines)) == 1 and "work for at most 16 worker
       and "6 rank(s) x 3 thread(s) are 18" in lines[0] and "<= 16" in lines[0]
       and not os.path.exists(out),
       f"6 x 3 workers for 16 micro-batches refused in one line ({r.returncode}, {lines})")
+
+# Stopped (USR1 at a step, exit 3) or killed (SIGKILL at a BatchNorm combine) on
+# one layout and resumed on another: the same bits as the uninterrupted run.
+for name, env, rc, (r1, t1), (r2, t2) in (
+        ("stop5", {"DIFFMPI_TEST_STOP_AT_STEP": "5"}, 3, (1, 2), (2, 1)),
+        ("stop9", {"DIFFMPI_TEST_STOP_AT_STEP": "9"}, 3, (4, 4), (1, 3)),
+        ("kill7", {"DIFFMPI_TEST_KILL": "bn:7"}, None, (1, 2), (1, 2))):
+    out = os.path.join(base, name)
+    args = ["train", "--out", out]
+    for kv in list(TINY) + SMALL + [f"threads={t1}"]:
+        args += ["--set", kv]
+    r = mpirun(r1, args, dict(ENV, **env), mpi_args=["--bind-to", "none"])
+    check(r.returncode == rc if rc is not None else r.returncode != 0,
+          f"{name} on {r1}x{t1} stops (rc {r.returncode})")
+    run(name, r2, t2, resume="auto", out=out)
+    same(f"{name} {r1}x{t1} resumed on {r2}x{t2}", ref, out)
 
 # The check can fail: another seed changes the bits.
 other = run("bn-seed1", 1, 2, ["seed=1"])
