@@ -54,12 +54,14 @@ typedef struct {
     int nslots;             /* slots per thread */
     float **slot;           /* [nthreads * nslots][nparams] */
     int *leaf_slot, *leaf_merges; /* [max_nmb], by local micro-batch */
-    int nblocks_local;
-    int *local_slot;        /* [nblocks_local]: the slot of each local block */
+    int nblocks_local;      /* the rank's canonical blocks (one stack over lo..hi-1) */
+    int *local_slot;        /* [nblocks_local]: the slot that holds each */
+    int nlocal_ops;         /* the threads' blocks into those: slot[l] += slot[r] */
+    int *local_op_l, *local_op_r;
     /* global blocks (rank order) and the tree's evaluation ops */
     int nblocks;
     int *block_rank, *block_a, *block_k; /* [nblocks] */
-    int *block_local;       /* [nblocks]: its slot on its rank (message tags) */
+    int *block_local;       /* [nblocks]: its index among its rank's (message tags) */
     int nops;
     int *op_l, *op_r;       /* block index pairs: value[l] += value[r] */
     int cap;                /* bound on blocks and ops */
@@ -111,8 +113,10 @@ void dist_set_segments(dm_dist *d, int nseg, const long *off, const long *len);
 /* The rank's threads share its micro-batches: thread t of T takes local
  * micro-batches par_range(nloc, T, t) (par.h; as unet_forward does) and
  * folds their leaves on a stack of its own. The blocks left on those
- * stacks are aligned nodes of the same fixed tree, so the sums do not
- * change; only more blocks travel. Set between steps (default 1). */
+ * stacks are aligned nodes of the same fixed tree; dist_segment_done adds
+ * them into the blocks one stack would have left, in the tree's order,
+ * before anything is sent, so the sums and the messages are those of a
+ * one-thread rank. Set between steps (default 1). */
 void dist_set_threads(dm_dist *d, int nthreads);
 /* The unet_leaf_*_fn callbacks of the gradient tree. dist_leaf_dst gives
  * local micro-batch j's leaf; dist_leaf_merge folds leaf j's [off, off+len)

@@ -99,27 +99,29 @@ void dist_init(dm_dist *d, MPI_Comm comm, long nparams, int max_nmb,
 
 static void free_blocks(dm_dist *d) {
     free(d->block_rank), free(d->block_a), free(d->block_k), free(d->block_local);
-    free(d->local_slot), free(d->op_l), free(d->op_r), free(d->ptr), free(d->recv);
+    free(d->local_slot), free(d->local_op_l), free(d->local_op_r);
+    free(d->op_l), free(d->op_r), free(d->ptr), free(d->recv);
     for (int s = 0; d->slot && s < d->nthreads * d->nslots; s++) free(d->slot[s]);
     free(d->slot);
 }
 
 void dist_set_threads(dm_dist *d, int nthreads) {
     DM_CHECK(nthreads >= 1 && d->nreq == 0, "dist_set_threads(%d) between steps", nthreads);
-    DM_CHECK((long)nthreads * d->nslots * (d->nseg > 0 ? d->nseg : 1) <= 32767,
-             "%d threads: too many gradient blocks for MPI's tags", nthreads);
     if (d->slot) free_blocks(d);
     d->nthreads = nthreads;
-    /* A rank's blocks are what is left on its threads' stacks: at most
-     * nthreads * nslots. All blocks, the tree's ops and the messages are
-     * bounded by that. */
+    /* Slots: a stack of nslots per thread. What travels are the rank's
+     * canonical blocks (at most nslots), built from the threads' blocks by
+     * at most nthreads * nslots local ops; all blocks, the tree's ops and
+     * the messages are bounded by size * nslots. */
     int per = nthreads * d->nslots;
-    int cap = d->size * per + 4;
+    int cap = d->size * d->nslots + 4;
     d->block_rank = dm_calloc((size_t)cap, sizeof(int));
     d->block_a = dm_calloc((size_t)cap, sizeof(int));
     d->block_k = dm_calloc((size_t)cap, sizeof(int));
     d->block_local = dm_calloc((size_t)cap, sizeof(int));
     d->local_slot = dm_calloc((size_t)per, sizeof(int));
+    d->local_op_l = dm_calloc((size_t)per, sizeof(int));
+    d->local_op_r = dm_calloc((size_t)per, sizeof(int));
     d->op_l = dm_calloc((size_t)cap, sizeof(int));
     d->op_r = dm_calloc((size_t)cap, sizeof(int));
     d->ptr = dm_calloc((size_t)cap, sizeof(float *));
@@ -128,7 +130,7 @@ void dist_set_threads(dm_dist *d, int nthreads) {
     for (int s = 0; s < per; s++) d->slot[s] = dm_calloc((size_t)d->nparams, sizeof(float));
     /* Other ranks' blocks for this rank's slice of the parameters. */
     long slice = d->nparams / d->size + 1;
-    d->recv = dm_calloc((size_t)slice * (size_t)((d->size - 1) * per + 1), sizeof(float));
+    d->recv = dm_calloc((size_t)slice * (size_t)((d->size - 1) * d->nslots + 1), sizeof(float));
     if (d->nseg > 0) {
         d->max_req = 2 * d->nseg * d->cap;
         free(d->reqs);
@@ -147,8 +149,7 @@ void dist_set_segments(dm_dist *d, int nseg, const long *off, const long *len) {
     DM_CHECK(at == d->nparams, "gradient segments cover %ld of %ld parameters", at,
              d->nparams);
     /* Tags are block * nseg + segment; MPI guarantees tags up to 32767. */
-    DM_CHECK((long)d->nthreads * d->nslots * nseg <= 32767, "%d gradient segments are too "
-             "many for %d threads", nseg, d->nthreads);
+    DM_CHECK((long)d->nslots * nseg <= 32767, "%d gradient segments are too many", nseg);
     free(d->seg_off), free(d->seg_len), free(d->seg_done), free(d->reqs);
     d->nseg = nseg;
     d->seg_off = dm_calloc((size_t)nseg, sizeof(long));
@@ -170,42 +171,78 @@ void dist_free(dm_dist *d) {
     memset(d, 0, sizeof *d);
 }
 
-/* The blocks left on the stacks of rank r's threads, appended to the global
- * list; for this rank also each leaf's slot and merges. Thread t's stack
- * lives in slots [t*nslots, (t+1)*nslots). */
-static void rank_blocks(dm_dist *d, int r) {
-    int lo, hi, a[DIST_MAX_SLOTS + 2], k[DIST_MAX_SLOTS + 2];
-    dist_range(d->nmb, d->size, r, &lo, &hi);
+/* Evaluate tree node (a, k) from this rank's thread blocks (ta, tk, tslot:
+ * nt of them), appending `value[l] += value[r]` slot pairs to the local ops;
+ * returns the slot that holds the node's value. Thread blocks are aligned
+ * nodes inside the rank's canonical blocks, so the recursion ends on them. */
+static int local_eval(dm_dist *d, int a, int k, int nt, const int *ta, const int *tk,
+                      const int *tslot) {
+    for (int b = 0; b < nt; b++)
+        if (ta[b] == a && tk[b] == k) return tslot[b];
+    DM_CHECK(k > 0, "gradient tree: leaf %d in no thread's block", a);
+    int half = 1 << (k - 1);
+    int l = local_eval(d, a, k - 1, nt, ta, tk, tslot);
+    int r = local_eval(d, a + half, k - 1, nt, ta, tk, tslot);
+    DM_CHECK(d->nlocal_ops < d->nthreads * d->nslots, "gradient tree: local ops");
+    d->local_op_l[d->nlocal_ops] = l, d->local_op_r[d->nlocal_ops] = r;
+    d->nlocal_ops++;
+    return l;
+}
+
+/* This rank's leaves: thread t's stack over its part of [lo, hi) lives in
+ * slots [t*nslots, (t+1)*nslots) (each leaf's slot and merges); then the
+ * rank's canonical blocks (those of one stack over [lo, hi), as every rank
+ * assumes of every other) and the local ops that build them, in place, from
+ * the threads' blocks. */
+static void local_blocks(dm_dist *d) {
+    int a[DIST_MAX_SLOTS + 2], k[DIST_MAX_SLOTS + 2];
+    int nt = 0;
+    int *va = dm_calloc((size_t)(d->nthreads * d->nslots), sizeof(int));
+    int *vk = dm_calloc((size_t)(d->nthreads * d->nslots), sizeof(int));
+    int *vs = dm_calloc((size_t)(d->nthreads * d->nslots), sizeof(int));
     for (int t = 0; t < d->nthreads; t++) {
         int tlo, thi;
-        par_range(hi - lo, d->nthreads, t, &tlo, &thi);
-        const int mine = r == d->rank, base = t * d->nslots;
-        int nb = stack_schedule(lo + tlo, lo + thi, a, k, mine ? d->leaf_slot + tlo : NULL,
-                                mine ? d->leaf_merges + tlo : NULL);
+        par_range(d->hi - d->lo, d->nthreads, t, &tlo, &thi);
+        const int base = t * d->nslots;
+        int nb = stack_schedule(d->lo + tlo, d->lo + thi, a, k, d->leaf_slot + tlo,
+                                d->leaf_merges + tlo);
         DM_CHECK(nb <= d->nslots, "gradient tree: %d blocks on a stack of %d slots", nb,
                  d->nslots);
-        for (int j = tlo; mine && j < thi; j++) {
+        for (int j = tlo; j < thi; j++) {
             DM_CHECK(d->leaf_slot[j] < d->nslots, "gradient tree: leaf %d at slot %d of %d",
-                     lo + j, d->leaf_slot[j], d->nslots);
+                     d->lo + j, d->leaf_slot[j], d->nslots);
             d->leaf_slot[j] += base;
         }
-        for (int b = 0; b < nb; b++) {
-            d->block_rank[d->nblocks] = r;
-            d->block_a[d->nblocks] = a[b];
-            d->block_k[d->nblocks] = k[b];
-            d->block_local[d->nblocks] = base + b;
-            if (mine) d->local_slot[d->nblocks_local++] = base + b;
-            d->nblocks++;
-        }
+        for (int b = 0; b < nb; b++) va[nt] = a[b], vk[nt] = k[b], vs[nt] = base + b, nt++;
     }
+    d->nblocks_local = stack_schedule(d->lo, d->hi, a, k, NULL, NULL);
+    d->nlocal_ops = 0;
+    for (int b = 0; b < d->nblocks_local; b++)
+        d->local_slot[b] = local_eval(d, a[b], k[b], nt, va, vk, vs);
+    free(va), free(vk), free(vs);
 }
 
 void dist_set_batch(dm_dist *d, int nmb) {
     DM_CHECK(nmb >= 1 && nmb <= d->max_nmb, "batch of %d micro-batches", nmb);
     d->nmb = nmb;
     dist_range(nmb, d->size, d->rank, &d->lo, &d->hi);
-    d->nblocks = d->nblocks_local = 0;
-    for (int r = 0; r < d->size; r++) rank_blocks(d, r);
+    local_blocks(d);
+    /* Every rank's canonical blocks, in rank order; a block's tag is its
+     * index among its rank's. */
+    int a[DIST_MAX_SLOTS + 2], k[DIST_MAX_SLOTS + 2];
+    d->nblocks = 0;
+    for (int r = 0; r < d->size; r++) {
+        int lo, hi;
+        dist_range(nmb, d->size, r, &lo, &hi);
+        int nb = stack_schedule(lo, hi, a, k, NULL, NULL);
+        for (int b = 0; b < nb; b++) {
+            d->block_rank[d->nblocks] = r;
+            d->block_a[d->nblocks] = a[b];
+            d->block_k[d->nblocks] = k[b];
+            d->block_local[d->nblocks] = b;
+            d->nblocks++;
+        }
+    }
     int top = 0;
     while ((1 << top) < nmb) top++;
     d->nops = 0;
@@ -322,7 +359,7 @@ static void post_recvs(dm_dist *d) {
     for (int b = 0; b < d->nblocks; b++) {
         int r = d->block_rank[b];
         if (r == d->rank) {
-            d->ptr[b] = d->slot[d->block_local[b]] + off;
+            d->ptr[b] = d->slot[d->local_slot[d->block_local[b]]] + off;
             continue;
         }
         d->ptr[b] = d->recv + pos;
@@ -349,10 +386,9 @@ static void send_segment(dm_dist *d, int s, int early) {
         slice_of(d, r, &so, &sl);
         long n = overlap(d->seg_off[s], d->seg_len[s], so, sl, &o);
         for (int b = 0; n > 0 && b < d->nblocks_local; b++) {
-            const int q = d->local_slot[b];
             DM_CHECK(d->nreq < d->max_req, "gradient sends exceed %d", d->max_req);
-            MPI_Isend(d->slot[q] + o, (int)n, MPI_FLOAT, r, tag_of(d, q, s), d->comm,
-                      &d->reqs[d->nreq++]);
+            MPI_Isend(d->slot[d->local_slot[b]] + o, (int)n, MPI_FLOAT, r, tag_of(d, b, s),
+                      d->comm, &d->reqs[d->nreq++]);
         }
     }
     d->seg_done[s] = d->seg_len[s] + 1; /* sent */
@@ -369,16 +405,23 @@ void dist_leaf_merge(void *ctx, int j, long off, long len) {
 
 void dist_segment_done(void *ctx, long off, long len) {
     dm_dist *d = ctx;
-    if (d->size == 1 || d->hi == d->lo) return;
-    /* Every local leaf of [off, off+len) is in: that range of the rank's
-     * blocks is final. Send each segment as soon as all of it is. */
+    if (d->hi == d->lo) return;
+    /* The threads' blocks of [off, off+len) into the rank's own, in the
+     * tree's order; then they are what one thread would have folded. */
     double t0 = prof_start();
-    post_recvs(d);
+    for (int o = 0; o < d->nlocal_ops; o++)
+        add_into(d->slot[d->local_op_l[o]] + off, d->slot[d->local_op_r[o]] + off, len);
+    prof_add(PROF_ELEM, t0);
     int s = 0;
     while (s + 1 < d->nseg && d->seg_off[s + 1] <= off) s++;
     DM_CHECK(off + len <= d->seg_off[s] + d->seg_len[s],
              "leaf range [%ld, +%ld) crosses a gradient segment", off, len);
     d->seg_done[s] += len;
+    if (d->size == 1) return;
+    /* That range of the rank's blocks is final. Send each segment as soon
+     * as all of it is. */
+    t0 = prof_start();
+    post_recvs(d);
     if (d->seg_done[s] == d->seg_len[s]) send_segment(d, s, 1);
     int flag;
     MPI_Testall(d->nreq, d->reqs, &flag, MPI_STATUSES_IGNORE);
@@ -399,10 +442,15 @@ void dist_reduce_grads(dm_dist *d, float *grads) {
     const char *prev = watchdog_enter("gradient-reduction");
     double t0 = prof_start();
     post_recvs(d);
-    /* Segments whose leaves never all came (a rank without micro-batches
-     * has no blocks, so this sends nothing for it). */
-    for (int s = 0; s < d->nseg; s++)
+    /* A rank with micro-batches has had every leaf range through
+     * dist_segment_done (its threads' blocks are combined only there); a
+     * rank without has no blocks, and its sends below send nothing. */
+    for (int s = 0; s < d->nseg; s++) {
+        DM_CHECK(d->hi == d->lo || d->seg_done[s] >= d->seg_len[s],
+                 "gradient segment %d: %ld of %ld floats done", s, d->seg_done[s],
+                 d->seg_len[s]);
         if (d->seg_done[s] <= d->seg_len[s]) send_segment(d, s, 0);
+    }
     fault_point("reduce");
     MPI_Waitall(d->nreq, d->reqs, MPI_STATUSES_IGNORE);
     d->nreq = 0;
