@@ -32,12 +32,16 @@ export OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-1}
 
 resume=()
 compgen -G "$out/checkpoints/ckpt-*.h5" >/dev/null && resume=(--resume auto)
+# Several threads per rank (--set threads=N, N > 1): let them leave the
+# core Open MPI would bind the rank to.
+bind=()
+for a in "$@"; do [[ $a =~ ^threads=([0-9]+)$ ]] && ((BASH_REMATCH[1] > 1)) && bind=(--bind-to none); done
 # Open MPI's mpirun forwards SIGUSR1 to the ranks but not SIGTERM (it ends
 # them within odls_base_sigkill_timeout, 1 s, mid-step): so this script
 # turns a TERM (or USR1) it receives into a USR1 for mpirun, and the run
 # finishes its step, checkpoints and exits 3, as under Slurm.
 # shellcheck disable=SC2086
-mpirun ${MPIRUN_ARGS:-} -np "$np" "$bin" train --config "$config" --out "$out" "${resume[@]}" "$@" &
+mpirun ${MPIRUN_ARGS:-} "${bind[@]}" -np "$np" "$bin" train --config "$config" --out "$out" "${resume[@]}" "$@" &
 pid=$!
 trap 'caught=1; kill -USR1 "$pid" 2>/dev/null' USR1 TERM
 # A trapped signal makes `wait` return 128+N at once: wait again for the
