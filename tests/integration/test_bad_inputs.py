@@ -446,7 +446,7 @@ def config_cases(b, data_dir):
     b.expect_fail("config.fewer_micro_batches_than_ranks",
                   ["train", "--out", b.out_dir()] + base
                   + sets(["batch=4", "micro_batch=4"]), 2,
-                  ["micro_batch=4", "2 ranks"], nprocs=2)
+                  ["micro_batch=4", "2 rank(s) x 1 thread(s)", "<= 1"], nprocs=2)
 
 
 def data_cases_run(b, arrays):
