@@ -24,6 +24,7 @@ int par_threads(void) { return omp_get_max_threads(); }
 int par_thread(void) { return omp_get_thread_num(); }
 
 int par_blocks(long units, long work) {
+    if (omp_in_parallel()) return 1; /* inside a thread's micro-batches: its own work */
     long nb = par_threads();
     if (nb > units) nb = units;
     if (nb > work / min_work) nb = work / min_work;

@@ -29,7 +29,8 @@ int par_threads(void);
 int par_thread(void);
 /* Blocks for `units` units costing `work` elements in all:
  * min(par_threads(), units, work / PAR_MIN_WORK), at least 1
- * (DIFFMPI_TEST_PAR_MIN_WORK replaces PAR_MIN_WORK in the tests). */
+ * (DIFFMPI_TEST_PAR_MIN_WORK replaces PAR_MIN_WORK in the tests); 1 inside
+ * a parallel region (a thread running its own micro-batches). */
 int par_blocks(long units, long work);
 /* First unit of block b of nb over `units`. */
 static inline long par_lo(long units, int nb, int b) { return units * b / nb; }
