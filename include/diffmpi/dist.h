@@ -58,6 +58,7 @@ typedef struct {
     int *local_slot;        /* [nblocks_local]: the slot that holds each */
     int nlocal_ops;         /* the threads' blocks into those: slot[l] += slot[r] */
     int *local_op_l, *local_op_r;
+    int *thread_a, *thread_k, *thread_slot; /* [nthreads*nslots] the threads' blocks */
     /* global blocks (rank order) and the tree's evaluation ops */
     int nblocks;
     int *block_rank, *block_a, *block_k; /* [nblocks] */

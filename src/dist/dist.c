@@ -100,6 +100,7 @@ void dist_init(dm_dist *d, MPI_Comm comm, long nparams, int max_nmb,
 static void free_blocks(dm_dist *d) {
     free(d->block_rank), free(d->block_a), free(d->block_k), free(d->block_local);
     free(d->local_slot), free(d->local_op_l), free(d->local_op_r);
+    free(d->thread_a), free(d->thread_k), free(d->thread_slot);
     free(d->op_l), free(d->op_r), free(d->ptr), free(d->recv);
     for (int s = 0; d->slot && s < d->nthreads * d->nslots; s++) free(d->slot[s]);
     free(d->slot);
@@ -122,6 +123,9 @@ void dist_set_threads(dm_dist *d, int nthreads) {
     d->local_slot = dm_calloc((size_t)per, sizeof(int));
     d->local_op_l = dm_calloc((size_t)per, sizeof(int));
     d->local_op_r = dm_calloc((size_t)per, sizeof(int));
+    d->thread_a = dm_calloc((size_t)per, sizeof(int));
+    d->thread_k = dm_calloc((size_t)per, sizeof(int));
+    d->thread_slot = dm_calloc((size_t)per, sizeof(int));
     d->op_l = dm_calloc((size_t)cap, sizeof(int));
     d->op_r = dm_calloc((size_t)cap, sizeof(int));
     d->ptr = dm_calloc((size_t)cap, sizeof(float *));
@@ -196,10 +200,7 @@ static int local_eval(dm_dist *d, int a, int k, int nt, const int *ta, const int
  * the threads' blocks. */
 static void local_blocks(dm_dist *d) {
     int a[DIST_MAX_SLOTS + 2], k[DIST_MAX_SLOTS + 2];
-    int nt = 0;
-    int *va = dm_calloc((size_t)(d->nthreads * d->nslots), sizeof(int));
-    int *vk = dm_calloc((size_t)(d->nthreads * d->nslots), sizeof(int));
-    int *vs = dm_calloc((size_t)(d->nthreads * d->nslots), sizeof(int));
+    int nt = 0, *va = d->thread_a, *vk = d->thread_k, *vs = d->thread_slot;
     for (int t = 0; t < d->nthreads; t++) {
         int tlo, thi;
         par_range(d->hi - d->lo, d->nthreads, t, &tlo, &thi);
@@ -219,7 +220,6 @@ static void local_blocks(dm_dist *d) {
     d->nlocal_ops = 0;
     for (int b = 0; b < d->nblocks_local; b++)
         d->local_slot[b] = local_eval(d, a[b], k[b], nt, va, vk, vs);
-    free(va), free(vk), free(vs);
 }
 
 void dist_set_batch(dm_dist *d, int nmb) {
