@@ -76,6 +76,12 @@ typedef struct {
     long *seg_off, *seg_len, *seg_done; /* [nseg]; done: floats finished */
     int recvs_posted;
     long sent_early, sent_late; /* segments sent during / after backward */
+    /* traffic of this rank since the counters were zeroed (bench reads
+     * them for tools/scaling.py's network model): collectives over the
+     * micro-batches' small sums (BatchNorm statistics, losses) and the
+     * doubles they gathered; gradient messages sent and their floats; the
+     * floats the gradient allgather brought in */
+    long n_small, small_doubles, n_msgs, msg_floats, allgather_floats;
 } dm_dist;
 
 void dist_init(dm_dist *d, MPI_Comm comm, long nparams, int max_nmb,

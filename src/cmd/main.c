@@ -154,8 +154,10 @@ static const char *usage_bench =
     "  machine's own peak), then a warm-up and N timed training steps\n"
     "  (default 5), or with --sample N sampler steps of 40 images. Rank 0\n"
     "  prints images/s, GFLOP/s (analytic GEMM FLOPs), the share of the peak,\n"
-    "  the time per phase and the peak memory per rank; --verbose adds the\n"
-    "  FLOP count per layer. Run it under mpirun like train.\n";
+    "  the time per phase (with several ranks: from N more steps, timed with a\n"
+    "  barrier before each collective), the network traffic per step, and the\n"
+    "  peak memory per rank; --verbose adds the FLOP count per layer. Run it\n"
+    "  under mpirun like train.\n";
 
 static const char *usage_inspect =
     "usage: diffmpi inspect FILE\n"

@@ -292,6 +292,8 @@ static void gather_items(dm_dist *d, double *out, const double *local,
     double t0 = prof_start();
     dist_gather_spread(d->comm, MPI_DOUBLE, out, local, nitems, 1, w, -1, d->counts,
                        d->displs);
+    d->n_small++;
+    d->small_doubles += (long)nitems * w;
     prof_add(PROF_COMM, t0);
 }
 
@@ -389,6 +391,8 @@ static void send_segment(dm_dist *d, int s, int early) {
             DM_CHECK(d->nreq < d->max_req, "gradient sends exceed %d", d->max_req);
             MPI_Isend(d->slot[d->local_slot[b]] + o, (int)n, MPI_FLOAT, r, tag_of(d, b, s),
                       d->comm, &d->reqs[d->nreq++]);
+            d->n_msgs++;
+            d->msg_floats += n;
         }
     }
     d->seg_done[s] = d->seg_len[s] + 1; /* sent */
@@ -473,6 +477,7 @@ void dist_reduce_grads(dm_dist *d, float *grads) {
         d->displs[r] = (int)so;
     }
     fault_point("allgather");
+    d->allgather_floats += d->nparams - len;
     t0 = prof_start();
     MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, grads, d->counts,
                    d->displs, MPI_FLOAT, d->comm);

@@ -11,16 +11,17 @@ namespace) is bitwise equal too, and losing a host
 mid-run (its link taken down) ends the whole job within the watchdog's
 time plus a few seconds, with one line naming the rank, host and
 collective, after which --resume auto on the remaining host finishes
-bitwise identical to an uninterrupted run.
+bitwise identical to an uninterrupted run. Over constrained links (2 hosts
+on wires with 1 ms delay and 1 % packet loss, 3 hosts on 1 Gbit/s links;
+tools/nshosts.py) the runs are bitwise equal too.
 
-Everything the test makes (namespaces, links, the agent script) is removed
+Everything the test makes (namespaces, links, VDE processes, the agent) is removed
 at the end, also after a failure. Traffic is a D=8 model (about 40 KB of
 gradient per step) over a few dozen steps; each mpirun has a time limit.
 Where namespaces cannot be made (not root, no iproute2), the test says so
 and is skipped (exit code 77)."""
 import os
 import shutil
-import stat
 import subprocess
 import sys
 import tempfile
@@ -29,13 +30,14 @@ import time
 from common import BIN, SRC, TINY, check, compare_h5, finish, tmpdir, train
 from slurm import _instance_processes, _kill_all
 
+sys.path.insert(0, os.path.join(SRC, "tools"))
+from nshosts import Hosts  # noqa: E402
+
 SKIP = 77
 tag = f"dm{os.getpid() % 100000}"
-HOSTS = [("hostA", f"{tag}A", "198.18.0.1"), ("hostB", f"{tag}B", "198.18.0.2"),
-         ("hostC", f"{tag}C", "198.18.0.3")]
-SWITCH = f"{tag}S"
+H = Hosts(3, tag=tag)
+HOSTS = list(zip(H.names, H.ns, H.addrs))
 base = tmpdir()
-made = []
 
 
 def sh(*args, check_rc=True):
@@ -45,63 +47,14 @@ def sh(*args, check_rc=True):
     return r
 
 
-def setup():
-    sh("ip", "netns", "add", SWITCH)
-    made.append(SWITCH)
-    sh("ip", "-n", SWITCH, "link", "add", "br0", "type", "bridge")
-    sh("ip", "-n", SWITCH, "link", "set", "br0", "up")
-    for i, (name, ns, addr) in enumerate(HOSTS):
-        sh("ip", "netns", "add", ns)
-        made.append(ns)
-        sh("ip", "link", "add", "eth0", "netns", ns, "type", "veth", "peer", "name",
-           f"p{i}", "netns", SWITCH)
-        sh("ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", "eth0")
-        for dev in ("eth0", "lo"):
-            sh("ip", "-n", ns, "link", "set", dev, "up")
-        sh("ip", "-n", SWITCH, "link", "set", f"p{i}", "master", "br0")
-        sh("ip", "-n", SWITCH, "link", "set", f"p{i}", "up")
-    # The launcher agent: "AGENT HOST COMMAND..." runs COMMAND on HOST, that
-    # is inside its namespace, under its hostname.
-    agent = os.path.join(base, "nsrsh")
-    cases = "".join(f"  {a}) ns={ns}; name={n} ;;\n" for n, ns, a in HOSTS)
-    with open(agent, "w") as f:
-        f.write("#!/bin/sh\nhost=$1; shift\ncase \"$host\" in\n" + cases +
-                "  *) echo \"nsrsh: unknown host $host\" >&2; exit 1 ;;\nesac\n"
-                "exec ip netns exec \"$ns\" unshare --uts sh -c \"hostname $name; $*\"\n")
-    os.chmod(agent, os.stat(agent).st_mode | stat.S_IEXEC)
-    return agent
-
-
-def teardown():
-    for ns in reversed(made):
-        subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
-
-
-def launch_cmd(n, args, agent, prog=BIN):
+def launch_cmd(n, args, hosts=H, prog=BIN):
     """The command that runs prog ARGS on the first n hosts, one rank each,
     mpirun on hostA, and its environment."""
-    hostfile = os.path.join(base, f"hosts{n}")
-    with open(hostfile, "w") as f:
-        f.writelines(f"{a} slots=1\n" for _, _, a in HOSTS[:n])
-    mpi = ["mpirun", "--hostfile", hostfile, "-np", str(n),
-           "--mca", "plm_rsh_agent", agent, "--mca", "btl", "tcp,self", "--mca", "pml", "ob1",
-           "--mca", "oob_tcp_if_include", "198.18.0.0/24",
-           "--mca", "btl_tcp_if_include", "198.18.0.0/24",
-           "-x", "OPENBLAS_NUM_THREADS"]
-    for k in os.environ:
-        if k.startswith("DIFFMPI_TEST_"):
-            mpi += ["-x", k]
-    mpi += [prog] + args
-    cmd = ["ip", "netns", "exec", HOSTS[0][1], "unshare", "--uts", "sh", "-c",
-           "hostname hostA; exec \"$@\"", "sh"] + mpi
-    env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
-    env.pop("OMPI_MCA_plm_rsh_agent", None)
-    env.pop("OMPI_MCA_rmaps_base_oversubscribe", None)
-    return cmd, env
+    return hosts.mpirun(n, [prog] + list(args))
 
 
-def on_hosts(n, args, agent, timeout=300, prog=BIN):
-    cmd, env = launch_cmd(n, args, agent, prog)
+def on_hosts(n, args, hosts=H, timeout=300, prog=BIN):
+    cmd, env = launch_cmd(n, args, hosts, prog)
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -234,9 +187,9 @@ if os.geteuid() != 0 or not shutil.which("ip") or not shutil.which("unshare"):
     print("skip: network namespaces need root and iproute2 (ip) and util-linux (unshare)")
     sys.exit(SKIP)
 try:
-    agent = setup()
+    H.up()
 except (RuntimeError, OSError, subprocess.SubprocessError) as e:
-    teardown()
+    H.down()
     print(f"skip: cannot make network namespaces here: {e}")
     sys.exit(SKIP)
 
@@ -246,16 +199,16 @@ try:
     r = train(1, ref, model)
     check(r.returncode == 0, f"one-host reference run ({r.stderr[-200:]})")
 
-    r = on_hosts(3, [], agent, timeout=60, prog="hostname")
+    r = on_hosts(3, [], timeout=60, prog="hostname")
     check(sorted(r.stdout.split()) == ["hostA", "hostB", "hostC"],
           f"one rank on each of hostA, hostB, hostC ({r.stdout.split()} {r.stderr[-200:]})")
     r = on_hosts(3, ["bench", "--set", "hidden=8", "--set", "batch=12", "--set",
-                     "micro_batch=4", "--steps", "1", "--verbose"], agent, timeout=120)
+                     "micro_batch=4", "--steps", "1", "--verbose"], timeout=120)
     check(r.returncode == 0, f"a 3-host job starts ({r.stderr[-300:]})")
     for n in (2, 3):
         out = os.path.join(base, f"run-{n}-hosts")
         t0 = time.time()
-        r = on_hosts(n, train_args(out, model), agent)
+        r = on_hosts(n, train_args(out, model))
         errs = [l for l in r.stderr.splitlines() if "diffmpi" in l]
         check(r.returncode == 0, f"{n} hosts: run exits 0 in {time.time() - t0:.0f} s "
               f"({errs[:3]} {r.stderr[-300:]})")
@@ -268,14 +221,35 @@ try:
     # Stopped on 3 hosts, resumed on 2, from the same (shared) directory.
     out = os.path.join(base, "stop3-resume2")
     os.environ["DIFFMPI_TEST_STOP_AT_STEP"] = "17"
-    r = on_hosts(3, train_args(out, model), agent)
+    r = on_hosts(3, train_args(out, model))
     del os.environ["DIFFMPI_TEST_STOP_AT_STEP"]
     check(r.returncode == 3, f"3 hosts: stopped at step 17 (rc {r.returncode})")
-    r = on_hosts(2, train_args(out, model, resume="auto"), agent)
+    r = on_hosts(2, train_args(out, model, resume="auto"))
     check(r.returncode == 0, f"resumed on 2 hosts ({r.stderr[-300:]})")
     for f in [] if r.returncode else ("checkpoints/ckpt-44.h5", "log.h5", "samples.h5"):
         bad = compare_h5(os.path.join(ref, f), os.path.join(out, f))
         check(not bad, f"3 hosts -> 2 hosts: {f} bitwise equal ({bad[:4]})")
+
+    # Constrained links: 2 hosts over VDE wires that delay each packet by
+    # 1 ms and lose 1 % of them (host to switch; TCP resends), 3 hosts over
+    # veth links held to 1 Gbit/s each way by tc tbf. Slower, the same bits.
+    for n, kw, what in ((2, dict(link="wire", delay_ms=1, loss_pct=1),
+                         "1 ms delay and 1 % loss"),
+                        (3, dict(link="veth", rate_gbit=1), "1 Gbit/s links")):
+        try:
+            with Hosts(n, tag=f"{tag}w", **kw) as W:
+                out = os.path.join(base, f"shaped-{n}")
+                t0 = time.time()
+                r = on_hosts(n, train_args(out, model), hosts=W)
+                check(r.returncode == 0, f"{n} hosts, {what}: run exits 0 in "
+                                         f"{time.time() - t0:.0f} s ({r.stderr[-300:]})")
+                for f in [] if r.returncode else ("log.h5", "checkpoints/ckpt-44.h5",
+                                                  "samples.h5"):
+                    bad = compare_h5(os.path.join(ref, f), os.path.join(out, f))
+                    check(not bad, f"{n} hosts, {what}: {f} bitwise equal to the one-host "
+                                   f"run ({bad[:4]})")
+        except (RuntimeError, OSError) as e:
+            check(False, f"{n} hosts, {what}: links made ({e})")
 
     slurm_two_nodes(ref, model)
 
@@ -290,7 +264,7 @@ try:
     check(r.returncode == 0, "one-host reference of the longer run")
     out = os.path.join(base, "lose-host")
     os.environ["DIFFMPI_TEST_CKPT_DELAY"] = "0.2"  # more steps between cut and end
-    cmd, env = launch_cmd(2, train_args(out, long_model + ["watchdog=10"]), agent)
+    cmd, env = launch_cmd(2, train_args(out, long_model + ["watchdog=10"]))
     del os.environ["DIFFMPI_TEST_CKPT_DELAY"]
     p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          text=True)
@@ -322,13 +296,13 @@ try:
         capture_output=True, text=True, timeout=60)
     check(r.returncode == 0 and "checksums good" in r.stdout,
           "the newest checkpoint on disk is intact")
-    r = on_hosts(1, train_args(out, long_model + ["watchdog=10"], resume="auto"), agent)
+    r = on_hosts(1, train_args(out, long_model + ["watchdog=10"], resume="auto"))
     check(r.returncode == 0, f"--resume auto on the remaining host ({r.stderr[-300:]})")
     for f in [] if r.returncode else ("checkpoints/ckpt-88.h5", "log.h5", "samples.h5"):
         bad = compare_h5(os.path.join(ref4, f), os.path.join(out, f))
         check(not bad, f"after losing hostB and resuming: {f} bitwise equal ({bad[:4]})")
 finally:
-    teardown()
+    H.down()
     left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     check(tag not in left, "every namespace the test made is gone")
 finish()
