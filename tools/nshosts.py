@@ -205,7 +205,10 @@ class Hosts:
         cmd = ["mpirun", "--hostfile", hostfile, "-np", str(n),
                "--mca", "plm_rsh_agent", self.agent, "--mca", "btl", "tcp,self",
                "--mca", "pml", "ob1", "--mca", "oob_tcp_if_include", NET,
-               "--mca", "btl_tcp_if_include", NET, "--mca", "mpi_yield_when_idle", "1"]
+               "--mca", "btl_tcp_if_include", NET, "--mca", "mpi_yield_when_idle", "1",
+               # every host's daemon would bind its first rank to core 0 of
+               # this one machine: let the kernel place them (and their threads)
+               "--bind-to", "none"]
         for k, v in mca:
             cmd += ["--mca", k, v]
         for k in list(export) + [k for k in os.environ if k.startswith("DIFFMPI_TEST_")]:

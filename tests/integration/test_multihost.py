@@ -12,8 +12,9 @@ mid-run (its link taken down) ends the whole job within the watchdog's
 time plus a few seconds, with one line naming the rank, host and
 collective, after which --resume auto on the remaining host finishes
 bitwise identical to an uninterrupted run. Over constrained links (2 hosts
-on wires with 1 ms delay and 1 % packet loss, 3 hosts on 1 Gbit/s links;
-tools/nshosts.py) the runs are bitwise equal too.
+of 2-thread ranks on wires with 1 ms delay and 1 % packet loss, 3 hosts on
+1 Gbit/s links; tools/nshosts.py) the runs are bitwise equal too; the
+host-loss run has 2 threads a rank.
 
 Everything the test makes (namespaces, links, VDE processes, the agent) is removed
 at the end, also after a failure. Traffic is a D=8 model (about 40 KB of
@@ -233,14 +234,14 @@ try:
     # Constrained links: 2 hosts over VDE wires that delay each packet by
     # 1 ms and lose 1 % of them (host to switch; TCP resends), 3 hosts over
     # veth links held to 1 Gbit/s each way by tc tbf. Slower, the same bits.
-    for n, kw, what in ((2, dict(link="wire", delay_ms=1, loss_pct=1),
-                         "1 ms delay and 1 % loss"),
-                        (3, dict(link="veth", rate_gbit=1), "1 Gbit/s links")):
+    for n, kw, what, extra in ((2, dict(link="wire", delay_ms=1, loss_pct=1),
+                                "1 ms delay and 1 % loss, 2 threads a rank", ["threads=2"]),
+                               (3, dict(link="veth", rate_gbit=1), "1 Gbit/s links", [])):
         try:
             with Hosts(n, tag=f"{tag}w", **kw) as W:
                 out = os.path.join(base, f"shaped-{n}")
                 t0 = time.time()
-                r = on_hosts(n, train_args(out, model), hosts=W)
+                r = on_hosts(n, train_args(out, model + extra), hosts=W)
                 check(r.returncode == 0, f"{n} hosts, {what}: run exits 0 in "
                                          f"{time.time() - t0:.0f} s ({r.stderr[-300:]})")
                 for f in [] if r.returncode else ("log.h5", "checkpoints/ckpt-44.h5",
@@ -253,7 +254,7 @@ try:
 
     slurm_two_nodes(ref, model)
 
-    # Losing a host mid-run: hostB's link goes down. The watchdog (10 s here)
+    # Losing a host mid-run (ranks of 2 threads): hostB's link goes down. The watchdog (10 s here)
     # sees every heartbeat fresh, probes over TCP, names rank 1 on hostB and
     # the collective, and the whole job, mpirun and hostB's orted included,
     # ends; the checkpoints on disk are intact, and --resume auto on the
@@ -264,7 +265,7 @@ try:
     check(r.returncode == 0, "one-host reference of the longer run")
     out = os.path.join(base, "lose-host")
     os.environ["DIFFMPI_TEST_CKPT_DELAY"] = "0.2"  # more steps between cut and end
-    cmd, env = launch_cmd(2, train_args(out, long_model + ["watchdog=10"]))
+    cmd, env = launch_cmd(2, train_args(out, long_model + ["watchdog=10", "threads=2"]))
     del os.environ["DIFFMPI_TEST_CKPT_DELAY"]
     p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          text=True)
