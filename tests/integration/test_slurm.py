@@ -3,7 +3,8 @@ instance, slurm.py):
 a. every jobs/slurm/*.sbatch, submitted from the repository root with
    `sbatch --wait` at a tiny size, exits 0 and leaves its outputs;
 c. the same job with LAUNCH="srun --mpi=pmix" gives the mpirun job's
-   checkpoint, log and samples bit for bit;
+   checkpoint, log and samples bit for bit, and so does one task of 2 cpus
+   (1 rank x 2 threads, mpirun --map-by slot:PE=2 --bind-to core);
 b. a job warned with USR1 the way `--signal=B:USR1@T` does it (to the batch
    shell only) checkpoints, exits 3, requeues itself, resumes and ends bit for
    bit like an uninterrupted run, with every step logged once.
@@ -216,6 +217,24 @@ try:
         bad = compare_h5(a, b) if os.path.exists(a) and os.path.exists(b) \
             else ["missing"]
         checkd(not bad, f"srun job = mpirun job: {f} bitwise equal", bad[:4])
+
+    # The allocation's layout with mpirun: 1 task of 2 cpus = 1 rank x 2
+    # threads bound by --map-by slot:PE=2 --bind-to core, the same bits.
+    out = os.path.join(cdir, "pe2")
+    t = time.time()
+    r, jid = s.sbatch(["--ntasks=1", "--cpus-per-task=2", "--time=30",
+                       f"--output={cdir}/%x-%j.out", script, default_config(script), out]
+                      + sets(TINY), wait=True, cwd=SRC, timeout=300)
+    text = job_output(cdir, jid)
+    say(f"{name} -n 1 -c 2: job {jid} exit {r.returncode} in {time.time() - t:.1f} s")
+    checkd(r.returncode == 0 and "--map-by slot:PE=2 --bind-to core" in text
+           and "layout: 1 rank(s) x 2 thread(s)" in text,
+           "mpirun -n 1 -c 2: one rank of 2 threads, bound by PE=2", tail(text))
+    for f in (f"checkpoints/ckpt-{TINY_STEPS}.h5", "log.h5", "samples.h5"):
+        a, b = os.path.join(mpirun_out.get(name, "-"), f), os.path.join(out, f)
+        bad = compare_h5(a, b) if os.path.exists(a) and os.path.exists(b) \
+            else ["missing"]
+        checkd(not bad, f"1 rank x 2 threads = 2 ranks: {f} bitwise equal", bad[:4])
 
     # b. Warning signal, checkpoint, requeue, resume.
     bdir = os.path.join(base, "b")
