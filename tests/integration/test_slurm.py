@@ -5,9 +5,10 @@ a. every jobs/slurm/*.sbatch, submitted from the repository root with
 c. the same job with LAUNCH="srun --mpi=pmix" gives the mpirun job's
    checkpoint, log and samples bit for bit, and so does one task of 2 cpus
    (1 rank x 2 threads, mpirun --map-by slot:PE=2 --bind-to core);
-b. a job warned with USR1 the way `--signal=B:USR1@T` does it (to the batch
-   shell only) checkpoints, exits 3, requeues itself, resumes and ends bit for
-   bit like an uninterrupted run, with every step logged once.
+b. a job of 2-thread ranks warned with USR1 the way `--signal=B:USR1@T`
+   does it (to the batch shell only) checkpoints, exits 3, requeues itself,
+   resumes and ends bit for bit like an uninterrupted one-thread run, with
+   every step logged once.
 """
 import glob
 import os
@@ -241,8 +242,9 @@ try:
     os.makedirs(bdir)
     out = os.path.join(bdir, "run")
     t = time.time()
+    # Its ranks have 2 threads each (sharing their core: correct, not fast).
     r, jid = s.sbatch(SUBMIT + [f"--output={bdir}/%x-%j.out", script,
-                                default_config(script), out] + sets(LONGER),
+                                default_config(script), out] + sets(LONGER + ["threads=2"]),
                       cwd=SRC, env={"DIFFMPI_TEST_CKPT_DELAY": "0.3"})
     checkd(r.returncode == 0 and jid, "preempt: job submitted", r.stderr.strip())
     first = os.path.join(out, "checkpoints", "ckpt-4.h5")
