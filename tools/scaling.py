@@ -24,10 +24,11 @@ The model of one training step on P ranks, busiest worker:
   fixed     the optimizer and EMA, t_fix / min(T, 8) on T threads (memory-bound)
   combine   the threads' gradient blocks into the rank's: (T - 1) x 12 G / node bandwidth
   network   g gathers x (ceil(log2 P) alpha + s beta)          BatchNorm sums, losses
-            + alpha + b x G x 4 (P-1)/P x beta                 gradient slices sent
-            + (P-1) alpha + G x 4 (P-1)/P x beta               gradient allgather
-with G parameters, b gradient blocks of the busiest rank, g and s from
-bench's traffic line. No overlap of the sends with backward is assumed.
+            + alpha + sent x beta                              gradient slices sent
+            + (P-1) alpha + gathered x beta                    gradient allgather
+with sent and gathered the busiest rank's bytes (traffic(): about
+blocks x 4 G (P-1)/P and 4 G (P-1)/P for G parameters; bench prints both
+and integration.scaling checks them), g and s from bench's traffic line. No overlap of the sends with backward is assumed.
 """
 import argparse
 import json
@@ -114,12 +115,25 @@ def blocks(lo, hi):
     return n
 
 
-def net_time(P, alpha, beta, gathers, gather_bytes, params, nblocks):
+def traffic(P, nmb, params):
+    """Bytes per step that the busiest rank sends in gradient messages and
+    that the busiest rank's allgather brings in (src/dist/dist.c: each of a
+    rank's blocks goes to every other rank's slice of the parameters; the
+    finished slices are allgathered). `bench` prints both."""
+    def slice_len(r):
+        return params * (r + 1) // P - params * r // P
+    sent = max(blocks(*dist_range(nmb, P, r)) * (params - slice_len(r)) for r in range(P))
+    gathered = max(params - slice_len(r) for r in range(P))
+    return 4 * sent, 4 * gathered
+
+
+def net_time(P, alpha, beta, gathers, gather_bytes, params, nmb):
+    """Seconds of network per step for P ranks (beta: seconds per byte)."""
     if P == 1:
         return 0.0
-    g = 4.0 * params * (P - 1) / P
+    sent, gathered = traffic(P, nmb, params)
     small = gathers * (math.ceil(math.log2(P)) * alpha + gather_bytes * beta)
-    return small + alpha + nblocks * g * beta + (P - 1) * alpha + g * beta
+    return small + alpha + sent * beta + (P - 1) * alpha + gathered * beta
 
 
 def step_time(c, nodes, cores, net, rpn=1):
@@ -138,11 +152,11 @@ def step_time(c, nodes, cores, net, rpn=1):
         t = k * c["t_mb"] + c["t_fix"] / min(T, FIX_THREADS) \
             + (T - 1) * 12.0 * c["params"] / NODE_BW
         if t > worst[0]:
-            worst = (t, blocks(lo, hi), T, hi - lo)
+            worst = (t, 0, T, hi - lo)
     alpha, beta = NETWORKS[net] if isinstance(net, str) else net
     share = min(rpn, P)  # ranks behind one node's link
     t = worst[0] + net_time(P, alpha, 1.0 / (beta / share), c["gathers"], c["gather_bytes"],
-                            c["params"], worst[1])
+                            c["params"], nmb)
     workers = sum(min(tpr, dist_range(nmb, P, r)[1] - dist_range(nmb, P, r)[0])
                   for r in range(P))
     return t, workers, P, worst[2]
@@ -259,10 +273,9 @@ def cmd_check(a):
     for r in e["links"]:
         P = r["P"]
         one = e["one_host"][str(P)]
-        lo, hi = dist_range(math.ceil(r["batch"] / 8), P, 0)
-        nb = max(blocks(*dist_range(math.ceil(r["batch"] / 8), P, q)) for q in range(P))
         pred = one["step"] - one["comm"] + net_time(P, r["alpha"], 1.0 / r["bw"], r["gathers"],
-                                                   r["gather_bytes"], r["params"], nb)
+                                                   r["gather_bytes"], r["params"],
+                                                   math.ceil(r["batch"] / r["micro_batch"]))
         err = pred / r["step"] - 1
         errs.append(abs(err))
         share = 100 * (r["comm"] + r["wait"]) * r["steps"] / r["psecs"]

@@ -1,8 +1,10 @@
 """`diffmpi bench` at tiny size: training and sampling reports with every
 field, numbers that add up, and usage errors."""
+import os
 import re
+import sys
 
-from common import check, finish, mpirun
+from common import SRC, check, finish, mpirun
 
 TINY = ["--set", "hidden=8", "--set", "batch=16", "--set", "micro_batch=4"]
 
@@ -81,6 +83,30 @@ for core, engine, warned in (("Haswell", "openblas", avx512), ("SkylakeX", "open
           f"(avx512 {avx512}: {lines}; stderr {r.stderr[-200:]!r})")
 if not avx512:
     print("note: no AVX-512 on this CPU, so the Haswell case expects no note")
+
+# The traffic line is what tools/scaling.py's network model reads; its
+# formula for the busiest rank's gradient bytes (scaling.traffic, from the
+# blocks and slices of dist.c) must match what the ranks count, on rank
+# counts that give ranks one or two blocks, and with threads (which send
+# what one thread would).
+sys.path.insert(0, os.path.join(SRC, "tools"))
+import scaling  # noqa: E402
+
+for ranks, threads, nmb in ((2, 1, 6), (3, 1, 6), (4, 1, 6), (2, 2, 6), (5, 1, 8)):
+    args = ["bench", "--set", "hidden=8", "--set", f"batch={4 * nmb}", "--set", "micro_batch=4",
+            "--set", f"threads={threads}", "--steps", "2"]
+    r = mpirun(ranks, args, mpi_args=["--bind-to", "none"])
+    try:
+        b = scaling.parse_bench(r.stdout)
+        sent, gathered = scaling.traffic(ranks, nmb, b["params"])
+        ok = (abs(b["sent"] - sent) < 0.5 and abs(b["allgathered"] - gathered) < 0.5
+              and b["gathers"] > 0 and b["gather_bytes"] > 0)
+        what = f"{b['sent']:.0f}/{b['allgathered']:.0f} bytes, model {sent}/{gathered}"
+    except (RuntimeError, KeyError) as e:
+        ok, what = False, f"{e} {r.stderr[-200:]}"
+    check(r.returncode == 0 and ok,
+          f"{ranks}x{threads}, {nmb} micro-batches: traffic per step as scaling.py models it "
+          f"({what})")
 
 r = mpirun(1, ["bench", "--steps", "0"])
 check(r.returncode == 2 and "--steps" in r.stderr, "bench --steps 0 is a usage error")
