@@ -5,7 +5,7 @@ for clusters by an alpha-beta model (docs/scaling.md).
   tools/scaling.py compute  --out C.json [--bin B]    # per-micro-batch compute here
   tools/scaling.py emulate  --out E.json [--bin B]    # namespace hosts, shaped links
   tools/scaling.py check    E.json                    # the model against E.json
-  tools/scaling.py predict  C.json [--markdown]       # 1-16 nodes, 3 networks
+  tools/scaling.py predict  C.json [--nodes 1,2,4,8,16] [--cores 32,64,128]
 
 `compute` runs `diffmpi bench` on one rank and one thread for the denoiser
 and the class DDPM (micro_batch 32 as shipped, and 1) and keeps each step's
@@ -289,7 +289,8 @@ def cmd_check(a):
 def cmd_predict(a):
     c = json.load(open(a.table))
     print(f"# compute measured on {c['cpu']}, {c['date']}; one rank per node, a thread per core")
-    node_counts, core_counts = (1, 2, 4, 8, 16), (32, 64, 128)
+    node_counts = [int(x) for x in a.nodes.split(",")]
+    core_counts = [int(x) for x in a.cores.split(",")]
     for key, r in c["runs"].items():
         name, mb = key.rsplit(" mb", 1)
         spe = -(-60000 // r["batch"])  # steps per epoch of the 60000 training images
@@ -343,6 +344,8 @@ def main():
     p.add_argument("table")
     p = sub.add_parser("predict", help="clusters: time per epoch and efficiency")
     p.add_argument("table")
+    p.add_argument("--nodes", default="1,2,4,8,16")
+    p.add_argument("--cores", default="32,64,128", help="cores per node")
     a = ap.parse_args()
     {"compute": cmd_compute, "emulate": cmd_emulate, "check": cmd_check,
      "predict": cmd_predict}[a.cmd](a)
