@@ -37,6 +37,8 @@
 
 #include <mpi.h>
 
+#include "diffmpi/tree.h"
+
 #define DIST_MAX_SLOTS 40
 
 typedef struct {
@@ -58,10 +60,12 @@ typedef struct {
     int *local_slot;        /* [nblocks_local]: the slot that holds each */
     int nlocal_ops;         /* the threads' blocks into those: slot[l] += slot[r] */
     int *local_op_l, *local_op_r;
-    int *thread_a, *thread_k, *thread_slot; /* [nthreads*nslots] the threads' blocks */
+    tree_node *thread_bk;   /* [nthreads*nslots] the threads' blocks */
+    int *thread_slot;       /* and the slot holding each */
     /* global blocks (rank order) and the tree's evaluation ops */
     int nblocks;
-    int *block_rank, *block_a, *block_k; /* [nblocks] */
+    int *block_rank;        /* [nblocks] */
+    tree_node *blocks;      /* [nblocks] */
     int *block_local;       /* [nblocks]: its index among its rank's (message tags) */
     int nops;
     int *op_l, *op_r;       /* block index pairs: value[l] += value[r] */

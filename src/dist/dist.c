@@ -8,6 +8,7 @@
 #include "diffmpi/fault.h"
 #include "diffmpi/par.h"
 #include "diffmpi/prof.h"
+#include "diffmpi/tree.h"
 #include "diffmpi/watchdog.h"
 
 /* dst += src over n floats, on the rank's threads (elementwise: the same
@@ -32,43 +33,6 @@ int dist_max_local(int nmb, int size) {
         if (hi - lo > best) best = hi - lo;
     }
     return best;
-}
-
-/* Simulate the stack of aligned blocks over leaves [lo, hi). Returns the
- * number of blocks left; fills their (a, k) and, when leaf_slot is given,
- * the slot each leaf is written to and how many merges follow it. */
-static int stack_schedule(int lo, int hi, int *bk_a, int *bk_k,
-                          int *leaf_slot, int *leaf_merges) {
-    int depth = 0;
-    for (int j = lo; j < hi; j++) {
-        if (leaf_slot) leaf_slot[j - lo] = depth;
-        bk_a[depth] = j, bk_k[depth] = 0;
-        depth++;
-        int merges = 0;
-        while (depth >= 2 && bk_k[depth - 1] == bk_k[depth - 2] &&
-               bk_a[depth - 2] % (2 << bk_k[depth - 2]) == 0) {
-            bk_k[depth - 2]++;
-            depth--;
-            merges++;
-        }
-        if (leaf_merges) leaf_merges[j - lo] = merges;
-    }
-    return depth;
-}
-
-/* Emit ops evaluating node (a, k) of the tree over [0, nmb); returns the
- * index of the block holding its value. */
-static int tree_eval(dm_dist *d, int a, int k) {
-    for (int b = 0; b < d->nblocks; b++)
-        if (d->block_a[b] == a && d->block_k[b] == k) return b;
-    DM_CHECK(k > 0, "gradient tree: leaf %d has no block", a);
-    int half = 1 << (k - 1);
-    int l = tree_eval(d, a, k - 1);
-    if (a + half >= d->nmb) return l;
-    int r = tree_eval(d, a + half, k - 1);
-    d->op_l[d->nops] = l, d->op_r[d->nops] = r;
-    d->nops++;
-    return l;
 }
 
 void dist_init(dm_dist *d, MPI_Comm comm, long nparams, int max_nmb,
@@ -98,9 +62,9 @@ void dist_init(dm_dist *d, MPI_Comm comm, long nparams, int max_nmb,
 }
 
 static void free_blocks(dm_dist *d) {
-    free(d->block_rank), free(d->block_a), free(d->block_k), free(d->block_local);
+    free(d->block_rank), free(d->blocks), free(d->block_local);
     free(d->local_slot), free(d->local_op_l), free(d->local_op_r);
-    free(d->thread_a), free(d->thread_k), free(d->thread_slot);
+    free(d->thread_bk), free(d->thread_slot);
     free(d->op_l), free(d->op_r), free(d->ptr), free(d->recv);
     for (int s = 0; d->slot && s < d->nthreads * d->nslots; s++) free(d->slot[s]);
     free(d->slot);
@@ -117,14 +81,12 @@ void dist_set_threads(dm_dist *d, int nthreads) {
     int per = nthreads * d->nslots;
     int cap = d->size * d->nslots + 4;
     d->block_rank = dm_calloc((size_t)cap, sizeof(int));
-    d->block_a = dm_calloc((size_t)cap, sizeof(int));
-    d->block_k = dm_calloc((size_t)cap, sizeof(int));
+    d->blocks = dm_calloc((size_t)cap, sizeof(tree_node));
     d->block_local = dm_calloc((size_t)cap, sizeof(int));
     d->local_slot = dm_calloc((size_t)per, sizeof(int));
     d->local_op_l = dm_calloc((size_t)per, sizeof(int));
     d->local_op_r = dm_calloc((size_t)per, sizeof(int));
-    d->thread_a = dm_calloc((size_t)per, sizeof(int));
-    d->thread_k = dm_calloc((size_t)per, sizeof(int));
+    d->thread_bk = dm_calloc((size_t)per, sizeof(tree_node));
     d->thread_slot = dm_calloc((size_t)per, sizeof(int));
     d->op_l = dm_calloc((size_t)cap, sizeof(int));
     d->op_r = dm_calloc((size_t)cap, sizeof(int));
@@ -175,38 +137,20 @@ void dist_free(dm_dist *d) {
     memset(d, 0, sizeof *d);
 }
 
-/* Evaluate tree node (a, k) from this rank's thread blocks (ta, tk, tslot:
- * nt of them), appending `value[l] += value[r]` slot pairs to the local ops;
- * returns the slot that holds the node's value. Thread blocks are aligned
- * nodes inside the rank's canonical blocks, so the recursion ends on them. */
-static int local_eval(dm_dist *d, int a, int k, int nt, const int *ta, const int *tk,
-                      const int *tslot) {
-    for (int b = 0; b < nt; b++)
-        if (ta[b] == a && tk[b] == k) return tslot[b];
-    DM_CHECK(k > 0, "gradient tree: leaf %d in no thread's block", a);
-    int half = 1 << (k - 1);
-    int l = local_eval(d, a, k - 1, nt, ta, tk, tslot);
-    int r = local_eval(d, a + half, k - 1, nt, ta, tk, tslot);
-    DM_CHECK(d->nlocal_ops < d->nthreads * d->nslots, "gradient tree: local ops");
-    d->local_op_l[d->nlocal_ops] = l, d->local_op_r[d->nlocal_ops] = r;
-    d->nlocal_ops++;
-    return l;
-}
-
 /* This rank's leaves: thread t's stack over its part of [lo, hi) lives in
  * slots [t*nslots, (t+1)*nslots) (each leaf's slot and merges); then the
  * rank's canonical blocks (those of one stack over [lo, hi), as every rank
  * assumes of every other) and the local ops that build them, in place, from
  * the threads' blocks. */
 static void local_blocks(dm_dist *d) {
-    int a[DIST_MAX_SLOTS + 2], k[DIST_MAX_SLOTS + 2];
-    int nt = 0, *va = d->thread_a, *vk = d->thread_k, *vs = d->thread_slot;
+    tree_node bk[TREE_MAX_DEPTH];
+    int nt = 0;
     for (int t = 0; t < d->nthreads; t++) {
         int tlo, thi;
         par_range(d->hi - d->lo, d->nthreads, t, &tlo, &thi);
         const int base = t * d->nslots;
-        int nb = stack_schedule(d->lo + tlo, d->lo + thi, a, k, d->leaf_slot + tlo,
-                                d->leaf_merges + tlo);
+        int nb = tree_fold(d->lo + tlo, d->lo + thi, bk, d->leaf_slot + tlo,
+                           d->leaf_merges + tlo, NULL);
         DM_CHECK(nb <= d->nslots, "gradient tree: %d blocks on a stack of %d slots", nb,
                  d->nslots);
         for (int j = tlo; j < thi; j++) {
@@ -214,12 +158,16 @@ static void local_blocks(dm_dist *d) {
                      d->lo + j, d->leaf_slot[j], d->nslots);
             d->leaf_slot[j] += base;
         }
-        for (int b = 0; b < nb; b++) va[nt] = a[b], vk[nt] = k[b], vs[nt] = base + b, nt++;
+        for (int b = 0; b < nb; b++) d->thread_bk[nt] = bk[b], d->thread_slot[nt] = base + b, nt++;
     }
-    d->nblocks_local = stack_schedule(d->lo, d->hi, a, k, NULL, NULL);
+    /* The rank's canonical blocks are aligned nodes inside [lo, hi) made
+     * of the threads' blocks: built in place by local ops on their slots. */
+    d->nblocks_local = tree_fold(d->lo, d->hi, bk, NULL, NULL, NULL);
     d->nlocal_ops = 0;
     for (int b = 0; b < d->nblocks_local; b++)
-        d->local_slot[b] = local_eval(d, a[b], k[b], nt, va, vk, vs);
+        d->local_slot[b] = tree_ops(d->nmb, bk[b].a, bk[b].k, d->thread_bk, d->thread_slot, nt,
+                                    d->local_op_l, d->local_op_r, &d->nlocal_ops,
+                                    d->nthreads * d->nslots);
 }
 
 void dist_set_batch(dm_dist *d, int nmb) {
@@ -229,24 +177,22 @@ void dist_set_batch(dm_dist *d, int nmb) {
     local_blocks(d);
     /* Every rank's canonical blocks, in rank order; a block's tag is its
      * index among its rank's. */
-    int a[DIST_MAX_SLOTS + 2], k[DIST_MAX_SLOTS + 2];
+    tree_node bk[TREE_MAX_DEPTH];
     d->nblocks = 0;
     for (int r = 0; r < d->size; r++) {
         int lo, hi;
         dist_range(nmb, d->size, r, &lo, &hi);
-        int nb = stack_schedule(lo, hi, a, k, NULL, NULL);
+        int nb = tree_fold(lo, hi, bk, NULL, NULL, NULL);
         for (int b = 0; b < nb; b++) {
             d->block_rank[d->nblocks] = r;
-            d->block_a[d->nblocks] = a[b];
-            d->block_k[d->nblocks] = k[b];
+            d->blocks[d->nblocks] = bk[b];
             d->block_local[d->nblocks] = b;
             d->nblocks++;
         }
     }
-    int top = 0;
-    while ((1 << top) < nmb) top++;
     d->nops = 0;
-    d->root = tree_eval(d, 0, top);
+    d->root = tree_ops(nmb, 0, tree_top(nmb), d->blocks, NULL, d->nblocks, d->op_l, d->op_r,
+                       &d->nops, d->cap);
     DM_CHECK(d->nreq == 0 && !d->recvs_posted, "gradient messages of the last step pending");
     for (int s = 0; s < d->nseg; s++) d->seg_done[s] = 0;
 }

@@ -78,12 +78,12 @@ static float fed_value(int b, int nmb, int j, long i, int swap) {
 }
 
 /* Node (a, k) of dist.h's tree over [0, nmb), parameter i, in float. */
-static float tree_node(const float *leaves, int nmb, int a, int k, long i) {
+static float node_value(const float *leaves, int nmb, int a, int k, long i) {
     if (k == 0) return leaves[(long)a * NPARAMS + i];
     int half = 1 << (k - 1);
-    float l = tree_node(leaves, nmb, a, k - 1, i);
+    float l = node_value(leaves, nmb, a, k - 1, i);
     if (a + half >= nmb) return l;
-    return l + tree_node(leaves, nmb, a + half, k - 1, i);
+    return l + node_value(leaves, nmb, a + half, k - 1, i);
 }
 
 static int depth_of(int nmb) {
@@ -127,7 +127,7 @@ static long check_batch(const float *got, const float *leaves, int b, int nmb, i
     long not_tree = 0, out_of_bound = 0, seq_differs = 0, worst = -1;
     double worst_ratio = 0.0;
     for (long i = 0; i < NPARAMS; i++) {
-        float want = tree_node(leaves, nmb, 0, dep, i), seq = 0.0f;
+        float want = node_value(leaves, nmb, 0, dep, i), seq = 0.0f;
         double exact = 0.0, abs_sum = 0.0;
         for (int j = 0; j < nmb; j++) {
             float v = leaves[(long)j * NPARAMS + i];
