@@ -656,18 +656,22 @@ def fig_sweep(path, out, written):
         ck = attr(f, "checkpoint", "")
     if len(rows) == 0:
         raise FigError(f"{path}: /rows is empty")
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    # A model without classes has no accuracy: the distance alone.
+    keys = [k for k in ("accuracy", "frechet_distance") if not np.isnan(rows[k]).all()]
+    names = {"accuracy": "judge accuracy", "frechet_distance": "Fréchet distance (judge features)"}
+    fig, axes = plt.subplots(1, len(keys), figsize=(5.5 * len(keys), 4.2), squeeze=False)
+    axes = list(axes[0])
     for s, sp in sorted({(r["sampler"], r["spacing"]) for r in rows}):
         sel = rows[(rows["sampler"] == s) & (rows["spacing"] == sp)]
         es = sorted(set(int(e) for e in sel["evaluations"]))
-        for ax, key in zip(axes, ("accuracy", "frechet_distance")):
+        for ax, key in zip(axes, keys):
             v = [sel[key][sel["evaluations"] == e] for e in es]
             m = [x.mean() for x in v]
             sd = [x.std(ddof=1) if len(x) > 1 else 0.0 for x in v]
             ax.errorbar(es, m, yerr=sd, marker="o", ms=4, capsize=3,
                         label=f"{s.decode()} ({sp.decode()})")
     ticks = sorted(set(int(e) for e in rows["evaluations"]))
-    for ax, name in zip(axes, ("judge accuracy", "Fréchet distance (judge features)")):
+    for ax, name in zip(axes, (names[k] for k in keys)):
         ax.set_xscale("log")
         ax.set_xticks(ticks)
         ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
@@ -675,9 +679,9 @@ def fig_sweep(path, out, written):
         ax.set_xlabel("network evaluations per image")
         ax.set_ylabel(name)
         ax.grid(True, which="both", alpha=0.3)
-    axes[1].set_yscale("log")
-    axes[1].yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
-    axes[1].yaxis.set_minor_formatter(matplotlib.ticker.ScalarFormatter())
+    axes[-1].set_yscale("log")
+    axes[-1].yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    axes[-1].yaxis.set_minor_formatter(matplotlib.ticker.ScalarFormatter())
     axes[0].legend(fontsize=8)
     fig.suptitle(f"Samplers of {os.path.basename(os.path.dirname(os.path.dirname(ck))) or ck}: "
                  f"mean ± sd over seeds, {int(rows['n'][0])} images a point")

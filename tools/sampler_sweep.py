@@ -88,6 +88,8 @@ def summary(rows):
         sel = rows[(rows["sampler"] == s) & (rows["spacing"] == sp) & (rows["evaluations"] == e)]
 
         def ms(x, d):
+            if np.isnan(x).all():  # accuracy of a model without classes
+                return "n/a"
             return f"{x.mean():.{d}f} ± {x.std(ddof=1):.{d}f}" if len(x) > 1 else f"{x[0]:.{d}f}"
         lines.append(f"| {s.decode()} | {sp.decode()} | {st} | {e} | {len(sel)} | "
                      f"{ms(sel['accuracy'], 3)} | {ms(sel['frechet_distance'], 2)} | "

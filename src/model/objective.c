@@ -160,7 +160,7 @@ static const dm_objective_def objectives[OBJ_COUNT] = {
                   .draw_time = ddpm_draw_time, .make = ddpm_make, .x0_hat = ddpm_x0,
                   /* docs/sampling.md, Defaults: the fewest steps that score
                    * within the course's 300 steps' spread */
-                  .sampler = SAMPLER_DDPM, .steps_time = DDPM_T, .steps_class = 10,
+                  .sampler = SAMPLER_DDPM, .steps_time = 10, .steps_class = 10,
                   .grid = ddpm_grid},
     [OBJ_FLOW] = {.name = "flow", .diffusion = 1, MSE, .time_mix = COND_MIX_MUL,
                   .draw_time = flow_draw_time, .make = flow_make, .x0_hat = flow_x0,

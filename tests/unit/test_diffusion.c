@@ -111,7 +111,8 @@ static void test_examples(void) {
     EXPECT(solver_steps(OBJ_FLOW, 1, 0) == 300, "flow class model samples with 300 steps");
     EXPECT(solver_steps(OBJ_DDPM, 1, 0) == 10,
            "a class DDPM samples with 10 steps (docs/sampling.md, Defaults)");
-    EXPECT(solver_steps(OBJ_DDPM, 0, 0) == 300, "a time DDPM samples with 300 steps");
+    EXPECT(solver_steps(OBJ_DDPM, 0, 0) == 10,
+           "a time DDPM samples with 10 steps (docs/sampling.md, Defaults)");
     EXPECT(solver_steps(OBJ_DDPM, 1, 20) == 20, "sample_steps wins over the default");
 }
 
