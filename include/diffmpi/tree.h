@@ -24,8 +24,9 @@
 #ifndef DIFFMPI_TREE_H
 #define DIFFMPI_TREE_H
 
-/* Stack depth that any range of at most 2^30 leaves needs. */
-#define TREE_MAX_DEPTH 32
+/* Stack depth that any range of at most 2^30 leaves needs (an unaligned
+ * range holds up to two blocks a level, and one leaf arrives). */
+#define TREE_MAX_DEPTH 64
 
 typedef struct {
     int a, k; /* covers [a, a + 2^k) */
