@@ -20,12 +20,13 @@ fi
 # libdnnl-dev: oneDNN 2.6, the onednn engine and precision = bf16 (gemm.h).
 # iproute2 vde2: the namespace hosts of the multi-host tests and
 # tools/scaling.py (tools/nshosts.py: veth links shaped by tc tbf, or VDE
-# wires with delay and loss, as this kernel has no netem).
+# wires with delay and loss, as this kernel has no netem); python3-mpi4py:
+# scaling.py's MPI ping-pong over those links.
 PKGS=(cmake make gcc pkg-config libopenmpi-dev openmpi-bin libopenblas-dev
       libhdf5-dev libpng-dev libinih-dev librandom123-dev libdnnl-dev
       python3 python3-h5py python3-numpy python3-matplotlib
       python3-torch python3-scipy
-      slurmd slurmctld slurm-client iproute2 vde2)
+      slurmd slurmctld slurm-client iproute2 vde2 python3-mpi4py)
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
