@@ -13,6 +13,9 @@ images to their noise and back, and walk between two noises.
    10 pairs) two noises drawn from --seed, and --cols noises between them
    on the great circle (spherical interpolation, norms kept), sampled with
    the largest number of steps into DIR/interpolation.h5.
+   The table is written after every number of steps; a later run into the
+   same DIR for the same checkpoint, digits and guidance keeps its rows
+   (and their redrawn digits) instead of measuring them again.
 
 `tools/figures.py --inversion DIR --out FIGDIR` draws both. Prints the
 reconstruction table as Markdown (docs/sampling.md).
@@ -60,6 +63,33 @@ def slerp(a, b, w):
     return (np.sin((1 - w) * om) * a + np.sin(w * om) * b) / np.sin(om)
 
 
+def write_table(path, rows, a):
+    """The table so far, replacing the file whole (a run stopped between step
+    counts keeps what it measured; --steps again reuses those rows)."""
+    tmp = path + ".tmp"
+    with h5py.File(tmp, "w") as f:
+        f["rows"] = np.array(sorted(rows, key=lambda r: r[0]), ROW)
+        f.attrs["checkpoint"] = a.checkpoint
+        f.attrs["n"] = a.n
+        f.attrs["guidance"] = np.nan if a.guidance is None else a.guidance
+        f.attrs["largest_steps"] = max(r[0] for r in rows)
+    os.replace(tmp, path)
+
+
+def earlier_rows(path, a):
+    """Rows of an earlier run into the same DIR for the same checkpoint,
+    digits and guidance: {steps: row}."""
+    try:
+        with h5py.File(path, "r") as f:
+            same = (f.attrs.get("checkpoint") == a.checkpoint and f.attrs.get("n") == a.n and
+                    np.array_equal(f.attrs.get("guidance", np.nan),
+                                   np.nan if a.guidance is None else a.guidance,
+                                   equal_nan=True))
+            return {int(r["steps"]): tuple(r) for r in f["rows"][()]} if same else {}
+    except (OSError, KeyError):
+        return {}
+
+
 def main():
     ap = argparse.ArgumentParser(prog="inversion.py", description=__doc__.split("\n\n")[0])
     ap.add_argument("checkpoint")
@@ -86,9 +116,16 @@ def main():
     with h5py.File(digits, "w") as f:
         f["images"], f["labels"] = img, lab
     g = [] if a.guidance is None else ["--guidance", a.guidance]
+    table = os.path.join(a.out, "inversion.h5")
+    kept = earlier_rows(table, a)
     rows = []
     for s in steps:
         inv, red = (os.path.join(a.out, f"{k}-{s}.h5") for k in ("reconstruct", "redrawn"))
+        if s in kept and os.path.exists(inv) and os.path.exists(red):
+            rows.append(kept[s])
+            print(f"{s} steps: kept from {table} (reconstruction MSE {kept[s][2]:.3g})",
+                  flush=True)
+            continue
         t = seconds(run("inversion", a.bin, a.np, ["invert", "--checkpoint", a.checkpoint,
                                                      "--input", digits, "--output", inv,
                                                      "--steps", s] + g))
@@ -103,13 +140,12 @@ def main():
         rows.append((s, a.n, mse.mean(), np.median(mse), np.percentile(mse, 90), t))
         print(f"{s} steps: reconstruction MSE {mse.mean():.3g} (median {np.median(mse):.3g}),"
               f" {t:.1f} s", flush=True)
-    with h5py.File(os.path.join(a.out, "inversion.h5"), "w") as f:
-        f["rows"] = np.array(rows, ROW)
-        f.attrs["checkpoint"] = a.checkpoint
-        f.attrs["largest_steps"] = max(steps)
+        kept[s] = rows[-1]
+        write_table(table, list(kept.values()), a)
     # Interpolation between two noises per row, sampled with the most steps.
     with h5py.File(os.path.join(a.out, f"reconstruct-{max(steps)}.h5"), "r") as f:
         cls = bool(np.any(f["labels"][()] >= 0))
+        smp = ["--sampler", f.attrs["sampler"]]
     rng = np.random.default_rng(a.seed)
     noise, labels = [], []
     for r in range(10):

@@ -228,6 +228,18 @@ if r.returncode == 0:
         check(f["images"].shape == (30, 28, 28) and
               list(f["labels"][()]) == [d for d in range(10) for _ in range(3)],
               "interpolation: 10 rows (digits) of 3")
+    # Again into the same DIR with one more step count: the rows measured
+    # are kept (not redrawn), the new one measured, the table in order.
+    r = subprocess.run(["/usr/bin/python3", os.path.join(SRC, "tools", "inversion.py"),
+                        ck["ddpm"], "--out", inv, "--n", "12", "--steps", "2,4,6", "--cols", "3",
+                        "--bin", BIN, "--data", os.path.join(SRC, "data", "mnist")],
+                       capture_output=True, text=True, timeout=600)
+    with h5py.File(os.path.join(inv, "inversion.h5"), "r") as f:
+        again = f["rows"][()]
+    check(r.returncode == 0 and "2 steps: kept" in r.stdout and "6 steps: kept" in r.stdout
+          and "4 steps: reconstruction MSE" in r.stdout and list(again["steps"]) == [2, 4, 6]
+          and again["mse_mean"][2] == rows["mse_mean"][1],
+          f"inversion.py again: 2 and 6 kept, 4 measured ({r.stdout[:400]!r} {list(again['steps'])} {r.stderr[-200:]})")
     figs = os.path.join(base, "invfigs")
     r = subprocess.run(["/usr/bin/python3", os.path.join(SRC, "tools", "figures.py"),
                         "--inversion", inv, "--out", figs], capture_output=True, text=True)
