@@ -31,7 +31,8 @@ import time
 NET = "198.18.0.0/24"
 
 
-def _sh(*args, check=True):
+def sh(*args, check=True):
+    """Run a command (30 s at most); raise RuntimeError with its stderr on failure."""
     r = subprocess.run(list(args), capture_output=True, text=True, timeout=30)
     if check and r.returncode != 0:
         raise RuntimeError(f"{' '.join(args)}: {r.stderr.strip()}")
@@ -72,16 +73,16 @@ class Hosts:
 
     def up(self):
         for ns in self.ns:
-            _sh("ip", "netns", "add", ns)
+            sh("ip", "netns", "add", ns)
             self.made.append(ns)
-            _sh("ip", "-n", ns, "link", "set", "lo", "up")
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
         if self.link == "veth":
             self._veth()
         else:
             self._wire()
         for ns, a in zip(self.ns, self.addrs):
-            _sh("ip", "-n", ns, "addr", "add", f"{a}/24", "dev", "eth0")
-            _sh("ip", "-n", ns, "link", "set", "eth0", "up")
+            sh("ip", "-n", ns, "addr", "add", f"{a}/24", "dev", "eth0")
+            sh("ip", "-n", ns, "link", "set", "eth0", "up")
         # The launcher agent: "AGENT HOST COMMAND..." runs COMMAND on HOST,
         # that is inside its namespace, under its hostname.
         cases = "".join(f"  {a}) ns={ns}; name={n} ;;\n"
@@ -94,15 +95,15 @@ class Hosts:
         self._wait_reachable()
 
     def _veth(self):
-        _sh("ip", "netns", "add", self.switch)
+        sh("ip", "netns", "add", self.switch)
         self.made.insert(0, self.switch)
-        _sh("ip", "-n", self.switch, "link", "add", "br0", "type", "bridge")
-        _sh("ip", "-n", self.switch, "link", "set", "br0", "up")
+        sh("ip", "-n", self.switch, "link", "add", "br0", "type", "bridge")
+        sh("ip", "-n", self.switch, "link", "set", "br0", "up")
         for i, ns in enumerate(self.ns):
-            _sh("ip", "link", "add", "eth0", "netns", ns, "type", "veth", "peer", "name",
+            sh("ip", "link", "add", "eth0", "netns", ns, "type", "veth", "peer", "name",
                 f"p{i}", "netns", self.switch)
-            _sh("ip", "-n", self.switch, "link", "set", f"p{i}", "master", "br0")
-            _sh("ip", "-n", self.switch, "link", "set", f"p{i}", "up")
+            sh("ip", "-n", self.switch, "link", "set", f"p{i}", "master", "br0")
+            sh("ip", "-n", self.switch, "link", "set", f"p{i}", "up")
             if self.rate_gbit:
                 # A token bucket each way: the host's sends on eth0, its
                 # receives on the switch's port. Burst: 1 ms at the rate
@@ -110,14 +111,14 @@ class Hosts:
                 burst = max(65536, int(self.rate_gbit * 1e9 / 8 / 1000))
                 tbf = ["tbf", "rate", f"{self.rate_gbit}gbit", "burst", str(burst),
                        "latency", "50ms"]
-                _sh("ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", "eth0", "root", *tbf)
-                _sh("ip", "netns", "exec", self.switch, "tc", "qdisc", "add", "dev", f"p{i}",
+                sh("ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", "eth0", "root", *tbf)
+                sh("ip", "netns", "exec", self.switch, "tc", "qdisc", "add", "dev", f"p{i}",
                     "root", *tbf)
 
     def _daemon(self, cmd, pidfile, ns=None):
         pre = ["ip", "netns", "exec", ns] if ns else []
         self.pidfiles.append(pidfile)
-        _sh(*pre, *cmd)
+        sh(*pre, *cmd)
         t0 = time.time()
         while not os.path.exists(pidfile) and time.time() - t0 < 5:
             time.sleep(0.02)
@@ -132,7 +133,7 @@ class Hosts:
             self._daemon(["vde_plug2tap", "-s", sw, "-d", "-P", sw + ".tap.pid", "eth0"],
                          sw + ".tap.pid", ns)
             t0 = time.time()
-            while _sh("ip", "-n", ns, "link", "show", "eth0", check=False).returncode:
+            while sh("ip", "-n", ns, "link", "show", "eth0", check=False).returncode:
                 if time.time() - t0 > 5:
                     raise RuntimeError(f"vde_plug2tap made no eth0 in {ns}")
                 time.sleep(0.02)
@@ -178,7 +179,7 @@ class Hosts:
                 pass
         for ns in reversed(self.made):
             # what is left inside (an orted, a rank) goes with it
-            pids = _sh("ip", "netns", "pids", ns, check=False).stdout.split()
+            pids = sh("ip", "netns", "pids", ns, check=False).stdout.split()
             for pid in pids:
                 try:
                     os.kill(int(pid), signal.SIGKILL)

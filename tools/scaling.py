@@ -144,22 +144,19 @@ def step_time(c, nodes, cores, net, rpn=1):
     nmb = c["nmb"]
     P = min(nodes * rpn, nmb)
     tpr = max(1, cores // rpn)
-    worst = (0, 0, 1, 1)
+    worst, worst_T, workers = 0.0, 1, 0
     for r in range(P):
         lo, hi = dist_range(nmb, P, r)
         T = min(tpr, hi - lo)
-        k = math.ceil((hi - lo) / T)
-        t = k * c["t_mb"] + c["t_fix"] / min(T, FIX_THREADS) \
+        workers += T
+        t = math.ceil((hi - lo) / T) * c["t_mb"] + c["t_fix"] / min(T, FIX_THREADS) \
             + (T - 1) * 12.0 * c["params"] / NODE_BW
-        if t > worst[0]:
-            worst = (t, 0, T, hi - lo)
-    alpha, beta = NETWORKS[net] if isinstance(net, str) else net
+        if t > worst:
+            worst, worst_T = t, T
+    alpha, bw = NETWORKS[net] if isinstance(net, str) else net
     share = min(rpn, P)  # ranks behind one node's link
-    t = worst[0] + net_time(P, alpha, 1.0 / (beta / share), c["gathers"], c["gather_bytes"],
-                            c["params"], nmb)
-    workers = sum(min(tpr, dist_range(nmb, P, r)[1] - dist_range(nmb, P, r)[0])
-                  for r in range(P))
-    return t, workers, P, worst[2]
+    t = worst + net_time(P, alpha, share / bw, c["gathers"], c["gather_bytes"], c["params"], nmb)
+    return t, workers, P, worst_T
 
 
 # ---- measuring ---------------------------------------------------------------

@@ -1,6 +1,6 @@
 /* tree.h: the fixed binary tree that sums n leaves in the same order
  * whoever adds them (the weight gradients over a batch's micro-batches,
- * dist.h; over the image groups of a micro-batch).
+ * dist.h).
  *
  * Node (a, k) covers leaves [a, a + 2^k) and is the sum of its halves
  * (a, k-1) + (a + 2^(k-1), k-1), left plus right; a node whose right half
@@ -46,8 +46,9 @@ int tree_fold(int lo, int hi, tree_node *blocks, int *slot, int *merges, int *ma
 /* The additions that build node (a, k) of the tree over n leaves from the
  * nodes in have[0..nhave) (whose values have ids id[]): appended to
  * op_l/op_r as `value[op_l] += value[op_r]` (ids; id NULL: the indices
- * into have), *nops advanced, at most cap in all; returns the id that holds the node's value. Every leaf of
- * the node below n must lie in some node of have (else DM_CHECK fails). */
+ * into have), *nops advanced, at most cap in all; returns the id that
+ * holds the node's value. Every leaf of the node below n must lie in some
+ * node of have (else DM_CHECK fails). */
 int tree_ops(int n, int a, int k, const tree_node *have, const int *id, int nhave, int *op_l,
              int *op_r, int *nops, int cap);
 

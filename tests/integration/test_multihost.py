@@ -32,20 +32,13 @@ from common import BIN, SRC, TINY, check, compare_h5, finish, tmpdir, train
 from slurm import _instance_processes, _kill_all
 
 sys.path.insert(0, os.path.join(SRC, "tools"))
-from nshosts import Hosts  # noqa: E402
+from nshosts import Hosts, sh  # noqa: E402
 
 SKIP = 77
 tag = f"dm{os.getpid() % 100000}"
 H = Hosts(3, tag=tag)
 HOSTS = list(zip(H.names, H.ns, H.addrs))
 base = tmpdir()
-
-
-def sh(*args, check_rc=True):
-    r = subprocess.run(list(args), capture_output=True, text=True, timeout=30)
-    if check_rc and r.returncode != 0:
-        raise RuntimeError(f"{' '.join(args)}: {r.stderr.strip()}")
-    return r
 
 
 def launch_cmd(n, args, hosts=H, prog=BIN):
