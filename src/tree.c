@@ -32,6 +32,16 @@ int tree_fold(int lo, int hi, tree_node *blocks, int *slot, int *merges, int *ma
     return depth;
 }
 
+int tree_nblocks(int lo, int hi) {
+    int n = 0;
+    for (int a = lo; a < hi; n++) {
+        int k = 0;
+        while (a % (2 << k) == 0 && a + (2 << k) <= hi) k++;
+        a += 1 << k;
+    }
+    return n;
+}
+
 int tree_ops(int n, int a, int k, const tree_node *have, const int *id, int nhave, int *op_l,
              int *op_r, int *nops, int cap) {
     for (int b = 0; b < nhave; b++)

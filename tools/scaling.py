@@ -19,16 +19,21 @@ and efficiency for 1-16 nodes of 32-128 cores over 25 GbE, 100 GbE and HDR
 InfiniBand, one rank per node with a thread per core (and, for comparison,
 one rank per core).
 
-The model of one training step on P ranks, busiest worker:
+The model of one training step on P ranks in nodes of ppn, busiest worker:
   compute   k micro-batches x t_mb   (k = its share of the batch's micro-batches)
   fixed     the optimizer and EMA, t_fix / min(T, 8) on T threads (memory-bound)
   combine   the threads' gradient blocks into the rank's: (T - 1) x 12 G / node bandwidth
+  node      (node-aware, ppn > 1) the node's ranks' blocks through memory:
+            ppn x (5 sent_node + 2 gathered_node) / node bandwidth
   network   g gathers x (ceil(log2 P) alpha + s beta)          BatchNorm sums, losses
-            + alpha + sent x beta                              gradient slices sent
-            + (P-1) alpha + gathered x beta                    gradient allgather
-with sent and gathered the busiest rank's bytes (traffic(): about
-blocks x 4 G (P-1)/P and 4 G (P-1)/P for G parameters; bench prints both
-and integration.scaling checks them), g and s from bench's traffic line. No overlap of the sends with backward is assumed.
+            + alpha + sent x beta                              node blocks along the rail
+            + (nodes-1) alpha + gathered x beta                the rail's allgather
+with sent, gathered, sent_node and gathered_node the busiest rank's bytes
+(traffic(); flat: about blocks x 4 G (P-1)/P and 4 G (P-1)/P for G
+parameters; node-aware: a node's rails together send its blocks once);
+beta is one rank's share of its node's link; bench prints all four and
+integration.bench checks them; g and s come from bench's traffic line. No
+overlap of the sends with backward is assumed.
 """
 import argparse
 import json
@@ -75,12 +80,15 @@ def parse_bench(text):
     for name, key in (("optimizer", "opt"), ("communication", "comm"), ("waiting", "wait")):
         m = re.search(rf"^\s+{name}\s+([\d.]+) s", text, re.M)
         r[key] = float(m[1]) / r["steps"] if m else 0.0
-    m = re.search(r"traffic per step: ([\d.]+) gathers of ([\d.]+) bytes.*?gradient: ([\d.]+) "
-                  r"messages, ([\d.]+) bytes sent, ([\d.]+) bytes allgathered.*?; (\d+) param",
-                  text, re.S)
+    m = re.search(r"traffic per step: ([\d.]+) gathers of ([\d.]+) bytes.*?gradient between "
+                  r"nodes: ([\d.]+) messages, ([\d.]+) bytes sent, ([\d.]+) bytes allgathered.*?"
+                  r"within nodes: ([\d.]+) messages, ([\d.]+) bytes sent, ([\d.]+) bytes "
+                  r"allgathered.*?; (\d+) param.*?; (\d+) node\(s\) x (\d+) rank", text, re.S)
     if m:
         r.update(gathers=float(m[1]), gather_bytes=float(m[2]), msgs=float(m[3]),
-                 sent=float(m[4]), allgathered=float(m[5]), params=int(m[6]))
+                 sent=float(m[4]), allgathered=float(m[5]), msgs_node=float(m[6]),
+                 sent_node=float(m[7]), allgathered_node=float(m[8]), params=int(m[9]),
+                 nodes=int(m[10]), node_ranks=int(m[11]))
     m = re.search(r"model: .*?micro_batch (\d+)", text)
     r["micro_batch"] = int(m[1]) if m else 0
     m = re.search(r"convolution products: (.*)", text)
@@ -115,32 +123,67 @@ def blocks(lo, hi):
     return n
 
 
-def traffic(P, nmb, params):
-    """Bytes per step that the busiest rank sends in gradient messages and
-    that the busiest rank's allgather brings in (src/dist/dist.c: each of a
-    rank's blocks goes to every other rank's slice of the parameters; the
-    finished slices are allgathered). `bench` prints both."""
-    def slice_len(r):
-        return params * (r + 1) // P - params * r // P
-    sent = max(blocks(*dist_range(nmb, P, r)) * (params - slice_len(r)) for r in range(P))
-    gathered = max(params - slice_len(r) for r in range(P))
-    return 4 * sent, 4 * gathered
+def part(n, size, r):
+    """Member r's part of n things cut over size members (dist.c's part_of)."""
+    return n * r // size, n * (r + 1) // size - n * r // size
 
 
-def net_time(P, alpha, beta, gathers, gather_bytes, params, nmb):
-    """Seconds of network per step for P ranks (beta: seconds per byte)."""
+def traffic(P, nmb, params, ppn=1):
+    """Bytes per step of the gradient exchange (src/dist/dist.c) on P ranks
+    in nodes of ppn consecutive ranks (ppn = 1: flat): between nodes, what
+    the busiest rank sends (its node's blocks to the other nodes' parts of
+    its slice, along its rail) and what the rail's allgather brings it;
+    within nodes, what the busiest rank sends (its blocks to the node's
+    other slices) and what the node's allgather brings it. `bench` prints
+    all four: (sent, gathered, sent_node, gathered_node)."""
+    nn = P // ppn
+    sent = gathered = sent0 = gathered0 = 0
+    for r in range(P):
+        node, i = divmod(r, ppn)
+        s_off, s_len = part(params, ppn, i)
+        nb_rank = blocks(*dist_range(nmb, P, r))
+        nb_node = blocks(dist_range(nmb, P, node * ppn)[0], dist_range(nmb, P, node * ppn + ppn - 1)[1])
+        own = part(s_len, nn, node)[1]
+        if nn > 1:
+            sent = max(sent, nb_node * (s_len - own))
+            gathered = max(gathered, s_len - own)
+        if ppn > 1:
+            sent0 = max(sent0, nb_rank * (params - s_len))
+            gathered0 = max(gathered0, params - s_len)
+    return 4 * sent, 4 * gathered, 4 * sent0, 4 * gathered0
+
+
+def net_time(P, alpha, beta, gathers, gather_bytes, params, nmb, ppn=1):
+    """Seconds of network per step for P ranks in nodes of ppn (beta:
+    seconds per byte of one rank's share of its node's link)."""
     if P == 1:
         return 0.0
-    sent, gathered = traffic(P, nmb, params)
+    nn = P // ppn
     small = gathers * (math.ceil(math.log2(P)) * alpha + gather_bytes * beta)
-    return small + alpha + sent * beta + (P - 1) * alpha + gathered * beta
+    if nn == 1:
+        return small
+    sent, gathered = traffic(P, nmb, params, ppn)[:2]
+    return small + alpha + sent * beta + (nn - 1) * alpha + gathered * beta
 
 
-def step_time(c, nodes, cores, net, rpn=1):
+def node_time(P, nmb, params, ppn):
+    """Seconds per step of the exchange within a node (node-aware): the
+    node's ranks copy their blocks' slices through memory (read and write),
+    add what they received (read two, write one) and copy the allgathered
+    slices, all at the node's memory bandwidth."""
+    if ppn == 1:
+        return 0.0
+    sent0, gathered0 = traffic(P, nmb, params, ppn)[2:]
+    return ppn * (5 * sent0 + 2 * gathered0) / NODE_BW
+
+
+def step_time(c, nodes, cores, net, rpn=1, node_aware=True):
     """One step of config figures c on `nodes` nodes of `cores` cores, rpn
     ranks per node of cores / rpn threads: (seconds, workers used, ranks,
-    threads). Every rank sends its own blocks (no node-aware reduction), so
-    a node's link carries rpn ranks' traffic."""
+    threads). Node-aware (where every node has rpn ranks): the node's ranks
+    combine through memory and the node's link carries one copy of its
+    blocks; flat: every rank sends its own blocks, rpn ranks behind one
+    link."""
     nmb = c["nmb"]
     P = min(nodes * rpn, nmb)
     tpr = max(1, cores // rpn)
@@ -154,8 +197,10 @@ def step_time(c, nodes, cores, net, rpn=1):
         if t > worst:
             worst, worst_T = t, T
     alpha, bw = NETWORKS[net] if isinstance(net, str) else net
-    share = min(rpn, P)  # ranks behind one node's link
-    t = worst + net_time(P, alpha, share / bw, c["gathers"], c["gather_bytes"], c["params"], nmb)
+    share = min(rpn, P)  # ranks (flat) or rails (node-aware) behind one node's link
+    ppn = rpn if node_aware and rpn > 1 and P % rpn == 0 else 1
+    t = worst + net_time(P, alpha, share / bw, c["gathers"], c["gather_bytes"], c["params"], nmb,
+                         ppn) + node_time(P, nmb, c["params"], ppn)
     return t, workers, P, worst_T
 
 
@@ -317,10 +362,12 @@ def cmd_predict(a):
               f"{t * 1e3:.0f} ms per step, {20 * spe * t / 60:.1f} min of training steps, "
               f"efficiency {100 * r['step'] / (t * w):.0f} %")
         if key.endswith("mb1"):
-            t, w, P, T = step_time(r, 2, 64, "100 GbE", rpn=64)
-            print(f"- micro_batch 1, one rank per core instead (each sends its own gradient "
-                  f"blocks): {P} ranks, {t * 1e3:.0f} ms per step, "
-                  f"{20 * spe * t / 60:.1f} min, efficiency {100 * r['step'] / (t * w):.0f} %")
+            for aware, how in ((True, "node-aware: a node's ranks combine through memory"),
+                               (False, "flat: each rank sends its own gradient blocks")):
+                t, w, P, T = step_time(r, 2, 64, "100 GbE", rpn=64, node_aware=aware)
+                print(f"- micro_batch 1, one rank per core instead ({how}): {P} ranks, "
+                      f"{t * 1e3:.0f} ms per step, {20 * spe * t / 60:.1f} min, "
+                      f"efficiency {100 * r['step'] / (t * w):.0f} %")
 
 
 def main():

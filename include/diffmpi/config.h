@@ -30,6 +30,7 @@
 typedef enum { CONDITIONING_NONE, CONDITIONING_TIME, CONDITIONING_CLASS } dm_conditioning;
 typedef enum { LR_NONE, LR_EXP } dm_lr_decay;
 typedef enum { BN_GLOBAL, BN_RANK } dm_bn_sync;
+typedef enum { REDUCTION_NODE, REDUCTION_FLAT } dm_reduction;
 typedef enum { CONV_IM2COL, CONV_WINOGRAD, CONV_AUTO } dm_conv_algo;
 
 typedef struct {
@@ -59,6 +60,7 @@ typedef struct {
     int winograd_min_width;     /* Winograd for images at least this wide */
     int winograd4_min_width;    /* ... by F(4x4,3x3) from this width (0: none) */
     dm_bn_sync bn_sync;         /* bn_sync = global|rank */
+    dm_reduction reduction;     /* reduction = node|flat: where gradients meet */
     double log_every;           /* log_every > 0: seconds between progress
                                    lines when stdout is not a terminal */
     double p_uncond;            /* p_uncond in [0,1] (class models) */

@@ -16,6 +16,23 @@
  *    there and the slices are allgathered. Float addition is commutative, so
  *    the tree shape alone fixes every rounding.
  *
+ * Node-aware (dist_init's node_aware; the `reduction` key): the ranks that
+ * share a node (MPI_Comm_split_type shared) hold consecutive ranges of
+ * micro-batches, so their blocks combine into the blocks of the node's range.
+ * The exchange then runs in two levels over the same tree:
+ *  1. within a node: local rank i owns slice i of the parameters, receives
+ *     the node's ranks' blocks for it (shared memory) and builds the node's
+ *     blocks there;
+ *  2. between nodes, on rails (local rank i of every node): rank i of node n
+ *     owns part n of slice i, receives every node's blocks for it, finishes
+ *     the tree; the parts are allgathered along the rail, the slices within
+ *     the node.
+ * So a node sends its own blocks (one when its range is aligned) and
+ * receives the rest of the gradient once, whatever its core count. The
+ * additions are the tree's, only done elsewhere: the same bits as flat (one
+ * level, every rank its own node), which is also what runs when the nodes'
+ * ranks are not consecutive or not as many on every node.
+ *
  * Overlap: the parameters are cut into segments (one per layer, in
  * dist_set_segments). When backward hands in the last local leaf of a
  * segment, that segment of the rank's blocks is final, and it is sent at
@@ -25,7 +42,7 @@
  * only waits, runs the fixed tree and allgathers: the same sums, earlier.
  *
  *   dm_dist d;
- *   dist_init(&d, comm, nparams, max_nmb, max_channels, rank_local_bn);
+ *   dist_init(&d, comm, nparams, max_nmb, max_channels, rank_local_bn, 1);
  *   dist_set_segments(&d, nseg, seg_off, seg_len); // optional: overlap
  *   dist_set_batch(&d, nmb);                // per step
  *   ... unet_forward(..., dist_combine, &d) ...
@@ -40,6 +57,35 @@
 #include "diffmpi/tree.h"
 
 #define DIST_MAX_SLOTS 40
+
+/* One level of the exchange: each member of comm holds some blocks (nodes
+ * of the tree) over the parameters [base, base + len); each member
+ * receives every member's blocks on its own part of those and builds the
+ * level's outputs there. */
+typedef struct {
+    MPI_Comm comm;
+    int rank, size;
+    long base, len;         /* the parameters of this level */
+    long part, part_len;    /* this member's: [part, part + part_len) */
+    int max_in;             /* bound on any member's blocks */
+    int nin;                /* every member's blocks, in member order */
+    int *in_member, *in_local;
+    tree_node *in;
+    int nmine;              /* this member's blocks, */
+    float **mine;           /* [max_in] their values (element 0 = parameter base) */
+    int nout;               /* the outputs: nodes built from in[] on the part */
+    tree_node *out;
+    int *out_id;            /* [nout] index into ptr of each output */
+    int nops, cap;
+    int *op_l, *op_r;       /* ptr[l] += ptr[r] on the part */
+    float *recv;            /* other members' blocks on the part */
+    float **ptr;            /* [nin] every block's value at `part` */
+    MPI_Request *req;       /* receives (segment by segment), then sends */
+    int nreq, max_req;
+    int *seg_lo, *seg_hi;   /* [nseg] the receives of each segment */
+    long n_msgs, msg_floats, allgather_floats; /* traffic since zeroed */
+    long sent_early, sent_late; /* segments sent during / after backward */
+} dist_level;
 
 typedef struct {
     MPI_Comm comm;
@@ -62,34 +108,32 @@ typedef struct {
     int *local_op_l, *local_op_r;
     tree_node *thread_bk;   /* [nthreads*nslots] the threads' blocks */
     int *thread_slot;       /* and the slot holding each */
-    /* global blocks (rank order) and the tree's evaluation ops */
-    int nblocks;
-    int *block_rank;        /* [nblocks] */
-    tree_node *blocks;      /* [nblocks] */
-    int *block_local;       /* [nblocks]: its index among its rank's (message tags) */
-    int nops;
-    int *op_l, *op_r;       /* block index pairs: value[l] += value[r] */
-    int cap;                /* bound on blocks and ops */
-    int root;
-    float *recv;            /* remote blocks' values for my slice */
-    float **ptr;            /* [nblocks] */
-    MPI_Request *reqs;
-    int nreq, max_req;
+    /* the exchange: level 0 within a node, level 1 between nodes (a
+     * rail); flat: every rank its own node */
+    int nodes, node_ranks;  /* nodes x ranks per node */
+    int node_aware;         /* 1: two levels; 0: flat */
+    const char *flat_why;   /* asked for node-aware but flat: why ("" else) */
+    dist_level lv[2];
     /* segments: a partition of the parameters sent as each completes */
     int nseg;
     long *seg_off, *seg_len, *seg_done; /* [nseg]; done: floats finished */
+    int *seg_state;         /* [nseg] 0 open, 1 sent within the node, 2 between nodes */
     int recvs_posted;
-    long sent_early, sent_late; /* segments sent during / after backward */
     /* traffic of this rank since the counters were zeroed (bench reads
      * them for tools/scaling.py's network model): collectives over the
      * micro-batches' small sums (BatchNorm statistics, losses) and the
-     * doubles they gathered; gradient messages sent and their floats; the
-     * floats the gradient allgather brought in */
-    long n_small, small_doubles, n_msgs, msg_floats, allgather_floats;
+     * doubles they gathered; the gradient's in lv[] */
+    long n_small, small_doubles;
 } dm_dist;
 
+/* Collective over comm. node_aware: the two-level exchange where the
+ * layout allows it (else flat, d->flat_why says why);
+ * DIFFMPI_TEST_NODE_RANKS=k makes nodes of k consecutive ranks (tests). */
 void dist_init(dm_dist *d, MPI_Comm comm, long nparams, int max_nmb,
-               int max_width, int rank_local_bn);
+               int max_width, int rank_local_bn, int node_aware);
+/* Zero the traffic counters (bench). */
+void dist_zero_counters(dm_dist *d);
+/* Also on a zeroed dm_dist that dist_init never saw. */
 void dist_free(dm_dist *d);
 /* Micro-batches this rank may own at most when a full batch has nmb. */
 int dist_max_local(int nmb, int size);

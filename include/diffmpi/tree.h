@@ -43,6 +43,10 @@ int tree_top(int n);
  * most entries the stack held at once. */
 int tree_fold(int lo, int hi, tree_node *blocks, int *slot, int *merges, int *maxdepth);
 
+/* The blocks tree_fold(lo, hi, ...) leaves, counted in O(log^2) steps: the
+ * largest aligned nodes that tile [lo, hi) from the left. */
+int tree_nblocks(int lo, int hi);
+
 /* The additions that build node (a, k) of the tree over n leaves from the
  * nodes in have[0..nhave) (whose values have ids id[]): appended to
  * op_l/op_r as `value[op_l] += value[op_r]` (ids; id NULL: the indices

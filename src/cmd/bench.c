@@ -96,8 +96,7 @@ static double bench_timed(dm_trainer *t, int steps, int sample, int profiled) {
     MPI_Barrier(MPI_COMM_WORLD);
     prof_reset();
     dm_dist *d = &t->dist;
-    d->sent_early = d->sent_late = 0;
-    d->n_small = d->small_doubles = d->n_msgs = d->msg_floats = d->allgather_floats = 0;
+    dist_zero_counters(d);
     prof_enable(profiled);
     double t0 = dm_now();
     if (sample) {
@@ -127,11 +126,16 @@ static void bench_report(const dm_trainer *t, int steps, int sample, double secs
     double mine = dm_peak_rss_mib(), mem = 0;
     MPI_Reduce(&mine, &mem, 1, MPI_DOUBLE, MPI_MAX, 0, MPI_COMM_WORLD);
     const dm_dist *d = &t->dist;
-    long sent[2] = {d->sent_early, d->sent_late}, sent_all[2] = {0, 0};
-    MPI_Reduce(sent, sent_all, 2, MPI_LONG, MPI_SUM, 0, MPI_COMM_WORLD);
+    /* segments sent early and late, between nodes (level 1) and within */
+    const dist_level *l1 = &d->lv[1], *l0 = &d->lv[0];
+    long sent[4] = {l1->sent_early, l1->sent_late, l0->sent_early, l0->sent_late};
+    long sent_all[4] = {0, 0, 0, 0};
+    MPI_Reduce(sent, sent_all, 4, MPI_LONG, MPI_SUM, 0, MPI_COMM_WORLD);
     /* rank 0's traffic per step; the gradient's is the largest rank's */
-    long tr[3] = {d->n_msgs, d->msg_floats, d->allgather_floats}, tr_max[3] = {0, 0, 0};
-    MPI_Reduce(tr, tr_max, 3, MPI_LONG, MPI_MAX, 0, MPI_COMM_WORLD);
+    long tr[6] = {l1->n_msgs, l1->msg_floats, l1->allgather_floats,
+                  l0->n_msgs, l0->msg_floats, l0->allgather_floats};
+    long tr_max[6] = {0, 0, 0, 0, 0, 0};
+    MPI_Reduce(tr, tr_max, 6, MPI_LONG, MPI_MAX, 0, MPI_COMM_WORLD);
     if (t->rank != 0) return;
     int rows = sample && c->conditioning == CONDITIONING_CLASS && c->guidance != 1.0 ? 2 : 1;
     sampler_request q;
@@ -178,14 +182,18 @@ static void bench_report(const dm_trainer *t, int steps, int sample, double secs
         /* for tools/scaling.py: what one step moves over the network */
         double ps = steps > 0 ? steps : 1;
         printf("  traffic per step: %.1f gathers of %.0f bytes (BatchNorm sums, losses); "
-               "gradient: %.1f messages, %.0f bytes sent, %.0f bytes allgathered (largest "
-               "rank); %ld parameters\n",
+               "gradient between nodes: %.1f messages, %.0f bytes sent, %.0f bytes "
+               "allgathered (largest rank); within nodes: %.1f messages, %.0f bytes sent, "
+               "%.0f bytes allgathered (largest rank); %ld parameters; %d node(s) x %d "
+               "rank(s)\n",
                d->n_small / ps, d->n_small ? 8.0 * d->small_doubles / d->n_small : 0.0,
-               tr_max[0] / ps, 4.0 * tr_max[1] / ps, 4.0 * tr_max[2] / ps, d->nparams);
+               tr_max[0] / ps, 4.0 * tr_max[1] / ps, 4.0 * tr_max[2] / ps, tr_max[3] / ps,
+               4.0 * tr_max[4] / ps, 4.0 * tr_max[5] / ps, d->nparams, d->nodes,
+               d->node_ranks);
+        printf("  gradient segments sent while backward ran: between nodes %ld of %ld; "
+               "within nodes %ld of %ld\n", sent_all[0], sent_all[0] + sent_all[1],
+               sent_all[2], sent_all[2] + sent_all[3]);
     }
-    if (!sample && t->size > 1)
-        printf("  gradient segments sent while backward ran: %ld of %ld\n", sent_all[0],
-               sent_all[0] + sent_all[1]);
     printf("  peak memory per rank: %.0f MiB (largest rank)\n", mem);
 }
 

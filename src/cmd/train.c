@@ -817,7 +817,7 @@ dm_status trainer_setup(dm_trainer *t, const dm_config *cfg, const char *out_dir
     for (int u = 0; u < t->net.nunits; u++)
         if (t->net.units[u].cout > maxc) maxc = t->net.units[u].cout;
     dist_init(&t->dist, MPI_COMM_WORLD, t->net.nparams, t->nmb_full, 2 * maxc,
-              c->bn_sync == BN_RANK);
+              c->bn_sync == BN_RANK, c->reduction == REDUCTION_NODE);
     dist_set_threads(&t->dist, t->net.nthreads);
     long seg_off[UNET_MAX_SEGMENTS], seg_len[UNET_MAX_SEGMENTS];
     int nseg = unet_grad_segments(&t->net, seg_off, seg_len);
@@ -1183,6 +1183,9 @@ int train_run(const dm_config *cfg, const char *out_dir, const char *resume) {
             printf("layout: %d rank(s) x %d thread(s) = %d workers, each %d%s micro-batch(es) "
                    "of a full batch\n", t.size, cfg->threads, w, lo,
                    t.nmb_full % w ? " or one more" : "");
+            printf("gradient reduction: %s, %d node(s) x %d rank(s)%s%s\n",
+                   t.dist.node_aware ? "node-aware" : "flat", t.dist.nodes, t.dist.node_ranks,
+                   *t.dist.flat_why ? ": " : "", t.dist.flat_why);
             printf("convolution products: %s\n", gemm_describe());
             const char *conv_note = diffusion_conv_note(&t.cfg);
             if (*conv_note) printf("%s\n", conv_note);

@@ -35,8 +35,121 @@ int dist_max_local(int nmb, int size) {
     return best;
 }
 
+/* The most blocks tree_fold leaves for any range of consecutive ranks'
+ * micro-batches, groups of g ranks, over every batch of 1..max_nmb. */
+static int most_blocks(int max_nmb, int size, int g) {
+    int most = 1;
+    for (int n = 1; n <= max_nmb; n++)
+        for (int r = 0; r < size; r += g) {
+            int lo, hi, x;
+            dist_range(n, size, r, &lo, &x);
+            dist_range(n, size, r + g - 1, &x, &hi);
+            int nb = tree_nblocks(lo, hi);
+            if (nb > most) most = nb;
+        }
+    return most;
+}
+
+/* The nodes: MPI_Comm_split_type shared (or the test hook's groups of k
+ * ranks), kept when every node has the same number of ranks and they are
+ * consecutive in comm; else every rank its own node. Level 0 is the node,
+ * level 1 the rail of the ranks with the same index on every node. */
+static void split_nodes(dm_dist *d, int node_aware) {
+    MPI_Comm node;
+    const char *hook = getenv("DIFFMPI_TEST_NODE_RANKS");
+    long k = 0;
+    if (hook && *hook)
+        DM_CHECK(dm_parse_long(hook, 1, 1 << 20, &k), "DIFFMPI_TEST_NODE_RANKS=%s", hook);
+    if (!node_aware)
+        MPI_Comm_split(d->comm, d->rank, 0, &node);
+    else if (k > 0)
+        MPI_Comm_split(d->comm, (int)(d->rank / k), d->rank, &node);
+    else
+        MPI_Comm_split_type(d->comm, MPI_COMM_TYPE_SHARED, d->rank, MPI_INFO_NULL, &node);
+    int me, n;
+    MPI_Comm_rank(node, &me);
+    MPI_Comm_size(node, &n);
+    /* Consecutive: every member's rank - index is the node's first rank. */
+    int first[2] = {d->rank - me, -(d->rank - me)}, agree[2];
+    MPI_Allreduce(first, agree, 2, MPI_INT, MPI_MIN, node);
+    int ok[3] = {agree[0] == -agree[1], n, -n}, all[3];
+    MPI_Allreduce(ok, all, 3, MPI_INT, MPI_MIN, d->comm);
+    d->flat_why = "";
+    if (node_aware && (!all[0] || all[1] != -all[2])) {
+        d->flat_why = !all[0] ? "the ranks of a node are not consecutive (map by core or slot)"
+                              : "the nodes have different numbers of ranks";
+        MPI_Comm_free(&node);
+        MPI_Comm_split(d->comm, d->rank, 0, &node);
+        MPI_Comm_rank(node, &me);
+        MPI_Comm_size(node, &n);
+    }
+    d->node_ranks = n;
+    d->nodes = d->size / n;
+    d->node_aware = n > 1;
+    dist_level *l0 = &d->lv[0], *l1 = &d->lv[1];
+    l0->comm = node;
+    MPI_Comm_split(d->comm, me, d->rank, &l1->comm);
+    for (int v = 0; v < 2; v++) {
+        MPI_Comm_rank(d->lv[v].comm, &d->lv[v].rank);
+        MPI_Comm_size(d->lv[v].comm, &d->lv[v].size);
+    }
+}
+
+/* [base, base + len) cut over `size` members: member r's part. */
+static void part_of(long base, long len, int size, int r, long *off, long *n) {
+    long lo = len * r / size, hi = len * (r + 1) / size;
+    *off = base + lo, *n = hi - lo;
+}
+
+/* A level's buffers, for members holding at most max_in blocks each over
+ * [base, base + len). */
+static void level_alloc(dist_level *l, long base, long len, int max_in, int nseg) {
+    l->base = base, l->len = len, l->max_in = max_in;
+    part_of(base, len, l->size, l->rank, &l->part, &l->part_len);
+    long most_part = len / l->size + 1;
+    l->cap = l->size * max_in + 4;
+    l->in_member = dm_calloc((size_t)l->cap, sizeof(int));
+    l->in_local = dm_calloc((size_t)l->cap, sizeof(int));
+    l->in = dm_calloc((size_t)l->cap, sizeof(tree_node));
+    l->mine = dm_calloc((size_t)max_in, sizeof(float *));
+    l->out = dm_calloc((size_t)l->cap, sizeof(tree_node));
+    l->out_id = dm_calloc((size_t)l->cap, sizeof(int));
+    l->op_l = dm_calloc((size_t)l->cap, sizeof(int));
+    l->op_r = dm_calloc((size_t)l->cap, sizeof(int));
+    l->ptr = dm_calloc((size_t)l->cap, sizeof(float *));
+    l->recv = dm_calloc((size_t)most_part * (size_t)((l->size - 1) * max_in) + 1, sizeof(float));
+    /* Receives: one per segment and remote block; sends: one per segment,
+     * own block and other member. */
+    l->max_req = 2 * nseg * l->cap;
+    l->req = dm_calloc((size_t)l->max_req, sizeof(MPI_Request));
+    l->seg_lo = dm_calloc((size_t)nseg, sizeof(int));
+    l->seg_hi = dm_calloc((size_t)nseg, sizeof(int));
+}
+
+static void level_free(dist_level *l) {
+    free(l->in_member), free(l->in_local), free(l->in), free(l->mine);
+    free(l->out), free(l->out_id), free(l->op_l), free(l->op_r), free(l->ptr);
+    free(l->recv), free(l->req), free(l->seg_lo), free(l->seg_hi);
+    l->in_member = l->in_local = l->out_id = l->op_l = l->op_r = l->seg_lo = l->seg_hi = NULL;
+    l->in = l->out = NULL;
+    l->mine = l->ptr = NULL;
+    l->recv = NULL;
+    l->req = NULL;
+}
+
+/* The levels' buffers for the current segments: level 0 over all the
+ * parameters (members hold their rank's blocks), level 1 over this node
+ * rank's slice (members hold their node's blocks). */
+static void levels_alloc(dm_dist *d) {
+    level_free(&d->lv[0]);
+    level_free(&d->lv[1]);
+    level_alloc(&d->lv[0], 0, d->nparams, most_blocks(d->max_nmb, d->size, 1), d->nseg);
+    level_alloc(&d->lv[1], d->lv[0].part, d->lv[0].part_len,
+                most_blocks(d->max_nmb, d->size, d->node_ranks), d->nseg);
+}
+
 void dist_init(dm_dist *d, MPI_Comm comm, long nparams, int max_nmb,
-               int max_width, int rank_local_bn) {
+               int max_width, int rank_local_bn, int node_aware) {
     memset(d, 0, sizeof *d);
     d->comm = comm;
     MPI_Comm_rank(comm, &d->rank);
@@ -55,6 +168,7 @@ void dist_init(dm_dist *d, MPI_Comm comm, long nparams, int max_nmb,
     while ((1 << (depth - 1)) < max_nmb) depth++;
     d->nslots = depth + 1;
     DM_CHECK(d->nslots <= DIST_MAX_SLOTS, "too many micro-batches (%d)", max_nmb);
+    split_nodes(d, node_aware);
     d->slot = NULL;
     dist_set_threads(d, 1);
     long whole = nparams;
@@ -62,46 +176,28 @@ void dist_init(dm_dist *d, MPI_Comm comm, long nparams, int max_nmb,
 }
 
 static void free_blocks(dm_dist *d) {
-    free(d->block_rank), free(d->blocks), free(d->block_local);
     free(d->local_slot), free(d->local_op_l), free(d->local_op_r);
     free(d->thread_bk), free(d->thread_slot);
-    free(d->op_l), free(d->op_r), free(d->ptr), free(d->recv);
     for (int s = 0; d->slot && s < d->nthreads * d->nslots; s++) free(d->slot[s]);
     free(d->slot);
 }
 
 void dist_set_threads(dm_dist *d, int nthreads) {
-    DM_CHECK(nthreads >= 1 && d->nreq == 0, "dist_set_threads(%d) between steps", nthreads);
+    DM_CHECK(nthreads >= 1 && d->lv[0].nreq == 0 && d->lv[1].nreq == 0,
+             "dist_set_threads(%d) between steps", nthreads);
     if (d->slot) free_blocks(d);
     d->nthreads = nthreads;
-    /* Slots: a stack of nslots per thread. What travels are the rank's
-     * canonical blocks (at most nslots), built from the threads' blocks by
-     * at most nthreads * nslots local ops; all blocks, the tree's ops and
-     * the messages are bounded by size * nslots. */
+    /* Slots: a stack of nslots per thread; the rank's canonical blocks (at
+     * most nslots) are built from the threads' blocks by at most nthreads
+     * * nslots local ops. */
     int per = nthreads * d->nslots;
-    int cap = d->size * d->nslots + 4;
-    d->block_rank = dm_calloc((size_t)cap, sizeof(int));
-    d->blocks = dm_calloc((size_t)cap, sizeof(tree_node));
-    d->block_local = dm_calloc((size_t)cap, sizeof(int));
     d->local_slot = dm_calloc((size_t)per, sizeof(int));
     d->local_op_l = dm_calloc((size_t)per, sizeof(int));
     d->local_op_r = dm_calloc((size_t)per, sizeof(int));
     d->thread_bk = dm_calloc((size_t)per, sizeof(tree_node));
     d->thread_slot = dm_calloc((size_t)per, sizeof(int));
-    d->op_l = dm_calloc((size_t)cap, sizeof(int));
-    d->op_r = dm_calloc((size_t)cap, sizeof(int));
-    d->ptr = dm_calloc((size_t)cap, sizeof(float *));
-    d->cap = cap;
     d->slot = dm_calloc((size_t)per, sizeof(float *));
     for (int s = 0; s < per; s++) d->slot[s] = dm_calloc((size_t)d->nparams, sizeof(float));
-    /* Other ranks' blocks for this rank's slice of the parameters. */
-    long slice = d->nparams / d->size + 1;
-    d->recv = dm_calloc((size_t)slice * (size_t)((d->size - 1) * d->nslots + 1), sizeof(float));
-    if (d->nseg > 0) {
-        d->max_req = 2 * d->nseg * d->cap;
-        free(d->reqs);
-        d->reqs = dm_calloc((size_t)d->max_req, sizeof(MPI_Request));
-    }
 }
 
 void dist_set_segments(dm_dist *d, int nseg, const long *off, const long *len) {
@@ -115,26 +211,38 @@ void dist_set_segments(dm_dist *d, int nseg, const long *off, const long *len) {
     DM_CHECK(at == d->nparams, "gradient segments cover %ld of %ld parameters", at,
              d->nparams);
     /* Tags are block * nseg + segment; MPI guarantees tags up to 32767. */
-    DM_CHECK((long)d->nslots * nseg <= 32767, "%d gradient segments are too many", nseg);
-    free(d->seg_off), free(d->seg_len), free(d->seg_done), free(d->reqs);
+    DM_CHECK((long)(TREE_MAX_DEPTH + 1) * nseg <= 32767, "%d gradient segments are too many",
+             nseg);
+    free(d->seg_off), free(d->seg_len), free(d->seg_done), free(d->seg_state);
     d->nseg = nseg;
     d->seg_off = dm_calloc((size_t)nseg, sizeof(long));
     d->seg_len = dm_calloc((size_t)nseg, sizeof(long));
     d->seg_done = dm_calloc((size_t)nseg, sizeof(long));
+    d->seg_state = dm_calloc((size_t)nseg, sizeof(int));
     memcpy(d->seg_off, off, (size_t)nseg * sizeof(long));
     memcpy(d->seg_len, len, (size_t)nseg * sizeof(long));
-    /* Receives: one per segment and remote block; sends: one per segment,
-     * local block and other owner; both at most nseg * cap. */
-    d->max_req = 2 * nseg * d->cap;
-    d->reqs = dm_calloc((size_t)d->max_req, sizeof(MPI_Request));
+    levels_alloc(d);
 }
 
 void dist_free(dm_dist *d) {
+    if (!d->counts) return; /* never initialised (zeroed) */
     free(d->counts), free(d->displs), free(d->gather);
     free(d->leaf_slot), free(d->leaf_merges);
     free_blocks(d);
-    free(d->reqs), free(d->seg_off), free(d->seg_len), free(d->seg_done);
+    for (int v = 0; v < 2; v++) {
+        level_free(&d->lv[v]);
+        MPI_Comm_free(&d->lv[v].comm);
+    }
+    free(d->seg_off), free(d->seg_len), free(d->seg_done), free(d->seg_state);
     memset(d, 0, sizeof *d);
+}
+
+void dist_zero_counters(dm_dist *d) {
+    d->n_small = d->small_doubles = 0;
+    for (int v = 0; v < 2; v++) {
+        dist_level *l = &d->lv[v];
+        l->n_msgs = l->msg_floats = l->allgather_floats = l->sent_early = l->sent_late = 0;
+    }
 }
 
 /* This rank's leaves: thread t's stack over its part of [lo, hi) lives in
@@ -170,31 +278,57 @@ static void local_blocks(dm_dist *d) {
                                     d->nthreads * d->nslots);
 }
 
+/* Level l's inputs: the blocks of every member, member m holding the
+ * micro-batches of ranks [origin + m stride, + g) (level 0: a rank of this
+ * node; level 1: node m), its outputs `out` and the additions that build
+ * them on the member's part. */
+static void level_batch(dm_dist *d, dist_level *l, int g, int stride, int origin,
+                        const tree_node *out, int nout) {
+    l->nin = 0;
+    for (int m = 0; m < l->size; m++) {
+        int lo, hi, x, r = origin + m * stride;
+        dist_range(d->nmb, d->size, r, &lo, &x);
+        dist_range(d->nmb, d->size, r + g - 1, &x, &hi);
+        int nb = tree_fold(lo, hi, l->in + l->nin, NULL, NULL, NULL);
+        DM_CHECK(nb <= l->max_in, "gradient tree: %d blocks, room for %d", nb, l->max_in);
+        for (int b = 0; b < nb; b++) {
+            l->in_member[l->nin] = m;
+            l->in_local[l->nin] = b;
+            l->nin++;
+        }
+        if (m == l->rank) l->nmine = nb;
+    }
+    l->nops = 0;
+    l->nout = nout;
+    for (int o = 0; o < nout; o++) {
+        l->out[o] = out[o];
+        l->out_id[o] = tree_ops(d->nmb, out[o].a, out[o].k, l->in, NULL, l->nin, l->op_l, l->op_r,
+                                &l->nops, l->cap);
+    }
+}
+
 void dist_set_batch(dm_dist *d, int nmb) {
     DM_CHECK(nmb >= 1 && nmb <= d->max_nmb, "batch of %d micro-batches", nmb);
+    DM_CHECK(d->lv[0].nreq == 0 && d->lv[1].nreq == 0 && !d->recvs_posted,
+             "gradient messages of the last step pending");
     d->nmb = nmb;
     dist_range(nmb, d->size, d->rank, &d->lo, &d->hi);
     local_blocks(d);
-    /* Every rank's canonical blocks, in rank order; a block's tag is its
-     * index among its rank's. */
-    tree_node bk[TREE_MAX_DEPTH];
-    d->nblocks = 0;
-    for (int r = 0; r < d->size; r++) {
-        int lo, hi;
-        dist_range(nmb, d->size, r, &lo, &hi);
-        int nb = tree_fold(lo, hi, bk, NULL, NULL, NULL);
-        for (int b = 0; b < nb; b++) {
-            d->block_rank[d->nblocks] = r;
-            d->blocks[d->nblocks] = bk[b];
-            d->block_local[d->nblocks] = b;
-            d->nblocks++;
-        }
-    }
-    d->nops = 0;
-    d->root = tree_ops(nmb, 0, tree_top(nmb), d->blocks, NULL, d->nblocks, d->op_l, d->op_r,
-                       &d->nops, d->cap);
-    DM_CHECK(d->nreq == 0 && !d->recvs_posted, "gradient messages of the last step pending");
-    for (int s = 0; s < d->nseg; s++) d->seg_done[s] = 0;
+    /* Level 0: the node's ranks' blocks into the node's blocks; level 1:
+     * the nodes' blocks (local rank i of each) into the root. */
+    dist_level *l0 = &d->lv[0], *l1 = &d->lv[1];
+    const int g = d->node_ranks, node_first = d->rank - l0->rank;
+    int lo, hi, x;
+    dist_range(nmb, d->size, node_first, &lo, &x);
+    dist_range(nmb, d->size, node_first + g - 1, &x, &hi);
+    tree_node node_bk[TREE_MAX_DEPTH], root = {0, tree_top(nmb)};
+    int nnode = tree_fold(lo, hi, node_bk, NULL, NULL, NULL);
+    level_batch(d, l0, 1, 1, node_first, node_bk, nnode);
+    level_batch(d, l1, g, g, 0, &root, 1);
+    DM_CHECK(l0->nmine == d->nblocks_local && l1->nmine == nnode,
+             "gradient tree: the levels' blocks disagree");
+    for (int b = 0; b < l0->nmine; b++) l0->mine[b] = d->slot[d->local_slot[b]];
+    for (int s = 0; s < d->nseg; s++) d->seg_done[s] = 0, d->seg_state[s] = 0;
 }
 
 /* When profiling, time the wait for the slowest rank apart from the data
@@ -281,11 +415,6 @@ float *dist_leaf_dst(void *ctx, int j) {
     return d->slot[d->leaf_slot[j]];
 }
 
-static void slice_of(const dm_dist *d, int r, long *off, long *len) {
-    long lo = d->nparams * r / d->size, hi = d->nparams * (r + 1) / d->size;
-    *off = lo, *len = hi - lo;
-}
-
 /* [a, a+n) intersected with [b, b+m): start in *o, length returned. */
 static long overlap(long a, long n, long b, long m, long *o) {
     long lo = a > b ? a : b, hi = a + n < b + m ? a + n : b + m;
@@ -293,55 +422,93 @@ static long overlap(long a, long n, long b, long m, long *o) {
     return hi > lo ? hi - lo : 0;
 }
 
-static int tag_of(const dm_dist *d, int block_local, int seg) {
-    return block_local * d->nseg + seg;
+/* Point ptr at every block's value on this member's part (its own blocks
+ * in place, the others' in recv) and post the receives of the others',
+ * segment by segment. */
+static void level_post_recvs(dm_dist *d, dist_level *l) {
+    l->nreq = 0;
+    long pos = 0;
+    for (int b = 0; b < l->nin; b++) {
+        if (l->in_member[b] == l->rank) {
+            l->ptr[b] = l->mine[l->in_local[b]] + (l->part - l->base);
+        } else {
+            l->ptr[b] = l->recv + pos;
+            pos += l->part_len;
+        }
+    }
+    for (int s = 0; s < d->nseg; s++) {
+        l->seg_lo[s] = l->nreq;
+        long o, n = overlap(d->seg_off[s], d->seg_len[s], l->part, l->part_len, &o);
+        for (int b = 0; n > 0 && b < l->nin; b++) {
+            if (l->in_member[b] == l->rank) continue;
+            DM_CHECK(l->nreq < l->max_req, "gradient receives exceed %d", l->max_req);
+            MPI_Irecv(l->ptr[b] + (o - l->part), (int)n, MPI_FLOAT, l->in_member[b],
+                      l->in_local[b] * d->nseg + s, l->comm, &l->req[l->nreq++]);
+        }
+        l->seg_hi[s] = l->nreq;
+    }
 }
 
-/* Post the receives of this rank's slice from every remote block, segment
- * by segment, into d->recv; and point d->ptr at every block's slice. */
 static void post_recvs(dm_dist *d) {
     if (d->recvs_posted) return;
     d->recvs_posted = 1;
-    long off, len, pos = 0;
-    slice_of(d, d->rank, &off, &len);
-    for (int b = 0; b < d->nblocks; b++) {
-        int r = d->block_rank[b];
-        if (r == d->rank) {
-            d->ptr[b] = d->slot[d->local_slot[d->block_local[b]]] + off;
-            continue;
+    level_post_recvs(d, &d->lv[0]);
+    /* Level 1's own blocks are level 0's outputs, on level 0's part. */
+    dist_level *l0 = &d->lv[0], *l1 = &d->lv[1];
+    for (int b = 0; b < l1->nmine; b++) l1->mine[b] = l0->ptr[l0->out_id[b]];
+    level_post_recvs(d, l1);
+}
+
+/* Segment s of this member's blocks is final: send it to every other
+ * member whose part it meets. */
+static void level_send(dm_dist *d, dist_level *l, int s, int early) {
+    if (l->size == 1) return;
+    if (l->nmine > 0) {
+        if (early) l->sent_early++;
+        else l->sent_late++;
+    }
+    for (int r = 0; r < l->size; r++) {
+        if (r == l->rank) continue;
+        long po, pl, o;
+        part_of(l->base, l->len, l->size, r, &po, &pl);
+        long n = overlap(d->seg_off[s], d->seg_len[s], po, pl, &o);
+        for (int b = 0; n > 0 && b < l->nmine; b++) {
+            DM_CHECK(l->nreq < l->max_req, "gradient sends exceed %d", l->max_req);
+            MPI_Isend(l->mine[b] + (o - l->base), (int)n, MPI_FLOAT, r, b * d->nseg + s, l->comm,
+                      &l->req[l->nreq++]);
+            l->n_msgs++;
+            l->msg_floats += n;
         }
-        d->ptr[b] = d->recv + pos;
-        for (int s = 0; s < d->nseg; s++) {
-            long o, n = overlap(d->seg_off[s], d->seg_len[s], off, len, &o);
-            if (n == 0) continue;
-            DM_CHECK(d->nreq < d->max_req, "gradient receives exceed %d", d->max_req);
-            MPI_Irecv(d->recv + pos + (o - off), (int)n, MPI_FLOAT, r,
-                      tag_of(d, d->block_local[b], s), d->comm, &d->reqs[d->nreq++]);
-        }
-        pos += len;
     }
 }
 
-/* Segment s of every local block is final: send it to the other owners. */
-static void send_segment(dm_dist *d, int s, int early) {
-    if (d->size > 1 && d->nblocks_local > 0) {
-        if (early) d->sent_early++;
-        else d->sent_late++;
+/* Level l's additions on segment s of this member's part. */
+static void level_ops(dm_dist *d, dist_level *l, int s) {
+    long o, n = overlap(d->seg_off[s], d->seg_len[s], l->part, l->part_len, &o);
+    if (n == 0) return;
+    for (int k = 0; k < l->nops; k++)
+        add_into(l->ptr[l->op_l[k]] + (o - l->part), l->ptr[l->op_r[k]] + (o - l->part), n);
+}
+
+/* Segment s has left this rank within the node: once the node's other
+ * blocks of it are here (wait: block until they are), build the node's
+ * blocks of it and send them along the rail. Returns whether it did. */
+static int node_segment(dm_dist *d, int s, int wait, int early) {
+    dist_level *l0 = &d->lv[0];
+    int n = l0->seg_hi[s] - l0->seg_lo[s], done = 1;
+    if (n > 0) {
+        if (wait)
+            MPI_Waitall(n, l0->req + l0->seg_lo[s], MPI_STATUSES_IGNORE);
+        else
+            MPI_Testall(n, l0->req + l0->seg_lo[s], &done, MPI_STATUSES_IGNORE);
     }
-    for (int r = 0; r < d->size; r++) {
-        if (r == d->rank) continue;
-        long so, sl, o;
-        slice_of(d, r, &so, &sl);
-        long n = overlap(d->seg_off[s], d->seg_len[s], so, sl, &o);
-        for (int b = 0; n > 0 && b < d->nblocks_local; b++) {
-            DM_CHECK(d->nreq < d->max_req, "gradient sends exceed %d", d->max_req);
-            MPI_Isend(d->slot[d->local_slot[b]] + o, (int)n, MPI_FLOAT, r, tag_of(d, b, s),
-                      d->comm, &d->reqs[d->nreq++]);
-            d->n_msgs++;
-            d->msg_floats += n;
-        }
-    }
-    d->seg_done[s] = d->seg_len[s] + 1; /* sent */
+    if (!done) return 0;
+    double t0 = prof_start();
+    level_ops(d, l0, s);
+    prof_add(PROF_ELEM, t0);
+    level_send(d, &d->lv[1], s, early);
+    d->seg_state[s] = 2;
+    return 1;
 }
 
 void dist_leaf_merge(void *ctx, int j, long off, long len) {
@@ -368,13 +535,19 @@ void dist_segment_done(void *ctx, long off, long len) {
              "leaf range [%ld, +%ld) crosses a gradient segment", off, len);
     d->seg_done[s] += len;
     if (d->size == 1) return;
-    /* That range of the rank's blocks is final. Send each segment as soon
-     * as all of it is. */
+    /* That range of the rank's blocks is final. Send each segment within
+     * the node as soon as all of it is, and along the rail each segment
+     * whose node blocks are complete. */
     t0 = prof_start();
     post_recvs(d);
-    if (d->seg_done[s] == d->seg_len[s]) send_segment(d, s, 1);
+    if (d->seg_done[s] == d->seg_len[s]) {
+        level_send(d, &d->lv[0], s, 1);
+        d->seg_state[s] = 1;
+    }
+    for (int q = 0; q < d->nseg; q++)
+        if (d->seg_state[q] == 1) node_segment(d, q, 0, 1);
     int flag;
-    MPI_Testall(d->nreq, d->reqs, &flag, MPI_STATUSES_IGNORE);
+    for (int v = 0; v < 2; v++) MPI_Testall(d->lv[v].nreq, d->lv[v].req, &flag, MPI_STATUSES_IGNORE);
     prof_add(PROF_COMM, t0);
 }
 
@@ -385,9 +558,22 @@ void dist_leaf_done(void *ctx, int j, long off, long len) {
     if (j == d->hi - d->lo - 1) dist_segment_done(ctx, off, len);
 }
 
+/* Allgather the members' parts of [base, base + len) of x along level l. */
+static void level_allgather(dm_dist *d, dist_level *l, float *x) {
+    if (l->size == 1) return;
+    for (int r = 0; r < l->size; r++) {
+        long po, pl;
+        part_of(0, l->len, l->size, r, &po, &pl);
+        d->counts[r] = (int)pl;
+        d->displs[r] = (int)po;
+    }
+    l->allgather_floats += l->len - l->part_len;
+    MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, x + l->base, d->counts, d->displs,
+                   MPI_FLOAT, l->comm);
+}
+
 void dist_reduce_grads(dm_dist *d, float *grads) {
-    long off, len;
-    slice_of(d, d->rank, &off, &len);
+    dist_level *l0 = &d->lv[0], *l1 = &d->lv[1];
     sync_point(d);
     const char *prev = watchdog_enter("gradient-reduction");
     double t0 = prof_start();
@@ -399,34 +585,33 @@ void dist_reduce_grads(dm_dist *d, float *grads) {
         DM_CHECK(d->hi == d->lo || d->seg_done[s] >= d->seg_len[s],
                  "gradient segment %d: %ld of %ld floats done", s, d->seg_done[s],
                  d->seg_len[s]);
-        if (d->seg_done[s] <= d->seg_len[s]) send_segment(d, s, 0);
+        if (d->seg_state[s] == 0) {
+            level_send(d, l0, s, 0);
+            d->seg_state[s] = 1;
+        }
     }
+    for (int s = 0; s < d->nseg; s++)
+        if (d->seg_state[s] == 1) node_segment(d, s, 1, 0);
     fault_point("reduce");
-    MPI_Waitall(d->nreq, d->reqs, MPI_STATUSES_IGNORE);
-    d->nreq = 0;
+    for (int v = 0; v < 2; v++) {
+        MPI_Waitall(d->lv[v].nreq, d->lv[v].req, MPI_STATUSES_IGNORE);
+        d->lv[v].nreq = 0;
+    }
     d->recvs_posted = 0;
     prof_add(PROF_COMM, t0);
     t0 = prof_start();
-    for (int o = 0; o < d->nops; o++) {
-        add_into(d->ptr[d->op_l[o]], d->ptr[d->op_r[o]], len);
-    }
-    memcpy(grads + off, d->ptr[d->root], (size_t)len * sizeof(float));
+    for (int o = 0; o < l1->nops; o++)
+        add_into(l1->ptr[l1->op_l[o]], l1->ptr[l1->op_r[o]], l1->part_len);
+    memcpy(grads + l1->part, l1->ptr[l1->out_id[0]], (size_t)l1->part_len * sizeof(float));
     prof_add(PROF_ELEM, t0);
     if (d->size == 1) {
         watchdog_leave(prev);
         return;
     }
-    for (int r = 0; r < d->size; r++) {
-        long so, sl;
-        slice_of(d, r, &so, &sl);
-        d->counts[r] = (int)sl;
-        d->displs[r] = (int)so;
-    }
     fault_point("allgather");
-    d->allgather_floats += d->nparams - len;
     t0 = prof_start();
-    MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, grads, d->counts,
-                   d->displs, MPI_FLOAT, d->comm);
+    level_allgather(d, l1, grads);
+    level_allgather(d, l0, grads);
     prof_add(PROF_COMM, t0);
     watchdog_leave(prev);
 }

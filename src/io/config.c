@@ -63,6 +63,7 @@ static const char *const conditioning_names[] = {"none", "time", "class",
                                                  NULL};
 static const char *const lr_decay_names[] = {"none", "exp", NULL};
 static const char *const bn_sync_names[] = {"global", "rank", NULL};
+static const char *const reduction_names[] = {"node", "flat", NULL};
 static const char *const conv_algo_names[] = {"im2col", "winograd", "auto", NULL};
 
 /* Enum fields are read and written as int through memcpy. */
@@ -71,6 +72,7 @@ _Static_assert(sizeof(dm_norm) == sizeof(int), "enum size");
 _Static_assert(sizeof(dm_conditioning) == sizeof(int), "enum size");
 _Static_assert(sizeof(dm_lr_decay) == sizeof(int), "enum size");
 _Static_assert(sizeof(dm_bn_sync) == sizeof(int), "enum size");
+_Static_assert(sizeof(dm_reduction) == sizeof(int), "enum size");
 _Static_assert(sizeof(dm_conv_algo) == sizeof(int), "enum size");
 _Static_assert(sizeof(dm_precision) == sizeof(int), "enum size");
 _Static_assert(sizeof(dm_engine) == sizeof(int), "enum size");
@@ -207,6 +209,12 @@ static const config_key keys[] = {
      .help = "global: BatchNorm statistics over the global batch (results "
              "independent of the rank count); rank: over each rank's share "
              "(as DDP does; results then depend on the rank count)"},
+    {.name = "reduction", .kind = KEY_ENUM, .offset = OFF(reduction),
+     .names = reduction_names, .def = "node",
+     .help = "node: the ranks of a node combine their gradients there first "
+             "and each node sends its part once (docs/design.md, Gradient "
+             "reduction); flat: every rank sends to every other; the same "
+             "bits either way"},
     {.name = "log_every", .kind = KEY_REAL, .offset = OFF(log_every), .lo = 0,
      .hi = HUGE_VAL, .lo_open = 1, .def = "10",
      .help = "seconds between progress lines (under mpirun or when stdout "

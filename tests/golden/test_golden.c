@@ -361,7 +361,7 @@ static int run_open(golden_run *r, const char *ck, const golden_batch *b) {
     int maxc = 0;
     for (int t = 0; t < r->u.nunits; t++)
         if (r->u.units[t].cout > maxc) maxc = r->u.units[t].cout;
-    dist_init(&r->d, MPI_COMM_WORLD, r->u.nparams, r->nmb, 2 * maxc, 0);
+    dist_init(&r->d, MPI_COMM_WORLD, r->u.nparams, r->nmb, 2 * maxc, 0, 1);
     long off[UNET_MAX_SEGMENTS], len[UNET_MAX_SEGMENTS];
     dist_set_segments(&r->d, unet_grad_segments(&r->u, off, len), off, len);
     r->grads = dm_calloc((size_t)r->u.nparams, sizeof(float));

@@ -35,10 +35,22 @@ check(len(phases) == 8, f"eight phase lines ({sorted(phases)})")
 check(float(phases.get("bf16 rounding", 1)) == 0, "no bf16 rounding in fp32")
 check(float(phases.get("GEMM", 0)) > 0, "GEMM time measured")
 check(re.search(r"peak memory per rank: \d+ MiB", out) is not None, "peak memory line")
-m = re.search(r"gradient segments sent while backward ran: (\d+) of (\d+)", out)
+# 2 ranks of one host are one node: their segments meet within it.
+m = re.search(r"gradient segments sent while backward ran: between nodes 0 of 0; within nodes "
+              r"(\d+) of (\d+)", out)
 check(m is not None and int(m.group(1)) > 0 and m.group(1) == m.group(2),
       "every gradient segment goes out while backward runs (overlap): "
       + (m.group(0) if m else "no line"))
+# Flat, or nodes of one rank each: the same between nodes.
+for how, extra, env in (("reduction = flat", ["--set", "reduction=flat"], None),
+                        ("nodes of one rank", [], {"DIFFMPI_TEST_NODE_RANKS": "1"})):
+    r = mpirun(2, ["bench"] + TINY + ["--steps", "2"] + extra, env_extra=env)
+    m = re.search(r"gradient segments sent while backward ran: between nodes (\d+) of (\d+); "
+                  r"within nodes 0 of 0", r.stdout)
+    check(r.returncode == 0 and m is not None and int(m.group(1)) > 0
+          and m.group(1) == m.group(2),
+          f"{how}: every segment goes between nodes while backward runs "
+          + (m.group(0) if m else f"no line ({r.stderr[-200:]})"))
 
 r = mpirun(2, ["bench"] + TINY + ["--set", "objective=ddpm", "--set", "conditioning=class",
                                    "--steps", "2", "--sample"])
@@ -85,28 +97,37 @@ if not avx512:
     print("note: no AVX-512 on this CPU, so the Haswell case expects no note")
 
 # The traffic line is what tools/scaling.py's network model reads; its
-# formula for the busiest rank's gradient bytes (scaling.traffic, from the
-# blocks and slices of dist.c) must match what the ranks count, on rank
-# counts that give ranks one or two blocks, and with threads (which send
-# what one thread would).
+# formulas for the busiest rank's gradient bytes (scaling.traffic, from the
+# blocks, slices and parts of dist.c) must match what the ranks count, on
+# rank counts that give ranks one or two blocks, with threads (which send
+# what one thread would), flat and node-aware on emulated nodes
+# (DIFFMPI_TEST_NODE_RANKS; 4 ranks in nodes of 3 fall back to flat).
 sys.path.insert(0, os.path.join(SRC, "tools"))
 import scaling  # noqa: E402
 
-for ranks, threads, nmb in ((2, 1, 6), (3, 1, 6), (4, 1, 6), (2, 2, 6), (5, 1, 8)):
+for ranks, threads, nmb, k, flat in ((2, 1, 6, None, True), (3, 1, 6, None, True),
+                                     (4, 1, 6, None, True), (2, 2, 6, None, True),
+                                     (5, 1, 8, None, True), (3, 1, 6, None, False),
+                                     (4, 1, 6, 2, False), (6, 1, 8, 3, False),
+                                     (6, 1, 8, 2, False), (4, 1, 6, 3, False)):
     args = ["bench", "--set", "hidden=8", "--set", f"batch={4 * nmb}", "--set", "micro_batch=4",
             "--set", f"threads={threads}", "--steps", "2"]
-    r = mpirun(ranks, args, mpi_args=["--bind-to", "none"])
+    args += ["--set", "reduction=flat"] if flat else []
+    env = {"DIFFMPI_TEST_NODE_RANKS": str(k) if k else None}
+    r = mpirun(ranks, args, env_extra=env, mpi_args=["--bind-to", "none"])
+    ppn = 1 if flat or (k and ranks % k) else (k or ranks)
     try:
         b = scaling.parse_bench(r.stdout)
-        sent, gathered = scaling.traffic(ranks, nmb, b["params"])
-        ok = (abs(b["sent"] - sent) < 0.5 and abs(b["allgathered"] - gathered) < 0.5
-              and b["gathers"] > 0 and b["gather_bytes"] > 0)
-        what = f"{b['sent']:.0f}/{b['allgathered']:.0f} bytes, model {sent}/{gathered}"
+        want = scaling.traffic(ranks, nmb, b["params"], ppn)
+        got = (b["sent"], b["allgathered"], b["sent_node"], b["allgathered_node"])
+        ok = (all(abs(x - y) < 0.5 for x, y in zip(got, want)) and b["gathers"] > 0
+              and b["gather_bytes"] > 0 and b["node_ranks"] == ppn)
+        what = (f"{got} bytes, model {want}; {b['nodes']} node(s) x {b['node_ranks']}")
     except (RuntimeError, KeyError) as e:
         ok, what = False, f"{e} {r.stderr[-200:]}"
     check(r.returncode == 0 and ok,
-          f"{ranks}x{threads}, {nmb} micro-batches: traffic per step as scaling.py models it "
-          f"({what})")
+          f"{ranks}x{threads}, {nmb} micro-batches, {'flat' if flat else f'nodes of {k}'}: "
+          f"traffic per step as scaling.py models it ({what})")
 
 r = mpirun(1, ["bench", "--steps", "0"])
 check(r.returncode == 2 and "--steps" in r.stderr, "bench --steps 0 is a usage error")

@@ -1,6 +1,7 @@
 """A job's bits do not depend on its layout: ranks x threads per rank of
 1x1, 2x1, 1x2, 16x1 and 4x4 (oversubscribed: this is about correctness)
-give bit-identical loss logs, evaluation, checkpoints and samples, and so do
+give bit-identical loss logs, evaluation, checkpoints and samples; so does
+4x2 with the gradient exchange in two levels (nodes emulated) or flat; and so do
 1x1 and 2x3 with Winograd F(2x2) and F(4x4) in bf16 (where the CPU has
 bf16), with GroupNorm, and with the OpenBLAS engine. The threads share each
 micro-batch by channels (par.h); DIFFMPI_TEST_PAR_MIN_WORK=1 makes even
@@ -42,6 +43,17 @@ def same(name, a, b, files=FILES):
 ref = run("bn", 1, 1)
 for ranks, threads in ((2, 1), (1, 2), (16, 1), (4, 4)):
     same("bn", ref, run("bn", ranks, threads))
+# The two-level gradient exchange: 4 ranks x 2 threads as 2 emulated nodes of
+# 2 ranks (each node's blocks combined within it, then along 2 rails), and
+# 4 ranks flat; 4 ranks in nodes of 3 cannot be cut equally and run flat.
+for k, extra, shape in (("2", [], "node-aware, 2 node(s) x 2 rank(s)"),
+                        (None, ["reduction=flat"], "flat, 4 node(s) x 1 rank(s)"),
+                        ("3", [], "flat, 4 node(s) x 1 rank(s): the nodes have different")):
+    out = run(f"nodes{k}", 4, 2, extra, env={"DIFFMPI_TEST_NODE_RANKS": k})
+    same(f"nodes of {k}", ref, out)
+    text = open(out + ".stdout").read()
+    check(f"gradient reduction: {shape}" in text, f"nodes of {k}: the start-up line says "
+          f"{shape!r}")
 log = open(os.path.join(base, "bn-4x4.stdout")).read()
 check("layout: 4 rank(s) x 4 thread(s) = 16 workers, each 1 micro-batch(es)" in log,
       "the run prints its layout and each worker's share")

@@ -212,6 +212,18 @@ try:
             bad = compare_h5(os.path.join(ref, f), os.path.join(out, f))
             check(not bad, f"{n} hosts: {f} bitwise equal to the one-host run ({bad[:4]})")
 
+    # 2 hosts of 2 ranks: the gradient exchange finds the hosts' ranks
+    # (MPI_Comm_split_type shared), combines them within each host and sends
+    # along 2 rails; the same bits.
+    out = os.path.join(base, "run-2x2")
+    cmd, env = H.mpirun(4, [BIN] + train_args(out, model), per_host=2)
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    check(r.returncode == 0 and "gradient reduction: node-aware, 2 node(s) x 2 rank(s)"
+          in r.stdout, f"2 hosts x 2 ranks: node-aware, exits 0 ({r.stderr[-300:]})")
+    for f in [] if r.returncode else ("log.h5", "checkpoints/ckpt-44.h5", "samples.h5"):
+        bad = compare_h5(os.path.join(ref, f), os.path.join(out, f))
+        check(not bad, f"2 hosts x 2 ranks: {f} bitwise equal to the one-host run ({bad[:4]})")
+
     # Stopped on 3 hosts, resumed on 2, from the same (shared) directory.
     out = os.path.join(base, "stop3-resume2")
     os.environ["DIFFMPI_TEST_STOP_AT_STEP"] = "17"

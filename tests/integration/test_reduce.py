@@ -1,5 +1,8 @@
 """The gradient-reduction tree (dist.h) at P = 1, 2, 3 and 4 ranks on known
-leaves, not only against the 1-rank run.
+leaves, not only against the 1-rank run; and the two-level (node-aware)
+exchange on nodes emulated by DIFFMPI_TEST_NODE_RANKS=k (2 nodes of 2 and 3
+ranks, 3 of 2, 2 of 4: with 1..8 micro-batches some nodes own none), flat
+when asked for nodes of 1 or for unequal nodes (4 ranks in nodes of 3).
 
 tests/reduce/test_reduce_tree.c feeds per-micro-batch leaves whose float
 sums depend on the order (batches of 5 and 7 micro-batches, and 1..8 so
@@ -25,9 +28,13 @@ PROG = os.environ.get("DM_REDUCE_TREE") or \
     os.path.join(os.path.dirname(BIN), "tests", "test_reduce_tree")
 
 
-def run(p, out, *extra):
+def run(p, out, *extra, node_ranks=None):
     cmd = ["mpirun", "--oversubscribe", "-np", str(p), PROG, out] + list(extra)
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    env = dict(os.environ)
+    env.pop("DIFFMPI_TEST_NODE_RANKS", None)
+    if node_ranks:
+        env["DIFFMPI_TEST_NODE_RANKS"] = str(node_ranks)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
 
 
 def read(path):
@@ -108,13 +115,29 @@ if ref is not None:
                   f"nmb {nmb}: a left-to-right float32 sum differs from the tree "
                   f"in {nd} of {len(res)} entries (the check can fail)")
 
+# The two-level exchange: nodes of k consecutive ranks (or flat where the
+# nodes cannot be made equal), always the same bits as one rank.
+for p, k, shape in ((2, None, "1 node(s) x 2 rank(s)"), (4, 2, "2 node(s) x 2 rank(s)"),
+                    (6, 3, "2 node(s) x 3 rank(s)"), (6, 2, "3 node(s) x 2 rank(s)"),
+                    (8, 4, "2 node(s) x 4 rank(s)"), (4, 1, "4 node(s) x 1 rank(s)"),
+                    (4, 3, "4 node(s) x 1 rank(s), flat: the nodes have different numbers")):
+    out = os.path.join(base, f"p{p}-k{k}.bin")
+    r = run(p, out, node_ranks=k)
+    check(r.returncode == 0 and f"exchange: {shape}" in r.stdout,
+          f"P={p}, nodes of {k}: {shape}, every rank's result the fixed tree "
+          f"(rc {r.returncode}: {(r.stdout + r.stderr)[-300:]})")
+    res = read(out) if r.returncode == 0 else None
+    same = ref is not None and res is not None and len(ref) == len(res) \
+        and all(a[1].tobytes() == b[1].tobytes() for a, b in zip(ref, res))
+    check(same, f"P={p}, nodes of {k}: reduced gradients bitwise equal to P=1's")
+
 # A change of order only: the exact sum and the bound still hold, the bits
 # do not. The program must notice and exit non-zero at every P.
-for p in (1, 3):
-    r = run(p, os.path.join(base, f"swap{p}.bin"), "--swap")
+for p, k in ((1, None), (3, None), (4, 2)):
+    r = run(p, os.path.join(base, f"swap{p}.bin"), "--swap", node_ranks=k)
     text = r.stdout + r.stderr
     check(r.returncode != 0 and "differ in bits from the fixed tree" in text
           and "off the exact sum" not in text,
-          f"P={p} --swap (micro-batches 1, 2 exchanged): fails the bitwise check "
+          f"P={p}, nodes of {k} --swap (micro-batches 1, 2 exchanged): fails the bitwise check "
           f"only (rc {r.returncode})")
 finish()

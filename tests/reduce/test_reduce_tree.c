@@ -4,6 +4,8 @@
  *
  *   mpirun -np P test_reduce_tree OUT [--swap]
  *
+ * (with DIFFMPI_TEST_NODE_RANKS=k: nodes of k ranks, the two-level exchange)
+ *
  * For a sequence of global batches (nmb = 5 and 7 micro-batches above all,
  * and 1..8 so that some ranks own no micro-batch), every rank writes the
  * leaves of its own micro-batches through dist_leaf_dst/dist_leaf_done,
@@ -180,8 +182,11 @@ int main(int argc, char **argv) {
     }
     for (int segmented = 0; segmented < 2; segmented++) {
         dm_dist d;
-        dist_init(&d, MPI_COMM_WORLD, NPARAMS, MAX_NMB, 2, 0);
+        dist_init(&d, MPI_COMM_WORLD, NPARAMS, MAX_NMB, 2, 0, 1);
         if (segmented) dist_set_segments(&d, NSEG, seg_off, seg_len);
+        if (rank == 0 && segmented == 0)
+            printf("exchange: %d node(s) x %d rank(s)%s%s\n", d.nodes, d.node_ranks,
+                   *d.flat_why ? ", flat: " : "", d.flat_why);
         for (int b = 0; b < NBATCH; b++) {
             int nmb = batches[b];
             for (int j = 0; j < nmb; j++)

@@ -101,9 +101,9 @@ static void test_defaults(void) {
     EXPECT(c.train_limit == 0 && c.checkpoint_every == 0 && c.keep == 3 &&
                c.threads == 1,
            "train_limit/checkpoint_every/keep/threads");
-    EXPECT(c.bn_sync == BN_GLOBAL && c.log_every == 10.0 &&
+    EXPECT(c.bn_sync == BN_GLOBAL && c.reduction == REDUCTION_NODE && c.log_every == 10.0 &&
                c.p_uncond == 0.1 && c.eval_limit == 0,
-           "bn_sync/log_every/p_uncond/eval_limit");
+           "bn_sync/reduction/log_every/p_uncond/eval_limit");
     EXPECT(c.norm == NORM_BATCH && c.norm_groups == 32, "norm/norm_groups");
     EXPECT(c.precision == DM_FP32 && c.engine == DM_ENGINE_AUTO && c.conv_algo == CONV_IM2COL &&
                c.winograd_min_width == 1 && c.winograd4_min_width == 0,
@@ -128,7 +128,7 @@ static void test_defaults(void) {
                   "train_limit = 0\neval_limit = 0\ncheckpoint_every = 0\n"
                   "keep = 3\nkeep_epochs = \nthreads = 1\nprecision = fp32\nengine = auto\n"
                   "conv_algo = im2col\nwinograd_min_width = 1\nwinograd4_min_width = 0\nbn_sync = global\n"
-                  "log_every = 10\n"
+                  "reduction = node\nlog_every = 10\n"
                   "p_uncond = 0.1\nguidance = 5\nsampler = auto\nsample_steps = 0\n"
                   "sample_spacing = uniform\nsample_eta = 0\n"
                   "sample_epochs = 1,5,10,15,20\nwatchdog = 300\n"
@@ -486,7 +486,7 @@ static void test_round_trip(void) {
     char text[4096], text2[4096];
     int n = config_to_string(&a, text, sizeof text);
     EXPECT(n == (int)strlen(text) && n > 0, "to_string length %d", n);
-    EXPECT(count_lines(text) == 39, "39 lines, got %d", count_lines(text));
+    EXPECT(count_lines(text) == 40, "40 lines, got %d", count_lines(text));
     EXPECT(strncmp(text, "objective = flow\nconditioning = class\n", 38) == 0,
            "to_string starts '%.40s'", text);
     EXPECT(strstr(text, "\nlr = 0.30000000000000004\n") != NULL,

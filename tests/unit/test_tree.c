@@ -92,6 +92,14 @@ int main(void) {
     EXPECT(tree_fold(3, 10, bk, NULL, NULL, NULL) == 3 && bk[0].a == 3 && bk[0].k == 0 &&
                bk[1].a == 4 && bk[1].k == 2 && bk[2].a == 8 && bk[2].k == 1,
            "leaves 3..9 fold into (3,0) (4,2) (8,1)");
+    /* tree_nblocks counts what tree_fold leaves (dist.c sizes its buffers
+     * by it), for every range in [0, 70]. */
+    int wrong = 0;
+    for (int lo = 0; lo <= 70; lo++)
+        for (int hi = lo; hi <= 70; hi++)
+            wrong += tree_nblocks(lo, hi) != tree_fold(lo, hi, bk, NULL, NULL, NULL);
+    EXPECT(wrong == 0, "tree_nblocks = tree_fold's blocks for all ranges in [0, 70] (%d wrong)",
+           wrong);
     EXPECT(max_seen <= TREE_MAX_DEPTH, "stacks within TREE_MAX_DEPTH (%d)", max_seen);
     return test_finish("test_tree");
 }

@@ -232,7 +232,7 @@ static void check_gradient(int key, cond_mix mix, dm_norm norm, int classes,
     unet_init(&u, &sh);
     unet_init_params(&u, 3);
     dm_dist d;
-    dist_init(&d, MPI_COMM_WORLD, u.nparams, NMB, 8 * D, 0);
+    dist_init(&d, MPI_COMM_WORLD, u.nparams, NMB, 8 * D, 0, 1);
     float *g = calloc((size_t)u.nparams, sizeof(float));
     fd_entry *es = calloc(3 * UNET_MAX_PARAMS, sizeof(fd_entry));
     loss_and_grad(&u, &d, g);
