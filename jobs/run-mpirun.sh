@@ -36,20 +36,10 @@ compgen -G "$out/checkpoints/ckpt-*.h5" >/dev/null && resume=(--resume auto)
 # core Open MPI would bind the rank to.
 bind=()
 for a in "$@"; do [[ $a =~ ^threads=([0-9]+)$ ]] && ((BASH_REMATCH[1] > 1)) && bind=(--bind-to none); done
-# Open MPI's mpirun forwards SIGUSR1 to the ranks but not SIGTERM (it ends
-# them within odls_base_sigkill_timeout, 1 s, mid-step): so this script
-# turns a TERM (or USR1) it receives into a USR1 for mpirun, and the run
-# finishes its step, checkpoints and exits 3, as under Slurm.
+# A TERM or USR1 to this script reaches the ranks as USR1: the run finishes
+# its step, checkpoints and exits 3, as under Slurm (jobs/launch.sh).
+# shellcheck source=jobs/launch.sh
+source "$(dirname "${BASH_SOURCE[0]}")/launch.sh"
 # shellcheck disable=SC2086
-mpirun ${MPIRUN_ARGS:-} "${bind[@]}" -np "$np" "$bin" train --config "$config" --out "$out" "${resume[@]}" "$@" &
-pid=$!
-trap 'caught=1; kill -USR1 "$pid" 2>/dev/null' USR1 TERM
-# A trapped signal makes `wait` return 128+N at once: wait again for the
-# run's own exit code (`|| rc=$?`: under set -e a failing wait would end
-# this script instead).
-while :; do
-    caught=0 rc=0
-    wait "$pid" || rc=$?
-    ((caught && rc > 128)) || break
-done
-exit "$rc"
+dm_launch mpirun ${MPIRUN_ARGS:-} "${bind[@]}" -np "$np" "$bin" train --config "$config" --out "$out" "${resume[@]}" "$@"
+exit "$DM_RC"

@@ -47,6 +47,7 @@ typedef struct {
     double t_start;
     int tty;            /* progress redraws one line (a terminal, no mpirun) */
     char auto_note[448]; /* rank 0: how precision = auto was decided ("" if set) */
+    int stopped_by;      /* the signal that stopped the run after a checkpoint (0: none) */
     char conv_note[448]; /* rank 0: how conv_algo = auto was decided ("" if set) */
 } dm_trainer;
 

@@ -56,19 +56,13 @@ fi
 echo "diffmpi job ${SLURM_JOB_ID:-local} restart ${SLURM_RESTART_COUNT:-0}, launch $launch: $config -> $out ${resume[*]} ${layout[*]} $*"
 echo "allocation: ${SLURM_NTASKS:-?} task(s) on ${SLURM_JOB_NUM_NODES:-?} node(s), $cpus cpu(s) per task"
 
+# A TERM or USR1 to this shell (Slurm's warning) reaches the ranks as
+# USR1: they checkpoint and exit 3 (jobs/launch.sh).
+# shellcheck source=jobs/launch.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../launch.sh"
 # shellcheck disable=SC2086
-$launch "$bin" train --config "$config" --out "$out" "${resume[@]}" "${layout[@]}" "$@" &
-pid=$!
-trap 'caught=1; kill -USR1 "$pid" 2>/dev/null' USR1 TERM
-# A trapped signal makes `wait` return 128+N at once: wait again for the
-# run's own exit code. Not `while kill -0 "$pid"`: a run that ends as the
-# signal arrives is already reaped, and its code (0) would be lost to 138.
-while :; do
-    caught=0
-    wait "$pid"
-    rc=$?
-    ((caught && rc > 128)) || break
-done
+dm_launch $launch "$bin" train --config "$config" --out "$out" "${resume[@]}" "${layout[@]}" "$@"
+rc=$DM_RC
 if [[ $rc -eq 3 && -n "${SLURM_JOB_ID:-}" ]]; then
     echo "diffmpi: checkpointed on a signal; requeueing job $SLURM_JOB_ID"
     scontrol requeue "$SLURM_JOB_ID"

@@ -1123,10 +1123,10 @@ static dm_status loop(dm_trainer *t) {
         }
         if (st == DM_OK && any) {
             if (!saved) st = save(t);
-            if (t->rank == 0)
-                printf("\nstopped by signal %d after step %lld; checkpoint written, "
-                       "resume with --resume auto\n", any, (long long)t->st.step);
-            if (st == DM_OK) st = DM_ESTOP;
+            if (st == DM_OK) {
+                t->stopped_by = any; /* said last, by train_run */
+                st = DM_ESTOP;
+            }
         }
     }
     if (t->rank == 0 && st == DM_OK) {
@@ -1203,6 +1203,11 @@ int train_run(const dm_config *cfg, const char *out_dir, const char *resume) {
         double mine = dm_peak_rss_mib(), peak = 0;
         MPI_Reduce(&mine, &peak, 1, MPI_DOUBLE, MPI_MAX, 0, MPI_COMM_WORLD);
         if (t.rank == 0) printf("peak memory per rank: %.0f MiB (largest rank)\n", peak);
+        /* A requested stop ends the output with what to do next (the
+         * launchers keep it the last line). */
+        if (t.rank == 0 && t.stopped_by)
+            printf("\nstopped by signal %d after step %lld; checkpoint written, "
+                   "resume with --resume auto\n", t.stopped_by, (long long)t.st.step);
     }
     trainer_teardown(&t);
     return dm_exit_code(st);

@@ -112,6 +112,20 @@ p.send_signal(signal.SIGTERM)
 so, se = p.communicate(timeout=300)
 check(p.returncode == 3 and "stopped by signal 10" in so,
       f"SIGTERM to run-mpirun.sh: the ranks get USR1, exit 3 ({p.returncode}, {se[-200:]})")
+# A requested stop reads as one: diffmpi's line ends the output, and
+# mpirun's banner for a non-zero exit is not on stderr (jobs/launch.sh).
+last = [l for l in so.splitlines() if l.strip()][-1:]
+check(bool(last) and last[0].startswith("stopped by signal 10 after step")
+      and last[0].endswith("checkpoint written, resume with --resume auto")
+      and "Primary job" not in se and "Exit code" not in se and not se.strip(),
+      f"run-mpirun.sh stop: diffmpi's line last, no mpirun banner ({last}, {se[-300:]!r})")
+# A rank that dies is still reported in full (the filter keeps other blocks).
+p = subprocess.run(["bash", os.path.join(SRC, "jobs", "run-mpirun.sh"), ini,
+                    os.path.join(base, "script-kill"), "2"],
+                   env=dict(env, DIFFMPI_TEST_KILL="step:2:1"), capture_output=True, text=True,
+                   timeout=300)
+check(p.returncode != 0 and p.returncode != 3 and "exited on signal 9" in p.stderr,
+      f"run-mpirun.sh: a killed rank keeps mpirun's report ({p.returncode}, {p.stderr[-300:]!r})")
 r = train(2, out, resume="auto")
 bad = compare_h5(ref_final, os.path.join(out, "checkpoints", "ckpt-44.h5"))
 check(r.returncode == 0 and not bad,

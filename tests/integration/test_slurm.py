@@ -273,6 +273,14 @@ try:
                f"preempt: the run stopped on USR1 after step {stop}", tail(text))
         check(f"checkpointed on a signal; requeueing job {jid}" in text,
               "preempt: exit 3 made train-job.sh requeue the job")
+        # The stop reads as one in the job's log: diffmpi's line, then the
+        # requeue, and none of mpirun's banner for a non-zero exit.
+        lines = [l for l in text.splitlines() if l.strip()]
+        at = next((i for i, l in enumerate(lines) if "stopped by signal 10" in l), -1)
+        check(at >= 0 and "requeueing job" in lines[at + 1] and "Primary job" not in text
+              and "Exit code:" not in text,
+              f"preempt: the log says stop, then requeue, no mpirun banner "
+              f"({lines[at:at + 2] if at >= 0 else tail(text)})")
         check(re.search(rf"diffmpi job {jid} restart 1, launch mpirun: "
                         r".* --resume auto", text) is not None,
               "preempt: the requeued job (SLURM_RESTART_COUNT=1) resumes")
