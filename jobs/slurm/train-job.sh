@@ -26,6 +26,14 @@ if [[ ! -x "$bin" ]]; then
     echo "train-job: $bin not found; build first (tools/setup.sh) and submit from the repository root" >&2
     exit 2
 fi
+# jobs/launch.sh: beside this script, or (when sbatch ran a copy of it from
+# its spool directory) under the directory the job was submitted from.
+launch_lib=$(dirname "${BASH_SOURCE[0]}")/../launch.sh
+[[ -f $launch_lib ]] || launch_lib=${SLURM_SUBMIT_DIR:-.}/jobs/launch.sh
+if [[ ! -f $launch_lib ]]; then
+    echo "train-job: jobs/launch.sh not found; submit from the repository root" >&2
+    exit 2
+fi
 export OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-1}
 if [[ $(id -u) -eq 0 ]]; then
     export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
@@ -59,7 +67,7 @@ echo "allocation: ${SLURM_NTASKS:-?} task(s) on ${SLURM_JOB_NUM_NODES:-?} node(s
 # A TERM or USR1 to this shell (Slurm's warning) reaches the ranks as
 # USR1: they checkpoint and exit 3 (jobs/launch.sh).
 # shellcheck source=jobs/launch.sh
-source "$(dirname "${BASH_SOURCE[0]}")/../launch.sh"
+source "$launch_lib"
 # shellcheck disable=SC2086
 dm_launch $launch "$bin" train --config "$config" --out "$out" "${resume[@]}" "${layout[@]}" "$@"
 rc=$DM_RC
