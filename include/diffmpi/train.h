@@ -64,7 +64,7 @@ dm_status trainer_setup(dm_trainer *t, const dm_config *c, const char *out_dir,
 dm_status trainer_step(dm_trainer *t, double *loss, int *images);
 /* OPENBLAS_CORETYPE overrides OpenBLAS's own choice of kernels; an AVX2
  * kernel set on a CPU with AVX-512 can cost half the GEMM speed
- * (docs/performance.md). Returns 1 and a one-line note in buf when that is
+ * (docs/performance-log.md). Returns 1 and a one-line note in buf when that is
  * the case, else 0. train and bench print it with their set-up lines. */
 int blas_core_note(char *buf, size_t size);
 

@@ -444,7 +444,7 @@ int blas_core_note(char *buf, size_t size) {
                 snprintf(buf, size,
                          "note: OpenBLAS does not know this CPU and runs its %s kernels, "
                          "without AVX; engine = onednn (the default where built) or "
-                         "OPENBLAS_CORETYPE=%s is several times faster (docs/performance.md)",
+                         "OPENBLAS_CORETYPE=%s is several times faster (docs/performance-log.md)",
                          core, __builtin_cpu_supports("avx512f") ? "SkylakeX" : "Haswell");
                 return 1;
             }
@@ -455,7 +455,7 @@ int blas_core_note(char *buf, size_t size) {
         if (strcasecmp(core, avx512_cores[i]) == 0) return 0;
     snprintf(buf, size, "note: OPENBLAS_CORETYPE=%s makes OpenBLAS run its %s kernels, "
              "without AVX-512, on this AVX-512 CPU, which can halve the GEMM speed "
-             "(docs/performance.md): compare diffmpi bench with it unset", forced, core);
+             "(docs/performance-log.md): compare diffmpi bench with it unset", forced, core);
     return 1;
 }
 
@@ -552,7 +552,7 @@ static int plan_row(int width, int winograd, int w2, int w4) {
  * the last-level cache and the memory bus. Timed on rank 0 alone (the
  * others waiting), the memory-bound Winograd transforms ran faster than
  * they do in the step, and bf16's estimate came out below the measured
- * ratio (1.08x against 1.15x on a Zen 5; docs/performance.md). Every rank
+ * ratio (1.08x against 1.15x on a Zen 5; docs/performance-log.md). Every rank
  * then makes the same choice from the same figures; rank 0's k is the one
  * the caller broadcasts, and only rank 0 reads the checkpoint. */
 #define CONV_AUTO_MARGIN 1.05

@@ -63,7 +63,7 @@ static long plane_ld(long T) { return (T + 7 + 15) / 16 * 16; }
 /* Images per group: V and M of a group take about conv_group_floats, four
  * times that for F(4x4), whose products would otherwise be too narrow (one
  * 28x28 image is 49 tiles; a layer ran 1.2-1.4x as fast with 2-4 images a
- * group as with 1, on the Intel Xeon of docs/performance.md). */
+ * group as with 1, on the Intel Xeon of docs/performance-log.md). */
 static int wino_group(int N, int Cin, int Cout, int H, int W, int m) {
     const int a = m + 2;
     long per = (long)a * a * (Cin + Cout) * plane_ld((long)tiles(H, m) * tiles(W, m));
