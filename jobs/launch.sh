@@ -23,7 +23,9 @@ dm_drop_stop_banner() {
             if [[ $line =~ ^-{20,}$ ]]; then
                 in_block=1 held=$line$'\n'
             else
-                printf '%s\n' "$line" >&2
+                # not the exit-3 block after all: what was held goes first
+                printf '%s%s\n' "$primary" "$line" >&2
+                primary=""
             fi
             continue
         fi
