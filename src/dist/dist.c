@@ -482,18 +482,18 @@ static void level_send(dm_dist *d, dist_level *l, int s, int early) {
     }
 }
 
-/* Level l's additions on segment s of this member's part. */
-static void level_ops(dm_dist *d, dist_level *l, int s) {
-    long o, n = overlap(d->seg_off[s], d->seg_len[s], l->part, l->part_len, &o);
-    if (n == 0) return;
+/* Level l's additions on the parameters [o, o + n) of this member's part. */
+static void level_ops(dist_level *l, long o, long n) {
+    double t0 = prof_start();
     for (int k = 0; k < l->nops; k++)
         add_into(l->ptr[l->op_l[k]] + (o - l->part), l->ptr[l->op_r[k]] + (o - l->part), n);
+    prof_add(PROF_ELEM, t0);
 }
 
 /* Segment s has left this rank within the node: once the node's other
  * blocks of it are here (wait: block until they are), build the node's
- * blocks of it and send them along the rail. Returns whether it did. */
-static int node_segment(dm_dist *d, int s, int wait, int early) {
+ * blocks of it and send them along the rail (seg_state 2). */
+static void node_segment(dm_dist *d, int s, int wait, int early) {
     dist_level *l0 = &d->lv[0];
     int n = l0->seg_hi[s] - l0->seg_lo[s], done = 1;
     if (n > 0) {
@@ -502,13 +502,11 @@ static int node_segment(dm_dist *d, int s, int wait, int early) {
         else
             MPI_Testall(n, l0->req + l0->seg_lo[s], &done, MPI_STATUSES_IGNORE);
     }
-    if (!done) return 0;
-    double t0 = prof_start();
-    level_ops(d, l0, s);
-    prof_add(PROF_ELEM, t0);
+    if (!done) return;
+    long o, len = overlap(d->seg_off[s], d->seg_len[s], l0->part, l0->part_len, &o);
+    level_ops(l0, o, len);
     level_send(d, &d->lv[1], s, early);
     d->seg_state[s] = 2;
-    return 1;
 }
 
 void dist_leaf_merge(void *ctx, int j, long off, long len) {
@@ -599,11 +597,8 @@ void dist_reduce_grads(dm_dist *d, float *grads) {
     }
     d->recvs_posted = 0;
     prof_add(PROF_COMM, t0);
-    t0 = prof_start();
-    for (int o = 0; o < l1->nops; o++)
-        add_into(l1->ptr[l1->op_l[o]], l1->ptr[l1->op_r[o]], l1->part_len);
+    level_ops(l1, l1->part, l1->part_len);
     memcpy(grads + l1->part, l1->ptr[l1->out_id[0]], (size_t)l1->part_len * sizeof(float));
-    prof_add(PROF_ELEM, t0);
     if (d->size == 1) {
         watchdog_leave(prev);
         return;
