@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # The README's first run: train the judge of `diffmpi score` once
 # (jobs/configs/judge.ini into runs/judge, its final checkpoint linked as
-# runs/judge/judge.h5), then the small class-conditioned DDPM of
+# runs/judge/judge.h5), then the small class-conditioned flow model of
 # jobs/configs/quickstart.ini, which scores its samples with that judge
 # after every sampling epoch and prints the last score at the end.
 #
 # usage: jobs/quickstart.sh [OUT] [NP] [--set KEY=VALUE ...]
-#   OUT  output directory of the DDPM (default runs/quickstart)
+#   OUT  output directory of the flow model (default runs/quickstart)
 #   NP   ranks (default 2)
 # Environment: JUDGE (a judge checkpoint to use instead of training one),
 # DIFFMPI, MPIRUN_ARGS (as jobs/run-mpirun.sh).

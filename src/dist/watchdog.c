@@ -20,8 +20,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "diffmpi/h5util.h"
-
 #define MAX_ADDRS 8
 #define PROBE_SECONDS 3
 #define SUSPENDED_SECONDS 2.0 /* a 1 s sleep this much late: the process was stopped */
