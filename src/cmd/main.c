@@ -34,7 +34,7 @@ static const char *usage_main =
     "  bench     measure training or sampling speed against the sgemm peak\n"
     "  inspect   show what a checkpoint, log or samples file holds\n"
     "  help      this text; 'help keys' lists the configuration keys (with\n"
-    "            --markdown: as the table of README.md), 'help defaults'\n"
+    "            --markdown: as the table of docs/configuration.md), 'help defaults'\n"
     "            prints the default configuration as an INI file\n"
     "\n"
     "exit codes: 0 success, 1 runtime failure, 2 usage error,\n"
@@ -478,7 +478,7 @@ static int cmd_inspect(int argc, char **argv) {
 }
 
 /* diffmpi help [keys [--markdown] | defaults]: the configuration keys as
- * --help lists them or as README.md's table, or every key at its default
+ * --help lists them or as docs/configuration.md's table, or every key at its default
  * as an INI file (config_to_string, as train prints it at start). */
 static int cmd_help(int argc, char **argv) {
     if (argc == 0 || wants_help(argc, argv)) return print_usage(usage_main, 0);

@@ -2,7 +2,7 @@
  *
  * Every key is one row of `keys` below (name, kind, field offset, allowed
  * range or names, default, meaning), and defaults, parsing, printing,
- * validation and the key list of --help and README.md all walk that table,
+ * validation and the key list of --help and docs/configuration.md all walk that table,
  * so a key cannot be parsed one way, checked another and documented a third.
  *
  * inih (Debian 12: r55, built with its defaults) is fed through our own line
@@ -56,7 +56,7 @@ typedef struct {
                                     NULL past the last (a module's table) */
     const char *def;    /* default, as a user writes it; config_defaults
                            parses it like any other value */
-    const char *help;   /* one line: what the key means (--help, README) */
+    const char *help;   /* one line: what the key means (--help, docs/configuration.md) */
 } config_key;
 
 static const char *const conditioning_names[] = {"none", "time", "class",
@@ -86,7 +86,7 @@ _Static_assert(sizeof(((dm_config *)0)->judge) == sizeof(((dm_config *)0)->data_
 #define OFF(field) offsetof(dm_config, field)
 
 /* The one description of every key: config_defaults, parsing, validation,
- * config_to_string, `diffmpi train --help` and README.md's key table (from
+ * config_to_string, `diffmpi train --help` and docs/configuration.md's key table (from
  * `diffmpi help keys --markdown`) all walk it. The order of this table is
  * the order of config_to_string (printed at start, stored in every output
  * file). */
@@ -312,7 +312,7 @@ static int enum_count(const config_key *k) {
 }
 
 /* The allowed values of k in a few words (the key list of --help and
- * README.md); enum names joined by '|'. */
+ * docs/configuration.md); enum names joined by '|'. */
 static void key_values(const config_key *k, char *buf, size_t size) {
     size_t pos = 0;
     switch (k->kind) {

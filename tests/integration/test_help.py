@@ -1,10 +1,10 @@
 #!/usr/bin/python3
 """One source of truth for the configuration keys (src/io/config.c's table).
 
-usage: /usr/bin/python3 test_help.py PATH/TO/diffmpi SOURCE_DIR [--update-readme]
+usage: /usr/bin/python3 test_help.py PATH/TO/diffmpi SOURCE_DIR [--update-docs]
 
 Checks, failing (exit 1) on any difference:
-  - README.md's block between KEYS_BEGIN and KEYS_END is exactly what
+  - docs/configuration.md's block between KEYS_BEGIN and KEYS_END is exactly what
     `diffmpi help keys --markdown` prints;
   - `diffmpi train --help` and `diffmpi bench --help` list every key of that
     table with the same allowed values and default, followed by its meaning;
@@ -14,7 +14,7 @@ Checks, failing (exit 1) on any difference:
     (run where no MNIST exists, so it stops at the data);
   - `diffmpi --help` documents `help keys` and `help defaults`, and a bad
     help topic is one usage error line with exit code 2.
-With --update-readme it rewrites README.md's block from the binary instead.
+With --update-docs it rewrites that block from the binary instead.
 """
 import os
 import re
@@ -26,7 +26,8 @@ from common import check, finish, BIN, SRC
 
 KEYS_BEGIN = "<!-- keys:begin"
 KEYS_END = "<!-- keys:end -->"
-README = os.path.join(SRC, "README.md")
+TABLE = os.path.join(SRC, "docs", "configuration.md")
+TABLE_NAME = "docs/configuration.md"
 ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1",
            OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", OMPI_MCA_plm_rsh_agent="false",
            OPENBLAS_NUM_THREADS="1")
@@ -38,7 +39,7 @@ def run(args, cwd=None):
                           stdin=subprocess.DEVNULL)
 
 
-def readme_block(lines):
+def table_block(lines):
     """(first, last) line indices inside the markers, or None."""
     begin = [i for i, l in enumerate(lines) if l.startswith(KEYS_BEGIN)]
     end = [i for i, l in enumerate(lines) if l.strip() == KEYS_END]
@@ -100,16 +101,16 @@ def same_value(shown, actual):
         return shown == actual
 
 
-def update_readme(markdown):
-    with open(README) as f:
+def update_docs(markdown):
+    with open(TABLE) as f:
         lines = f.read().split("\n")
-    span = readme_block(lines)
+    span = table_block(lines)
     if not span:
-        sys.exit("README.md: no single %s ... %s block" % (KEYS_BEGIN, KEYS_END))
+        sys.exit("%s: no single %s ... %s block" % (TABLE_NAME, KEYS_BEGIN, KEYS_END))
     lines[span[0]:span[1]] = [""] + markdown.rstrip("\n").split("\n") + [""]
-    with open(README, "w") as f:
+    with open(TABLE, "w") as f:
         f.write("\n".join(lines))
-    print("README.md: key table rewritten")
+    print("%s: key table rewritten" % TABLE_NAME)
 
 
 def main():
@@ -117,8 +118,8 @@ def main():
     check(md.returncode == 0 and md.stderr == "",
           "help keys --markdown: exit 0, nothing on stderr (%d, %r)"
           % (md.returncode, md.stderr[:200]))
-    if "--update-readme" in sys.argv[3:]:
-        update_readme(md.stdout)
+    if "--update-docs" in sys.argv[3:]:
+        update_docs(md.stdout)
         return
     rows, order = markdown_rows(md.stdout)
     check(bool(rows) and md.stdout.startswith("| key | values | default | meaning |\n"),
@@ -128,11 +129,11 @@ def main():
     check(len(order) == len(set(order)) > 20,
           "distinct keys in the table (%d)" % len(order))
 
-    # README.md's block is the generated table, byte for byte.
-    with open(README) as f:
+    # docs/configuration.md's block is the generated table, byte for byte.
+    with open(TABLE) as f:
         lines = f.read().split("\n")
-    span = readme_block(lines)
-    check(span is not None, "README.md has one %s ... %s block" % (KEYS_BEGIN, KEYS_END))
+    span = table_block(lines)
+    check(span is not None, "%s has one %s ... %s block" % (TABLE_NAME, KEYS_BEGIN, KEYS_END))
     if span:
         block = "\n".join(lines[span[0]:span[1]]).strip("\n") + "\n"
         want = md.stdout.split("\n")
@@ -142,12 +143,12 @@ def main():
         where = ""
         if diff:
             i = diff[0]
-            where = " (first difference in table line %d: README %r, generated %r)" % (
+            where = " (first difference in table line %d: docs %r, generated %r)" % (
                 i + 1, got[i] if i < len(got) else None,
                 want[i] if i < len(want) else None)
-        check(not diff, "README.md key table equals `diffmpi help keys "
+        check(not diff, "%s key table equals `diffmpi help keys "
               "--markdown`%s; regenerate with: test_help.py BIN SRC "
-              "--update-readme" % where)
+              "--update-docs" % (TABLE_NAME, where))
 
     # train --help and bench --help list every key, as the table does.
     for cmd in ("train", "bench"):
