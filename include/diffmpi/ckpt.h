@@ -83,6 +83,10 @@ dm_status ckpt_read_weights(const char *path, unet *u, ckpt_weights w, int *used
  * DM_EIO (with a message) when there is none. Damaged newer files are
  * named on stderr and skipped. */
 dm_status ckpt_find_latest(const char *out_dir, char *path, size_t size);
+/* The checkpoint --resume names: "auto" is ckpt_find_latest's, anything
+ * else the path itself. One rank's view: a job has rank 0 resolve it and
+ * broadcast the path. */
+dm_status ckpt_resume_path(const char *out_dir, const char *resume, char *path, size_t size);
 /* Read every dataset of a checkpoint and check every checksum, and the
  * state's: *checked = the checksums verified. One line naming the damaged
  * tensor (or the state) and DM_EIO otherwise. */

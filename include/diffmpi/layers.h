@@ -24,8 +24,8 @@
 #include "diffmpi/engine.h"
 
 /* The elementwise kernels are compiled three times (AVX-512 as x86-64-v4,
- * i.e. with AVX512BW, whose word operations make float -> bf16 rounding 2.5x
- * faster than AVX512F alone; AVX2; plain x86-64) and the loader picks the
+ * i.e. with AVX512BW, whose word operations make float -> bf16 rounding
+ * much faster than AVX512F alone; AVX2; plain x86-64) and the loader picks the
  * best the CPU has. The build is ISO C
  * (-std=c11), so GCC contracts no a*b+c into an FMA and every kernel is
  * elementwise or sums in a fixed order: all three give bitwise the same

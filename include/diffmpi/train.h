@@ -62,11 +62,6 @@ dm_status trainer_setup(dm_trainer *t, const dm_config *c, const char *out_dir,
 /* One optimizer step of the current global batch (collective): *loss the
  * batch loss, *images its size. */
 dm_status trainer_step(dm_trainer *t, double *loss, int *images);
-/* OPENBLAS_CORETYPE overrides OpenBLAS's own choice of kernels; an AVX2
- * kernel set on a CPU with AVX-512 can cost half the GEMM speed
- * (docs/performance-log.md). Returns 1 and a one-line note in buf when that is
- * the case, else 0. train and bench print it with their set-up lines. */
-int blas_core_note(char *buf, size_t size);
 
 /* Forward, loss and backward of one global batch of B images (collective):
  * this rank's nloc micro-batches (n[j] images each) are in net's input slots
@@ -85,5 +80,16 @@ double train_batch(unet *net, dm_dist *dist, const dm_objective_def *o, float *g
  * phase). */
 void trainer_sync_sampler(dm_trainer *t);
 void trainer_teardown(dm_trainer *t);
+
+/* For the trainer's own modules (train_setup.c, train_judge.c,
+ * recalibrate.c): */
+/* A read every rank did (data, a checkpoint): the job's status, and one
+ * line from rank 0 when rank 0 read what another rank could not. */
+dm_status trainer_agree_read(const dm_trainer *t, dm_status st, const char *what);
+/* Global batch `batch` of the epoch's order into this rank's micro-batch
+ * slots, its noise, times and dropped labels drawn under `key` (the step);
+ * returns the batch size; *nloc this rank's micro-batches, *bn_n the images
+ * BatchNorm's statistics count. */
+int trainer_load_batch(dm_trainer *t, long batch, int64_t key, int *nloc, long *bn_n);
 
 #endif

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "diffmpi/autotune.h"
 #include "diffmpi/gemm.h"
 #include "diffmpi/layers.h"
 #include "diffmpi/prof.h"
@@ -221,13 +222,7 @@ int bench_run(const dm_config *cfg, int steps, int sample, int verbose) {
         cpu_name(cpu, sizeof cpu);
         printf("diffmpi bench: %d rank(s) x %d thread(s); %s\n", t.size, cfg->threads, cpu);
         printf("OpenBLAS %s, core %s\n", openblas_get_config(), openblas_get_corename());
-        printf("convolution products: %s\n", gemm_describe());
-        const char *conv_note = diffusion_conv_note(&t.cfg);
-        if (*conv_note) printf("%s\n", conv_note);
-        if (t.auto_note[0]) printf("%s\n", t.auto_note);
-        if (t.conv_note[0]) printf("%s\n", t.conv_note);
-        char note[512];
-        if (blas_core_note(note, sizeof note)) printf("%s\n", note);
+        autotune_print(&t.cfg, t.auto_note, t.conv_note);
         printf("model: objective=%s conditioning=%s D=%d, batch %d, micro_batch %d; "
                "%.3f GFLOP per training image\n",
                config_objective_name(cfg->objective),

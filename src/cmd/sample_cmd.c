@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "diffmpi/autotune.h"
 #include "diffmpi/ckpt.h"
 #include "diffmpi/data.h"
 #include "diffmpi/diffusion.h"
@@ -192,12 +193,9 @@ static dm_status load(sample_args *a, dm_config *c, sampler_request *q, unet *u,
     if (start->path) DM_TRY(read_start(start));
     DM_TRY(ckpt_read_config(a->checkpoint, c));
     if (a->precision >= 0) c->precision = (dm_precision)a->precision;
-    /* --precision auto: rank 0 measures, every rank runs its answer. */
     int rank;
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-    c->precision = (dm_precision)dm_from_rank0(
-        rank == 0 ? (int)gemm_resolve_precision(c->engine, c->precision) : 0);
-    DM_TRY(gemm_setup(c->engine, c->precision, c->threads));
+    DM_TRY(autotune_engine(c->engine, c->precision, c->threads, rank, &c->precision));
     DM_TRY(resolve(a, c, q, start));
     unet_shape sh = diffusion_shape(c, sampler_model_rows(c), sampler_model_slots(c), 1);
     unet_init(u, &sh);

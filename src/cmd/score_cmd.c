@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "diffmpi/autotune.h"
 #include "diffmpi/data.h"
 #include "diffmpi/gemm.h"
 #include "diffmpi/h5util.h"
@@ -180,6 +181,29 @@ static void print_score(const char *pre, const dm_score *s, int F) {
     printf("\n");
 }
 
+/* One set's figures into an open group (write_group closes it). */
+static dm_status write_fields(hid_t grp, const char *file, const dm_score *s,
+                              const image_set *set, int F, int K) {
+    hsize_t ten = 10;
+    double nd[10];
+    for (int d = 0; d < 10; d++) nd[d] = s->n_digit[d];
+    DM_TRY(h5_attr_i64(grp, file, "n", s->n));
+    DM_TRY(h5_attr_i64(grp, file, "conditioned", s->conditioned));
+    DM_TRY(h5_attr_f64(grp, file, "accuracy", s->acc));
+    DM_TRY(h5_attr_f64(grp, file, "confidence", s->conf));
+    DM_TRY(h5_attr_f64(grp, file, "frechet_distance", s->fd));
+    DM_TRY(h5_attr_f64(grp, file, "entropy", s->entropy));
+    DM_TRY(h5_write_f64(grp, file, "accuracy_per_digit", s->acc_digit, 1, &ten));
+    DM_TRY(h5_write_f64(grp, file, "images_per_digit", nd, 1, &ten));
+    DM_TRY(h5_write_f64(grp, file, "histogram", s->hist, 1, &ten));
+    hsize_t df[2] = {(hsize_t)set->n, (hsize_t)F}, dk[2] = {(hsize_t)set->n, (hsize_t)K};
+    hsize_t dn = (hsize_t)set->n;
+    if (set->feats) DM_TRY(h5_write_f32(grp, file, "features", set->feats, 2, df));
+    if (set->logits) DM_TRY(h5_write_f32(grp, file, "logits", set->logits, 2, dk));
+    if (set->feats) DM_TRY(h5_write_i32(grp, file, "labels", set->labels, 1, &dn));
+    return DM_OK;
+}
+
 static dm_status write_group(hid_t f, const char *file, const char *g, const dm_score *s,
                              const image_set *set, int F, int K) {
     hid_t grp = g[0] ? H5Gcreate2(f, g, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT)
@@ -188,23 +212,7 @@ static dm_status write_group(hid_t f, const char *file, const char *g, const dm_
         dm_error("%s: cannot create group %s", file, g);
         return DM_EIO;
     }
-    hsize_t ten = 10;
-    double nd[10];
-    for (int d = 0; d < 10; d++) nd[d] = s->n_digit[d];
-    dm_status st = h5_attr_i64(grp, file, "n", s->n);
-    if (st == DM_OK) st = h5_attr_i64(grp, file, "conditioned", s->conditioned);
-    if (st == DM_OK) st = h5_attr_f64(grp, file, "accuracy", s->acc);
-    if (st == DM_OK) st = h5_attr_f64(grp, file, "confidence", s->conf);
-    if (st == DM_OK) st = h5_attr_f64(grp, file, "frechet_distance", s->fd);
-    if (st == DM_OK) st = h5_attr_f64(grp, file, "entropy", s->entropy);
-    if (st == DM_OK) st = h5_write_f64(grp, file, "accuracy_per_digit", s->acc_digit, 1, &ten);
-    if (st == DM_OK) st = h5_write_f64(grp, file, "images_per_digit", nd, 1, &ten);
-    if (st == DM_OK) st = h5_write_f64(grp, file, "histogram", s->hist, 1, &ten);
-    hsize_t df[2] = {(hsize_t)set->n, (hsize_t)F}, dk[2] = {(hsize_t)set->n, (hsize_t)K};
-    hsize_t dn = (hsize_t)set->n;
-    if (st == DM_OK && set->feats) st = h5_write_f32(grp, file, "features", set->feats, 2, df);
-    if (st == DM_OK && set->logits) st = h5_write_f32(grp, file, "logits", set->logits, 2, dk);
-    if (st == DM_OK && set->feats) st = h5_write_i32(grp, file, "labels", set->labels, 1, &dn);
+    dm_status st = write_fields(grp, file, s, set, F, K);
     if (H5Gclose(grp) < 0 && st == DM_OK) {
         dm_error("%s: cannot write group %s", file, g);
         st = DM_EIO;
@@ -253,6 +261,63 @@ static dm_status load_inputs(const score_args *a, dm_judge *j, set_list *l, imag
     return dm_agree(st);
 }
 
+/* Everything after the inputs are read. Every status here is the job's
+ * (the same data on every rank gives the same answer; the writes are
+ * broadcast), so a failure returns on every rank at once. */
+static dm_status score_sets(const score_args *a, dm_judge *j, set_list *l,
+                            const image_set *ref, const char *refdesc, dm_score *sc,
+                            float **ref_feats, int rank) {
+    dm_precision want = a->precision >= 0 ? (dm_precision)a->precision : j->cfg.precision;
+    DM_TRY(autotune_engine(j->cfg.engine, want, j->cfg.threads, rank, &j->prec));
+    if (rank == 0) {
+        printf("score: judge %s (crc32 %08x, D=%d, %d features, %s weights, %s)\n",
+               a->judge, (unsigned)j->crc, j->cfg.hidden, j->F, j->ema ? "EMA" : "raw",
+               gemm_describe());
+        if (gemm_auto_note()) printf("score: %s\n", gemm_auto_note());
+        printf("score: reference features of %d images of %s ...\n", ref->n, refdesc);
+        fflush(stdout);
+    }
+    double t0 = MPI_Wtime();
+    dm_set_quiet(rank != 0);
+    dm_status st = judge_reference(j, refdesc, ref->images, ref->n);
+    dm_set_quiet(0);
+    DM_TRY(st);
+    if (a->features) {
+        *ref_feats = dm_malloc(sizeof(float) * (size_t)ref->n * j->F);
+        memcpy(*ref_feats, j->feats, sizeof(float) * (size_t)ref->n * j->F);
+    }
+    for (int i = 0; i < l->nsets; i++) {
+        image_set *t = &l->sets[i];
+        char what[4200];
+        snprintf(what, sizeof what, "%s%s%s", a->samples, t->group[0] ? ": " : "", t->group);
+        dm_set_quiet(rank != 0);
+        st = judge_score(j, what, t->images, t->labels, t->n, &sc[i]);
+        dm_set_quiet(0);
+        DM_TRY(st);
+        if (a->features) {
+            t->feats = dm_malloc(sizeof(float) * (size_t)t->n * j->F);
+            t->logits = dm_malloc(sizeof(float) * (size_t)t->n * j->K);
+            memcpy(t->feats, j->feats, sizeof(float) * (size_t)t->n * j->F);
+            memcpy(t->logits, j->logits, sizeof(float) * (size_t)t->n * j->K);
+        }
+        if (rank == 0) {
+            char pre[80] = "";
+            if (t->group[0]) snprintf(pre, sizeof pre, "%s: ", t->group);
+            printf("%s%d images (%d with an intended digit)\n", pre, sc[i].n,
+                   sc[i].conditioned);
+            print_score(pre, &sc[i], j->F);
+            fflush(stdout);
+        }
+    }
+    if (rank == 0) printf("score: %d set(s) scored in %.1f s\n", l->nsets, MPI_Wtime() - t0);
+    if (a->out) {
+        st = rank == 0 ? write_out(a, j, refdesc, l, sc, *ref_feats) : DM_OK;
+        DM_TRY((dm_status)dm_from_rank0((int)st));
+        if (rank == 0) printf("wrote %s\n", a->out);
+    }
+    return DM_OK;
+}
+
 int score_run(const score_args *a) {
     int rank;
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
@@ -262,66 +327,10 @@ int score_run(const score_args *a) {
     image_set ref = {0};
     char refdesc[4200] = "";
     memset(&j, 0, sizeof j);
-    dm_status st = load_inputs(a, &j, l, &ref, refdesc, sizeof refdesc, rank);
-    if (st == DM_OK) {
-        dm_set_quiet(rank != 0);
-        /* auto: rank 0 measures, every rank runs its answer. */
-        dm_precision want = a->precision >= 0 ? (dm_precision)a->precision : j.cfg.precision;
-        j.prec = (dm_precision)dm_from_rank0(
-            rank == 0 ? (int)gemm_resolve_precision(j.cfg.engine, want) : 0);
-        st = dm_agree(gemm_setup(j.cfg.engine, j.prec, j.cfg.threads));
-        dm_set_quiet(0);
-    }
     dm_score *sc = dm_calloc(MAX_SETS, sizeof *sc);
-    if (st == DM_OK && rank == 0) {
-        printf("score: judge %s (crc32 %08x, D=%d, %d features, %s weights, %s)\n",
-               a->judge, (unsigned)j.crc, j.cfg.hidden, j.F, j.ema ? "EMA" : "raw",
-               gemm_describe());
-        if (gemm_auto_note()) printf("score: %s\n", gemm_auto_note());
-        printf("score: reference features of %d images of %s ...\n", ref.n, refdesc);
-        fflush(stdout);
-    }
-    double t0 = MPI_Wtime();
-    if (st == DM_OK) {
-        dm_set_quiet(rank != 0);
-        st = judge_reference(&j, refdesc, ref.images, ref.n);
-        dm_set_quiet(0);
-    }
     float *ref_feats = NULL;
-    if (st == DM_OK && a->features) {
-        ref_feats = dm_malloc(sizeof(float) * (size_t)ref.n * j.F);
-        memcpy(ref_feats, j.feats, sizeof(float) * (size_t)ref.n * j.F);
-    }
-    for (int i = 0; st == DM_OK && i < l->nsets; i++) {
-        char what[4200];
-        snprintf(what, sizeof what, "%s%s%s", a->samples, l->sets[i].group[0] ? ": " : "",
-                 l->sets[i].group);
-        dm_set_quiet(rank != 0);
-        st = judge_score(&j, what, l->sets[i].images, l->sets[i].labels, l->sets[i].n, &sc[i]);
-        dm_set_quiet(0);
-        image_set *t = &l->sets[i];
-        if (st == DM_OK && a->features) {
-            t->feats = dm_malloc(sizeof(float) * (size_t)t->n * j.F);
-            t->logits = dm_malloc(sizeof(float) * (size_t)t->n * j.K);
-            memcpy(t->feats, j.feats, sizeof(float) * (size_t)t->n * j.F);
-            memcpy(t->logits, j.logits, sizeof(float) * (size_t)t->n * j.K);
-        }
-        if (st == DM_OK && rank == 0) {
-            char pre[80] = "";
-            if (l->sets[i].group[0]) snprintf(pre, sizeof pre, "%s: ", l->sets[i].group);
-            printf("%s%d images (%d with an intended digit)\n", pre, sc[i].n,
-                   sc[i].conditioned);
-            print_score(pre, &sc[i], j.F);
-            fflush(stdout);
-        }
-    }
-    if (st == DM_OK && rank == 0)
-        printf("score: %d set(s) scored in %.1f s\n", l->nsets, MPI_Wtime() - t0);
-    if (st == DM_OK && a->out) {
-        if (rank == 0) st = write_out(a, &j, refdesc, l, sc, ref_feats);
-        st = (dm_status)dm_from_rank0((int)st);
-        if (st == DM_OK && rank == 0) printf("wrote %s\n", a->out);
-    }
+    dm_status st = load_inputs(a, &j, l, &ref, refdesc, sizeof refdesc, rank);
+    if (st == DM_OK) st = score_sets(a, &j, l, &ref, refdesc, sc, &ref_feats, rank);
     free(sc);
     free(ref_feats);
     free_sets(l);

@@ -503,6 +503,12 @@ static dm_status find_latest(const char *dir, const long *steps, int n,
     return DM_EIO;
 }
 
+dm_status ckpt_resume_path(const char *out_dir, const char *resume, char *path, size_t size) {
+    if (strcmp(resume, "auto") == 0) return ckpt_find_latest(out_dir, path, size);
+    snprintf(path, size, "%s", resume);
+    return DM_OK;
+}
+
 dm_status ckpt_find_latest(const char *out_dir, char *path, size_t size) {
     char dir[4096];
     snprintf(dir, sizeof dir, "%s/checkpoints", out_dir);

@@ -51,8 +51,7 @@ int conv_group(int N, long floats_per_image) {
 
 /* GCC turns the short copy and zeroing loops below into memcpy/memset
  * calls; for rows of 7-28 floats the calls cost more than the copies
- * (im2col of a 3x3 D=128 layer at 28x28, micro-batch 32: 9.0 ms with the
- * calls, 5.9 ms with plain loops). */
+ * (measured: docs/performance-log.md). */
 #if defined(__GNUC__) && !defined(__clang__)
 #define DM_PLAIN_LOOPS __attribute__((optimize("no-tree-loop-distribute-patterns")))
 #else

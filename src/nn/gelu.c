@@ -2,7 +2,7 @@
  * floats of any layout, with a normal cdf/pdf that the compiler vectorizes.
  *
  * gelu(x) = x * Phi(x), Phi the standard normal cdf = (1 + erf(x/sqrt2))/2.
- * libm's erff/expf are scalar calls and cost about 14 % of a D=128 training
+ * libm's erff/expf are scalar calls, a large share of a D=128 training
  * step; normal_cdf_pdf below is branch-free float arithmetic, so one loop
  * of it becomes SSE/AVX2/AVX-512 code (see DM_VECTOR_CLONES in layers.h).
  *

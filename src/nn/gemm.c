@@ -75,19 +75,17 @@ const char *gemm_precision_name(int p) {
     return p >= 0 && p < 3 ? names[p] : NULL;
 }
 
-/* precision = auto: having bf16 units is not enough. On AMD's Zen 4/5 the
- * bf16 products run about 1.4x as fast as fp32 ones and on AMX far faster,
- * but on an Intel Xeon with AVX512-BF16 and no AMX (absent, or not passed
- * through by the hypervisor) they ran at 0.7x (72 against 101 GFLOP/s per
- * core), so bf16 there only costs. So the choice is
- * measured: the network's most common product (a 3x3 convolution
+/* precision = auto: having bf16 units is not enough. On some CPUs bf16
+ * products run faster than fp32 ones, on others (an Intel Xeon with
+ * AVX512-BF16 and no AMX, absent or not passed through by the hypervisor)
+ * slower, so bf16 there only costs (figures per CPU: docs/performance.md).
+ * So the choice is measured: the network's most common product (a 3x3 convolution
  * 128 -> 128 at 28x28 over one image, as the convolutions run it: M = 128,
  * N = 784, K = 1152, fp32 weights that the engine rounds, bf16 columns as
  * im2col writes them) is timed in both precisions, alternating, best of
- * PROBE_ROUNDS, about 0.1-0.5 s in all; bf16 is chosen when its product
- * takes at most 1/PROBE_MARGIN of the fp32 one's time. The gaps seen so far
- * are far from the margin (0.7x and 1.4x), so the answer does not flip
- * with noise; callers running several ranks decide on rank 0 and broadcast.
+ * PROBE_ROUNDS; bf16 is chosen when its product takes at most
+ * 1/PROBE_MARGIN of the fp32 one's time. The gaps seen so far are far from
+ * the margin, so the answer does not flip with noise; callers running several ranks decide on rank 0 and broadcast.
  * The result is kept for the process. */
 #define PROBE_M 128
 #define PROBE_N 784

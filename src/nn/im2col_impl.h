@@ -11,9 +11,8 @@
  * 'same' 3x3 convolutions and their input gradients): the row is then the
  * input plane shifted by d = (ki-p)*W + (kj-p), so it is one long copy
  * plus zeroing the padding rows and edge columns, instead of a short copy
- * per output row (AVX-512: 0.052 against 0.079 ms per image of a 3x3
- * D=128 layer; with SSE the per-row loop is faster, so plane_copy_pays
- * picks this only on AVX-512 CPUs). */
+ * per output row (faster with AVX-512; with SSE the per-row loop is, so
+ * plane_copy_pays picks this only on AVX-512 CPUs). */
 DM_PLAIN_LOOPS DM_VECTOR_CLONES
 static void IM2COL_NAME(plane_s1)(IM2COL_T *restrict dst, const IM2COL_T *restrict plane,
                                   int H, int W, int ki, int kj, int p, int lo, int hi) {

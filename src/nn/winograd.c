@@ -62,8 +62,8 @@ static long plane_ld(long T) { return (T + 7 + 15) / 16 * 16; }
 
 /* Images per group: V and M of a group take about conv_group_floats, four
  * times that for F(4x4), whose products would otherwise be too narrow (one
- * 28x28 image is 49 tiles; a layer ran 1.2-1.4x as fast with 2-4 images a
- * group as with 1, on the Intel Xeon of docs/performance-log.md). */
+ * 28x28 image is 49 tiles; the measured gain of 2-4 images a group is in
+ * docs/performance-log.md). */
 static int wino_group(int N, int Cin, int Cout, int H, int W, int m) {
     const int a = m + 2;
     long per = (long)a * a * (Cin + Cout) * plane_ld((long)tiles(H, m) * tiles(W, m));
@@ -582,8 +582,8 @@ static void weight_grad4(float *dw, const float *dU, int Cout, int Cin, int o0, 
  * reads rows 4ty-1 .. 4ty+4 and columns 4tx-1 .. 4tx+4. The six rows are
  * split by column phase, transformed down (B^T d, every phase), then across
  * (columns 4tx-1+j: phases 0..3 of tile tx, and phases 0 and 1 of tx + 1).
- * (Transforming each row across first, in registers, then down, was slower
- * here: 1.5x this function's time in `perf`.) */
+ * (Transforming each row across first, in registers, then down, was
+ * slower in `perf`.) */
 DM_VECTOR_CLONES
 static void input4(float *V, long es, long ld, const float *in, int N, int n0, int n1, int C,
                    int H, int W) {
