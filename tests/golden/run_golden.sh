@@ -8,8 +8,9 @@
 # Five tiny models (D=4; plain BatchNorm, time additive, time
 # multiplicative, class FiLM, plain GroupNorm with 2 groups), one batch of 5
 # images in micro-batches of 2, 2, 1, three Adam steps at lr 1e-3; every
-# tensor compared as max|diffmpi - torch| / max|torch| against a tolerance
-# per quantity (output, loss, gradients, BatchNorm running statistics,
+# tensor compared as max|diffmpi - torch| / max|torch|, and each entry of at
+# least 1e-3 of that largest as |diffmpi - torch| / |torch|, against a
+# tolerance per quantity (output, loss, gradients, BatchNorm running statistics,
 # eval-mode output, Adam's updates), listed with their reasons above the
 # quantity table in test_golden.c, which prints the worst value of each per
 # case.
@@ -18,6 +19,8 @@
 # the tensor that is wrong:
 #   --perturb grad       one gradient entry of up1/0/weight off by 1e-3 of
 #                        the tensor's largest entry
+#   --perturb small      one small entry of that gradient 4 % off (within
+#                        the tensor bound: caught by the per-entry bound)
 #   --perturb momentum   BatchNorm momentum 0.2 instead of 0.1
 #   --perturb adam       Adam without bias correction
 #   reference with tanh GELU (golden_ref.py --mutate gelu_tanh)
@@ -76,6 +79,7 @@ must_fail() {
 
 echo "== self-test: deliberate errors must fail"
 must_fail "one perturbed gradient entry" "grad up1/0/weight" --perturb grad
+must_fail "one small gradient entry 4 % off" "grad up1/0/weight: entry" --perturb small
 must_fail "BatchNorm momentum 0.2" "bn1 inc/0/bn_running_mean" --perturb momentum
 must_fail "Adam without bias correction" "adam inc/0/weight (step 1)" --perturb adam
 "$py" "$ref" "$work" --name ref_tanh --mutate gelu_tanh >/dev/null || exit 1
