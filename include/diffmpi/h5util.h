@@ -57,6 +57,9 @@ dm_status h5_attr_u64(hid_t loc, const char *file, const char *name, uint64_t v)
 dm_status h5_attr_f64(hid_t loc, const char *file, const char *name, double v);
 dm_status h5_attr_str(hid_t loc, const char *file, const char *name,
                       const char *v);
+/* The attributes `diffmpi_version` and `libraries` (version.h) on loc:
+ * what built the file, written beside its `config`. */
+dm_status h5_attr_build(hid_t loc, const char *file);
 dm_status h5_attr_f64v(hid_t loc, const char *file, const char *name,
                        const double *v, int n);
 dm_status h5_get_i64(hid_t loc, const char *file, const char *name, int64_t *v);

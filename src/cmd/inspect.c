@@ -93,6 +93,11 @@ static dm_status describe(hid_t f, const char *path) {
         return DM_EIO;
     }
     char cfg[8192];
+    for (int i = 0; i < 2; i++) { /* what built the file (files before 2026-12-08: none) */
+        const char *name = i ? "libraries" : "diffmpi_version";
+        if (has_attr(f, name) && h5_get_str(f, path, name, cfg, sizeof cfg) == DM_OK)
+            printf("%s: %s\n", i ? "libraries" : "written by diffmpi", cfg);
+    }
     if (has_attr(f, "config") && h5_get_str(f, path, "config", cfg, sizeof cfg) == DM_OK)
         printf("config:\n%s", cfg);
     printf("datasets:\n");

@@ -20,6 +20,7 @@
 #include "diffmpi/score_cmd.h"
 #include "diffmpi/solver.h"
 #include "diffmpi/train.h"
+#include "diffmpi/version.h"
 
 static const char *usage_main =
     "usage: diffmpi COMMAND [OPTIONS]   (run under mpirun for several ranks)\n"
@@ -37,6 +38,7 @@ static const char *usage_main =
     "            --markdown: as the table of docs/configuration.md), 'help defaults'\n"
     "            prints the default configuration as an INI file\n"
     "\n"
+    "diffmpi --version: the version, git commit and libraries of this build\n"
     "exit codes: 0 success, 1 runtime failure, 2 usage error,\n"
     "            3 stopped by SIGTERM/SIGUSR1 after writing a checkpoint\n";
 
@@ -528,6 +530,12 @@ int main(int argc, char **argv) {
         code = usage_error("no command given: expected train, predict, sample, invert, score, bench or inspect");
     } else if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
         code = print_usage(usage_main, 0);
+    } else if (strcmp(argv[1], "--version") == 0) {
+        char v[128], libs[512];
+        dm_version_text(v, sizeof v);
+        dm_libraries_text(libs, sizeof libs);
+        code = argc == 2 ? 0 : usage_error("--version takes no arguments");
+        if (code == 0 && rank0()) printf("diffmpi %s\nlibraries: %s\n", v, libs);
     } else {
         for (size_t i = 0; i < sizeof commands / sizeof commands[0] && code < 0; i++)
             if (strcmp(argv[1], commands[i].name) == 0)

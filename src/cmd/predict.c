@@ -98,6 +98,7 @@ static dm_status write_renamed(hid_t f, const char *path, const char *tmp,
                                const float *y, int n) {
     hsize_t d[4] = {(hsize_t)n, 1, DM_IMG, DM_IMG};
     dm_status st = h5_write_f32(f, tmp, "/y", y, 4, d);
+    if (st == DM_OK) st = h5_attr_build(f, tmp);
     DM_TRY(h5_close_file(f, tmp, "output file (disk full?)", st));
     return fs_commit_tmp(tmp, path);
 }

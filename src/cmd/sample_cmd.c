@@ -40,7 +40,8 @@ static dm_status write_body(hid_t f, const sample_args *a, const dm_config *c,
     if (a->noise) DM_TRY(h5_attr_str(f, a->out, "noise", a->noise));
     if (a->invert) DM_TRY(h5_attr_str(f, a->out, "input", a->input));
     DM_TRY(h5_attr_str(f, a->out, "weights", a->used_ema ? "ema" : "raw"));
-    return h5_attr_str(f, a->out, "checkpoint", a->checkpoint);
+    DM_TRY(h5_attr_str(f, a->out, "checkpoint", a->checkpoint));
+    return h5_attr_build(f, a->out);
 }
 
 static dm_status write_file(const sample_args *a, const dm_config *c,

@@ -226,6 +226,7 @@ static dm_status write_body(hid_t f, const score_args *a, const dm_judge *j,
     char crc[16];
     snprintf(crc, sizeof crc, "%08x", (unsigned)j->crc);
     DM_TRY(h5_attr_str(f, a->out, "format", "diffmpi-score"));
+    DM_TRY(h5_attr_build(f, a->out));
     DM_TRY(h5_attr_str(f, a->out, "judge", a->judge));
     DM_TRY(h5_attr_str(f, a->out, "judge_crc32", crc));
     DM_TRY(h5_attr_str(f, a->out, "samples", a->samples));

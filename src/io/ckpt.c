@@ -109,6 +109,7 @@ static dm_status write_body(hid_t f, const char *path, const unet *u,
     DM_TRY(h5_attr_str(f, path, "conditioning",
                        config_conditioning_name(c->conditioning)));
     DM_TRY(h5_attr_str(f, path, "config", cfg));
+    DM_TRY(h5_attr_build(f, path));
     int64_t crc;
     DM_TRY(state_crc(f, path, &crc));
     return h5_attr_i64(f, path, "state_crc32", crc);

@@ -134,6 +134,7 @@ static dm_status create_file(dm_log *l, const char *path, const dm_config *c,
     DM_TRY(h5_attr_str(l->f, path, "format", "diffmpi-log"));
     DM_TRY(h5_attr_i64(l->f, path, "format_version", 1));
     DM_TRY(h5_attr_str(l->f, path, "config", cfg));
+    DM_TRY(h5_attr_build(l->f, path));
     return h5_attr_f64(l->f, path, "eval_sigma", eval_sigma);
 }
 

@@ -10,6 +10,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "diffmpi/version.h"
+
 void h5_quiet(void) {
     DM_CHECK(H5Eset_auto2(H5E_DEFAULT, NULL, NULL) >= 0,
              "cannot switch off HDF5's error printing");
@@ -282,6 +284,14 @@ dm_status h5_attr_str(hid_t loc, const char *file, const char *name,
     dm_status st = write_attr(loc, file, name, ty, ty, &v, 0);
     if (H5Tclose(ty) < 0 && st == DM_OK) st = fail(file, "write attribute", name);
     return st;
+}
+
+dm_status h5_attr_build(hid_t loc, const char *file) {
+    char v[128], libs[512];
+    dm_version_text(v, sizeof v);
+    dm_libraries_text(libs, sizeof libs);
+    DM_TRY(h5_attr_str(loc, file, "diffmpi_version", v));
+    return h5_attr_str(loc, file, "libraries", libs);
 }
 
 static dm_status read_attr(hid_t loc, const char *file, const char *name,

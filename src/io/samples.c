@@ -84,7 +84,8 @@ static dm_status group_attrs(hid_t g, const char *file, const dm_config *c) {
     config_to_string(c, cfg, sizeof cfg);
     DM_TRY(h5_attr_f64v(g, file, "sigmas", dm_sigmas, DM_NSIGMAS));
     DM_TRY(h5_attr_f64v(g, file, "test_indices", idx, SAMPLES_K));
-    return h5_attr_str(g, file, "config", cfg);
+    DM_TRY(h5_attr_str(g, file, "config", cfg));
+    return h5_attr_build(g, file);
 }
 
 /* Create group `name` (replacing an old one, intermediate groups created);
