@@ -165,16 +165,10 @@ static const config_key keys[] = {
              "docs/design.md, Threads)"},
     {.name = "precision", .kind = KEY_ENUM, .offset = OFF(precision),
      .name_of = gemm_precision_name, .def = "fp32",
-     .help = "fp32, or bf16: convolution operands rounded to bfloat16, "
-             "products accumulated in fp32; weights, Adam, normalisation, "
-             "loss and checkpoints stay fp32 (needs AVX512-BF16 or AMX); "
-             "auto: bf16 where the CPU has those units and a product timed "
-             "at start-up runs at least 1.1x as fast in bf16 (not on Intel "
-             "CPUs without AMX), and, with conv_algo = auto or winograd, "
-             "where a step's products, estimated from the 3x3 convolutions "
-             "timed in bf16 by im2col and in fp32 by Winograd, run at least "
-             "1.1x as fast in bf16; else fp32; a resumed run keeps its "
-             "checkpoint's; outputs record which"},
+     .help = "fp32, or bf16 (operands of the convolutions' products in "
+             "bfloat16, accumulated in fp32; needs AVX512-BF16 or AMX); auto: "
+             "timed at start-up, bf16 only where it is faster "
+             "(docs/configuration.md, Precision and engines)"},
     {.name = "engine", .kind = KEY_ENUM, .offset = OFF(engine),
      .name_of = gemm_engine_name, .def = "auto",
      .help = "what runs the convolutions' matrix products: onednn "
@@ -182,17 +176,10 @@ static const config_key keys[] = {
              "(cblas_sgemm, fp32 only), or auto (onednn where built)"},
     {.name = "conv_algo", .kind = KEY_ENUM, .offset = OFF(conv_algo),
      .names = conv_algo_names, .def = "im2col",
-     .help = "im2col: every convolution as im2col + one matrix product; "
-             "winograd: the 3x3 stride-1 convolutions on images at least "
-             "winograd_min_width wide (outputs, input and weight gradients) "
-             "by Winograd F(2x2,3x3), or F(4x4,3x3) from winograd4_min_width; "
-             "only where the products run in fp32 (ignored in bf16); auto: "
-             "train and bench time im2col and both Winograd forms on this CPU "
-             "at start-up for each image width of the network and, from the "
-             "widest down, take F(4x4) while it is at least 1.05x as fast as "
-             "im2col and as F(2x2), then F(2x2) while it is at least 1.05x "
-             "as fast as im2col, then im2col; a resumed run keeps its "
-             "checkpoint's; outputs record which"},
+     .help = "im2col (every convolution as im2col and a product), winograd "
+             "(the 3x3 stride-1 ones by Winograd F(2x2)/F(4x4) from the widths "
+             "below; fp32 only) or auto (timed at start-up per image width; "
+             "docs/performance.md, How `auto` decides)"},
     {.name = "winograd_min_width", .kind = KEY_INT, .offset = OFF(winograd_min_width),
      .lo = 1, .hi = 512, .def = "1",
      .help = "with conv_algo = winograd, the narrowest images (7, 14 or 28 "
@@ -201,9 +188,8 @@ static const config_key keys[] = {
     {.name = "winograd4_min_width", .kind = KEY_INT, .offset = OFF(winograd4_min_width),
      .lo = 0, .hi = 512, .def = "0",
      .help = "with conv_algo = winograd, the narrowest images whose 3x3 "
-             "stride-1 convolutions run by F(4x4,3x3) (4x fewer multiplies "
-             "than im2col at 28x28, error a few 1e-6 of the sum of |w x|) "
-             "instead of F(2x2,3x3) (2.25x fewer, a few 1e-7); 0: none"},
+             "stride-1 convolutions run by F(4x4,3x3) (fewer multiplies, "
+             "larger rounding error) instead of F(2x2,3x3); 0: none"},
     {.name = "bn_sync", .kind = KEY_ENUM, .offset = OFF(bn_sync),
      .names = bn_sync_names, .def = "global",
      .help = "global: BatchNorm statistics over the global batch (results "
