@@ -139,44 +139,74 @@ static void add_condpt(builder *bl, int k, int unit, unet_ref dst, int C, int hw
     u->ncond = k + 1;
 }
 
-/* The forward of SPEC.md as a table. Concats [skip, decoder] are buffers
- * whose first channels the encoder unit writes and whose last channels the
- * decoder unit writes, so no copy is ever made. */
+/* The forward of SPEC.md as a table, one row per unit in order. Channel
+ * counts are in units of D (0: one channel, the image or the head's
+ * output); 3x3 convolutions have padding 1, the 7x7 pool and its
+ * transposed convolution none. A unit reads the previous unit's output or
+ * a buffer from channel 0, and writes a private buffer or the channels of a
+ * concat buffer from out_off x D: concats [skip, decoder] are buffers whose
+ * first channels the encoder unit writes and whose last channels the
+ * decoder unit writes, so no copy is ever made. A row with cond = k is
+ * conditioning point k: conditioned models modulate its output on its way
+ * into the concat buffer, so it writes a private buffer there. */
+enum { FROM_PREV, BUF_IN, BUF_CAT0, BUF_CAT1, BUF_CAT2, BUF_OWN };
+static const struct {
+    const char *name;
+    unet_unit_kind kind;
+    int cin, cout, k, s, p, hin;
+    int in;           /* FROM_PREV, BUF_IN or a concat buffer */
+    int out, out_off; /* BUF_OWN, or a concat buffer and a channel offset (x D) */
+    int norm;         /* normalisation + GELU after the convolution */
+    int cond;         /* conditioning point 0 or 1; -1: none */
+} unet_rows[] = {
+    {"inc/0", UNIT_CONV, 0, 1, 3, 1, 1, 28, BUF_IN, BUF_OWN, 0, 1, -1},
+    {"inc/1", UNIT_CONV, 1, 1, 3, 1, 1, 28, FROM_PREV, BUF_CAT0, 0, 1, -1},
+    {"down1/0", UNIT_CONV, 1, 1, 3, 2, 1, 28, BUF_CAT0, BUF_OWN, 0, 1, -1},
+    {"down1/1", UNIT_CONV, 1, 1, 3, 1, 1, 14, FROM_PREV, BUF_OWN, 0, 1, -1},
+    {"down1/2", UNIT_CONV, 1, 1, 3, 1, 1, 14, FROM_PREV, BUF_CAT1, 0, 1, -1},
+    {"down2/0", UNIT_CONV, 1, 2, 3, 2, 1, 14, BUF_CAT1, BUF_OWN, 0, 1, -1},
+    {"down2/1", UNIT_CONV, 2, 2, 3, 1, 1, 7, FROM_PREV, BUF_OWN, 0, 1, -1},
+    {"down2/2", UNIT_CONV, 2, 2, 3, 1, 1, 7, FROM_PREV, BUF_CAT2, 0, 1, -1},
+    {"flatten", UNIT_POOL, 2, 2, 7, 7, 0, 7, BUF_CAT2, BUF_OWN, 0, 0, -1},
+    {"unflatten", UNIT_CONVT, 2, 2, 7, 7, 0, 1, FROM_PREV, BUF_CAT2, 2, 1, 0},
+    {"up1/0", UNIT_CONVT, 4, 1, 4, 2, 1, 7, BUF_CAT2, BUF_OWN, 0, 1, -1},
+    {"up1/1", UNIT_CONV, 1, 1, 3, 1, 1, 14, FROM_PREV, BUF_OWN, 0, 1, -1},
+    {"up1/2", UNIT_CONV, 1, 1, 3, 1, 1, 14, FROM_PREV, BUF_CAT1, 1, 1, 1},
+    {"up2/0", UNIT_CONVT, 2, 1, 4, 2, 1, 14, BUF_CAT1, BUF_OWN, 0, 1, -1},
+    {"up2/1", UNIT_CONV, 1, 1, 3, 1, 1, 28, FROM_PREV, BUF_OWN, 0, 1, -1},
+    {"up2/2", UNIT_CONV, 1, 1, 3, 1, 1, 28, FROM_PREV, BUF_CAT0, 1, 1, -1},
+    {"outc/0", UNIT_CONV, 2, 1, 3, 1, 1, 28, BUF_CAT0, BUF_OWN, 0, 1, -1},
+    {"outc/1", UNIT_CONV, 1, 1, 3, 1, 1, 28, FROM_PREV, BUF_OWN, 0, 1, -1},
+    {"head", UNIT_CONV, 1, 0, 3, 1, 1, 28, FROM_PREV, BUF_OWN, 0, 0, -1},
+};
+
 static void build(unet *u) {
     builder bl = {u, 0, 0};
-    int D = u->D;
-    u->in_buf = add_buf(u, 1, 28);
-    int cat0 = add_buf(u, 2 * D, 28), cat1 = add_buf(u, 2 * D, 14);
-    int cat2 = add_buf(u, 4 * D, 7);
-    int i;
-    i = add_unit(&bl, "inc/0", UNIT_CONV, 1, D, 3, 1, 1, 28, ref(u->in_buf, 0), -1, 0, 1);
-    add_unit(&bl, "inc/1", UNIT_CONV, D, D, 3, 1, 1, 28, u->units[i].out, cat0, 0, 1);
-    i = add_unit(&bl, "down1/0", UNIT_CONV, D, D, 3, 2, 1, 28, ref(cat0, 0), -1, 0, 1);
-    i = add_unit(&bl, "down1/1", UNIT_CONV, D, D, 3, 1, 1, 14, u->units[i].out, -1, 0, 1);
-    add_unit(&bl, "down1/2", UNIT_CONV, D, D, 3, 1, 1, 14, u->units[i].out, cat1, 0, 1);
-    i = add_unit(&bl, "down2/0", UNIT_CONV, D, 2 * D, 3, 2, 1, 14, ref(cat1, 0), -1, 0, 1);
-    i = add_unit(&bl, "down2/1", UNIT_CONV, 2 * D, 2 * D, 3, 1, 1, 7, u->units[i].out, -1, 0, 1);
-    add_unit(&bl, "down2/2", UNIT_CONV, 2 * D, 2 * D, 3, 1, 1, 7, u->units[i].out, cat2, 0, 1);
-    i = add_unit(&bl, "flatten", UNIT_POOL, 2 * D, 2 * D, 7, 7, 0, 7, ref(cat2, 0), -1, 0, 0);
-    /* Conditioned models modulate the unflatten and up1 outputs on their
-     * way into the concat buffers, so those units get private outputs. */
-    int c = u->nemb > 0;
-    int unf = add_unit(&bl, "unflatten", UNIT_CONVT, 2 * D, 2 * D, 7, 7, 0, 1,
-                       u->units[i].out, c ? -1 : cat2, c ? 0 : 2 * D, 1);
-    i = add_unit(&bl, "up1/0", UNIT_CONVT, 4 * D, D, 4, 2, 1, 7, ref(cat2, 0), -1, 0, 1);
-    i = add_unit(&bl, "up1/1", UNIT_CONV, D, D, 3, 1, 1, 14, u->units[i].out, -1, 0, 1);
-    int up12 = add_unit(&bl, "up1/2", UNIT_CONV, D, D, 3, 1, 1, 14, u->units[i].out,
-                        c ? -1 : cat1, c ? 0 : D, 1);
-    i = add_unit(&bl, "up2/0", UNIT_CONVT, 2 * D, D, 4, 2, 1, 14, ref(cat1, 0), -1, 0, 1);
-    i = add_unit(&bl, "up2/1", UNIT_CONV, D, D, 3, 1, 1, 28, u->units[i].out, -1, 0, 1);
-    add_unit(&bl, "up2/2", UNIT_CONV, D, D, 3, 1, 1, 28, u->units[i].out, cat0, D, 1);
-    i = add_unit(&bl, "outc/0", UNIT_CONV, 2 * D, D, 3, 1, 1, 28, ref(cat0, 0), -1, 0, 1);
-    i = add_unit(&bl, "outc/1", UNIT_CONV, D, D, 3, 1, 1, 28, u->units[i].out, -1, 0, 1);
-    i = add_unit(&bl, "head", UNIT_CONV, D, 1, 3, 1, 1, 28, u->units[i].out, -1, 0, 0);
+    const int D = u->D, conditioned = u->nemb > 0;
+    int buf[BUF_OWN];
+    buf[BUF_IN] = u->in_buf = add_buf(u, 1, 28);
+    buf[BUF_CAT0] = add_buf(u, 2 * D, 28);
+    buf[BUF_CAT1] = add_buf(u, 2 * D, 14);
+    buf[BUF_CAT2] = add_buf(u, 4 * D, 7);
+    int cond_unit[2] = {-1, -1}, i = -1;
+    for (size_t r = 0; r < sizeof unet_rows / sizeof unet_rows[0]; r++) {
+        const int cin = unet_rows[r].cin ? unet_rows[r].cin * D : 1;
+        const int cout = unet_rows[r].cout ? unet_rows[r].cout * D : 1;
+        const unet_ref in = unet_rows[r].in == FROM_PREV ? u->units[i].out
+                                                          : ref(buf[unet_rows[r].in], 0);
+        const int own = unet_rows[r].out == BUF_OWN || (unet_rows[r].cond >= 0 && conditioned);
+        i = add_unit(&bl, unet_rows[r].name, unet_rows[r].kind, cin, cout, unet_rows[r].k,
+                     unet_rows[r].s, unet_rows[r].p, unet_rows[r].hin, in,
+                     own ? -1 : buf[unet_rows[r].out], own ? 0 : unet_rows[r].out_off * D,
+                     unet_rows[r].norm);
+        if (unet_rows[r].cond >= 0) cond_unit[unet_rows[r].cond] = (int)r;
+    }
     u->out_buf = u->units[i].out.buf;
-    if (c) {
-        add_condpt(&bl, 0, unf, ref(cat2, 2 * D), 2 * D, 7);
-        add_condpt(&bl, 1, up12, ref(cat1, D), D, 14);
+    /* the conditioning points' parameters after every unit's */
+    for (int k = 0; conditioned && k < 2; k++) {
+        const int r = cond_unit[k], C = unet_rows[r].cout * D;
+        add_condpt(&bl, k, r, ref(buf[unet_rows[r].out], unet_rows[r].out_off * D), C,
+                   u->units[r].hout);
     }
     u->nparams = bl.poff;
     u->nbuffers = bl.boff;
@@ -455,7 +485,7 @@ static const conv_kernel conv_kernels[CONV_ROWS] = {
 /* The row a convolution unit runs now. Winograd only in fp32: the
  * transforms would amplify bf16's rounding. */
 static int unit_algo(const unet *u, const unet_unit *t) {
-    const int tile = gemm_precision_now() == DM_FP32 ? winograd_unit(u, t) : 0;
+    const int tile = gemm_precision_now() == DM_PREC_FP32 ? winograd_unit(u, t) : 0;
     return tile == 4 ? CONV_ROW_WINOGRAD4 : tile == 2 ? CONV_ROW_WINOGRAD2 : CONV_ROW_IM2COL;
 }
 
