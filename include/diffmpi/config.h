@@ -28,10 +28,10 @@
 #include "diffmpi/solver.h"
 
 typedef enum { CONDITIONING_NONE, CONDITIONING_TIME, CONDITIONING_CLASS } dm_conditioning;
-typedef enum { LR_NONE, LR_EXP } dm_lr_decay;
-typedef enum { BN_GLOBAL, BN_RANK } dm_bn_sync;
+typedef enum { LR_DECAY_NONE, LR_DECAY_EXP } dm_lr_decay;
+typedef enum { BN_SYNC_GLOBAL, BN_SYNC_RANK } dm_bn_sync;
 typedef enum { REDUCTION_NODE, REDUCTION_FLAT } dm_reduction;
-typedef enum { CONV_IM2COL, CONV_WINOGRAD, CONV_AUTO } dm_conv_algo;
+typedef enum { CONV_ALGO_IM2COL, CONV_ALGO_WINOGRAD, CONV_ALGO_AUTO } dm_conv_algo;
 
 typedef struct {
     dm_objective objective;     /* objective = denoise|pure_noise|ddpm|flow */

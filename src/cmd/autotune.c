@@ -116,22 +116,22 @@ static void auto_conv_algo(const dm_config *c, const char *out, const char *resu
                            int rank, dm_config *k, char *pnote, size_t psize, char *note,
                            size_t size) {
     note[0] = '\0';
-    if (c->conv_algo == CONV_IM2COL || (c->conv_algo == CONV_WINOGRAD && !weigh)) return;
+    if (c->conv_algo == CONV_ALGO_IM2COL || (c->conv_algo == CONV_ALGO_WINOGRAD && !weigh)) return;
     dm_config ck;
-    if (c->conv_algo == CONV_AUTO) k->conv_algo = CONV_IM2COL;
-    const int kept = dm_from_rank0(rank == 0 && c->conv_algo == CONV_AUTO &&
+    if (c->conv_algo == CONV_ALGO_AUTO) k->conv_algo = CONV_ALGO_IM2COL;
+    const int kept = dm_from_rank0(rank == 0 && c->conv_algo == CONV_ALGO_AUTO &&
                                    resumed_config(out, resume, &ck) &&
-                                   ck.conv_algo != CONV_AUTO);
+                                   ck.conv_algo != CONV_ALGO_AUTO);
     if (kept) {
         if (rank != 0) return;
         k->conv_algo = ck.conv_algo;
         k->winograd_min_width = ck.winograd_min_width;
         k->winograd4_min_width = ck.winograd4_min_width;
         snprintf(note, size, "conv_algo = auto: %s, as the checkpoint ran",
-                 ck.conv_algo == CONV_WINOGRAD ? "winograd" : "im2col");
+                 ck.conv_algo == CONV_ALGO_WINOGRAD ? "winograd" : "im2col");
         return;
     }
-    if (gemm_precision_now() != DM_FP32 && !weigh) {
+    if (gemm_precision_now() != DM_PREC_FP32 && !weigh) {
         snprintf(note, size, "conv_algo = auto: im2col, as the products run in bf16");
         return;
     }
@@ -150,11 +150,11 @@ static void auto_conv_algo(const dm_config *c, const char *out, const char *resu
                weigh ? "15-20" : "10-15");
         fflush(stdout);
     }
-    if (weigh) gemm_use_precision(DM_FP32);
+    if (weigh) gemm_use_precision(DM_PREC_FP32);
     int nw = unet_conv_timings(&shapes, c->micro_batch, 2, UNET_CONV_TIMED, width, secs, MAXW);
     MPI_Allreduce(MPI_IN_PLACE, secs, UNET_CONV_TIMED * nw, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
     if (weigh) {
-        gemm_use_precision(DM_BF16);
+        gemm_use_precision(DM_PREC_BF16);
         unet_conv_timings(&shapes, c->micro_batch, 2, 1, width16, secs16, MAXW);
         MPI_Allreduce(MPI_IN_PLACE, secs16, UNET_CONV_TIMED * nw, MPI_DOUBLE, MPI_MAX,
                       MPI_COMM_WORLD);
@@ -194,7 +194,7 @@ static void auto_conv_algo(const dm_config *c, const char *out, const char *resu
         else
             form = 0;
     }
-    if (c->conv_algo == CONV_WINOGRAD) /* weighing the user's plan */
+    if (c->conv_algo == CONV_ALGO_WINOGRAD) /* weighing the user's plan */
         w2 = c->winograd_min_width, w4 = c->winograd4_min_width;
     if (weigh && nw > 0 && share > 0) {
         /* a step's products in each precision, in units of the fp32 im2col
@@ -202,7 +202,7 @@ static void auto_conv_algo(const dm_config *c, const char *out, const char *resu
          * the test hooks reach them */
         double i32 = 0, plan = 0, i16 = 0;
         char bl[160] = "";
-        const int win = c->conv_algo == CONV_WINOGRAD || w2 || w4;
+        const int win = c->conv_algo == CONV_ALGO_WINOGRAD || w2 || w4;
         for (int r = 0; r < nw; r++) {
             const int i = order[r];
             const double s = secs[UNET_CONV_TIMED * i], s16 = secs16[UNET_CONV_TIMED * i];
@@ -232,15 +232,15 @@ static void auto_conv_algo(const dm_config *c, const char *out, const char *resu
                  "%.0f %% of the FLOPs at that rate)", bf16 ? "bf16" : "fp32", speed, how, bl,
                  100 * (1 - share));
         if (bf16) {
-            k->precision = DM_BF16;
-            if (c->conv_algo == CONV_AUTO)
+            k->precision = DM_PREC_BF16;
+            if (c->conv_algo == CONV_ALGO_AUTO)
                 snprintf(note, size, "conv_algo = auto: im2col, as the products run in bf16");
             return;
         }
-        k->precision = DM_FP32;
-        gemm_use_precision(DM_FP32);
+        k->precision = DM_PREC_FP32;
+        gemm_use_precision(DM_PREC_FP32);
     }
-    if (c->conv_algo != CONV_AUTO) return;
+    if (c->conv_algo != CONV_ALGO_AUTO) return;
     if (!nw) {
         snprintf(note, size, "conv_algo = auto: im2col, as no convolution is 3x3 stride 1");
         return;
@@ -250,7 +250,7 @@ static void auto_conv_algo(const dm_config *c, const char *out, const char *resu
                  "fast", list);
         return;
     }
-    k->conv_algo = CONV_WINOGRAD;
+    k->conv_algo = CONV_ALGO_WINOGRAD;
     k->winograd_min_width = w2 ? w2 : w4;
     k->winograd4_min_width = w4;
     char f4[64] = "", f2[64] = "";
@@ -282,7 +282,7 @@ dm_status autotune_setup(dm_config *c, const char *out, const char *resume, int 
     /* conv_algo = auto likewise, once the engine runs: 0 im2col, else
      * Winograd from that image width */
     dm_config k = *c;
-    const int weigh = dm_from_rank0(measured) && c->precision == DM_BF16;
+    const int weigh = dm_from_rank0(measured) && c->precision == DM_PREC_BF16;
     auto_conv_algo(c, out, resume, weigh, rank, &k, pnote, psize, cnote, csize);
     /* weighing Winograd may have turned precision = auto's bf16 into fp32 */
     const dm_precision was = c->precision;

@@ -162,7 +162,7 @@ int trainer_load_batch(dm_trainer *t, long batch, int64_t key, int *nloc, long *
             if (t->net.nemb) unet_set_cond(&t->net, j, i, tin, label);
         }
     }
-    *bn_n = c->bn_sync == BN_RANK ? local_images : B;
+    *bn_n = c->bn_sync == BN_SYNC_RANK ? local_images : B;
     return B;
 }
 
@@ -414,7 +414,7 @@ static dm_status epoch_end(dm_trainer *t) {
     st = dm_agree(st);
     t->st.epoch++;
     t->st.batch_in_epoch = 0;
-    if (c->lr_decay == LR_EXP) t->st.lr *= pow(0.1, 1.0 / c->epochs);
+    if (c->lr_decay == LR_DECAY_EXP) t->st.lr *= pow(0.1, 1.0 / c->epochs);
     if (st == DM_OK) st = save(t);
     return st;
 }

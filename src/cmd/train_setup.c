@@ -148,7 +148,7 @@ static void build_model(dm_trainer *t) {
     for (int u = 0; u < t->net.nunits; u++)
         if (t->net.units[u].cout > maxc) maxc = t->net.units[u].cout;
     dist_init(&t->dist, MPI_COMM_WORLD, t->net.nparams, t->nmb_full, 2 * maxc,
-              c->bn_sync == BN_RANK, c->reduction == REDUCTION_NODE);
+              c->bn_sync == BN_SYNC_RANK, c->reduction == REDUCTION_NODE);
     dist_set_threads(&t->dist, t->net.nthreads);
     long seg_off[UNET_MAX_SEGMENTS], seg_len[UNET_MAX_SEGMENTS];
     int nseg = unet_grad_segments(&t->net, seg_off, seg_len);

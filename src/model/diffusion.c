@@ -20,7 +20,7 @@ unet_shape diffusion_shape(const dm_config *c, int m, int max_mb, int inference)
     sh.m = m;
     sh.max_mb = max_mb;
     sh.inference = inference;
-    sh.winograd = c->conv_algo == CONV_WINOGRAD; /* auto: decided by train and bench */
+    sh.winograd = c->conv_algo == CONV_ALGO_WINOGRAD; /* auto: decided by train and bench */
     sh.winograd_min = c->winograd_min_width;
     sh.winograd4_min = c->winograd4_min_width;
     sh.threads = c->threads;
@@ -29,8 +29,8 @@ unet_shape diffusion_shape(const dm_config *c, int m, int max_mb, int inference)
 
 const char *diffusion_conv_note(const dm_config *c) {
     static char note[384];
-    if (c->conv_algo != CONV_WINOGRAD) return "";
-    if (gemm_precision_now() != DM_FP32)
+    if (c->conv_algo != CONV_ALGO_WINOGRAD) return "";
+    if (gemm_precision_now() != DM_PREC_FP32)
         return "convolutions: conv_algo = winograd not used, as the products run in bf16 "
                "(it needs fp32); im2col";
     const int w2 = c->winograd_min_width, w4 = c->winograd4_min_width;

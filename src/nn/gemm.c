@@ -17,7 +17,7 @@
 /* ---- OpenBLAS ---------------------------------------------------------- */
 
 static int openblas_supports(dm_precision p, char *why, size_t size) {
-    if (p == DM_FP32) return 1;
+    if (p == DM_PREC_FP32) return 1;
     snprintf(why, size, "precision = bf16 needs engine = onednn (OpenBLAS runs fp32 only)");
     return 0;
 }
@@ -59,8 +59,8 @@ static const gemm_engine_ops openblas_ops = {
  * refusal names what is missing), else OpenBLAS. */
 static const gemm_engine_ops *engine_row(dm_engine e, dm_precision p) {
     if (e == DM_ENGINE_OPENBLAS) return &openblas_ops;
-    if (e == DM_ENGINE_ONEDNN || p == DM_BF16) return &gemm_onednn_ops;
-    return gemm_onednn_ops.supports(DM_FP32, NULL, 0) ? &gemm_onednn_ops : &openblas_ops;
+    if (e == DM_ENGINE_ONEDNN || p == DM_PREC_BF16) return &gemm_onednn_ops;
+    return gemm_onednn_ops.supports(DM_PREC_FP32, NULL, 0) ? &gemm_onednn_ops : &openblas_ops;
 }
 
 static struct {
@@ -68,7 +68,7 @@ static struct {
     dm_engine engine;
     dm_precision prec;
     char text[96];
-} now = {&openblas_ops, DM_ENGINE_OPENBLAS, DM_FP32, ""};
+} now = {&openblas_ops, DM_ENGINE_OPENBLAS, DM_PREC_FP32, ""};
 
 const char *gemm_precision_name(int p) {
     static const char *const names[] = {"fp32", "bf16", "auto"};
@@ -107,8 +107,8 @@ static double probe_time(const gemm_engine_ops *ops, dm_precision p, const float
     double t0 = dm_now();
     for (int r = 0; r < PROBE_REPS; r++)
         ops->gemm(CblasNoTrans, CblasNoTrans, PROBE_M, PROBE_N, PROBE_K, A, DM_T_F32,
-                  PROBE_K, p == DM_BF16 ? (const void *)Bh : (const void *)B,
-                  p == DM_BF16 ? DM_T_BF16 : DM_T_F32, PROBE_N, 0.0f, C, PROBE_N);
+                  PROBE_K, p == DM_PREC_BF16 ? (const void *)Bh : (const void *)B,
+                  p == DM_PREC_BF16 ? DM_T_BF16 : DM_T_F32, PROBE_N, 0.0f, C, PROBE_N);
     return dm_now() - t0;
 }
 
@@ -123,12 +123,12 @@ static void probe_bf16(const gemm_engine_ops *ops) {
     double best[2] = {1e30, 1e30};
     int prof = prof_on;
     prof_enable(0);
-    if (ops->setup(DM_BF16, 1) == DM_OK) {
-        probe_time(ops, DM_FP32, A, B, Bh, C); /* primitives, caches */
-        probe_time(ops, DM_BF16, A, B, Bh, C);
+    if (ops->setup(DM_PREC_BF16, 1) == DM_OK) {
+        probe_time(ops, DM_PREC_FP32, A, B, Bh, C); /* primitives, caches */
+        probe_time(ops, DM_PREC_BF16, A, B, Bh, C);
         for (int r = 0; r < PROBE_ROUNDS; r++)
             for (int q = 0; q < 2; q++) {
-                double s = probe_time(ops, q ? DM_BF16 : DM_FP32, A, B, Bh, C);
+                double s = probe_time(ops, q ? DM_PREC_BF16 : DM_PREC_FP32, A, B, Bh, C);
                 if (s < best[q]) best[q] = s;
             }
         ops->teardown();
@@ -139,7 +139,7 @@ static void probe_bf16(const gemm_engine_ops *ops) {
     /* The test suite's stand-in for a CPU of the other kind. */
     const char *hook = getenv("DIFFMPI_TEST_BF16_SPEEDUP");
     if (hook && *hook) probe.ratio = atof(hook);
-    probe.prec = probe.ratio >= PROBE_MARGIN ? DM_BF16 : DM_FP32;
+    probe.prec = probe.ratio >= PROBE_MARGIN ? DM_PREC_BF16 : DM_PREC_FP32;
     snprintf(probe.note, sizeof probe.note,
              "precision = auto chose %s: a bf16 product ran %.2fx as fast as fp32 on %s",
              gemm_precision_name(probe.prec), probe.ratio, ops->isa());
@@ -147,8 +147,8 @@ static void probe_bf16(const gemm_engine_ops *ops) {
 
 dm_precision gemm_resolve_precision(dm_engine e, dm_precision p) {
     if (p != DM_PREC_AUTO) return p;
-    const gemm_engine_ops *ops = engine_row(e, DM_BF16);
-    if (!ops->supports(DM_BF16, NULL, 0)) return DM_FP32;
+    const gemm_engine_ops *ops = engine_row(e, DM_PREC_BF16);
+    if (!ops->supports(DM_PREC_BF16, NULL, 0)) return DM_PREC_FP32;
     if (!probe.done) {
         gemm_teardown(); /* the probe sets the engine up on its own */
         probe_bf16(ops);
@@ -191,7 +191,7 @@ void gemm_teardown(void) {
     if (now.ops) now.ops->teardown();
     now.ops = &openblas_ops;
     now.engine = DM_ENGINE_OPENBLAS;
-    now.prec = DM_FP32;
+    now.prec = DM_PREC_FP32;
     now.text[0] = '\0';
 }
 
@@ -204,7 +204,7 @@ const char *gemm_describe(void) {
 dm_precision gemm_use_precision(dm_precision p) {
     dm_precision old = now.prec;
     if (p == old) return old;
-    DM_CHECK(p == DM_FP32 || now.ops->supports(p, NULL, 0),
+    DM_CHECK(p == DM_PREC_FP32 || now.ops->supports(p, NULL, 0),
              "gemm_use_precision: %s cannot run %s", now.ops->name, gemm_precision_name(p));
     now.prec = p;
     if (now.ops->use) now.ops->use(p);
@@ -219,13 +219,13 @@ void dm_round_bf16(unsigned short *restrict dst, const float *restrict src, long
     for (long i = 0; i < n; i++) dst[i] = dm_bf16_bits(src[i]);
 }
 
-dm_dtype gemm_operand_type(void) { return now.prec == DM_BF16 ? DM_T_BF16 : DM_T_F32; }
+dm_dtype gemm_operand_type(void) { return now.prec == DM_PREC_BF16 ? DM_T_BF16 : DM_T_F32; }
 
 void dm_gemm_typed(enum CBLAS_TRANSPOSE ta, enum CBLAS_TRANSPOSE tb, int M, int N, int K,
                    const void *A, dm_dtype at, int lda, const void *B, dm_dtype bt, int ldb,
                    float beta, float *C, int ldc) {
     DM_CHECK(beta == 0.0f || beta == 1.0f, "dm_gemm: beta %g is neither 0 nor 1", beta);
-    DM_CHECK(now.prec == DM_BF16 || (at == DM_T_F32 && bt == DM_T_F32),
+    DM_CHECK(now.prec == DM_PREC_BF16 || (at == DM_T_F32 && bt == DM_T_F32),
              "dm_gemm: bf16 operand in fp32 precision");
     now.ops->gemm(ta, tb, M, N, K, A, at, lda, B, bt, ldb, beta, C, ldc);
 }

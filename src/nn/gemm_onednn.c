@@ -89,7 +89,7 @@ static const char *onednn_isa(void) {
 }
 
 static int onednn_supports(dm_precision p, char *why, size_t size) {
-    if (p == DM_FP32 || has_bf16_units()) return 1;
+    if (p == DM_PREC_FP32 || has_bf16_units()) return 1;
     if (why)
         snprintf(why, size,
                  "precision = bf16 needs a CPU with AVX512-BF16 or AMX, and oneDNN "
@@ -164,7 +164,7 @@ static mm_entry *lookup(thread_state *x, const int key[10]) {
  * created it. */
 static void create(thread_state *x, mm_entry *e, int M, int N, int K, int ta, int tb, int lda,
                    int ldb, int ldc, int acc) {
-    dnnl_data_type_t dt = st.prec == DM_BF16 ? dnnl_bf16 : dnnl_f32;
+    dnnl_data_type_t dt = st.prec == DM_PREC_BF16 ? dnnl_bf16 : dnnl_f32;
     dnnl_memory_desc_t a, b, c;
     matrix_md(&a, M, K, ta, lda, dt);
     matrix_md(&b, K, N, tb, ldb, dt);
@@ -225,7 +225,7 @@ static void onednn_gemm(enum CBLAS_TRANSPOSE ta_, enum CBLAS_TRANSPOSE tb_, int 
                         int ldb, float beta, float *C, int ldc) {
     const int ta = ta_ == CblasTrans, tb = tb_ == CblasTrans;
     const void *a = A, *b = B;
-    if (st.prec == DM_BF16 && at == DM_T_F32 && (long)M * K > ROUND_MAX && M > 1) {
+    if (st.prec == DM_PREC_BF16 && at == DM_T_F32 && (long)M * K > ROUND_MAX && M > 1) {
         /* Rows [m0, m0 + mc) of C need rows m0.. of op(A): columns of A if ta. */
         long parts = ((long)M * K + ROUND_MAX - 1) / ROUND_MAX;
         int mc = (int)((M + parts - 1) / parts);
@@ -235,7 +235,7 @@ static void onednn_gemm(enum CBLAS_TRANSPOSE ta_, enum CBLAS_TRANSPOSE tb_, int 
                         beta, C + (long)m0 * ldc, ldc);
         return;
     }
-    if (st.prec == DM_BF16 && bt == DM_T_F32 && (long)K * N > ROUND_MAX && N > 1) {
+    if (st.prec == DM_PREC_BF16 && bt == DM_T_F32 && (long)K * N > ROUND_MAX && N > 1) {
         /* Columns [n0, n0 + nc) of C need columns n0.. of op(B): rows of B if tb. */
         long parts = ((long)K * N + ROUND_MAX - 1) / ROUND_MAX;
         int nc = (int)((N + parts - 1) / parts);
@@ -247,7 +247,7 @@ static void onednn_gemm(enum CBLAS_TRANSPOSE ta_, enum CBLAS_TRANSPOSE tb_, int 
     }
     thread_state *x = &st.th[par_thread()];
     DM_CHECK(par_thread() < st.nthreads, "oneDNN: thread %d of %d", par_thread(), st.nthreads);
-    if (st.prec == DM_BF16 && (at == DM_T_F32 || bt == DM_T_F32)) {
+    if (st.prec == DM_PREC_BF16 && (at == DM_T_F32 || bt == DM_T_F32)) {
         double t0 = prof_start();
         /* Stored shapes: A is M x K (K x M if ta), B K x N (N x K if tb). */
         int ar = ta ? K : M, ac = ta ? M : K, br = tb ? N : K, bc = tb ? K : N;

@@ -715,7 +715,7 @@ int main(int argc, char **argv) {
      * built); DM_GOLDEN_ENGINE=openblas checks the other. */
     const char *eng = getenv("DM_GOLDEN_ENGINE");
     if (gemm_setup(eng && strcmp(eng, "openblas") == 0 ? DM_ENGINE_OPENBLAS : DM_ENGINE_AUTO,
-                   DM_FP32, 1) != DM_OK)
+                   DM_PREC_FP32, 1) != DM_OK)
         return 1;
     fprintf(stderr, "test_golden: products on %s\n", gemm_describe());
     int rc;

@@ -95,17 +95,17 @@ static void test_defaults(void) {
     EXPECT(c.hidden == 128 && c.epochs == 5 && c.batch == 256 &&
                c.micro_batch == 32,
            "hidden/epochs/batch/micro_batch");
-    EXPECT(c.lr == 1e-4 && c.lr_decay == LR_NONE && c.sigma == 0.5,
+    EXPECT(c.lr == 1e-4 && c.lr_decay == LR_DECAY_NONE && c.sigma == 0.5,
            "lr/lr_decay/sigma");
     EXPECT(c.seed == 0 && strcmp(c.data_dir, "data/mnist") == 0, "seed/dir");
     EXPECT(c.train_limit == 0 && c.checkpoint_every == 0 && c.keep == 3 &&
                c.threads == 1,
            "train_limit/checkpoint_every/keep/threads");
-    EXPECT(c.bn_sync == BN_GLOBAL && c.reduction == REDUCTION_NODE && c.log_every == 10.0 &&
+    EXPECT(c.bn_sync == BN_SYNC_GLOBAL && c.reduction == REDUCTION_NODE && c.log_every == 10.0 &&
                c.p_uncond == 0.1 && c.eval_limit == 0,
            "bn_sync/reduction/log_every/p_uncond/eval_limit");
     EXPECT(c.norm == NORM_BATCH && c.norm_groups == 32, "norm/norm_groups");
-    EXPECT(c.precision == DM_FP32 && c.engine == DM_ENGINE_AUTO && c.conv_algo == CONV_IM2COL &&
+    EXPECT(c.precision == DM_PREC_FP32 && c.engine == DM_ENGINE_AUTO && c.conv_algo == CONV_ALGO_IM2COL &&
                c.winograd_min_width == 1 && c.winograd4_min_width == 0,
            "precision/engine/conv_algo/winograd_min_width/winograd4_min_width");
     EXPECT(c.sampler == SAMPLER_AUTO && c.sample_spacing == SPACING_UNIFORM && c.sample_eta == 0,
@@ -241,7 +241,7 @@ static void test_file_every_key(void) {
            c.hidden);
     EXPECT(c.epochs == 20 && c.batch == 512 && c.micro_batch == 64,
            "epochs/batch/micro_batch");
-    EXPECT(c.lr == 1e-2 && c.lr_decay == LR_EXP && c.sigma == 0.0,
+    EXPECT(c.lr == 1e-2 && c.lr_decay == LR_DECAY_EXP && c.sigma == 0.0,
            "lr/lr_decay/sigma");
     EXPECT(c.seed == UINT64_MAX, "seed");
     EXPECT(strcmp(c.data_dir, "/scratch/my data;v2") == 0, "data_dir '%s'",
@@ -249,7 +249,7 @@ static void test_file_every_key(void) {
     EXPECT(c.train_limit == 1000 && c.checkpoint_every == 50 && c.keep == 7 &&
                c.threads == 256,
            "train_limit/checkpoint_every/keep/threads");
-    EXPECT(c.bn_sync == BN_RANK && c.log_every == 0.25 && c.p_uncond == 1.0,
+    EXPECT(c.bn_sync == BN_SYNC_RANK && c.log_every == 0.25 && c.p_uncond == 1.0,
            "bn_sync/log_every/p_uncond");
     EXPECT(config_validate(&c) == DM_OK, "every key: validate");
 
@@ -456,7 +456,7 @@ static void test_round_trip(void) {
     a.batch = 1000;
     a.micro_batch = 7;
     a.lr = 0.1 + 0.2; /* 0.30000000000000004 */
-    a.lr_decay = LR_EXP;
+    a.lr_decay = LR_DECAY_EXP;
     a.sigma = 1.0 / 3.0;
     a.seed = UINT64_MAX;
     snprintf(a.data_dir, sizeof a.data_dir, "/scratch/run 1;x/#y=z:w");
@@ -464,7 +464,7 @@ static void test_round_trip(void) {
     a.checkpoint_every = 123;
     a.keep = 1;
     a.threads = 3;
-    a.bn_sync = BN_RANK;
+    a.bn_sync = BN_SYNC_RANK;
     a.log_every = 5e-324; /* smallest subnormal */
     a.p_uncond = 0.7;
     a.eval_limit = 1234;
@@ -473,9 +473,9 @@ static void test_round_trip(void) {
     a.sampler = SAMPLER_HEUN;
     a.sample_chunk = 5;
     a.watchdog = 12.5;
-    a.precision = DM_BF16;
+    a.precision = DM_PREC_BF16;
     a.engine = DM_ENGINE_ONEDNN;
-    a.conv_algo = CONV_WINOGRAD;
+    a.conv_algo = CONV_ALGO_WINOGRAD;
     a.winograd_min_width = 14;
     a.winograd4_min_width = 28;
     a.bn_recalibrate = 6;

@@ -168,27 +168,27 @@ int main(void) {
     test_bf16_bits();
     char msg[512];
 
-    EXPECT(setup_quiet(DM_ENGINE_OPENBLAS, DM_FP32, msg, sizeof msg) == DM_OK, "openblas fp32");
+    EXPECT(setup_quiet(DM_ENGINE_OPENBLAS, DM_PREC_FP32, msg, sizeof msg) == DM_OK, "openblas fp32");
     EXPECT(gemm_engine_now() == DM_ENGINE_OPENBLAS && strncmp(gemm_describe(), "openblas fp32", 13) == 0,
            "describe: %s", gemm_describe());
     check_engine("openblas", 0);
 
-    EXPECT(setup_quiet(DM_ENGINE_OPENBLAS, DM_BF16, msg, sizeof msg) == DM_EUSAGE &&
+    EXPECT(setup_quiet(DM_ENGINE_OPENBLAS, DM_PREC_BF16, msg, sizeof msg) == DM_EUSAGE &&
                strstr(msg, "engine = onednn") && strchr(msg, '\n') == strrchr(msg, '\n'),
            "bf16 on openblas refused in one line: '%s'", msg);
 
 #ifdef DM_HAVE_ONEDNN
-    EXPECT(setup_quiet(DM_ENGINE_AUTO, DM_FP32, msg, sizeof msg) == DM_OK &&
+    EXPECT(setup_quiet(DM_ENGINE_AUTO, DM_PREC_FP32, msg, sizeof msg) == DM_OK &&
                gemm_engine_now() == DM_ENGINE_ONEDNN,
            "auto is onednn in a oneDNN build");
     check_engine("onednn", 0);
     const char *expect_none = getenv("DM_TEST_EXPECT_NO_BF16");
-    dm_status st = setup_quiet(DM_ENGINE_ONEDNN, DM_BF16, msg, sizeof msg);
+    dm_status st = setup_quiet(DM_ENGINE_ONEDNN, DM_PREC_BF16, msg, sizeof msg);
     if (expect_none && strcmp(expect_none, "1") == 0)
         EXPECT(st == DM_EUSAGE, "bf16 must be refused under ONEDNN_MAX_CPU_ISA=AVX512_CORE");
     if (st == DM_OK) {
         printf("bf16 runs here: %s\n", gemm_describe());
-        EXPECT(gemm_precision_now() == DM_BF16, "precision now bf16");
+        EXPECT(gemm_precision_now() == DM_PREC_BF16, "precision now bf16");
         check_engine("onednn", 1);
         check_sliced();
     } else {
@@ -198,7 +198,7 @@ int main(void) {
                "bf16 refusal names the missing units in one line: '%s'", msg);
     }
 #else
-    EXPECT(setup_quiet(DM_ENGINE_ONEDNN, DM_FP32, msg, sizeof msg) == DM_EUSAGE &&
+    EXPECT(setup_quiet(DM_ENGINE_ONEDNN, DM_PREC_FP32, msg, sizeof msg) == DM_EUSAGE &&
                strstr(msg, "libdnnl-dev"),
            "onednn refused in a build without it: '%s'", msg);
 #endif

@@ -291,7 +291,7 @@ static void test_conv_case_bf16(struct conv_case c) {
     float *r[2][4];
     const long sz[4] = {nout, nw, c.Cout, nin};
     for (int bf = 0; bf < 2; bf++) {
-        EXPECT(gemm_setup(DM_ENGINE_ONEDNN, bf ? DM_BF16 : DM_FP32, 1) == DM_OK, "engine");
+        EXPECT(gemm_setup(DM_ENGINE_ONEDNN, bf ? DM_PREC_BF16 : DM_PREC_FP32, 1) == DM_OK, "engine");
         for (int q = 0; q < 4; q++) r[bf][q] = FALLOC(sz[q]);
         run_forward(&x, x.b);
         memcpy(r[bf][0], x.out, sizeof(float) * (size_t)nout);
@@ -1179,11 +1179,11 @@ int main(void) {
     test_conv();
 #ifdef DM_HAVE_ONEDNN
     /* the convolutions again with their products on oneDNN (fp32) */
-    EXPECT(gemm_setup(DM_ENGINE_ONEDNN, DM_FP32, 1) == DM_OK, "oneDNN fp32 engine");
+    EXPECT(gemm_setup(DM_ENGINE_ONEDNN, DM_PREC_FP32, 1) == DM_OK, "oneDNN fp32 engine");
     test_conv();
     gemm_teardown();
     /* bf16 where the CPU runs it (test_gemm checks the refusal elsewhere) */
-    if (gemm_setup(DM_ENGINE_ONEDNN, DM_BF16, 1) == DM_OK) {
+    if (gemm_setup(DM_ENGINE_ONEDNN, DM_PREC_BF16, 1) == DM_OK) {
         test_conv_case_bf16((struct conv_case){3, 5, 7, 6, 6, 3, 1, 1, 0});
         test_conv_case_bf16((struct conv_case){3, 5, 7, 7, 6, 3, 2, 1, 0});
         test_conv_case_bf16((struct conv_case){2, 6, 3, 4, 5, 4, 2, 1, 1});

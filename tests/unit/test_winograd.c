@@ -161,7 +161,7 @@ static void check_backward(int N, int Cin, int H, int W, int Cout, int with_dx,
 
 int main(void) {
     rng_init(&trng, 20261203, DM_STREAM_EVAL, 11, 0);
-    EXPECT(gemm_setup(DM_ENGINE_AUTO, DM_FP32, 1) == DM_OK, "engine");
+    EXPECT(gemm_setup(DM_ENGINE_AUTO, DM_PREC_FP32, 1) == DM_OK, "engine");
     EXPECT(winograd_applies(3, 1, 1, 28) && !winograd_applies(3, 2, 1, 28) &&
                !winograd_applies(1, 1, 0, 28) && !winograd_applies(3, 1, 0, 28),
            "applies to 3x3 stride 1 padding 1 only");
