@@ -274,15 +274,18 @@ def parse_config(text):
     return cfg
 
 
-def from_config(cfg):
+def from_config(cfg, mix=None):
     """An initialised UNet (or Judge, for objective = classify) for a
-    configuration dict (parse_config)."""
+    configuration dict (parse_config); mix: the checkpoint's cond_mix
+    attribute, or None (checkpoints before 2026-12-08) to derive it from the
+    objective and conditioning."""
     if cfg.get("objective") == "classify":
         return Judge(int(cfg["hidden"]), cfg.get("norm", "batch"),
                      int(cfg.get("norm_groups", 32)))
-    return UNet(int(cfg["hidden"]),
-                mix_of(cfg.get("objective", "denoise"), cfg.get("conditioning", "none")),
-                cfg.get("norm", "batch"), int(cfg.get("norm_groups", 32)))
+    if mix is None:
+        mix = mix_of(cfg.get("objective", "denoise"), cfg.get("conditioning", "none"))
+    return UNet(int(cfg["hidden"]), mix, cfg.get("norm", "batch"),
+                int(cfg.get("norm_groups", 32)))
 
 
 def load(path, device="cpu", weights="model"):
@@ -298,7 +301,10 @@ def load(path, device="cpu", weights="model"):
             fmt = fmt.decode()
         if fmt != "diffmpi-checkpoint":
             raise ValueError("%s: not a diffmpi checkpoint (format %r)" % (path, fmt))
-        model = from_config(parse_config(f.attrs["config"]))
+        mix = f.attrs.get("cond_mix")
+        if isinstance(mix, bytes):
+            mix = mix.decode()
+        model = from_config(parse_config(f.attrs["config"]), mix)
         state, want = {}, set()
         for key, ref in model.state_dict().items():
             name = weights + "/" + checkpoint_name(key)

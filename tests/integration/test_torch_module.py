@@ -4,6 +4,7 @@ conditioning and both normalisations; a state_dict saved with torch.save
 and loaded into a fresh module gives the same bits."""
 import io
 import os
+import shutil
 import subprocess
 import sys
 
@@ -54,6 +55,22 @@ for name, extra in models.items():
         want = f["y"][()]
     model = diffmpi_torch.load(ck)
     check(not model.training, f"{name}: load() returns the model in eval mode")
+    with h5py.File(ck, "r") as f:
+        stored = f.attrs.get("cond_mix")
+    stored = stored.decode() if isinstance(stored, bytes) else stored
+    check(stored == model.mix == diffmpi_torch.mix_of(
+              dict(e.split("=") for e in extra)["objective"],
+              dict(e.split("=") for e in extra)["conditioning"]),
+          f"{name}: the checkpoint's cond_mix ({stored}) is the model load() builds")
+    if name == "ddpm-time":
+        # load() reads the attribute, not the objective's name: a copy that
+        # says mul builds the multiplicative model
+        alt = os.path.join(base, "mul.h5")
+        shutil.copy(ck, alt)
+        with h5py.File(alt, "r+") as f:
+            f.attrs["cond_mix"] = "mul"
+        check(diffmpi_torch.load(alt).mix == "mul",
+              f"{name}: load() builds what cond_mix says (a copy saying mul)")
     cond = "conditioning=none" not in extra
     klass = "conditioning=class" in extra
     with torch.no_grad():
