@@ -99,8 +99,9 @@ typedef struct {
                    float t, long n);
     /* Sampling (diffusion objectives): the default sampler (a dm_sampler
      * of solver.h, the value of sampler = auto) and its steps for
-     * time-only and class models; the time grid of S steps (path_grid). */
-    int sampler, steps_time, steps_class;
+     * time-only and class models (docs/sampling.md, Defaults); the time
+     * grid of S steps (path_grid). */
+    int sampler_time, sampler_class, steps_time, steps_class;
     path_grid_fn grid;
 } dm_objective_def;
 

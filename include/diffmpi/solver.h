@@ -95,8 +95,10 @@ const dm_sampler_def *solver_get(dm_sampler s);
 const char *solver_name(int i);
 /* Name of spacing i, NULL past the last: the config key. */
 const char *solver_spacing_name(int i);
-/* The sampler that s means for objective o (auto: the objective's). */
-dm_sampler solver_resolve(dm_sampler s, dm_objective o);
+/* The sampler that s means for objective o (auto: the objective's default
+ * for a class or a time-only model). solver_check and solver_plan_init
+ * take auto as the time-only default (both defaults serve the objective). */
+dm_sampler solver_resolve(dm_sampler s, dm_objective o, int class_model);
 
 /* steps, or where it is 0 the objective's default for a time-only or a
  * class model (objective.h: steps_time, steps_class). */

@@ -147,7 +147,8 @@ static dm_status read_start(start_file *s) {
  * objective's first that can (ddim at eta 0 for a DDPM, euler for flow). */
 static dm_status invert_sampler(const sample_args *a, dm_config *c) {
     int given = a->sampler > SAMPLER_AUTO; /* --sampler auto: as not given */
-    dm_sampler s = given ? (dm_sampler)a->sampler : solver_resolve(c->sampler, c->objective);
+    const int cls = c->conditioning == CONDITIONING_CLASS;
+    dm_sampler s = given ? (dm_sampler)a->sampler : solver_resolve(c->sampler, c->objective, cls);
     if (!given && !solver_get(s)->invertible) s = solver_inverse_default(c->objective);
     if (!solver_get(s)->invertible) {
         dm_error("--sampler %s: invert runs a deterministic first-order sampler backwards "

@@ -217,7 +217,7 @@ static const config_key keys[] = {
              "(the course's ancestral steps), ddim (deterministic at "
              "sample_eta = 0), dpmpp2m (DPM-Solver++(2M); ddpm and flow), "
              "euler (the course's flow sampler) or heun (flow, two network "
-             "evaluations a step); auto: ddpm for ddpm, euler for flow"},
+             "evaluations a step); auto: ddpm for ddpm; flow: euler (time), dpmpp2m (class)"},
     {.name = "sample_steps", .kind = KEY_INT, .offset = OFF(sample_steps),
      .lo = 0, .hi = 100000, .def = "0",
      .help = "sampler steps (at most 300 for ddpm); 0 = the objective's "

@@ -160,11 +160,15 @@ static const dm_objective_def objectives[OBJ_COUNT] = {
                   .draw_time = ddpm_draw_time, .make = ddpm_make, .x0_hat = ddpm_x0,
                   /* docs/sampling.md, Defaults: the fewest steps that score
                    * within the course's 300 steps' spread */
-                  .sampler = SAMPLER_DDPM, .steps_time = 10, .steps_class = 10,
+                  .sampler_time = SAMPLER_DDPM, .sampler_class = SAMPLER_DDPM,
+                  .steps_time = 10, .steps_class = 10,
                   .grid = ddpm_grid},
     [OBJ_FLOW] = {.name = "flow", .diffusion = 1, MSE, .time_mix = COND_MIX_MUL,
                   .draw_time = flow_draw_time, .make = flow_make, .x0_hat = flow_x0,
-                  .sampler = SAMPLER_EULER, .steps_time = 50, .steps_class = 300,
+                  /* class: docs/sampling.md, Defaults (within 300 Euler
+                   * steps' spread); time-only: the course's, not measured */
+                  .sampler_time = SAMPLER_EULER, .sampler_class = SAMPLER_DPMPP2M,
+                  .steps_time = 50, .steps_class = 20,
                   .grid = flow_grid},
     [OBJ_CLASSIFY] = {.name = "classify", .classes = DM_CLASSES, .loss = xent_loss,
                       .target_floats = DM_CLASSES, .loss_per_image = 1,

@@ -26,7 +26,7 @@ int sampler_model_rows(const dm_config *c) {
 void sampler_request_init(sampler_request *q, const dm_config *c) {
     int cls = c->conditioning == CONDITIONING_CLASS;
     *q = (sampler_request){.guidance = (float)c->guidance,
-                           .sampler = solver_resolve(c->sampler, c->objective),
+                           .sampler = solver_resolve(c->sampler, c->objective, cls),
                            .spacing = c->sample_spacing, .eta = c->sample_eta,
                            .steps = solver_steps(c->objective, cls, c->sample_steps),
                            .seed = c->seed, .log_every = c->log_every};

@@ -141,8 +141,10 @@ const char *solver_spacing_name(int i) {
     return i >= 0 && i < SPACING_COUNT ? names[i] : NULL;
 }
 
-dm_sampler solver_resolve(dm_sampler s, dm_objective o) {
-    return s == SAMPLER_AUTO ? (dm_sampler)objective_get(o)->sampler : s;
+dm_sampler solver_resolve(dm_sampler s, dm_objective o, int class_model) {
+    const dm_objective_def *od = objective_get(o);
+    if (s != SAMPLER_AUTO) return s;
+    return (dm_sampler)(class_model ? od->sampler_class : od->sampler_time);
 }
 
 int solver_steps(dm_objective o, int class_model, int steps) {
@@ -154,7 +156,7 @@ const char *solver_check(dm_objective o, dm_sampler s, dm_spacing sp, int S, dou
     static char why[256];
     const dm_objective_def *od = objective_get(o);
     if (!od->grid) return "sampling needs a diffusion objective (ddpm or flow)";
-    const dm_sampler_def *d = solver_get(solver_resolve(s, o));
+    const dm_sampler_def *d = solver_get(solver_resolve(s, o, 0));
     if (!(d->objectives & (1u << o))) {
         snprintf(why, sizeof why, "sampler = %s cannot sample a %s model (%s)", d->name,
                  od->name, o == OBJ_DDPM ? "ddpm: ddpm, ddim or dpmpp2m"
@@ -185,7 +187,7 @@ const char *solver_plan_init(solver_plan *pl, dm_objective o, dm_sampler s, dm_s
     const char *bad = solver_check(o, s, sp, S, eta);
     memset(pl, 0, sizeof *pl);
     if (bad) return bad;
-    pl->def = solver_get(solver_resolve(s, o));
+    pl->def = solver_get(solver_resolve(s, o, 0));
     pl->o = objective_get(o);
     ddpm_schedule_init(&pl->sch);
     pl->S = S;

@@ -108,7 +108,7 @@ static void test_examples(void) {
     for (int k = 0; k < DM_PIX; k++) err = fmax(err, fabs(est[k] - x[k]));
     EXPECT(err < 1e-5, "flow: x_t + (1-t) u = x (err %g)", err);
     EXPECT(solver_steps(OBJ_FLOW, 0, 0) == 50, "flow time model samples with 50 steps");
-    EXPECT(solver_steps(OBJ_FLOW, 1, 0) == 300, "flow class model samples with 300 steps");
+    EXPECT(solver_steps(OBJ_FLOW, 1, 0) == 20, "flow class model samples with 20 steps");
     EXPECT(solver_steps(OBJ_DDPM, 1, 0) == 10,
            "a class DDPM samples with 10 steps (docs/sampling.md, Defaults)");
     EXPECT(solver_steps(OBJ_DDPM, 0, 0) == 10,

@@ -170,10 +170,12 @@ static void test_refusals(void) {
     EXPECT(solver_check(OBJ_DDPM, SAMPLER_DDIM, SPACING_LOGSNR, 300, 1.0) == NULL,
            "ddim, 300 logsnr steps, eta 1");
     EXPECT(solver_check(OBJ_FLOW, SAMPLER_HEUN, SPACING_UNIFORM, 1000, 0) == NULL, "heun 1000");
-    EXPECT(solver_resolve(SAMPLER_AUTO, OBJ_DDPM) == SAMPLER_DDPM &&
-               solver_resolve(SAMPLER_AUTO, OBJ_FLOW) == SAMPLER_EULER &&
-               solver_resolve(SAMPLER_HEUN, OBJ_FLOW) == SAMPLER_HEUN,
-           "auto: ddpm for ddpm, euler for flow");
+    EXPECT(solver_resolve(SAMPLER_AUTO, OBJ_DDPM, 0) == SAMPLER_DDPM &&
+               solver_resolve(SAMPLER_AUTO, OBJ_DDPM, 1) == SAMPLER_DDPM &&
+               solver_resolve(SAMPLER_AUTO, OBJ_FLOW, 0) == SAMPLER_EULER &&
+               solver_resolve(SAMPLER_AUTO, OBJ_FLOW, 1) == SAMPLER_DPMPP2M &&
+               solver_resolve(SAMPLER_HEUN, OBJ_FLOW, 1) == SAMPLER_HEUN,
+           "auto: ddpm for ddpm, euler for time flow, dpmpp2m for class flow");
     EXPECT(solver_evals(SAMPLER_HEUN, 10) == 19 && solver_evals(SAMPLER_DPMPP2M, 10) == 10,
            "heun: two evaluations a step, one for the last");
 }
