@@ -17,6 +17,9 @@
 /* How the embeddings meet the activation; COND_MIX_NONE: an unconditioned
  * model (no conditioning points). */
 typedef enum { COND_MIX_NONE, COND_MIX_ADD, COND_MIX_MUL, COND_MIX_FILM } cond_mix;
+/* "none", "add", "mul", "film" (the checkpoint attribute cond_mix, and
+ * tools/diffmpi_torch.py's names); NULL past the last. */
+const char *cond_mix_name(int m);
 
 /* FCBlock forward. in [N][Fin]; h [N][Fout] (fc1 output, kept),
  * g [N][Fout] (GELU(h), kept), e [N][Fout] output.

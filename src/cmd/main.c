@@ -531,11 +531,13 @@ int main(int argc, char **argv) {
     } else if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
         code = print_usage(usage_main, 0);
     } else if (strcmp(argv[1], "--version") == 0) {
-        char v[128], libs[512];
-        dm_version_text(v, sizeof v);
-        dm_libraries_text(libs, sizeof libs);
         code = argc == 2 ? 0 : usage_error("--version takes no arguments");
-        if (code == 0 && rank0()) printf("diffmpi %s\nlibraries: %s\n", v, libs);
+        if (code == 0 && rank0()) {
+            char v[128], libs[512];
+            dm_version_text(v, sizeof v);
+            dm_libraries_text(libs, sizeof libs);
+            printf("diffmpi %s\nlibraries: %s\n", v, libs);
+        }
     } else {
         for (size_t i = 0; i < sizeof commands / sizeof commands[0] && code < 0; i++)
             if (strcmp(argv[1], commands[i].name) == 0)

@@ -111,8 +111,7 @@ static dm_status write_body(hid_t f, const char *path, const unet *u,
     DM_TRY(h5_attr_str(f, path, "config", cfg));
     /* how time (and class) enter the network: readers need not re-derive
      * it from the objective (tools/diffmpi_torch.py) */
-    static const char *const mixes[] = {"none", "add", "mul", "film"};
-    DM_TRY(h5_attr_str(f, path, "cond_mix", mixes[u->mix]));
+    DM_TRY(h5_attr_str(f, path, "cond_mix", cond_mix_name(u->mix)));
     DM_TRY(h5_attr_build(f, path));
     int64_t crc;
     DM_TRY(state_crc(f, path, &crc));

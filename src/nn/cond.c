@@ -67,3 +67,8 @@ void cond_backward(float *du, float *det, float *dec, const float *dy,
             if (mode == COND_MIX_FILM) dec[(long)n * C + c] = (float)sgx;
         }
 }
+
+const char *cond_mix_name(int m) {
+    static const char *const names[] = {"none", "add", "mul", "film"};
+    return m >= 0 && m < 4 ? names[m] : NULL;
+}
